@@ -1,0 +1,52 @@
+# linewatch developer entry points. The two that users run: `make demo` and `make test`.
+#
+#   make test  PYTEST_ARGS="tests/unit -q"     pytest, with our own mosquitto/influxd fixtures
+#   make demo  DEMO_ARGS="..."                 the end-to-end demo (configs/demo.yaml)
+#
+# Everything runs from $(VENV), built from constraints.txt, which pins every version.
+
+VENV ?= .venv
+PYTHON ?= python3
+PYTEST_ARGS ?=
+DEMO_ARGS ?=
+BENCH_ARGS ?=
+
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help venv test demo train bench clean
+
+help:
+	@echo "make demo    run the demo: $(VENV)/bin/linewatch demo -c configs/demo.yaml \$$DEMO_ARGS"
+	@echo "make test    install test servers if missing, then pytest \$$PYTEST_ARGS"
+	@echo "make train   retrain every model (linewatch train all)"
+	@echo "make bench   run the benchmarks (python -m bench \$$BENCH_ARGS)"
+	@echo "make venv    only build $(VENV) from constraints.txt"
+	@echo "make clean   remove $(VENV), var/ and caches"
+
+venv: $(STAMP)
+
+# Rebuilt whenever the dependencies or their pins change; the stamp is written last, so an
+# interrupted install is redone on the next run.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+test: $(STAMP)
+	bash scripts/ensure-servers.sh
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/linewatch demo -c configs/demo.yaml $(DEMO_ARGS)
+
+train: $(STAMP)
+	$(VENV)/bin/linewatch train all
+
+bench: $(STAMP)
+	$(VENV)/bin/python -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) var/ build/ .pytest_cache/ .mypy_cache/ .ruff_cache/
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,189 @@
+"""Agent configuration: YAML in, validated pydantic models out, secrets from the environment.
+
+Every model forbids unknown keys, so a typo fails at startup with its key path instead of
+being silently ignored on a gateway nobody looks at.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agent.errors import ConfigError
+
+__all__ = [
+    "AgentConfig",
+    "AgentIdConfig",
+    "ModelConfig",
+    "MonitorConfig",
+    "MqttConfig",
+    "OutboxConfig",
+    "PublishConfig",
+    "ReplaySourceConfig",
+    "load",
+    "parse",
+]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AgentIdConfig(_Config):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="unique agent name")
+    site: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="plant or site name")
+    line: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="line this gateway serves")
+
+
+class ModelConfig(_Config):
+    dir: Path = Field(description="model directory holding model.onnx and card.json")
+
+
+class ReplaySourceConfig(_Config):
+    type: Literal["replay"] = "replay"
+    path: Path = Field(description="recorded data file (or directory of IMS snapshots)")
+    format: Literal["cmapss", "ai4i", "ims"] | None = Field(
+        None, description="file format; defaults to the model card's input format"
+    )
+    assets: list[str] | None = Field(None, description="replay only these assets")
+    speed: float = Field(1.0, ge=0, description="times faster than real time; 0 = no pacing")
+    step_s: float = Field(
+        1.0, gt=0, description="seconds of plant time per time unit of the file (e.g. a cycle)"
+    )
+    tick: float = Field(1.0, gt=0, description="file time units handed over per tick")
+    start: datetime | None = Field(
+        None, description="plant time of t=0 in the file (UTC); default: when the replay starts"
+    )
+    loop: bool = Field(False, description="start again at the end instead of stopping")
+
+
+class MqttConfig(_Config):
+    url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host:port or mqtts://")
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    client_id: str | None = Field(None, description="defaults to linewatch-agent-<agent id>")
+    username: str | None = None
+    password_env: str | None = Field(
+        None, description="name of the environment variable holding the password"
+    )
+    keepalive_s: int = Field(30, ge=5)
+    max_inflight: int = Field(
+        20, ge=1, le=1000, description="messages handed to the broker and not yet acknowledged"
+    )
+    ca_file: Path | None = Field(None, description="CA bundle for mqtts://")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        u = urlparse(value)
+        if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+            raise ValueError("must look like mqtt://host:port or mqtts://host:port")
+        return value
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        u = urlparse(self.url)
+        return u.port or (8883 if u.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlparse(self.url).scheme == "mqtts"
+
+    def password(self) -> str | None:
+        if self.password_env is None:
+            return None
+        value = os.environ.get(self.password_env)
+        if value is None:
+            raise ConfigError(f"mqtt.password_env: environment variable {self.password_env} unset")
+        return value
+
+
+class OutboxConfig(_Config):
+    path: Path | None = Field(None, description="SQLite file; default var/agent/<id>/outbox.db")
+    max_rows: int = Field(
+        200_000, ge=100,
+        description="beyond this, the oldest telemetry (health, predictions without alerts) "
+        "is dropped and counted; drift events and alerts are never dropped",
+    )
+
+
+class PublishConfig(_Config):
+    max_items: int = Field(500, ge=1, le=5000, description="items per MQTT message at most")
+    flush_interval_s: float = Field(1.0, gt=0, description="longest wait before a partial batch")
+    health_interval_s: float = Field(30.0, gt=0)
+
+
+class MonitorConfig(_Config):
+    score_detector: Literal["adwin", "page_hinkley"] = Field(
+        "adwin", description="River detector watching the fleet's score stream"
+    )
+    adwin_delta: float = Field(0.002, gt=0, lt=1)
+    range_margin: float = Field(
+        0.5, ge=0, description="a feature is out of range beyond the training min/max "
+        "widened by this fraction of the training span"
+    )
+    stuck_samples: int = Field(
+        0, ge=0, description="samples with an unchanged value before a channel counts as "
+        "stuck; 0 disables (constant channels exist in real data)"
+    )
+
+
+class AgentConfig(_Config):
+    agent: AgentIdConfig
+    model: ModelConfig
+    source: ReplaySourceConfig
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+    monitors: MonitorConfig = Field(default_factory=MonitorConfig)
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.outbox.path or Path("var") / "agent" / self.agent.id / "outbox.db"
+
+
+def parse(data: object, *, base: Path | None = None) -> AgentConfig:
+    """Validate a mapping; relative paths are taken from ``base`` when given."""
+    try:
+        config = AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        errors = [
+            (".".join(str(p) for p in e["loc"]), e.get("input"), e["msg"]) for e in exc.errors()
+        ]
+        lines = "\n".join(f"  {k}: {m} (got {v!r})" for k, v, m in errors)
+        raise ConfigError(f"invalid agent configuration:\n{lines}", errors) from exc
+    return _rebase(config, base) if base else config
+
+
+def _rebase(config: AgentConfig, base: Path) -> AgentConfig:
+    def fix(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else base / p
+
+    return config.model_copy(
+        update={
+            "model": config.model.model_copy(update={"dir": fix(config.model.dir)}),
+            "source": config.source.model_copy(update={"path": fix(config.source.path)}),
+            "outbox": config.outbox.model_copy(update={"path": fix(config.outbox.path)}),
+        }
+    )
+
+
+def load(path: str | Path) -> AgentConfig:
+    """Read a YAML file. Relative paths in it are relative to the working directory, as on
+    the command line."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    return parse(data)

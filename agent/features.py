@@ -1,0 +1,288 @@
+"""Named feature functions over batches of windows; their order comes from the model card.
+
+Training (``linewatch train``), evaluation and the gateway all call
+:meth:`FeatureExtractor.transform`, so a model is always fed exactly the features it was
+trained on. Every function takes, for each of its inputs, an array of shape
+(n_windows, window_size) and returns shape (n_windows,).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["FEATURES", "FeatureExtractor", "FeatureSpecLike"]
+
+FeatureFn = Callable[..., np.ndarray]
+FEATURES: dict[str, FeatureFn] = {}
+
+
+def _feature(fn: FeatureFn) -> FeatureFn:
+    FEATURES[fn.__name__.lstrip("_")] = fn
+    return fn
+
+
+# --- statistics over the window of one input -------------------------------------------
+
+
+@_feature
+def mean(x: np.ndarray) -> np.ndarray:
+    """Mean over the window.
+
+    >>> mean(np.array([[1.0, 2.0, 3.0]]))
+    array([2.])
+    """
+    return x.mean(axis=1)
+
+
+@_feature
+def std(x: np.ndarray) -> np.ndarray:
+    """Population standard deviation over the window.
+
+    >>> std(np.array([[1.0, 1.0], [0.0, 2.0]]))
+    array([0., 1.])
+    """
+    return x.std(axis=1)
+
+
+@_feature
+def _min(x: np.ndarray) -> np.ndarray:
+    """>>> _min(np.array([[3.0, 1.0]]))
+    array([1.])
+    """
+    return x.min(axis=1)
+
+
+@_feature
+def _max(x: np.ndarray) -> np.ndarray:
+    """>>> _max(np.array([[3.0, 1.0]]))
+    array([3.])
+    """
+    return x.max(axis=1)
+
+
+@_feature
+def last(x: np.ndarray) -> np.ndarray:
+    """The newest sample: the window's current value.
+
+    >>> last(np.array([[3.0, 1.0]]))
+    array([1.])
+    """
+    return x[:, -1]
+
+
+@_feature
+def slope(x: np.ndarray) -> np.ndarray:
+    """Least-squares trend per sample (value units per sample step); degradation shows as
+    a trend long before it shows in the level.
+
+    >>> slope(np.array([[1.0, 3.0, 5.0], [2.0, 2.0, 2.0]]))
+    array([2., 0.])
+    """
+    w = x.shape[1]
+    if w < 2:
+        return np.zeros(len(x))
+    i = np.arange(w, dtype=np.float64)
+    i -= i.mean()
+    return (x - x.mean(axis=1, keepdims=True)) @ i / (i @ i)
+
+
+@_feature
+def rms(x: np.ndarray) -> np.ndarray:
+    """Root mean square: the vibration energy.
+
+    >>> rms(np.array([[3.0, -3.0]]))
+    array([3.])
+    """
+    return np.sqrt(np.mean(x * x, axis=1))
+
+
+@_feature
+def peak(x: np.ndarray) -> np.ndarray:
+    """>>> peak(np.array([[1.0, -4.0]]))
+    array([4.])
+    """
+    return np.abs(x).max(axis=1)
+
+
+@_feature
+def p2p(x: np.ndarray) -> np.ndarray:
+    """Peak to peak.
+
+    >>> p2p(np.array([[1.0, -4.0]]))
+    array([5.])
+    """
+    return x.max(axis=1) - x.min(axis=1)
+
+
+@_feature
+def crest(x: np.ndarray) -> np.ndarray:
+    """Peak over RMS; impacts from a spalled race raise it before the RMS moves.
+
+    >>> crest(np.array([[1.0, -1.0, 1.0, -1.0]]))
+    array([1.])
+    """
+    r = rms(x)
+    return np.divide(peak(x), r, out=np.zeros_like(r), where=r > 0)
+
+
+@_feature
+def mean_abs(x: np.ndarray) -> np.ndarray:
+    """>>> mean_abs(np.array([[1.0, -3.0]]))
+    array([2.])
+    """
+    return np.abs(x).mean(axis=1)
+
+
+def _central_moment_ratio(x: np.ndarray, order: int) -> np.ndarray:
+    d = x - x.mean(axis=1, keepdims=True)
+    var = np.mean(d * d, axis=1)
+    m = np.mean(d**order, axis=1)
+    # A constant window has no shape; report 0 rather than NaN so the model keeps working.
+    return np.divide(m, var ** (order / 2), out=np.zeros_like(var), where=var > 0)
+
+
+@_feature
+def skew(x: np.ndarray) -> np.ndarray:
+    """Skewness (population moments).
+
+    >>> skew(np.array([[1.0, 2.0, 3.0]]))
+    array([0.])
+    """
+    return _central_moment_ratio(x, 3)
+
+
+@_feature
+def kurtosis(x: np.ndarray) -> np.ndarray:
+    """Excess kurtosis (a normal distribution gives 0).
+
+    >>> kurtosis(np.array([[1.0, -1.0, 1.0, -1.0]]))
+    array([-2.])
+    """
+    r = _central_moment_ratio(x, 4)
+    return np.where(r != 0, r - 3.0, 0.0)
+
+
+@_feature
+def band_rms(x: np.ndarray, lo_hz: float, hi_hz: float, rate_hz: float) -> np.ndarray:
+    """RMS of the part of the signal between ``lo_hz`` and ``hi_hz`` (one-sided spectrum,
+    Parseval), for sampling rate ``rate_hz``. Bearing defects show up as energy in their
+    characteristic bands.
+
+    >>> t = np.arange(2000) / 2000.0
+    >>> sig = np.sqrt(2) * np.sin(2 * np.pi * 100 * t)[None, :]
+    >>> band_rms(sig, 50, 150, 2000).round(3), band_rms(sig, 200, 400, 2000).round(3)
+    (array([1.]), array([0.]))
+    """
+    n = x.shape[1]
+    spec = np.fft.rfft(x - x.mean(axis=1, keepdims=True), axis=1)
+    freqs = np.fft.rfftfreq(n, d=1.0 / rate_hz)
+    power = np.abs(spec) ** 2 / n**2
+    # Every bin but DC and Nyquist stands for two (positive and negative) frequencies.
+    power[:, 1:] *= 2
+    if n % 2 == 0:
+        power[:, -1] /= 2
+    band = (freqs >= lo_hz) & (freqs < hi_hz)
+    return np.sqrt(power[:, band].sum(axis=1))
+
+
+# --- physics of one sample (the newest in the window) ----------------------------------
+
+
+@_feature
+def power(speed_rpm: np.ndarray, torque_nm: np.ndarray) -> np.ndarray:
+    """Mechanical power in watts from rotational speed and torque.
+
+    >>> power(np.array([[60.0]]), np.array([[1.0]])).round(4)
+    array([6.2832])
+    """
+    return torque_nm[:, -1] * speed_rpm[:, -1] * (2 * np.pi / 60.0)
+
+
+@_feature
+def diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a - b`` on the newest sample, e.g. process minus air temperature.
+
+    >>> diff(np.array([[1.0, 310.0]]), np.array([[0.0, 300.0]]))
+    array([10.])
+    """
+    return a[:, -1] - b[:, -1]
+
+
+@_feature
+def product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a * b`` on the newest sample, e.g. tool wear times torque (overstrain).
+
+    >>> product(np.array([[2.0]]), np.array([[3.0]]))
+    array([6.])
+    """
+    return a[:, -1] * b[:, -1]
+
+
+@_feature
+def equals(x: np.ndarray, value: float) -> np.ndarray:
+    """1.0 where the newest sample equals ``value``: one-hot for coded categories.
+
+    >>> equals(np.array([[0.0], [2.0]]), 2)
+    array([0., 1.])
+    """
+    return (x[:, -1] == value).astype(np.float64)
+
+
+class FeatureSpecLike:
+    """What the extractor needs of a feature spec (the model card's ``FeatureSpec``)."""
+
+    name: str
+    fn: str
+    inputs: Sequence[str]
+    params: Mapping[str, float]
+
+
+class FeatureExtractor:
+    """Turn windows of named channels into the model's feature matrix, in card order.
+
+    Parameters
+    ----------
+    specs
+        Feature specs with ``name``, ``fn`` (a key of :data:`FEATURES`), ``inputs``
+        (channel names) and ``params``.
+    channels
+        Channel names in the order of the last axis of the windows given to ``transform``.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as S
+    >>> fx = FeatureExtractor(
+    ...     [S(name="t.mean", fn="mean", inputs=["t"], params={}),
+    ...      S(name="t.slope", fn="slope", inputs=["t"], params={})],
+    ...     channels=["p", "t"])
+    >>> fx.transform(np.array([[[0.0, 1.0], [0.0, 3.0]]]))
+    array([[2., 2.]], dtype=float32)
+    """
+
+    def __init__(self, specs: Sequence[FeatureSpecLike], channels: Sequence[str]) -> None:
+        index = {c: i for i, c in enumerate(channels)}
+        self.names = [s.name for s in specs]
+        if len(set(self.names)) != len(self.names):
+            raise ValueError("feature names must be unique")
+        self._plan: list[tuple[FeatureFn, list[int], dict[str, float]]] = []
+        for s in specs:
+            if s.fn not in FEATURES:
+                raise ValueError(f"feature {s.name!r}: unknown function {s.fn!r}")
+            missing = [c for c in s.inputs if c not in index]
+            if missing:
+                raise ValueError(f"feature {s.name!r}: no channel named {missing}")
+            self._plan.append((FEATURES[s.fn], [index[c] for c in s.inputs], dict(s.params)))
+        self.channels = list(channels)
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        """``values`` (n_windows, size, n_channels) -> float32 (n_windows, n_features)."""
+        if values.ndim != 3 or values.shape[2] != len(self.channels):
+            raise ValueError(
+                f"expected (n, size, {len(self.channels)}) windows, got {values.shape}"
+            )
+        out = np.empty((values.shape[0], len(self._plan)), dtype=np.float32)
+        for j, (fn, idx, params) in enumerate(self._plan):
+            out[:, j] = fn(*(values[:, :, i] for i in idx), **params)
+        return out

@@ -1,0 +1,199 @@
+"""Drain the outbox to the broker with paho-mqtt: QoS 1, in seq order, a bounded window.
+
+"Sent" means the broker acknowledged it: a row leaves the outbox only when paho reports
+the PUBACK for that message's mid. While the connection is down, paho keeps the messages
+already handed to it and resends them after reconnecting (MQTT 3.1.1 §4.4); the outbox
+keeps everything else, and keeps it across a restart of the process too.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.config import MqttConfig
+from agent.outbox import Outbox
+
+__all__ = ["Publisher"]
+
+logger = logging.getLogger(__name__)
+
+_QUEUED = (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)
+
+
+class Publisher:
+    """Publish outbox rows and a retained presence status with a last will."""
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        outbox: Outbox,
+        *,
+        client_id: str,
+        status_topic: str,
+        online: bytes,
+        offline: bytes,
+    ) -> None:
+        self.config = config
+        self.outbox = outbox
+        self._status_topic = status_topic
+        self._online = online
+        self._offline = offline
+        protocol = mqtt.MQTTv5 if config.protocol == "5" else mqtt.MQTTv311
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol
+        )
+        if config.username:
+            self._client.username_pw_set(config.username, config.password())
+        if config.tls:
+            self._client.tls_set(
+                ca_certs=str(config.ca_file) if config.ca_file else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        self._client.will_set(status_topic, offline, qos=1, retain=True)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_publish = self._on_publish
+        # on_publish runs on paho's network thread while paho holds its own locks; it only
+        # enqueues, and the drain thread does the bookkeeping, so the two never deadlock.
+        self._acks: queue.SimpleQueue[tuple[int, bool]] = queue.SimpleQueue()
+        self._inflight: dict[int, int] = {}  # mid -> seq
+        self._early: dict[int, bool] = {}  # acks that arrived before their mid was recorded
+        self._status_mids: set[int] = set()
+        self._last_handed = -1
+        self._connected = threading.Event()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.published = 0
+        self.refused = 0
+        self._logged_down = False
+
+    # --- paho callbacks (network thread) ------------------------------------------------
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            # A refused CONNACK is not "connected"; paho retries with backoff.
+            logger.error("broker %s refused the connection: %s", self.config.url, reason_code)
+            return
+        logger.info("connected to %s", self.config.url)
+        self._logged_down = False
+        info = client.publish(self._status_topic, self._online, qos=1, retain=True)
+        # Its PUBACK is handled on this thread after we return, so the mid is known by then.
+        self._status_mids.add(info.mid)
+        self._connected.set()
+        self._wake.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._connected.clear()
+        if not self._stop.is_set() and not self._logged_down:
+            self._logged_down = True
+            logger.warning("disconnected from %s (%s); buffering in the outbox",
+                           self.config.url, reason_code)
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        self._acks.put((mid, not reason_code.is_failure))
+        self._wake.set()
+
+    # --- drain thread --------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def start(self) -> None:
+        self._client.connect_async(self.config.host, self.config.port, self.config.keepalive_s)
+        self._client.loop_start()
+        self._thread = threading.Thread(target=self._drain, name="linewatch-publisher",
+                                        daemon=True)
+        self._thread.start()
+
+    def notify(self) -> None:
+        """Tell the drain thread that new rows are waiting."""
+        self._wake.set()
+
+    def _settle_acks(self) -> None:
+        done: list[int] = []
+        while True:
+            try:
+                mid, ok = self._acks.get_nowait()
+            except queue.Empty:
+                break
+            if mid in self._status_mids:
+                self._status_mids.discard(mid)
+            else:
+                self._early[mid] = ok
+        for mid in [m for m in self._early if m in self._inflight]:
+            ok = self._early.pop(mid)
+            seq = self._inflight.pop(mid)
+            if ok:
+                done.append(seq)
+            else:
+                self.refused += 1
+                logger.error("broker refused message seq %d; it stays in the outbox", seq)
+        if done:
+            self.outbox.ack(done)
+            self.published += len(done)
+        if self._inflight or self._early:
+            return
+        # Nothing in flight: rows refused earlier (seq <= last handed) get another chance.
+        self._last_handed = -1
+
+    def _hand_over(self) -> None:
+        room = self.config.max_inflight - len(self._inflight)
+        if room <= 0 or not self.connected:
+            return
+        for row in self.outbox.pending(self._last_handed, room):
+            if row.seq in self._inflight.values():
+                continue
+            info = self._client.publish(row.topic, row.payload, qos=1)
+            if info.rc not in _QUEUED:
+                logger.error("paho refused to queue seq %d: %s; retrying later", row.seq,
+                             mqtt.error_string(info.rc))
+                return
+            self._inflight[info.mid] = row.seq
+            self._last_handed = row.seq
+
+    def _drain(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(0.2)
+            self._wake.clear()
+            self._settle_acks()
+            self._hand_over()
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until the outbox is empty; False if it is not by the deadline."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.outbox.depth == 0 and not self._inflight:
+                return True
+            self._wake.set()
+            time.sleep(0.02)
+        return self.outbox.depth == 0 and not self._inflight
+
+    def close(self) -> None:
+        """Say goodbye (retained offline status), disconnect, stop the threads. Rows not yet
+        acknowledged stay in the outbox for the next start."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.connected:
+            info = self._client.publish(self._status_topic, self._offline, qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=2)
+            except (RuntimeError, ValueError):
+                pass
+        self._client.disconnect()
+        self._client.loop_stop()

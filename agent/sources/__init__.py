@@ -1,0 +1,47 @@
+"""Where readings come from: a `Source` yields ticks, each a list of per-asset readings.
+
+Sources are chosen by the config's ``type:``. Today: ``replay`` (recorded files); MQTT input
+and OPC UA follow the same protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from agent.card import ModelCard
+from agent.config import ReplaySourceConfig
+
+__all__ = ["Reading", "Source", "open_source"]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """Consecutive samples of one asset: ``t`` (k,) plant time in UTC epoch seconds,
+    ``values`` (k, n_channels) in the model card's channel order."""
+
+    asset: str
+    t: np.ndarray
+    values: np.ndarray
+
+
+class Source(Protocol):
+    channels: Sequence[str]
+    total_ticks: int | None
+
+    def ticks(self) -> Iterator[list[Reading]]:
+        """Readings grouped by tick, in time order; ends when the source is exhausted."""
+        ...
+
+    def to_epoch_s(self, t: np.ndarray) -> np.ndarray:
+        """Plant time (UTC epoch seconds) of source times."""
+        ...
+
+
+def open_source(config: ReplaySourceConfig, card: ModelCard) -> Source:
+    from agent.sources.replay import ReplaySource
+
+    return ReplaySource(config, card)

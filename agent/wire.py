@@ -1,0 +1,276 @@
+"""MQTT wire contract shared by the agent (producer) and the aggregator (consumer).
+
+Topic: ``linewatch/v1/{site}/{line}/{agent}/{kind}``. Payload: UTF-8 JSON.
+
+Every data message is an :class:`Envelope` carrying a batch of items (predictions, drift
+events, health reports): batching is how a Python agent stays fast, since the per-message
+cost of an MQTT publish dwarfs the cost of scoring a window. The retained ``status`` topic
+carries a :class:`Status` instead; the agent's last will publishes ``offline`` there.
+
+This module imports only the standard library and pydantic so that the aggregator, and
+any tool on the plant floor, can import it without the agent's runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "KINDS",
+    "MAX_PAYLOAD_BYTES",
+    "SCHEMA",
+    "TOPIC_ROOT",
+    "DriftEvent",
+    "Envelope",
+    "Health",
+    "Item",
+    "ModelRef",
+    "Prediction",
+    "Status",
+    "TopicParts",
+    "WireError",
+    "decode",
+    "decode_status",
+    "encode",
+    "parse_topic",
+    "subscription",
+    "topic",
+]
+
+SCHEMA = 1
+MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_ITEMS = 5000
+TOPIC_ROOT = "linewatch/v1"
+KINDS = ("status", "predictions", "drift", "health")
+
+_SEGMENT_FORBIDDEN = set("/+#\x00")
+
+
+class WireError(ValueError):
+    """A payload or topic that does not follow the contract.
+
+    ``reason`` is a short stable code used for counting rejections:
+    ``too_large``, ``malformed``, ``unknown_schema``, ``invalid`` or ``bad_topic``.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+def _check_segment(name: str, value: str) -> str:
+    if not value or _SEGMENT_FORBIDDEN & set(value):
+        raise WireError("bad_topic", f"{name} {value!r} is empty or contains / + # or NUL")
+    return value
+
+
+class TopicParts(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    site: str
+    line: str
+    agent: str
+    kind: str
+
+
+def topic(site: str, line: str, agent: str, kind: str) -> str:
+    """Build a publish topic; never contains wildcards.
+
+    >>> topic("plant1", "line3", "gw-7", "predictions")
+    'linewatch/v1/plant1/line3/gw-7/predictions'
+    """
+    if kind not in KINDS:
+        raise WireError("bad_topic", f"unknown kind {kind!r}; expected one of {KINDS}")
+    parts = [_check_segment(n, v) for n, v in (("site", site), ("line", line), ("agent", agent))]
+    return "/".join([TOPIC_ROOT, *parts, kind])
+
+
+def parse_topic(value: str) -> TopicParts:
+    """Split a topic into its parts.
+
+    >>> parse_topic("linewatch/v1/plant1/line3/gw-7/drift").agent
+    'gw-7'
+    """
+    parts = value.split("/")
+    if len(parts) != 6 or "/".join(parts[:2]) != TOPIC_ROOT or parts[5] not in KINDS:
+        raise WireError("bad_topic", f"{value!r} is not {TOPIC_ROOT}/site/line/agent/kind")
+    return TopicParts(site=parts[2], line=parts[3], agent=parts[4], kind=parts[5])
+
+
+def subscription(site: str = "+", line: str = "+", agent: str = "+", kind: str = "+") -> str:
+    """Topic filter for a subscriber; defaults match every agent and kind.
+
+    >>> subscription(kind="predictions")
+    'linewatch/v1/+/+/+/predictions'
+    """
+    return "/".join([TOPIC_ROOT, site, line, agent, kind])
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("timestamps must carry a time zone (UTC)")
+    return value.astimezone(UTC)
+
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Name = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelRef(_Strict):
+    """The model that produced the items, and the threshold its card sets for alerts."""
+
+    name: Name
+    version: Name
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    threshold: Probability
+
+
+class Prediction(_Strict):
+    """One scored window of one asset."""
+
+    kind: Literal["prediction"] = "prediction"
+    asset: Name
+    window_start: datetime
+    window_end: datetime
+    score: Probability
+    alert: bool = Field(description="score >= the model's threshold")
+
+    _utc_start = field_validator("window_start")(_utc)
+    _utc_end = field_validator("window_end")(_utc)
+
+
+class DriftEvent(_Strict):
+    """A drift or data-quality monitor that fired."""
+
+    kind: Literal["drift"] = "drift"
+    asset: Name | None = None
+    at: datetime
+    monitor: Name = Field(description="what was watched: 'score' or a feature name")
+    detector: Name = Field(description="e.g. ADWIN, PageHinkley, range, nan, stuck")
+    value: FiniteFloat | None = None
+    detail: str = ""
+
+    _utc_at = field_validator("at")(_utc)
+
+
+class Health(_Strict):
+    """Periodic counters of one agent, cumulative since it started."""
+
+    kind: Literal["health"] = "health"
+    at: datetime
+    windows_scored: Annotated[int, Field(ge=0)]
+    outbox_depth: Annotated[int, Field(ge=0)]
+    outbox_dropped: Annotated[int, Field(ge=0)] = 0
+    rejected_readings: Annotated[int, Field(ge=0)] = 0
+    inference_ms_median: FiniteFloat | None = None
+
+    _utc_at = field_validator("at")(_utc)
+
+
+Item = Annotated[Prediction | DriftEvent | Health, Field(discriminator="kind")]
+
+
+class Envelope(_Strict):
+    """One MQTT data message: who sent it, with which model, and a batch of items."""
+
+    # `schema` shadows a BaseModel attribute, hence the alias.
+    schema_: Literal[1] = Field(SCHEMA, alias="schema")
+    msg_id: UUID
+    agent: Name
+    ts: datetime
+    seq: Annotated[int, Field(ge=0)]
+    model: ModelRef
+    items: Annotated[list[Item], Field(min_length=1, max_length=MAX_ITEMS)]
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    _utc_ts = field_validator("ts")(_utc)
+
+    @classmethod
+    def build(cls, agent: str, seq: int, model: ModelRef, items: list) -> Envelope:
+        """New envelope with a fresh msg_id, stamped now."""
+        return cls(
+            msg_id=uuid.uuid4(), agent=agent, ts=datetime.now(UTC), seq=seq, model=model,
+            items=items,
+        )
+
+
+class Status(_Strict):
+    """Retained presence of an agent; the broker publishes ``offline`` as its last will."""
+
+    schema_: Literal[1] = Field(SCHEMA, alias="schema")
+    agent: Name
+    state: Literal["online", "offline"]
+    ts: datetime
+    model: ModelRef | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    _utc_ts = field_validator("ts")(_utc)
+
+
+def encode(message: Envelope | Status) -> bytes:
+    """Serialize to compact UTF-8 JSON; refuses to produce an oversized payload."""
+    raw = message.model_dump_json(by_alias=True, exclude_none=False).encode()
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise WireError("too_large", f"{len(raw)} bytes > {MAX_PAYLOAD_BYTES}")
+    return raw
+
+
+def _load(raw: bytes) -> dict:
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise WireError("too_large", f"{len(raw)} bytes > {MAX_PAYLOAD_BYTES}")
+    try:
+        # JSON has no NaN; Python's parser accepts the token, so refuse it here.
+        data = json.loads(raw, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError("malformed", f"not UTF-8 JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise WireError("malformed", f"expected a JSON object, got {type(data).__name__}")
+    if data.get("schema") != SCHEMA:
+        raise WireError("unknown_schema", f"schema {data.get('schema')!r}; this side speaks {SCHEMA}")
+    return data
+
+
+def _refuse_constant(name: str) -> float:
+    raise WireError("invalid", f"{name} is not a valid JSON number")
+
+
+def _validate(model: type[BaseModel], data: dict) -> BaseModel:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise WireError("invalid", f"{where}: {first['msg']}") from exc
+
+
+def decode(raw: bytes) -> Envelope:
+    """Parse and validate one data payload; raise WireError naming the first bad field.
+
+    >>> ref = ModelRef(name="m", version="1", sha256="0" * 64, threshold=0.5)
+    >>> env = Envelope.build("gw-1", 0, ref, [Health(at=datetime(2026, 1, 1, tzinfo=UTC),
+    ...     windows_scored=3, outbox_depth=0)])
+    >>> decode(encode(env)) == env
+    True
+    >>> decode(b'{"schema": 2}')
+    Traceback (most recent call last):
+    ...
+    agent.wire.WireError: unknown_schema: schema 2; this side speaks 1
+    """
+    return _validate(Envelope, _load(raw))  # type: ignore[return-value]
+
+
+def decode_status(raw: bytes) -> Status:
+    """Parse and validate a retained status payload."""
+    return _validate(Status, _load(raw))  # type: ignore[return-value]
+

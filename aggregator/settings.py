@@ -1,0 +1,202 @@
+"""Aggregator settings from ``LINEWATCH_*`` environment variables or an env file.
+
+Nothing is read at import time: ``create_app(settings)`` receives a built ``Settings``, so
+tests construct their own (FastAPI's "settings and testing" advice). With no URL for the
+broker or InfluxDB the aggregator runs self-contained: an embedded amqtt broker and an
+embedded SQLite series store (the demo and single-line installs).
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["MqttEndpoint", "Settings", "load_settings"]
+
+# Secrets that are plainly placeholders; refused unless the server is on this machine.
+_PLACEHOLDER_SECRETS = {"changeme", "changethis", "password", "secret", "admin"}
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+class MqttEndpoint(NamedTuple):
+    """Where the subscriber connects."""
+
+    host: str
+    port: int
+    tls: bool
+
+
+class Settings(BaseSettings):
+    """Everything the aggregator needs to start; invalid combinations fail at load."""
+
+    # extra="forbid" turns a typo in an env file (LINEWATCH_MQTT_URLL) into an error instead
+    # of a silently ignored line; unknown variables in the process environment are ignored.
+    model_config = SettingsConfigDict(
+        env_prefix="LINEWATCH_", extra="forbid", validate_default=True, frozen=True
+    )
+
+    # -- MQTT ---------------------------------------------------------------------------
+    mqtt_url: str | None = Field(
+        None,
+        description="Broker to subscribe to, e.g. mqtt://127.0.0.1:1883 (mqtts:// for TLS). "
+        "None starts the embedded amqtt broker on embedded_broker_host:embedded_broker_port.",
+    )
+    mqtt_protocol: Literal["3.1.1", "5"] = Field(
+        "3.1.1",
+        description="MQTT protocol version. 5 gives session expiry and receive-maximum flow "
+        "control; the embedded broker speaks 3.1.1 only.",
+    )
+    mqtt_client_id: str = Field(
+        "linewatch-aggregator",
+        min_length=1,
+        max_length=128,
+        description="Client id; the broker keeps the persistent session under this id, so "
+        "it must be stable across restarts and unique per replica.",
+    )
+    mqtt_username: str | None = Field(None, description="Broker user name, if it needs one.")
+    mqtt_password: str | None = Field(None, description="Broker password (needs mqtt_username).")
+    mqtt_shared_group: str | None = Field(
+        None,
+        description="When set, subscribe via $share/<group>/... so replicas split the load "
+        "(Mosquitto accepts it from 3.1.1 and 5 clients).",
+    )
+    mqtt_session_expiry_s: int = Field(
+        86_400,
+        ge=0,
+        description="MQTT 5 only: how long the broker keeps our session (and queues "
+        "messages for it) while the aggregator is down.",
+    )
+    embedded_broker_host: str = Field(
+        "127.0.0.1", description="Bind address of the embedded broker (used when mqtt_url is None)."
+    )
+    embedded_broker_port: int = Field(
+        1883, ge=1, le=65535, description="Port of the embedded broker."
+    )
+
+    # -- ingest -------------------------------------------------------------------------
+    ingest_batch_size: int = Field(
+        500, ge=1, le=10_000, description="Most messages handled (and written) in one batch."
+    )
+    ingest_queue_size: int = Field(
+        10_000,
+        ge=1,
+        le=65_535,
+        description="Received, not yet handled messages held in memory. For MQTT 5 it is "
+        "also sent as receive-maximum; for 3.1.1 keep the broker's max_inflight_messages "
+        "below it.",
+    )
+
+    # -- series store -------------------------------------------------------------------
+    influx_url: str | None = Field(
+        None,
+        description="InfluxDB 1.x HTTP API, e.g. http://127.0.0.1:8086. None uses the "
+        "embedded SQLite series store at series_path.",
+    )
+    influx_database: str = Field(
+        "linewatch", min_length=1, max_length=128, description="InfluxDB database (created)."
+    )
+    influx_username: str | None = Field(None, description="InfluxDB user, if auth is on.")
+    influx_password: str | None = Field(None, description="InfluxDB password.")
+    series_path: Path = Field(
+        Path("var/series.db"), description="File of the embedded SQLite series store."
+    )
+
+    # -- SQL ----------------------------------------------------------------------------
+    db_url: str = Field(
+        "sqlite:///var/linewatch.db",
+        description="SQLAlchemy URL for tickets, agents, quarantine and dedupe: SQLite, or "
+        "postgresql+psycopg://user:pass@host/db when replicas share the work.",
+    )
+
+    # -- rules --------------------------------------------------------------------------
+    rule_k: int = Field(3, ge=1, description="Open a maintenance ticket when k of ...")
+    rule_n: int = Field(5, ge=1, le=1000, description="... the last n windows of an asset alert.")
+
+    # -- HTTP ---------------------------------------------------------------------------
+    http_host: str = Field("127.0.0.1", description="Bind address of the REST API.")
+    http_port: int = Field(8000, ge=0, le=65535, description="Port of the REST API (0: any free).")
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _check_mqtt_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError("expected mqtt://host[:port] or mqtts://host[:port]")
+        if parts.path not in ("", "/") or parts.query or parts.username:
+            raise ValueError("no path, query or credentials in the URL; use mqtt_username")
+        _ = parts.port  # raises ValueError for a port outside 0..65535
+        return value
+
+    @field_validator("influx_url")
+    @classmethod
+    def _check_influx_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected http://host:port or https://host:port")
+        if parts.username:
+            raise ValueError("no credentials in the URL; use influx_username/influx_password")
+        _ = parts.port
+        return value.rstrip("/")
+
+    @field_validator("mqtt_shared_group")
+    @classmethod
+    def _check_group(cls, value: str | None) -> str | None:
+        if value is not None and (not value or set(value) & set("/+#")):
+            raise ValueError("a share group name is non-empty and has no / + or #")
+        return value
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Settings:
+        if self.rule_k > self.rule_n:
+            raise ValueError(f"rule_k ({self.rule_k}) must be <= rule_n ({self.rule_n})")
+        if self.mqtt_url is None:
+            # amqtt implements MQTT 3.1.1 only and has no shared subscriptions.
+            if self.mqtt_protocol != "3.1.1":
+                raise ValueError("the embedded broker speaks MQTT 3.1.1 only; set mqtt_url")
+            if self.mqtt_shared_group is not None:
+                raise ValueError("the embedded broker has no $share subscriptions; set mqtt_url")
+        if self.mqtt_password is not None and self.mqtt_username is None:
+            raise ValueError("mqtt_password is set but mqtt_username is not")
+        if self.influx_password is not None and self.influx_username is None:
+            raise ValueError("influx_password is set but influx_username is not")
+        self._refuse_placeholder("mqtt_password", self.mqtt_password, self.mqtt.host)
+        if self.influx_url is not None:
+            host = urllib.parse.urlsplit(self.influx_url).hostname or ""
+            self._refuse_placeholder("influx_password", self.influx_password, host)
+        return self
+
+    @staticmethod
+    def _refuse_placeholder(name: str, secret: str | None, host: str) -> None:
+        if secret is not None and secret.lower() in _PLACEHOLDER_SECRETS and host not in _LOOPBACK:
+            raise ValueError(f"{name} is a placeholder ({secret!r}); set a real secret")
+
+    @property
+    def mqtt(self) -> MqttEndpoint:
+        """Where the subscriber connects: ``mqtt_url``, or the embedded broker."""
+        if self.mqtt_url is None:
+            return MqttEndpoint(self.embedded_broker_host, self.embedded_broker_port, False)
+        parts = urllib.parse.urlsplit(self.mqtt_url)
+        tls = parts.scheme == "mqtts"
+        return MqttEndpoint(parts.hostname or "", parts.port or (8883 if tls else 1883), tls)
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Build settings from the environment, plus the env file at ``path`` if given.
+
+    Variables in the process environment win over the file (pydantic-settings' order).
+    Raises ``FileNotFoundError`` for a missing file (a silently ignored ``-c`` typo would
+    start the aggregator with defaults) and ``pydantic.ValidationError`` for bad values.
+    """
+    if path is None:
+        return Settings()
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"settings file {str(path)!r} does not exist")
+    return Settings(_env_file=path)  # type: ignore[call-arg]
