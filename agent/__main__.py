@@ -1,0 +1,10 @@
+"""``python -m agent run -c configs/agent.example.yaml``: the same as ``linewatch agent``."""
+
+from __future__ import annotations
+
+import sys
+
+from linewatch.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["agent", *sys.argv[2:]] if sys.argv[1:2] == ["run"] else ["agent", *sys.argv[1:]]))

@@ -1,0 +1,243 @@
+"""SQL tables (tickets, agents, quarantine, dedupe, rule state) and the engine that holds them.
+
+SQLAlchemy 2.0 ORM; the same models run on SQLite (default, one aggregator) and PostgreSQL
+(replicas sharing the work). Tables are created at startup with ``create_all``; there is
+no Alembic history yet, so a column change means a fresh database for now.
+
+The one invariant the database itself enforces: at most one non-resolved ticket per
+(asset, kind), by a partial unique index. Application code checks first, but two replicas
+(or two threads) can both pass the check; the index makes the second insert fail and the
+caller escalates instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    create_engine,
+    event,
+    text,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "OUTCOMES",
+    "QUARANTINE_MAX_BYTES",
+    "TICKET_KINDS",
+    "TICKET_STATUSES",
+    "AgentRecord",
+    "Base",
+    "QuarantinedMessage",
+    "RuleState",
+    "SeenMessage",
+    "SessionFactory",
+    "Ticket",
+    "open_engine",
+    "open_sessions",
+]
+
+logger = logging.getLogger(__name__)
+
+TICKET_KINDS = ("maintenance", "retraining")
+TICKET_STATUSES = ("open", "acknowledged", "resolved")
+OUTCOMES = ("confirmed_failure", "no_fault_found", "other")
+AGENT_STATES = ("online", "offline", "unknown")
+# Enough of a rejected payload to see what went wrong, without letting a flood of 256 KiB
+# garbage fill the database; the original length is kept next to it.
+QUARANTINE_MAX_BYTES = 64 * 1024
+NAME_LENGTH = 128  # agent.wire.Name max_length; ingest rejects longer topic segments
+
+SessionFactory = sessionmaker[Session]
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite's DATETIME would drop the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: store timezone-aware UTC values")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Ticket(Base):
+    """A maintenance or retraining ticket and its lifecycle (open -> acknowledged -> resolved)."""
+
+    __tablename__ = "tickets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    asset: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    agent: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    site: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    line: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    outcome: Mapped[str | None] = mapped_column(String(32), default=None)
+    note: Mapped[str | None] = mapped_column(Text, default=None)
+    model_name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    model_version: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    threshold: Mapped[float] = mapped_column(Float)
+    escalations: Mapped[int] = mapped_column(Integer, default=0)
+    # {"k": 3, "n": 5, "scores": [{"window_end": iso, "score": float, "alert": bool}, ...]}
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+    __table_args__ = (
+        CheckConstraint(_in("kind", TICKET_KINDS), name="ck_tickets_kind"),
+        CheckConstraint(_in("status", TICKET_STATUSES), name="ck_tickets_status"),
+        CheckConstraint(f"outcome IS NULL OR {_in('outcome', OUTCOMES)}", name="ck_tickets_outcome"),
+        # THE invariant: one non-resolved ticket per (asset, kind), enforced by the database.
+        Index(
+            "uq_tickets_open_asset_kind",
+            "asset",
+            "kind",
+            unique=True,
+            sqlite_where=text("status != 'resolved'"),
+            postgresql_where=text("status != 'resolved'"),
+        ),
+        Index("ix_tickets_status", "status"),
+    )
+
+
+class QuarantinedMessage(Base):
+    """A rejected MQTT message, kept for inspection (payload truncated, length kept)."""
+
+    __tablename__ = "quarantine"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    topic: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(String(32), index=True)
+    error: Mapped[str] = mapped_column(Text)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    payload_len: Mapped[int] = mapped_column(Integer)
+
+
+class SeenMessage(Base):
+    """msg_ids already handled: a redelivered message is dropped, not stored twice."""
+
+    __tablename__ = "seen_messages"
+
+    msg_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    agent: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class AgentRecord(Base):
+    """What the aggregator last heard from each agent."""
+
+    __tablename__ = "agents"
+
+    agent_id: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
+    site: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    line: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    state: Mapped[str] = mapped_column(String(16), default="unknown")
+    state_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    last_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    model_name: Mapped[str | None] = mapped_column(String(NAME_LENGTH), default=None)
+    model_version: Mapped[str | None] = mapped_column(String(NAME_LENGTH), default=None)
+    predictions_count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    __table_args__ = (CheckConstraint(_in("state", AGENT_STATES), name="ck_agents_state"),)
+
+
+class RuleState(Base):
+    """The last n windows a rule saw for one asset, so its state survives restarts.
+
+    Kept in SQL rather than rebuilt from the series store: it commits in the same
+    transaction as the tickets and seen msg_ids it caused, so a crash can never leave a
+    window counted without its ticket (or the reverse), and replicas sharing PostgreSQL
+    share it (the row is locked while a batch updates it).
+    """
+
+    __tablename__ = "rule_state"
+
+    rule: Mapped[str] = mapped_column(String(32), primary_key=True)
+    asset: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
+    # [{"window_end": iso, "score": float, "alert": bool}, ...], oldest first, at most n
+    windows: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    # pysqlite opens transactions lazily and never for SAVEPOINT, which breaks
+    # begin_nested(); SQLAlchemy's documented fix is to take over BEGIN ourselves. IMMEDIATE
+    # takes the write lock up front, so a read-then-write transaction cannot fail with
+    # SQLITE_BUSY halfway (busy_timeout makes the second writer wait instead).
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def open_engine(url: str, *, create: bool = True) -> Engine:
+    """Engine for ``url``; SQLite files get their parent directories and WAL mode.
+
+    With ``create`` (the default) missing tables are created (``create_all``).
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed)
+        _sqlite_setup(engine)
+    else:
+        # pre_ping: a replica survives a PostgreSQL restart without a burst of errors.
+        engine = create_engine(parsed, pool_pre_ping=True)
+    if create:
+        Base.metadata.create_all(engine)
+    return engine
+
+
+def open_sessions(engine: Engine) -> SessionFactory:
+    """Session factory; objects stay readable after commit (they are copied to ...Out)."""
+    return sessionmaker(engine, expire_on_commit=False)

@@ -1,0 +1,156 @@
+"""Ticket rules: pure functions and small stateful units, no I/O.
+
+``KOfN`` is the hysteresis: one window over the threshold is noise, k of the last n is a
+trend worth a technician's time. ``MaintenanceRule`` keeps one ``KOfN`` per asset and the
+recent scores that become a ticket's evidence. Persistence is the caller's job
+(``ingest`` stores ``MaintenanceRule.windows(asset)`` in SQL and ``restore``s it), so a
+restarted aggregator, or another replica, continues exactly where the last one stopped.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+__all__ = ["KOfN", "MaintenanceRule", "ScoredWindow"]
+
+
+class KOfN:
+    """Fires when at least ``k`` of the last ``n`` updates were alerts.
+
+    Parameters
+    ----------
+    k
+        Alerts needed, ``1 <= k <= n``.
+    n
+        Length of the sliding window of updates.
+
+    Examples
+    --------
+    >>> rule = KOfN(k=2, n=3)
+    >>> for alert in [True, False, False, True]:
+    ...     rule.update(alert)
+    ...     print(rule.triggered, end=" ")
+    False False False False
+    >>> rule.update(True)
+    >>> rule.triggered, rule.alerts
+    (True, 2)
+    """
+
+    def __init__(self, k: int = 3, n: int = 5) -> None:
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        if not isinstance(k, int) or not 1 <= k <= n:
+            raise ValueError(f"k must be an integer in 1..n ({n}), got {k!r}")
+        self.k = k
+        self.n = n
+        self._reset()
+
+    def _reset(self) -> None:
+        self._window: deque[bool] = deque(maxlen=self.n)
+        self._alerts = 0
+
+    def update(self, alert: bool) -> None:
+        """Add one window's verdict, forgetting the oldest beyond ``n``."""
+        if len(self._window) == self.n and self._window[0]:
+            self._alerts -= 1
+        self._window.append(bool(alert))
+        self._alerts += bool(alert)
+
+    @property
+    def alerts(self) -> int:
+        """Alerts among the last ``n`` updates."""
+        return self._alerts
+
+    @property
+    def triggered(self) -> bool:
+        """True when at least ``k`` of the last ``n`` updates were alerts."""
+        return self._alerts >= self.k
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredWindow:
+    """One window as a rule sees it; also the unit of ticket evidence."""
+
+    window_end: datetime
+    score: float
+    alert: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"window_end": self.window_end.isoformat(), "score": self.score, "alert": self.alert}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ScoredWindow:
+        return cls(datetime.fromisoformat(data["window_end"]), float(data["score"]), bool(data["alert"]))
+
+
+class MaintenanceRule:
+    """k-of-n alert windows per asset: the trigger for a maintenance ticket.
+
+    Windows must come in ``window_end`` order per asset; a window not newer than the last
+    one seen for its asset is ignored, so a redelivered or replayed prediction is never
+    counted twice (nor escalates a ticket again).
+
+    Parameters
+    ----------
+    k, n
+        As in :class:`KOfN`.
+
+    Examples
+    --------
+    >>> from datetime import UTC, datetime, timedelta
+    >>> t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    >>> rule = MaintenanceRule(k=2, n=3)
+    >>> [rule.update("pump-1", ScoredWindow(t0 + timedelta(minutes=i), s, s >= 0.8))
+    ...  for i, s in enumerate([0.9, 0.1, 0.95])]
+    [False, False, True]
+    >>> rule.update("pump-1", ScoredWindow(t0, 0.99, True))  # stale: ignored
+    False
+    >>> rule.triggered("pump-1")
+    True
+    >>> [w.score for w in rule.windows("pump-1")]
+    [0.9, 0.1, 0.95]
+    """
+
+    name = "maintenance"
+
+    def __init__(self, k: int = 3, n: int = 5) -> None:
+        KOfN(k, n)  # validates k and n with the same messages
+        self.k = k
+        self.n = n
+        self._reset()
+
+    def _reset(self) -> None:
+        self._counters: dict[str, KOfN] = {}
+        self._windows: dict[str, deque[ScoredWindow]] = {}
+
+    def restore(self, asset: str, windows: Iterable[ScoredWindow]) -> None:
+        """Replace the asset's state by replaying stored windows (oldest first)."""
+        self._counters.pop(asset, None)
+        self._windows.pop(asset, None)
+        for window in windows:
+            self.update(asset, window)
+
+    def update(self, asset: str, window: ScoredWindow) -> bool:
+        """Feed one window; True when it was new and leaves the asset triggered."""
+        counter = self._counters.get(asset)
+        if counter is None:
+            counter = self._counters[asset] = KOfN(self.k, self.n)
+            self._windows[asset] = deque(maxlen=self.n)
+        recent = self._windows[asset]
+        if recent and window.window_end <= recent[-1].window_end:
+            return False
+        counter.update(window.alert)
+        recent.append(window)
+        return counter.triggered
+
+    def triggered(self, asset: str) -> bool:
+        counter = self._counters.get(asset)
+        return counter is not None and counter.triggered
+
+    def windows(self, asset: str) -> list[ScoredWindow]:
+        """The last ``n`` windows of the asset, oldest first (the evidence)."""
+        return list(self._windows.get(asset, ()))

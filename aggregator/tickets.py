@@ -1,0 +1,182 @@
+"""Ticket lifecycle: open or escalate, acknowledge, resolve with an outcome.
+
+Functions take the caller's ``Session`` and never commit: the ingestor opens tickets in
+the same transaction that marks messages seen, and an API route commits its own change.
+
+One non-resolved ticket per (asset, kind) is the database's job (a partial unique index,
+see ``db.Ticket``); ``open_or_escalate`` checks first for speed and treats a unique
+violation as "someone else just opened it", which it then escalates.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from aggregator.db import OUTCOMES, TICKET_KINDS, Ticket
+from aggregator.errors import TicketNotFoundError, TicketStateError
+
+__all__ = [
+    "MAX_EVIDENCE_SCORES",
+    "Kind",
+    "Outcome",
+    "Status",
+    "acknowledge",
+    "find",
+    "get",
+    "open_or_escalate",
+    "resolve",
+]
+
+logger = logging.getLogger(__name__)
+
+Kind = Literal["maintenance", "retraining"]
+Status = Literal["open", "acknowledged", "resolved"]
+Outcome = Literal["confirmed_failure", "no_fault_found", "other"]
+
+# A ticket escalated for weeks must not grow without bound; the newest scores matter most.
+MAX_EVIDENCE_SCORES = 200
+
+
+def _now(now: datetime | None) -> datetime:
+    return now if now is not None else datetime.now(UTC)
+
+
+def _open_ticket(session: Session, asset: str, kind: str) -> Ticket | None:
+    query = select(Ticket).where(
+        Ticket.asset == asset, Ticket.kind == kind, Ticket.status != "resolved"
+    )
+    return session.scalars(query.with_for_update()).first()
+
+
+def _merge_evidence(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """New evidence wins for scalars; scores are merged by window_end, newest kept."""
+    scores = {s["window_end"]: s for s in old.get("scores", [])}
+    scores.update({s["window_end"]: s for s in new.get("scores", [])})
+    merged = sorted(scores.values(), key=lambda s: datetime.fromisoformat(s["window_end"]))
+    # A new dict, not an in-place change: plain JSON columns do not track mutations.
+    return {**old, **new, "scores": merged[-MAX_EVIDENCE_SCORES:]}
+
+
+def _escalate(ticket: Ticket, evidence: dict[str, Any], now: datetime) -> Ticket:
+    ticket.evidence = _merge_evidence(ticket.evidence, evidence)
+    ticket.escalations += 1
+    ticket.updated_at = now
+    return ticket
+
+
+def open_or_escalate(
+    session: Session,
+    asset: str,
+    kind: Kind,
+    evidence: dict[str, Any],
+    *,
+    agent: str,
+    site: str,
+    line: str,
+    model_name: str,
+    model_version: str,
+    threshold: float,
+    now: datetime | None = None,
+) -> tuple[Ticket, bool]:
+    """Open a ticket for (asset, kind), or escalate the one already open.
+
+    Returns ``(ticket, opened)``; ``opened`` is False when an existing ticket was
+    escalated (evidence appended, ``updated_at`` bumped, ``escalations`` + 1).
+    """
+    if kind not in TICKET_KINDS:
+        raise ValueError(f"kind must be one of {TICKET_KINDS}, got {kind!r}")
+    now = _now(now)
+    existing = _open_ticket(session, asset, kind)
+    if existing is not None:
+        return _escalate(existing, evidence, now), False
+    ticket = Ticket(
+        kind=kind, asset=asset, agent=agent, site=site, line=line, status="open",
+        opened_at=now, updated_at=now, model_name=model_name, model_version=model_version,
+        threshold=threshold, escalations=0, evidence=_merge_evidence({}, evidence),
+    )
+    try:
+        # A savepoint, so losing the race rolls back only this insert, not the caller's
+        # whole transaction (seen msg_ids, agents, rule state).
+        with session.begin_nested():
+            session.add(ticket)
+    except IntegrityError:
+        existing = _open_ticket(session, asset, kind)
+        if existing is None:  # a different constraint failed: not ours to hide
+            raise
+        logger.debug("ticket for %s/%s opened concurrently; escalating it", asset, kind)
+        return _escalate(existing, evidence, now), False
+    logger.info("opened %s ticket %d for asset %s", kind, ticket.id, asset)
+    return ticket, True
+
+
+def get(session: Session, ticket_id: int, *, for_update: bool = False) -> Ticket:
+    """The ticket with this id, or ``TicketNotFoundError``."""
+    ticket = session.get(Ticket, ticket_id, with_for_update=for_update)
+    if ticket is None:
+        raise TicketNotFoundError(f"no ticket {ticket_id}", ticket_id=ticket_id)
+    return ticket
+
+
+def find(
+    session: Session,
+    *,
+    status: Status | None = None,
+    kind: Kind | None = None,
+    asset: str | None = None,
+) -> list[Ticket]:
+    """Tickets matching every given filter, newest first."""
+    query = select(Ticket).order_by(Ticket.opened_at.desc(), Ticket.id.desc())
+    if status is not None:
+        query = query.where(Ticket.status == status)
+    if kind is not None:
+        query = query.where(Ticket.kind == kind)
+    if asset is not None:
+        query = query.where(Ticket.asset == asset)
+    return list(session.scalars(query))
+
+
+def acknowledge(session: Session, ticket_id: int, *, now: datetime | None = None) -> Ticket:
+    """open -> acknowledged (someone is on it). Acknowledging twice is a no-op."""
+    ticket = get(session, ticket_id, for_update=True)
+    if ticket.status == "resolved":
+        raise TicketStateError(
+            f"ticket {ticket_id} is resolved", ticket_id=ticket_id, status=ticket.status
+        )
+    if ticket.status == "open":
+        ticket.status = "acknowledged"
+        ticket.updated_at = _now(now)
+    return ticket
+
+
+def resolve(
+    session: Session,
+    ticket_id: int,
+    outcome: Outcome,
+    note: str | None = None,
+    *,
+    now: datetime | None = None,
+) -> Ticket:
+    """-> resolved, with the outcome that model health is computed from.
+
+    A resolved ticket frees its (asset, kind): the next trigger opens a new one.
+    """
+    if outcome not in OUTCOMES:
+        raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
+    ticket = get(session, ticket_id, for_update=True)
+    if ticket.status == "resolved":
+        raise TicketStateError(
+            f"ticket {ticket_id} is already resolved ({ticket.outcome})",
+            ticket_id=ticket_id,
+            status=ticket.status,
+        )
+    now = _now(now)
+    ticket.status, ticket.outcome, ticket.note = "resolved", outcome, note
+    ticket.resolved_at = ticket.updated_at = now
+    return ticket
+

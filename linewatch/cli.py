@@ -1,0 +1,125 @@
+"""The ``linewatch`` command: agent, aggregator, demo, train, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+logger = logging.getLogger("linewatch")
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from agent import config as agent_config
+    from agent.pipeline import Agent
+
+    agent = Agent(agent_config.load(args.config))
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop())
+    try:
+        report = agent.run(drain_timeout_s=args.drain_timeout)
+    except KeyboardInterrupt:
+        return 130
+    p = report.progress
+    print(f"scored {p.windows_scored} windows, {p.alerts} above threshold; "
+          f"{p.published} messages acknowledged, {p.outbox_depth} left in the outbox")
+    return 0 if report.drained else 1
+
+
+def _aggregator(args: argparse.Namespace) -> int:
+    from aggregator.server import serve
+    from aggregator.settings import load_settings
+
+    serve(load_settings(args.config))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from linewatch.demo import run_demo
+
+    return run_demo(args.config, serve=args.serve, speed=args.speed)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from linewatch.training import NAMES, train
+
+    names = NAMES if args.name == "all" else (args.name,)
+    for name in names:
+        path = train(name, args.models_root, search=not args.no_search)
+        print(f"{name}: wrote {path}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from linewatch.evaluate import evaluate, format_report
+
+    result = evaluate(args.model_dir, args.data_file, truth=args.truth)
+    print(json.dumps(result, sort_keys=True) if args.json else format_report(result))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="linewatch", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("agent", help="run a gateway agent")
+    a.add_argument("-c", "--config", required=True, type=Path, help="agent YAML file")
+    a.add_argument("--drain-timeout", type=float, default=60.0,
+                   help="seconds to wait for the outbox to empty at the end of a replay")
+    a.set_defaults(func=_agent)
+
+    g = sub.add_parser("aggregator", help="run the central aggregator (API + MQTT ingest)")
+    g.add_argument("-c", "--config", type=Path, default=None,
+                   help="env file with LINEWATCH_* settings (the environment also works)")
+    g.set_defaults(func=_aggregator)
+
+    d = sub.add_parser("demo", help="embedded broker + aggregator + agents replaying FD001")
+    d.add_argument("-c", "--config", type=Path, default=Path("configs/demo.yaml"))
+    d.add_argument("--serve", action="store_true",
+                   help="keep the aggregator and its API running after the replay ends")
+    d.add_argument("--speed", type=float, default=None,
+                   help="replay speed (times real time, 0 = as fast as possible)")
+    d.set_defaults(func=_demo)
+
+    t = sub.add_parser("train", help="rebuild a model from the data in models/data")
+    t.add_argument("name", help="model name, or 'all'")
+    t.add_argument("--models-root", type=Path, default=None)
+    t.add_argument("--no-search", action="store_true",
+                   help="reuse the recorded hyper-parameters instead of searching again")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("evaluate", help="score a data file with a model, print metrics")
+    e.add_argument("model_dir", type=Path)
+    e.add_argument("data_file", type=Path)
+    e.add_argument("--truth", type=Path, default=None,
+                   help="RUL file for a C-MAPSS test file")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(func=_evaluate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from agent.errors import AgentError, ConfigError
+
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except AgentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
