@@ -1,0 +1,413 @@
+"""Ingest: raw MQTT messages in, stored predictions, agents and tickets out.
+
+Per batch, in this order (the order is the guarantee):
+
+1. parse the topic, decode the payload (``agent.wire``), check semantics;
+   a bad message is *rejected*: counted by reason, quarantined with its raw bytes, logged
+   once per reason at WARNING (then at DEBUG); it never raises;
+2. drop msg_ids already seen (counted as *duplicate*);
+3. write every prediction of the batch to the series store in ONE call; if the store is
+   down this raises ``SeriesUnavailableError`` and nothing is marked seen, so the caller
+   retries the same batch later (a rewrite replaces identical points: nothing doubles);
+4. one SQL transaction: seen msg_ids, quarantine rows, agents, the maintenance rule per
+   asset in window_end order, tickets opened or escalated.
+
+Only when ``handle_batch`` returns may the subscriber acknowledge the messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal, cast
+from uuid import UUID
+
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from agent.wire import (
+    Envelope,
+    Prediction,
+    Status,
+    TopicParts,
+    WireError,
+    decode,
+    decode_status,
+    parse_topic,
+)
+from aggregator import tickets
+from aggregator.db import (
+    NAME_LENGTH,
+    QUARANTINE_MAX_BYTES,
+    AgentRecord,
+    QuarantinedMessage,
+    RuleState,
+    SeenMessage,
+    SessionFactory,
+)
+from aggregator.errors import DatabaseUnavailableError
+from aggregator.rules import MaintenanceRule, ScoredWindow
+from aggregator.series import PredictionPoint, SeriesStore
+from aggregator.settings import Settings
+
+__all__ = ["IngestCounts", "Ingestor", "Outcome", "RawMessage"]
+
+logger = logging.getLogger(__name__)
+
+LOG_PAYLOAD_BYTES = 200
+_MAX_SEQ = 2**63 - 1  # BIGINT: a larger seq would fail every insert, forever
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """One MQTT message as received: topic and payload bytes, nothing parsed."""
+
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one message. ``reason`` is the rejection code (``agent.wire``'s)."""
+
+    status: Literal["accepted", "duplicate", "rejected"]
+    reason: str | None = None
+    error: str = ""
+    msg_id: UUID | None = None
+    predictions: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class IngestCounts:
+    """Cumulative counters since the ingestor was built (exposed by ``/healthz``)."""
+
+    accepted: int
+    duplicates: int
+    predictions: int
+    statuses: int
+    rejected: dict[str, int]
+
+
+@dataclass(slots=True)
+class _Data:
+    """A decoded, valid data message waiting for dedupe."""
+
+    parts: TopicParts
+    envelope: Envelope
+    points: list[PredictionPoint]
+
+
+@dataclass(slots=True)
+class _StatusUpdate:
+    parts: TopicParts
+    status: Status
+
+
+@dataclass(slots=True)
+class _Rejected:
+    message: RawMessage
+    error: WireError
+
+
+_Parsed = _Data | _StatusUpdate | _Rejected
+
+
+class Ingestor:
+    """Turns batches of raw MQTT messages into stored predictions, agents and tickets.
+
+    Parameters
+    ----------
+    series
+        Where predictions go (``open_series(settings)``).
+    session_factory
+        SQL sessions for dedupe, quarantine, agents, rule state and tickets.
+    settings
+        Only ``rule_k`` and ``rule_n`` are read.
+
+    Thread safety: ``handle_batch`` is called by one worker thread; the counters may be
+    read from any thread.
+    """
+
+    def __init__(
+        self, series: SeriesStore, session_factory: SessionFactory, settings: Settings
+    ) -> None:
+        self.series = series
+        self.session_factory = session_factory
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._rejected: Counter[str] = Counter()
+        self._accepted = 0
+        self._duplicates = 0
+        self._predictions = 0
+        self._statuses = 0
+        self._warned: set[str] = set()
+
+    # -- counters -----------------------------------------------------------------------
+    @property
+    def rejected(self) -> Counter[str]:
+        """Rejected messages by reason (a copy)."""
+        with self._lock:
+            return Counter(self._rejected)
+
+    @property
+    def counts(self) -> IngestCounts:
+        with self._lock:
+            return IngestCounts(
+                accepted=self._accepted,
+                duplicates=self._duplicates,
+                predictions=self._predictions,
+                statuses=self._statuses,
+                rejected=dict(self._rejected),
+            )
+
+    # -- entry points -------------------------------------------------------------------
+    def handle(self, topic: str, raw: bytes) -> Outcome:
+        """Handle one message (a batch of one)."""
+        return self.handle_batch([RawMessage(topic, raw)])[0]
+
+    def handle_batch(self, messages: list[RawMessage]) -> list[Outcome]:
+        """Handle a batch; outcomes come back in the order of ``messages``.
+
+        Raises ``SeriesUnavailableError`` / ``DatabaseUnavailableError`` (nothing marked
+        seen: retry the same batch later). Bad input never raises.
+        """
+        now = datetime.now(UTC)
+        parsed = [_parse(m) for m in messages]
+        fresh = self._fresh(parsed)
+        self.series.write([p for i in fresh for p in _as_data(parsed[i]).points])
+        try:
+            with self.session_factory() as session, session.begin():
+                fresh = self._commit(session, parsed, fresh, now)
+        except OperationalError as exc:
+            raise DatabaseUnavailableError(f"SQL database: {exc.orig!r}") from exc
+        outcomes = [_outcome(item, i in fresh) for i, item in enumerate(parsed)]
+        self._count(parsed, outcomes)
+        return outcomes
+
+    # -- steps --------------------------------------------------------------------------
+    def _fresh(self, parsed: list[_Parsed]) -> set[int]:
+        """Indexes of data messages whose msg_id is new (in this batch and in the DB)."""
+        first: dict[str, int] = {}
+        for i, item in enumerate(parsed):
+            if isinstance(item, _Data):
+                first.setdefault(str(item.envelope.msg_id), i)
+        if not first:
+            return set()
+        try:
+            with self.session_factory() as session, session.begin():
+                seen = _seen(session, first)
+        except OperationalError as exc:
+            raise DatabaseUnavailableError(f"SQL database: {exc.orig!r}") from exc
+        return {i for msg_id, i in first.items() if msg_id not in seen}
+
+    def _commit(
+        self, session: Session, parsed: list[_Parsed], fresh: set[int], now: datetime
+    ) -> set[int]:
+        # Checked again inside the transaction: another replica may have handled one of
+        # these since _fresh(); its points were just rewritten (harmless), but it must not
+        # count twice or feed the rule twice.
+        seen = _seen(session, {str(_as_data(parsed[i]).envelope.msg_id) for i in fresh})
+        fresh = {i for i in fresh if str(_as_data(parsed[i]).envelope.msg_id) not in seen}
+        data = [_as_data(parsed[i]) for i in sorted(fresh)]
+        for item in data:
+            env = item.envelope
+            session.add(SeenMessage(msg_id=str(env.msg_id), agent=env.agent, seq=env.seq, received_at=now))
+        for item in parsed:
+            if isinstance(item, _Rejected):
+                session.add(_quarantine_row(item, now))
+        _update_agents(session, data, [p for p in parsed if isinstance(p, _StatusUpdate)], now)
+        self._run_rules(session, data, now)
+        return fresh
+
+    def _run_rules(self, session: Session, data: list[_Data], now: datetime) -> None:
+        rule = MaintenanceRule(self.settings.rule_k, self.settings.rule_n)
+        by_asset: dict[str, list[tuple[PredictionPoint, float]]] = defaultdict(list)
+        for item in data:
+            for point in item.points:
+                by_asset[point.asset].append((point, item.envelope.model.threshold))
+        for asset in sorted(by_asset):  # a fixed order: replicas lock rows alike, no deadlock
+            state = session.get(RuleState, (rule.name, asset), with_for_update=True)
+            if state is None:
+                state = RuleState(rule=rule.name, asset=asset, windows=[], updated_at=now)
+                session.add(state)
+            rule.restore(asset, (ScoredWindow.from_json(w) for w in state.windows))
+            trigger: tuple[PredictionPoint, float, list[ScoredWindow]] | None = None
+            for point, threshold in sorted(by_asset[asset], key=lambda pt: pt[0].window_end):
+                if rule.update(asset, ScoredWindow(point.window_end, point.score, point.alert)):
+                    trigger = (point, threshold, rule.windows(asset))
+            state.windows = [w.to_json() for w in rule.windows(asset)]
+            state.updated_at = now
+            if trigger is not None:
+                # One escalation per asset and batch, with the evidence of its last trigger.
+                point, threshold, windows = trigger
+                tickets.open_or_escalate(
+                    session, asset, "maintenance",
+                    {"k": rule.k, "n": rule.n, "scores": [w.to_json() for w in windows]},
+                    agent=point.agent, site=point.site, line=point.line,
+                    model_name=point.model, model_version=point.model_version,
+                    threshold=threshold, now=now,
+                )
+
+    def _count(self, parsed: list[_Parsed], outcomes: list[Outcome]) -> None:
+        with self._lock:
+            for item, outcome in zip(parsed, outcomes, strict=True):
+                if outcome.status == "accepted":
+                    self._accepted += 1
+                    self._predictions += outcome.predictions
+                    self._statuses += isinstance(item, _StatusUpdate)
+                elif outcome.status == "duplicate":
+                    self._duplicates += 1
+                else:
+                    self._rejected[outcome.reason or "invalid"] += 1
+        for item in parsed:
+            if isinstance(item, _Rejected):
+                self._log_rejection(item)
+
+    def _log_rejection(self, item: _Rejected) -> None:
+        reason = item.error.reason
+        first = reason not in self._warned
+        self._warned.add(reason)
+        payload = item.message.payload
+        shown = payload[:LOG_PAYLOAD_BYTES]
+        logger.log(
+            logging.WARNING if first else logging.DEBUG,
+            "rejected message on %r: %s; payload (%d bytes) %r%s%s",
+            item.message.topic,
+            item.error,
+            len(payload),
+            shown,
+            "..." if len(payload) > len(shown) else "",
+            f" (further {reason!r} rejections are logged at DEBUG)" if first else "",
+        )
+
+
+# -- parsing and checks (pure) ------------------------------------------------------------
+def _parse(message: RawMessage) -> _Parsed:
+    try:
+        parts = parse_topic(message.topic)
+        _check_name("site", parts.site)
+        _check_name("line", parts.line)
+        _check_name("agent", parts.agent)
+        if parts.kind == "status":
+            status = decode_status(message.payload)
+            _check_same_agent(status.agent, parts.agent)
+            return _StatusUpdate(parts, status)
+        envelope = decode(message.payload)
+        _check_envelope(parts, envelope)
+    except WireError as exc:
+        return _Rejected(message, exc)
+    return _Data(parts, envelope, _points(parts, envelope))
+
+
+def _check_same_agent(payload_agent: str, topic_agent: str) -> None:
+    if payload_agent != topic_agent:
+        raise WireError(
+            "invalid", f"agent {payload_agent!r} in the payload, {topic_agent!r} in the topic"
+        )
+
+
+def _check_name(field: str, value: str) -> None:
+    # Names become SQL keys and InfluxDB tags: bounded length, no control characters, and
+    # no backslash (line protocol cannot carry one before , = space or at the end).
+    if not 1 <= len(value) <= NAME_LENGTH:
+        raise WireError("invalid", f"{field} must be 1..{NAME_LENGTH} characters long")
+    if "\\" in value or any(unicodedata.category(c) == "Cc" for c in value):
+        raise WireError("invalid", f"{field} {value!r} contains a backslash or control character")
+
+
+def _check_envelope(parts: TopicParts, envelope: Envelope) -> None:
+    _check_same_agent(envelope.agent, parts.agent)
+    _check_name("model.name", envelope.model.name)
+    _check_name("model.version", envelope.model.version)
+    if envelope.seq > _MAX_SEQ:
+        raise WireError("invalid", f"seq {envelope.seq} does not fit in 64 bits")
+    for n, item in enumerate(envelope.items):
+        if isinstance(item, Prediction):
+            _check_name(f"items.{n}.asset", item.asset)
+            if item.window_start > item.window_end:
+                raise WireError("invalid", f"items.{n}: window_start is after window_end")
+
+
+def _points(parts: TopicParts, envelope: Envelope) -> list[PredictionPoint]:
+    return [
+        PredictionPoint(
+            site=parts.site, line=parts.line, agent=envelope.agent, asset=item.asset,
+            model=envelope.model.name, model_version=envelope.model.version,
+            window_start=item.window_start, window_end=item.window_end,
+            score=item.score, alert=item.alert, seq=envelope.seq,
+        )
+        for item in envelope.items
+        if isinstance(item, Prediction)
+    ]
+
+
+def _as_data(item: _Parsed) -> _Data:
+    return cast(_Data, item)  # callers index only data messages
+
+
+def _outcome(item: _Parsed, fresh: bool) -> Outcome:
+    if isinstance(item, _Rejected):
+        return Outcome("rejected", reason=item.error.reason, error=item.error.message)
+    if isinstance(item, _StatusUpdate):
+        return Outcome("accepted")
+    if not fresh:
+        return Outcome("duplicate", msg_id=item.envelope.msg_id)
+    return Outcome("accepted", msg_id=item.envelope.msg_id, predictions=len(item.points))
+
+
+# -- SQL steps ----------------------------------------------------------------------------
+def _seen(session: Session, msg_ids: Iterable[str]) -> set[str]:
+    ids = list(msg_ids)
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):  # stay under every backend's parameter limit
+        chunk = ids[start : start + 500]
+        found.update(session.scalars(select(SeenMessage.msg_id).where(SeenMessage.msg_id.in_(chunk))))
+    return found
+
+
+def _quarantine_row(item: _Rejected, now: datetime) -> QuarantinedMessage:
+    payload = bytes(item.message.payload)
+    return QuarantinedMessage(
+        received_at=now, topic=item.message.topic, reason=item.error.reason,
+        error=item.error.message, payload=payload[:QUARANTINE_MAX_BYTES], payload_len=len(payload),
+    )
+
+
+def _agent(session: Session, parts: TopicParts, rows: dict[str, AgentRecord]) -> AgentRecord:
+    row = rows.get(parts.agent) or session.get(AgentRecord, parts.agent, with_for_update=True)
+    if row is None:
+        row = AgentRecord(agent_id=parts.agent, site=parts.site, line=parts.line, state="unknown",
+                          predictions_count=0)
+        session.add(row)
+    rows[parts.agent] = row
+    return row
+
+
+def _update_agents(
+    session: Session, data: list[_Data], statuses: list[_StatusUpdate], now: datetime
+) -> None:
+    rows: dict[str, AgentRecord] = {}
+    for item in sorted(data, key=lambda d: (d.envelope.agent, d.envelope.seq)):
+        row = _agent(session, item.parts, rows)
+        env = item.envelope
+        row.site, row.line, row.last_seen = item.parts.site, item.parts.line, now
+        if row.last_seq is None or env.seq >= row.last_seq:
+            row.last_seq = env.seq
+            row.model_name, row.model_version = env.model.name, env.model.version
+        row.predictions_count += len(item.points)
+        if row.state == "unknown":
+            row.state = "online"  # it is sending; its retained status will say more
+    for update in sorted(statuses, key=lambda s: s.status.ts):
+        row = _agent(session, update.parts, rows)
+        status = update.status
+        # Retained statuses can arrive late (after a reconnect); the newest ts wins.
+        if row.state_at is None or status.ts >= row.state_at:
+            row.state, row.state_at, row.last_seen = status.state, status.ts, now
+            if status.model is not None:
+                row.model_name, row.model_version = status.model.name, status.model.version

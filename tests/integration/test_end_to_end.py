@@ -1,0 +1,161 @@
+"""The whole loop on real parts: agent -> real Mosquitto -> aggregator -> real InfluxDB.
+
+No component of ours is replaced: the agent replays C-MAPSS FD001 test engines through the
+shipped ONNX model, publishes through its outbox, and the aggregator stores and tickets.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agent import config as agent_config
+from agent.pipeline import Agent, Scored
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "models" / "cmapss_fd001"
+TEST_FILE = ROOT / "models" / "data" / "cmapss_fd001" / "test_FD001.txt.gz"
+# Engines 31 and 34 end 8 and 7 cycles before failure; engine 1 ends 112 cycles before.
+ASSETS = ["engine-001", "engine-031", "engine-034"]
+
+pytestmark = pytest.mark.integration
+
+
+def wait_until(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def agent_cfg(tmp_path: Path, mqtt_url: str, agent_id: str = "gw-e2e", **source) -> agent_config.AgentConfig:
+    return agent_config.parse({
+        "agent": {"id": agent_id, "site": "plant1", "line": "line1"},
+        "model": {"dir": str(MODEL)},
+        "source": {"type": "replay", "path": str(TEST_FILE), "assets": ASSETS, "speed": 0,
+                   "step_s": 600, "start": "2026-01-01T00:00:00Z", **source},
+        "mqtt": {"url": mqtt_url},
+        "outbox": {"path": str(tmp_path / agent_id / "outbox.db")},
+        "publish": {"max_items": 100, "flush_interval_s": 0.2, "health_interval_s": 1},
+    })
+
+
+def expected_ticket_assets(scored: list[Scored], threshold: float, k: int, n: int) -> set[str]:
+    """The k-of-n rule computed independently from what the agent scored."""
+    out = set()
+    recent: dict[str, deque[bool]] = {}
+    for s in sorted(scored, key=lambda s: (s.asset, s.window_end)):
+        q = recent.setdefault(s.asset, deque(maxlen=n))
+        q.append(s.score >= threshold)
+        if sum(q) >= k:
+            out.add(s.asset)
+    return out
+
+
+@pytest.fixture
+def aggregator(tmp_path: Path, mosquitto, influxdb):
+    from aggregator.server import ServerThread
+    from aggregator.settings import Settings
+
+    port = free_port()
+    settings = Settings(
+        mqtt_url=mosquitto.url, influx_url=influxdb.url, influx_database=influxdb.database,
+        db_url=f"sqlite:///{tmp_path / 'agg.db'}", series_path=tmp_path / "series.db",
+        http_port=port, rule_k=3, rule_n=5, mqtt_client_id="agg-e2e",
+    )
+    server = ServerThread(settings)
+    server.start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as api:
+            yield api
+    finally:
+        server.stop()
+
+
+def stored_scores(influxdb, agent_id: str) -> dict[tuple[str, int], float]:
+    rows = influxdb.server.query(
+        f"SELECT score, asset FROM prediction WHERE agent = '{agent_id}'",
+        influxdb.database, epoch="ns",
+    )
+    return {(r["asset"], int(r["time"])): float(r["score"]) for r in rows}
+
+
+def as_key(s: Scored) -> tuple[str, int]:
+    return s.asset, int(round(s.window_end.timestamp() * 1e9))
+
+
+def test_every_scored_window_is_stored_once_and_the_failing_engines_get_tickets(
+    tmp_path: Path, mosquitto, influxdb, aggregator
+) -> None:
+    agent = Agent(agent_cfg(tmp_path, mosquitto.url), record=True)
+    threshold = agent.threshold
+    report = agent.run(drain_timeout_s=30)
+    assert report.drained
+    scored = report.scored
+    # Window 30, hop 1: engine 1 has 31 cycles, 31 has 196, 34 has 203.
+    assert len(scored) == len({as_key(s) for s in scored}) > 300
+
+    wait_until(lambda: len(stored_scores(influxdb, "gw-e2e")) >= len(scored), 30,
+               "all predictions in InfluxDB")
+    stored = stored_scores(influxdb, "gw-e2e")
+    assert len(stored) == len(scored)
+    for s in scored:
+        assert stored[as_key(s)] == pytest.approx(s.score, abs=1e-12)
+    count = influxdb.server.query(
+        "SELECT COUNT(score) FROM prediction WHERE agent = 'gw-e2e'", influxdb.database)
+    assert count[0]["count"] == len(scored)
+
+    want = expected_ticket_assets(scored, threshold, k=3, n=5)
+    assert {"engine-031", "engine-034"} <= want and "engine-001" not in want
+    tickets = aggregator.get("/tickets", params={"status": "open"}).json()
+    assert sorted(t["asset"] for t in tickets if t["kind"] == "maintenance") == sorted(want)
+
+    health = aggregator.get("/healthz").json()
+    assert health["counts"]["duplicates"] == 0
+    assert health["counts"]["predictions_stored"] == len(scored)
+    agents = {a["agent"]: a for a in aggregator.get("/agents").json()}
+    assert agents["gw-e2e"]["predictions_count"] == len(scored)
+
+
+def test_broker_outage_during_replay_loses_nothing_and_doubles_nothing(
+    tmp_path: Path, mosquitto, influxdb, aggregator
+) -> None:
+    """The broker is down when the agent starts and comes back mid-replay."""
+    mosquitto.stop()
+    cfg = agent_cfg(tmp_path, mosquitto.url, agent_id="gw-outage", speed=30000)
+    agent = Agent(cfg, record=True)
+
+    import threading
+
+    runner = threading.Thread(target=lambda: setattr(agent, "report", agent.run(
+        drain_timeout_s=60)))
+    runner.start()
+    wait_until(lambda: agent.progress.windows_scored > 100, 30, "the agent scoring offline")
+    assert agent.progress.published == 0 and agent.outbox.depth > 0
+    mosquitto.start()
+    runner.join(timeout=90)
+    assert not runner.is_alive()
+    report = agent.report
+    assert report.drained
+
+    wait_until(lambda: len(stored_scores(influxdb, "gw-outage")) >= len(report.scored), 30,
+               "all predictions stored after the outage")
+    stored = stored_scores(influxdb, "gw-outage")
+    assert len(stored) == len(report.scored)
+    for s in report.scored:
+        assert stored[as_key(s)] == pytest.approx(s.score, abs=1e-12)
+    assert aggregator.get("/healthz").json()["counts"]["duplicates"] == 0
