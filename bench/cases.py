@@ -1,0 +1,115 @@
+"""The benchmark cases. Each takes a repeat count and returns a dict of medians/ratios."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from agent import wire
+from agent.datasets import read_recordings
+from agent.features import FeatureExtractor
+from agent.inference import OnnxModel
+from agent.monitors import DriftMonitor
+from agent.outbox import Outbox
+from agent.windows import Windower
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "models" / "cmapss_fd001"
+DATA = ROOT / "models" / "data" / "cmapss_fd001" / "test_FD001.txt.gz"
+
+
+def _median_s(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def agent_compute(repeats: int) -> dict:
+    """Windows -> features -> ONNX -> drift monitor over all 100 FD001 test engines, one
+    cycle of every engine per tick (how the replay feeds the pipeline)."""
+    model = OnnxModel(MODEL)
+    card = model.card
+    recs = read_recordings(DATA, "cmapss")
+    cols = [recs[0].channels.index(c) for c in card.channel_names]
+    n_rows = sum(len(r.t) for r in recs)
+    max_len = max(len(r.t) for r in recs)
+
+    def run() -> int:
+        w = Windower(card.window.size, card.window.hop, len(cols))
+        fx = FeatureExtractor(card.features, card.channel_names)
+        drift = DriftMonitor()
+        scored = 0
+        for i in range(max_len):
+            ready = [out for r in recs if i < len(r.t)
+                     for out in [w.update(r.asset, r.t[i:i + 1], r.values[i:i + 1, cols])]
+                     if out is not None]
+            if ready:
+                x = np.concatenate([fx.transform(o.values) for o in ready])
+                for s in model.run(x):
+                    drift.update(float(s), 0.0)
+                scored += len(x)
+        return scored
+
+    scored = run()
+    t = _median_s(run, repeats)
+    return {"rows": n_rows, "windows": scored, "median_s": round(t, 4),
+            "rows_per_s": round(n_rows / t), "windows_per_s": round(scored / t)}
+
+
+def _envelope(n_items: int) -> wire.Envelope:
+    ref = wire.ModelRef(name="m", version="1", sha256="0" * 64, threshold=0.5)
+    now = datetime.now(UTC)
+    items = [wire.Prediction(asset=f"engine-{i % 100:03d}", window_start=now, window_end=now,
+                             score=0.5, alert=False) for i in range(n_items)]
+    return wire.Envelope.build("gw", 0, ref, items)
+
+
+def wire_codec(repeats: int) -> dict:
+    """Encode/decode cost per prediction item, by batch size."""
+    out = {}
+    for n in (1, 10, 100, 500):
+        env = _envelope(n)
+        raw = wire.encode(env)
+        enc = _median_s(lambda: [wire.encode(env) for _ in range(200)], repeats) / 200
+        dec = _median_s(lambda: [wire.decode(raw) for _ in range(200)], repeats) / 200
+        out[f"items_{n}"] = {"bytes": len(raw), "encode_us_per_item": round(enc / n * 1e6, 2),
+                             "decode_us_per_item": round(dec / n * 1e6, 2)}
+    out["decode_ratio_1_vs_100_per_item"] = round(
+        out["items_1"]["decode_us_per_item"] / out["items_100"]["decode_us_per_item"], 1)
+    return out
+
+
+def outbox(repeats: int) -> dict:
+    """Outbox put (one message per transaction) and drain (pending + ack in chunks)."""
+    payload = wire.encode(_envelope(100))
+
+    def cycle() -> None:
+        with tempfile.TemporaryDirectory() as d:
+            box = Outbox(Path(d) / "o.db")
+            for _ in range(500):
+                s = box.allocate_seq()
+                box.put(s, str(s), "t", "predictions", payload, droppable=True)
+            while box.depth:
+                box.ack([r.seq for r in box.pending(-1, 100)])
+            box.close()
+
+    t = _median_s(cycle, repeats)
+    return {"messages": 500, "payload_bytes": len(payload),
+            "us_per_message_put_and_drain": round(t / 500 * 1e6, 1)}
+
+
+ALL: dict[str, Callable[[int], dict]] = {
+    "agent_compute": agent_compute,
+    "wire_codec": wire_codec,
+    "outbox": outbox,
+}
