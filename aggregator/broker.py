@@ -103,7 +103,7 @@ class EmbeddedBroker:
 
     async def _start_broker(self) -> None:
         # amqtt's Broker takes the running loop in its constructor, so build it here.
-        from amqtt.broker import Broker
+        from amqtt.broker import Broker  # type: ignore[import-untyped]
 
         self._broker = Broker(self._config())
         await self._broker.start()

@@ -50,6 +50,7 @@ __all__ = [
     "SeenMessage",
     "SessionFactory",
     "Ticket",
+    "UTCDateTime",
     "open_engine",
     "open_sessions",
 ]
@@ -123,7 +124,9 @@ class Ticket(Base):
     __table_args__ = (
         CheckConstraint(_in("kind", TICKET_KINDS), name="ck_tickets_kind"),
         CheckConstraint(_in("status", TICKET_STATUSES), name="ck_tickets_status"),
-        CheckConstraint(f"outcome IS NULL OR {_in('outcome', OUTCOMES)}", name="ck_tickets_outcome"),
+        CheckConstraint(
+            f"outcome IS NULL OR {_in('outcome', OUTCOMES)}", name="ck_tickets_outcome"
+        ),
         # THE invariant: one non-resolved ticket per (asset, kind), enforced by the database.
         Index(
             "uq_tickets_open_asset_kind",

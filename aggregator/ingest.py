@@ -2,7 +2,7 @@
 
 Per batch, in this order (the order is the guarantee):
 
-1. parse the topic, decode the payload (``agent.wire``), check semantics;
+1. parse the topic, decode the payload, check semantics (``validate.parse``);
    a bad message is *rejected*: counted by reason, quarantined with its raw bytes, logged
    once per reason at WARNING (then at DEBUG); it never raises;
 2. drop msg_ids already seen (counted as *duplicate*);
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,23 +26,13 @@ from datetime import UTC, datetime
 from typing import Literal, cast
 from uuid import UUID
 
-from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from agent.wire import (
-    Envelope,
-    Prediction,
-    Status,
-    TopicParts,
-    WireError,
-    decode,
-    decode_status,
-    parse_topic,
-)
+from agent.wire import TopicParts
 from aggregator import tickets
 from aggregator.db import (
-    NAME_LENGTH,
     QUARANTINE_MAX_BYTES,
     AgentRecord,
     QuarantinedMessage,
@@ -55,21 +44,13 @@ from aggregator.errors import DatabaseUnavailableError
 from aggregator.rules import MaintenanceRule, ScoredWindow
 from aggregator.series import PredictionPoint, SeriesStore
 from aggregator.settings import Settings
+from aggregator.validate import DataMessage, Parsed, RawMessage, Rejected, StatusMessage, parse
 
 __all__ = ["IngestCounts", "Ingestor", "Outcome", "RawMessage"]
 
 logger = logging.getLogger(__name__)
 
 LOG_PAYLOAD_BYTES = 200
-_MAX_SEQ = 2**63 - 1  # BIGINT: a larger seq would fail every insert, forever
-
-
-@dataclass(frozen=True, slots=True)
-class RawMessage:
-    """One MQTT message as received: topic and payload bytes, nothing parsed."""
-
-    topic: str
-    payload: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,30 +73,6 @@ class IngestCounts:
     predictions: int
     statuses: int
     rejected: dict[str, int]
-
-
-@dataclass(slots=True)
-class _Data:
-    """A decoded, valid data message waiting for dedupe."""
-
-    parts: TopicParts
-    envelope: Envelope
-    points: list[PredictionPoint]
-
-
-@dataclass(slots=True)
-class _StatusUpdate:
-    parts: TopicParts
-    status: Status
-
-
-@dataclass(slots=True)
-class _Rejected:
-    message: RawMessage
-    error: WireError
-
-
-_Parsed = _Data | _StatusUpdate | _Rejected
 
 
 class Ingestor:
@@ -178,7 +135,7 @@ class Ingestor:
         seen: retry the same batch later). Bad input never raises.
         """
         now = datetime.now(UTC)
-        parsed = [_parse(m) for m in messages]
+        parsed = [parse(m) for m in messages]
         fresh = self._fresh(parsed)
         self.series.write([p for i in fresh for p in _as_data(parsed[i]).points])
         try:
@@ -191,11 +148,11 @@ class Ingestor:
         return outcomes
 
     # -- steps --------------------------------------------------------------------------
-    def _fresh(self, parsed: list[_Parsed]) -> set[int]:
+    def _fresh(self, parsed: list[Parsed]) -> set[int]:
         """Indexes of data messages whose msg_id is new (in this batch and in the DB)."""
         first: dict[str, int] = {}
         for i, item in enumerate(parsed):
-            if isinstance(item, _Data):
+            if isinstance(item, DataMessage):
                 first.setdefault(str(item.envelope.msg_id), i)
         if not first:
             return set()
@@ -207,7 +164,7 @@ class Ingestor:
         return {i for msg_id, i in first.items() if msg_id not in seen}
 
     def _commit(
-        self, session: Session, parsed: list[_Parsed], fresh: set[int], now: datetime
+        self, session: Session, parsed: list[Parsed], fresh: set[int], now: datetime
     ) -> set[int]:
         # Checked again inside the transaction: another replica may have handled one of
         # these since _fresh(); its points were just rewritten (harmless), but it must not
@@ -215,27 +172,29 @@ class Ingestor:
         seen = _seen(session, {str(_as_data(parsed[i]).envelope.msg_id) for i in fresh})
         fresh = {i for i in fresh if str(_as_data(parsed[i]).envelope.msg_id) not in seen}
         data = [_as_data(parsed[i]) for i in sorted(fresh)]
-        for item in data:
-            env = item.envelope
-            session.add(SeenMessage(msg_id=str(env.msg_id), agent=env.agent, seq=env.seq, received_at=now))
-        for item in parsed:
-            if isinstance(item, _Rejected):
-                session.add(_quarantine_row(item, now))
-        _update_agents(session, data, [p for p in parsed if isinstance(p, _StatusUpdate)], now)
+        if data:
+            # One multi-row INSERT (ORM bulk), not a unit-of-work object per message.
+            seen_rows = [
+                {"msg_id": str(d.envelope.msg_id), "agent": d.envelope.agent,
+                 "seq": d.envelope.seq, "received_at": now}
+                for d in data
+            ]
+            session.execute(insert(SeenMessage), seen_rows)
+        for rejected in parsed:
+            if isinstance(rejected, Rejected):
+                session.add(_quarantine_row(rejected, now))
+        _update_agents(session, data, [p for p in parsed if isinstance(p, StatusMessage)], now)
         self._run_rules(session, data, now)
         return fresh
 
-    def _run_rules(self, session: Session, data: list[_Data], now: datetime) -> None:
+    def _run_rules(self, session: Session, data: list[DataMessage], now: datetime) -> None:
         rule = MaintenanceRule(self.settings.rule_k, self.settings.rule_n)
         by_asset: dict[str, list[tuple[PredictionPoint, float]]] = defaultdict(list)
         for item in data:
             for point in item.points:
                 by_asset[point.asset].append((point, item.envelope.model.threshold))
         for asset in sorted(by_asset):  # a fixed order: replicas lock rows alike, no deadlock
-            state = session.get(RuleState, (rule.name, asset), with_for_update=True)
-            if state is None:
-                state = RuleState(rule=rule.name, asset=asset, windows=[], updated_at=now)
-                session.add(state)
+            state = _rule_state(session, rule.name, asset, now)
             rule.restore(asset, (ScoredWindow.from_json(w) for w in state.windows))
             trigger: tuple[PredictionPoint, float, list[ScoredWindow]] | None = None
             for point, threshold in sorted(by_asset[asset], key=lambda pt: pt[0].window_end):
@@ -254,22 +213,22 @@ class Ingestor:
                     threshold=threshold, now=now,
                 )
 
-    def _count(self, parsed: list[_Parsed], outcomes: list[Outcome]) -> None:
+    def _count(self, parsed: list[Parsed], outcomes: list[Outcome]) -> None:
         with self._lock:
             for item, outcome in zip(parsed, outcomes, strict=True):
                 if outcome.status == "accepted":
                     self._accepted += 1
                     self._predictions += outcome.predictions
-                    self._statuses += isinstance(item, _StatusUpdate)
+                    self._statuses += isinstance(item, StatusMessage)
                 elif outcome.status == "duplicate":
                     self._duplicates += 1
                 else:
                     self._rejected[outcome.reason or "invalid"] += 1
         for item in parsed:
-            if isinstance(item, _Rejected):
+            if isinstance(item, Rejected):
                 self._log_rejection(item)
 
-    def _log_rejection(self, item: _Rejected) -> None:
+    def _log_rejection(self, item: Rejected) -> None:
         reason = item.error.reason
         first = reason not in self._warned
         self._warned.add(reason)
@@ -287,74 +246,14 @@ class Ingestor:
         )
 
 
-# -- parsing and checks (pure) ------------------------------------------------------------
-def _parse(message: RawMessage) -> _Parsed:
-    try:
-        parts = parse_topic(message.topic)
-        _check_name("site", parts.site)
-        _check_name("line", parts.line)
-        _check_name("agent", parts.agent)
-        if parts.kind == "status":
-            status = decode_status(message.payload)
-            _check_same_agent(status.agent, parts.agent)
-            return _StatusUpdate(parts, status)
-        envelope = decode(message.payload)
-        _check_envelope(parts, envelope)
-    except WireError as exc:
-        return _Rejected(message, exc)
-    return _Data(parts, envelope, _points(parts, envelope))
+def _as_data(item: Parsed) -> DataMessage:
+    return cast(DataMessage, item)  # callers index only data messages
 
 
-def _check_same_agent(payload_agent: str, topic_agent: str) -> None:
-    if payload_agent != topic_agent:
-        raise WireError(
-            "invalid", f"agent {payload_agent!r} in the payload, {topic_agent!r} in the topic"
-        )
-
-
-def _check_name(field: str, value: str) -> None:
-    # Names become SQL keys and InfluxDB tags: bounded length, no control characters, and
-    # no backslash (line protocol cannot carry one before , = space or at the end).
-    if not 1 <= len(value) <= NAME_LENGTH:
-        raise WireError("invalid", f"{field} must be 1..{NAME_LENGTH} characters long")
-    if "\\" in value or any(unicodedata.category(c) == "Cc" for c in value):
-        raise WireError("invalid", f"{field} {value!r} contains a backslash or control character")
-
-
-def _check_envelope(parts: TopicParts, envelope: Envelope) -> None:
-    _check_same_agent(envelope.agent, parts.agent)
-    _check_name("model.name", envelope.model.name)
-    _check_name("model.version", envelope.model.version)
-    if envelope.seq > _MAX_SEQ:
-        raise WireError("invalid", f"seq {envelope.seq} does not fit in 64 bits")
-    for n, item in enumerate(envelope.items):
-        if isinstance(item, Prediction):
-            _check_name(f"items.{n}.asset", item.asset)
-            if item.window_start > item.window_end:
-                raise WireError("invalid", f"items.{n}: window_start is after window_end")
-
-
-def _points(parts: TopicParts, envelope: Envelope) -> list[PredictionPoint]:
-    return [
-        PredictionPoint(
-            site=parts.site, line=parts.line, agent=envelope.agent, asset=item.asset,
-            model=envelope.model.name, model_version=envelope.model.version,
-            window_start=item.window_start, window_end=item.window_end,
-            score=item.score, alert=item.alert, seq=envelope.seq,
-        )
-        for item in envelope.items
-        if isinstance(item, Prediction)
-    ]
-
-
-def _as_data(item: _Parsed) -> _Data:
-    return cast(_Data, item)  # callers index only data messages
-
-
-def _outcome(item: _Parsed, fresh: bool) -> Outcome:
-    if isinstance(item, _Rejected):
+def _outcome(item: Parsed, fresh: bool) -> Outcome:
+    if isinstance(item, Rejected):
         return Outcome("rejected", reason=item.error.reason, error=item.error.message)
-    if isinstance(item, _StatusUpdate):
+    if isinstance(item, StatusMessage):
         return Outcome("accepted")
     if not fresh:
         return Outcome("duplicate", msg_id=item.envelope.msg_id)
@@ -371,7 +270,23 @@ def _seen(session: Session, msg_ids: Iterable[str]) -> set[str]:
     return found
 
 
-def _quarantine_row(item: _Rejected, now: datetime) -> QuarantinedMessage:
+def _rule_state(session: Session, rule: str, asset: str, now: datetime) -> RuleState:
+    """The asset's rule row, locked for this transaction (created if new)."""
+    state = session.get(RuleState, (rule, asset), with_for_update=True)
+    if state is not None:
+        return state
+    state = RuleState(rule=rule, asset=asset, windows=[], updated_at=now)
+    try:
+        with session.begin_nested():  # another replica may create the same row right now
+            session.add(state)
+    except IntegrityError:
+        state = session.get(RuleState, (rule, asset), with_for_update=True)
+        if state is None:
+            raise
+    return state
+
+
+def _quarantine_row(item: Rejected, now: datetime) -> QuarantinedMessage:
     payload = bytes(item.message.payload)
     return QuarantinedMessage(
         received_at=now, topic=item.message.topic, reason=item.error.reason,
@@ -380,17 +295,27 @@ def _quarantine_row(item: _Rejected, now: datetime) -> QuarantinedMessage:
 
 
 def _agent(session: Session, parts: TopicParts, rows: dict[str, AgentRecord]) -> AgentRecord:
+    """The agent's row, locked for this transaction (created on first contact)."""
     row = rows.get(parts.agent) or session.get(AgentRecord, parts.agent, with_for_update=True)
     if row is None:
-        row = AgentRecord(agent_id=parts.agent, site=parts.site, line=parts.line, state="unknown",
-                          predictions_count=0)
-        session.add(row)
+        row = AgentRecord(
+            agent_id=parts.agent, site=parts.site, line=parts.line, state="unknown",
+            predictions_count=0,
+        )
+        try:
+            # Replicas share an agent's messages, so two may meet it for the first time.
+            with session.begin_nested():
+                session.add(row)
+        except IntegrityError:
+            row = session.get(AgentRecord, parts.agent, with_for_update=True)
+            if row is None:
+                raise
     rows[parts.agent] = row
     return row
 
 
 def _update_agents(
-    session: Session, data: list[_Data], statuses: list[_StatusUpdate], now: datetime
+    session: Session, data: list[DataMessage], statuses: list[StatusMessage], now: datetime
 ) -> None:
     rows: dict[str, AgentRecord] = {}
     for item in sorted(data, key=lambda d: (d.envelope.agent, d.envelope.seq)):

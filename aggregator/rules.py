@@ -84,7 +84,8 @@ class ScoredWindow:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ScoredWindow:
-        return cls(datetime.fromisoformat(data["window_end"]), float(data["score"]), bool(data["alert"]))
+        end = datetime.fromisoformat(data["window_end"])
+        return cls(end, float(data["score"]), bool(data["alert"]))
 
 
 class MaintenanceRule:

@@ -41,48 +41,51 @@ class Settings(BaseSettings):
 
     # -- MQTT ---------------------------------------------------------------------------
     mqtt_url: str | None = Field(
-        None,
+        default=None,
         description="Broker to subscribe to, e.g. mqtt://127.0.0.1:1883 (mqtts:// for TLS). "
         "None starts the embedded amqtt broker on embedded_broker_host:embedded_broker_port.",
     )
     mqtt_protocol: Literal["3.1.1", "5"] = Field(
-        "3.1.1",
+        default="3.1.1",
         description="MQTT protocol version. 5 gives session expiry and receive-maximum flow "
         "control; the embedded broker speaks 3.1.1 only.",
     )
     mqtt_client_id: str = Field(
-        "linewatch-aggregator",
+        default="linewatch-aggregator",
         min_length=1,
         max_length=128,
         description="Client id; the broker keeps the persistent session under this id, so "
         "it must be stable across restarts and unique per replica.",
     )
-    mqtt_username: str | None = Field(None, description="Broker user name, if it needs one.")
-    mqtt_password: str | None = Field(None, description="Broker password (needs mqtt_username).")
+    mqtt_username: str | None = Field(default=None, description="Broker user, if it needs one.")
+    mqtt_password: str | None = Field(
+        default=None, description="Broker password (needs mqtt_username)."
+    )
     mqtt_shared_group: str | None = Field(
-        None,
+        default=None,
         description="When set, subscribe via $share/<group>/... so replicas split the load "
         "(Mosquitto accepts it from 3.1.1 and 5 clients).",
     )
     mqtt_session_expiry_s: int = Field(
-        86_400,
+        default=86_400,
         ge=0,
         description="MQTT 5 only: how long the broker keeps our session (and queues "
         "messages for it) while the aggregator is down.",
     )
     embedded_broker_host: str = Field(
-        "127.0.0.1", description="Bind address of the embedded broker (used when mqtt_url is None)."
+        default="127.0.0.1",
+        description="Bind address of the embedded broker (used when mqtt_url is None).",
     )
     embedded_broker_port: int = Field(
-        1883, ge=1, le=65535, description="Port of the embedded broker."
+        default=1883, ge=1, le=65535, description="Port of the embedded broker."
     )
 
     # -- ingest -------------------------------------------------------------------------
     ingest_batch_size: int = Field(
-        500, ge=1, le=10_000, description="Most messages handled (and written) in one batch."
+        default=500, ge=1, le=10_000, description="Most messages handled (and written) at once."
     )
     ingest_queue_size: int = Field(
-        10_000,
+        default=10_000,
         ge=1,
         le=65_535,
         description="Received, not yet handled messages held in memory. For MQTT 5 it is "
@@ -92,33 +95,37 @@ class Settings(BaseSettings):
 
     # -- series store -------------------------------------------------------------------
     influx_url: str | None = Field(
-        None,
+        default=None,
         description="InfluxDB 1.x HTTP API, e.g. http://127.0.0.1:8086. None uses the "
         "embedded SQLite series store at series_path.",
     )
     influx_database: str = Field(
-        "linewatch", min_length=1, max_length=128, description="InfluxDB database (created)."
+        default="linewatch", min_length=1, max_length=128, description="Database (created)."
     )
-    influx_username: str | None = Field(None, description="InfluxDB user, if auth is on.")
-    influx_password: str | None = Field(None, description="InfluxDB password.")
+    influx_username: str | None = Field(default=None, description="InfluxDB user, if auth is on.")
+    influx_password: str | None = Field(default=None, description="InfluxDB password.")
     series_path: Path = Field(
-        Path("var/series.db"), description="File of the embedded SQLite series store."
+        default=Path("var/series.db"), description="File of the embedded SQLite series store."
     )
 
     # -- SQL ----------------------------------------------------------------------------
     db_url: str = Field(
-        "sqlite:///var/linewatch.db",
+        default="sqlite:///var/linewatch.db",
         description="SQLAlchemy URL for tickets, agents, quarantine and dedupe: SQLite, or "
         "postgresql+psycopg://user:pass@host/db when replicas share the work.",
     )
 
     # -- rules --------------------------------------------------------------------------
-    rule_k: int = Field(3, ge=1, description="Open a maintenance ticket when k of ...")
-    rule_n: int = Field(5, ge=1, le=1000, description="... the last n windows of an asset alert.")
+    rule_k: int = Field(default=3, ge=1, description="Open a maintenance ticket when k of ...")
+    rule_n: int = Field(
+        default=5, ge=1, le=1000, description="... the last n windows of an asset alert."
+    )
 
     # -- HTTP ---------------------------------------------------------------------------
-    http_host: str = Field("127.0.0.1", description="Bind address of the REST API.")
-    http_port: int = Field(8000, ge=0, le=65535, description="Port of the REST API (0: any free).")
+    http_host: str = Field(default="127.0.0.1", description="Bind address of the REST API.")
+    http_port: int = Field(
+        default=8000, ge=0, le=65535, description="Port of the REST API (0: any free)."
+    )
 
     @field_validator("mqtt_url")
     @classmethod

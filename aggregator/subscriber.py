@@ -12,18 +12,18 @@ thread forms batches, calls the ingestor and acks.
 
 Flow control: the queue holds received, unacked messages only, so the broker's in-flight
 window bounds it. With MQTT 5 we announce ``receive-maximum`` = queue size; with 3.1.1 the
-broker's ``max_inflight_messages`` must stay below it. If the queue ever overflows, the
-message is left unacked and the client reconnects once the queue has drained, which makes
-the broker send it again.
+broker's ``max_inflight_messages`` should stay below it. If the queue ever overflows
+anyway, the message is left unacked and, once the queue has drained, the connection is
+dropped so that the broker sends it again after paho's automatic reconnect.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import socket
 import ssl
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +60,7 @@ class _Received:
 @dataclass(frozen=True, slots=True)
 class SubscriberCounts:
     connected: bool
+    subscribed: bool
     received: int
     acked: int
     batches: int
@@ -88,6 +89,7 @@ class Subscriber:
             self.topic = f"$share/{settings.mqtt_shared_group}/{self.topic}"
         self._queue: queue.Queue[_Received] = queue.Queue(maxsize=settings.ingest_queue_size)
         self._connected = threading.Event()
+        self._subscribed = threading.Event()
         self._stopping = threading.Event()
         self._generation = 0
         self._resync_needed = False
@@ -123,7 +125,7 @@ class Subscriber:
     def _connect_async(self) -> None:
         endpoint = self.settings.mqtt
         if self.settings.mqtt_protocol == "5":
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = self.settings.mqtt_session_expiry_s
             props.ReceiveMaximum = self.settings.ingest_queue_size
             self._client.connect_async(
@@ -141,7 +143,8 @@ class Subscriber:
     @property
     def counts(self) -> SubscriberCounts:
         return SubscriberCounts(
-            connected=self.connected, queued=self._queue.qsize(), **self._counts
+            connected=self.connected, subscribed=self.ready, queued=self._queue.qsize(),
+            **self._counts,
         )
 
     def start(self) -> None:
@@ -166,10 +169,20 @@ class Subscriber:
         self._client.disconnect()
         self._client.loop_stop()
         self._connected.clear()
+        self._subscribed.clear()
 
-    def wait_connected(self, timeout_s: float) -> bool:
-        """Block until connected (or the timeout); for callers that need a live session."""
-        return self._connected.wait(timeout_s)
+    @property
+    def ready(self) -> bool:
+        """Connected, and the broker has granted the subscription (SUBACK)."""
+        return self._subscribed.is_set()
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Block until ``ready`` (or the timeout).
+
+        A fresh session receives nothing published before its subscription exists, so a
+        caller about to publish (the demo, tests) waits for this first.
+        """
+        return self._subscribed.wait(timeout_s)
 
     # -- callbacks (paho network thread: no I/O, no exceptions) -------------------------
     def _on_connect(
@@ -178,9 +191,11 @@ class Subscriber:
         if reason.is_failure:
             # A refused CONNACK is not a connection (bad credentials, not authorised...).
             self._connected.clear()
+            self._subscribed.clear()
             level = logging.DEBUG if str(reason) in self._refusals_logged else logging.ERROR
             self._refusals_logged.add(str(reason))
-            logger.log(level, "broker %s refused the connection: %s", self.settings.mqtt.host, reason)
+            host = self.settings.mqtt.host
+            logger.log(level, "broker %s refused the connection: %s", host, reason)
             return
         self._refusals_logged.clear()
         self._generation += 1
@@ -194,15 +209,18 @@ class Subscriber:
     def _on_subscribe(
         self, _client: mqtt.Client, _userdata: Any, _mid: int, reasons: list[ReasonCode], _p: Any
     ) -> None:
-        for reason in reasons:
-            if reason.is_failure:
-                logger.error("broker refused the subscription to %s: %s", self.topic, reason)
+        refused = [reason for reason in reasons if reason.is_failure]
+        if refused:
+            logger.error("broker refused the subscription to %s: %s", self.topic, refused[0])
+        else:
+            self._subscribed.set()
 
     def _on_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _p: Any
     ) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
+        self._subscribed.clear()
         if was_connected and not self._stopping.is_set():
             logger.warning("disconnected from the broker (%s); reconnecting", reason)
 
@@ -211,7 +229,8 @@ class Subscriber:
             topic = message.topic
         except UnicodeDecodeError:  # brokers must refuse these (MQTT 3.1.1 §1.5.3); be safe
             topic = bytes(message._topic).decode("utf-8", "replace")
-        item = _Received(topic, message.payload, message.mid, message.qos, self._generation)
+        raw = bytes(message.payload)
+        item = _Received(topic, raw, message.mid, message.qos, self._generation)
         self._counts["received"] += 1
         try:
             self._queue.put_nowait(item)
@@ -289,12 +308,21 @@ class Subscriber:
                     self._counts["acked"] += 1
 
     def _resync(self) -> None:
-        """Reconnect so the broker resends what overflowed (unacked QoS 1 messages)."""
-        logger.warning("reconnecting to get %d overflowed messages resent", self._counts["overflowed"])
+        """Drop the connection so the broker resends what overflowed (unacked QoS 1).
+
+        Shutting the socket down (not closing it: paho owns the descriptor) makes paho's
+        network thread see a lost connection and run its own reconnect; no second loop is
+        started and no paho internals are touched.
+        """
         self._resync_needed = False
-        self._client.disconnect()
-        self._client.loop_stop()
-        self._connected.clear()
-        time.sleep(0.05)
-        self._connect_async()
-        self._client.loop_start()
+        sock = self._client.socket()
+        if not isinstance(sock, socket.socket):
+            return  # already disconnected: the reconnect will bring the messages back
+        logger.warning(
+            "reconnecting to get overflowed messages resent (%d so far)",
+            self._counts["overflowed"],
+        )
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # closed meanwhile: same outcome

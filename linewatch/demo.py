@@ -8,6 +8,7 @@ demo prints progress, then the maintenance tickets raised, checked against the t
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import threading
@@ -48,6 +49,22 @@ class DemoConfig(BaseModel):
     rule_k: int = 3
     rule_n: int = 5
     agents: list[DemoAgentConfig] = Field(min_length=1)
+
+
+def _log_to_file(path: Path) -> Path:
+    """Everything at INFO to a file; only warnings and errors on the console, so the
+    progress lines stay readable."""
+    root = logging.getLogger()
+    for h in root.handlers:
+        h.setLevel(logging.WARNING)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    # Per-request and per-state-change lines from libraries drown everything else.
+    for name in ("httpx", "transitions", "amqtt"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return path
 
 
 def _free_port() -> int:
@@ -130,14 +147,14 @@ def _report(demo: DemoConfig, api: httpx.Client, card: ModelCard) -> None:
     print(f"\nMaintenance tickets raised: {len(tickets)} "
           f"(rule: score >= {card.threshold.value:.2f} in {demo.rule_k} of the last "
           f"{demo.rule_n} windows)")
-    print(f"  {'ticket':>6}  {'asset':<11} {'agent':<10} {'opened (plant time)':<20} "
-          f"{'latest score':>12}  {'true cycles left at end':>23}")
+    print(f"  {'ticket':>6}  {'asset':<11} {'agent':<9} {'latest window (plant time)':<26} "
+          f"{'score':>5} {'escalations':>11}  {'true cycles left at end':>23}")
     for t in sorted(tickets, key=lambda t: t["asset"]):
-        scores = t.get("evidence", {}).get("scores") or [{}]
-        latest = scores[-1].get("score")
+        latest = (t["evidence"].get("scores") or [{}])[-1]
+        score, end = latest.get("score"), str(latest.get("window_end", ""))[:16]
         left = truth.get(t["asset"])
-        print(f"  {t['id']:>6}  {t['asset']:<11} {t['agent']:<10} {t['opened_at'][:19]:<20} "
-              f"{'' if latest is None else f'{latest:.2f}':>12}  "
+        print(f"  {t['id']:>6}  {t['asset']:<11} {t['agent']:<9} {end:<26} "
+              f"{'' if score is None else f'{score:.2f}':>5} {t['escalations']:>11}  "
               f"{'' if left is None else f'{left:.0f}':>23}")
     if truth and horizon:
         ticketed = {t["asset"] for t in tickets}
@@ -158,10 +175,12 @@ def run_demo(path: Path, *, serve: bool = False, speed: float | None = None) -> 
     if demo.state_dir.exists():
         shutil.rmtree(demo.state_dir)
     demo.state_dir.mkdir(parents=True)
+    log_path = _log_to_file(demo.state_dir / "demo.log")
     broker_port = _free_port()
     http_port = demo.http_port if _port_free(demo.http_port) else _free_port()
     settings = _settings(demo, broker_port, http_port)
     mqtt_url = demo.mqtt_url or f"mqtt://127.0.0.1:{broker_port}"
+    print(f"log: {log_path} (warnings also here)")
     print(f"broker: {mqtt_url} ({'configured' if demo.mqtt_url else 'embedded amqtt'}); "
           f"series: {demo.influx_url or f'embedded SQLite {settings.series_path}'}")
     server = ServerThread(settings)

@@ -23,7 +23,7 @@ import httpx
 from aggregator.errors import SeriesError, SeriesUnavailableError
 from aggregator.series import PredictionPoint, from_ns, to_ns
 
-__all__ = ["Influx1Store"]
+__all__ = ["Influx1Store", "escape_tag", "line_protocol", "quote_ident", "quote_literal"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class Influx1Store:
             self._create_database()
         except SeriesUnavailableError as exc:
             # Start anyway: messages wait in the broker until InfluxDB is back.
-            logger.warning("InfluxDB not reachable at open (%s); will create %r later", exc, database)
+            logger.warning("InfluxDB unreachable at open (%s); creating %r later", exc, database)
 
     # -- requests -----------------------------------------------------------------------
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -162,7 +162,7 @@ class Influx1Store:
                 _statement_error(result, q)
                 for series in result.get("series", []):
                     columns = series["columns"]
-                    rows.extend(dict(zip(columns, values, strict=True)) for values in series["values"])
+                    rows.extend(dict(zip(columns, v, strict=True)) for v in series["values"])
         return rows
 
     # -- SeriesStore --------------------------------------------------------------------

@@ -173,6 +173,7 @@ def binary_metrics(
     groups: np.ndarray | None = None,
     prefix: str = "",
     what: str = "windows",
+    group_name: str = "groups",
 ) -> dict[str, MetricValue]:
     """ROC AUC, precision, recall and F1 at ``threshold``, and the alert rate, with CIs.
 
@@ -188,7 +189,7 @@ def binary_metrics(
     alert = p >= threshold
     tp, fp, fn = _counts(y, alert)
     n = len(y)
-    how = f"bootstrap over {len(np.unique(groups))} groups" if groups is not None else ""
+    how = f"bootstrap over {len(np.unique(groups))} {group_name}" if groups is not None else ""
 
     def boot(stat: Callable[[np.ndarray], float]) -> tuple[float, float]:
         return bootstrap_ci(stat, n, groups)
@@ -228,6 +229,27 @@ def binary_metrics(
     }
 
 
+def _rul_metrics(rul: np.ndarray, p: np.ndarray, cap: float, *, asset: np.ndarray,
+                 last: np.ndarray) -> dict[str, MetricValue]:
+    pred = cap * (1.0 - p)
+    capped = np.minimum(rul, cap)
+    out = {}
+    for name, truth, mask, groups, how in (
+        ("window_rul_rmse", capped, np.ones(len(p), bool), asset, "engines"),
+        ("last_window_rul_rmse", capped, last, None, "units' newest windows"),
+        ("last_window_rul_rmse_uncapped", rul, last, None, "units' newest windows"),
+    ):
+        t, e = truth[mask], pred[mask]
+        g = None if groups is None else groups[mask]
+        n_units = len(t) if g is None else len(np.unique(g))
+        ci = bootstrap_ci(lambda i, t=t, e=e: rmse(t[i], e[i]), len(t), g)
+        note = (f"cycles; predicted RUL = {cap:g} * (1 - score) vs true RUL"
+                f"{'' if name.endswith('uncapped') else f' capped at {cap:g}'}; "
+                f"CI bootstrap over {n_units} {how}")
+        out[name] = MetricValue(_round(rmse(t, e)), (_round(ci[0]), _round(ci[1])), len(t), note)
+    return out
+
+
 def report_metrics(
     fmt: str,
     labels: dict[str, np.ndarray],
@@ -238,30 +260,48 @@ def report_metrics(
     asset: np.ndarray,
     end: np.ndarray,
     last: np.ndarray,
+    rul_cap: float | None = None,
 ) -> dict[str, MetricValue]:
     """The metrics a card reports for windows of format ``fmt``, given the labels at each
     window's newest sample; empty when the data carry no truth.
 
     - ``cmapss`` (needs ``rul`` and ``horizon``): windows positive when ``rul <= horizon``;
       all windows (``window_*``, bootstrap by unit) and each unit's newest window
-      (``last_window_*``, the usual C-MAPSS test point).
-    - ``ai4i`` (needs ``failure``): one window per row, rows independent.
+      (``last_window_*``, the usual C-MAPSS test point). With ``rul_cap`` the score is a
+      RUL estimate, ``score = 1 - min(RUL, rul_cap) / rul_cap``, and RMSE in cycles is added
+      (``*_rul_rmse`` against the true RUL capped the same way, the usual benchmark, and
+      ``last_window_rul_rmse_uncapped``).
+    - ``ai4i`` (needs ``failure``): one window per row, rows independent; plus the share
+      of rows of each failure mode that were alerted (``mode_recall_*``).
     - ``ims`` (needs ``degraded``; NaN = unknown and left out): windows, bootstrap by
       bearing-snapshot.
     """
     if fmt == "cmapss" and "rul" in labels and horizon is not None:
         y = labels["rul"] <= horizon
-        out = binary_metrics(y, p, threshold, groups=asset, prefix="window_")
+        out = binary_metrics(y, p, threshold, groups=asset, prefix="window_",
+                             group_name="engines")
         out |= binary_metrics(y[last], p[last], threshold, prefix="last_window_",
                               what="units' newest windows")
+        if rul_cap is not None:
+            out |= _rul_metrics(labels["rul"], p, rul_cap, asset=asset, last=last)
         return out
     if fmt == "ai4i" and "failure" in labels:
-        return binary_metrics(labels["failure"], p, threshold, what="rows")
+        out = binary_metrics(labels["failure"], p, threshold, what="rows")
+        alert = p >= threshold
+        for mode in ("twf", "hdf", "pwf", "osf", "rnf"):
+            rows = labels.get(mode, np.zeros(len(p))) == 1
+            k, n = int(np.sum(alert & rows)), int(rows.sum())
+            if n:
+                out[f"mode_recall_{mode}"] = MetricValue(
+                    _round(k / n), tuple(_round(b) for b in wilson_ci(k, n)), n,  # type: ignore[arg-type]
+                    f"{k} of {n} rows with mode {mode.upper()} alerted; CI Wilson")
+        return out
     if fmt == "ims" and "degraded" in labels:
         known = ~np.isnan(labels["degraded"])
         # Windows of one 1-second snapshot of one bearing share everything but noise.
         minute = np.floor(end / 60.0).astype(np.int64).astype(str)
         snapshot = np.char.add(np.char.add(asset.astype(str), "@"), minute)
         return binary_metrics(labels["degraded"][known], p[known], threshold,
-                              groups=snapshot[known], prefix="window_")
+                              groups=snapshot[known], prefix="window_",
+                              group_name="bearing snapshots")
     return {}

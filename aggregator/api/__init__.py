@@ -1,0 +1,1 @@
+"""REST API of the aggregator: ``create_app(settings)`` builds it (see ``app.py``)."""

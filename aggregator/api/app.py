@@ -1,0 +1,84 @@
+"""``create_app(settings)``: the one function that wires the aggregator together.
+
+Read top to bottom, the lifespan is the whole service: series store, SQL, (embedded)
+broker, ingestor, subscriber; shutdown runs the same steps in reverse.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import ExitStack, asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from aggregator.api.routes import agents, health, tickets
+from aggregator.broker import EmbeddedBroker
+from aggregator.db import open_engine, open_sessions
+from aggregator.errors import TicketNotFoundError, TicketStateError, UnavailableError
+from aggregator.ingest import Ingestor
+from aggregator.series import open_series
+from aggregator.settings import Settings
+from aggregator.subscriber import Subscriber
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    # ExitStack: whatever started is stopped, in reverse order, also when a later step
+    # fails during startup.
+    with ExitStack() as stack:
+        series = open_series(settings)
+        stack.callback(series.close)
+        engine = open_engine(settings.db_url)
+        stack.callback(engine.dispose)
+        if settings.mqtt_url is None:
+            broker = EmbeddedBroker(settings.embedded_broker_host, settings.embedded_broker_port)
+            broker.start()
+            stack.callback(broker.stop)
+        ingestor = Ingestor(series, open_sessions(engine), settings)
+        subscriber = Subscriber(settings, ingestor)
+        subscriber.start()
+        stack.callback(subscriber.stop)
+
+        app.state.series = series
+        app.state.session_factory = ingestor.session_factory
+        app.state.ingestor = ingestor
+        app.state.subscriber = subscriber
+        logger.info(
+            "aggregator up: broker %s:%d%s, series %s, db %s",
+            *settings.mqtt[:2], " (embedded)" if settings.mqtt_url is None else "",
+            series.name, engine.url.render_as_string(hide_password=True),
+        )
+        yield
+        logger.info("aggregator shutting down")
+
+
+async def _not_found(_request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=404)
+
+
+async def _conflict(_request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=409)
+
+
+async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=503)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The aggregator as an ASGI app; nothing starts until its lifespan runs."""
+    app = FastAPI(title="linewatch aggregator", version="0.1.0", lifespan=_lifespan)
+    app.state.settings = settings
+    app.include_router(health.router)
+    app.include_router(agents.router)
+    app.include_router(tickets.router)
+    app.add_exception_handler(TicketNotFoundError, _not_found)
+    app.add_exception_handler(TicketStateError, _conflict)
+    app.add_exception_handler(UnavailableError, _unavailable)
+    return app

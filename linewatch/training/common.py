@@ -1,0 +1,381 @@
+"""What every model of the factory shares: paths, seeds, ONNX export, scoring with the ONNX
+reference evaluator, thresholds, reference statistics, self-tests and writing the model
+directory (``model.onnx``, ``card.json``, ``CARD.md``).
+
+Determinism: every learner gets ``random_state=SEED`` and runs single-threaded
+(``linewatch.training.fit`` limits BLAS and OpenMP to one thread); metrics are
+rounded to :data:`metrics.DIGITS` decimals and written with sorted keys, so training twice
+on the same data writes the same bytes under ``metrics``.
+
+This module needs the ``train`` extra (scikit-learn, skl2onnx, onnx) and never imports
+onnxruntime: the card's expected self-test outputs and its metrics come from
+``onnx.reference.ReferenceEvaluator`` running the exported file itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import sklearn
+from onnx.reference import ReferenceEvaluator
+from skl2onnx import convert_sklearn
+from skl2onnx.common.data_types import FloatTensorType
+
+from agent.card import CARD_FILE, MODEL_FILE, ModelCard, sha256_file
+from linewatch.training.metrics import MetricValue
+
+__all__ = [
+    "INPUT_NAME",
+    "PROBA_OUTPUT",
+    "SEED",
+    "TARGET_OPSET",
+    "Trained",
+    "created_now",
+    "data_root",
+    "data_sha256",
+    "default_models_root",
+    "export_onnx",
+    "grouped_oof",
+    "metrics_dict",
+    "metrics_json",
+    "metrics_table",
+    "package_versions",
+    "recorded_hyperparameters",
+    "reference_scores",
+    "render_card_md",
+    "select_self_test",
+    "stats",
+    "choose_threshold",
+    "write_model",
+]
+
+logger = logging.getLogger(__name__)
+
+SEED = 0
+INPUT_NAME = "features"
+PROBA_OUTPUT = "probabilities"
+# Pinned so a newer skl2onnx does not silently raise the opset a gateway's onnxruntime needs.
+TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
+_QUANTILES = {"p01": 1, "p05": 5, "p25": 25, "p50": 50, "p75": 75, "p95": 95, "p99": 99}
+
+
+def default_models_root() -> Path:
+    """The repository's ``models/`` directory (this file is ``linewatch/training/common.py``)."""
+    return Path(__file__).resolve().parents[2] / "models"
+
+
+def data_root(models_root: Path | None = None) -> Path:
+    """``<models_root>/data`` when it exists, else the repository's ``models/data``: a model
+    can be trained into a scratch directory from the shipped data."""
+    if models_root is not None and (Path(models_root) / "data").is_dir():
+        return Path(models_root) / "data"
+    return default_models_root() / "data"
+
+
+def data_sha256(root: Path, files: Sequence[str]) -> dict[str, str]:
+    """sha256 of each data file, keyed by its path under the data root."""
+    return {f: sha256_file(root / f) for f in files}
+
+
+def package_versions() -> dict[str, str]:
+    import skl2onnx
+
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+        "skl2onnx": skl2onnx.__version__,
+        "onnx": onnx.__version__,
+    }
+
+
+def recorded_hyperparameters(name: str, default: dict[str, Any]) -> dict[str, Any]:
+    """The hyper-parameters the last search chose, from the shipped card; ``default`` when
+    there is no shipped card yet (a fresh factory)."""
+    path = default_models_root() / name / CARD_FILE
+    try:
+        return dict(json.loads(path.read_text())["training"]["hyperparameters"])
+    except (OSError, KeyError, ValueError):
+        logger.warning("%s: no recorded hyper-parameters in %s; using defaults", name, path)
+        return dict(default)
+
+
+# --- learners and scores -----------------------------------------------------------------
+
+
+def grouped_oof(
+    make: Callable[[], Any],
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    method: str = "predict_proba",
+) -> np.ndarray:
+    """Out-of-fold predictions: each row scored by a model that never saw its fold."""
+    oof = np.full(len(y), np.nan)
+    for fit_idx, val_idx in folds:
+        model = make().fit(X[fit_idx], y[fit_idx])
+        out = getattr(model, method)(X[val_idx])
+        oof[val_idx] = out[:, 1] if out.ndim == 2 else out
+    return oof
+
+
+def export_onnx(estimator: Any, n_features: int, *, classifier: bool = True) -> bytes:
+    """Serialise with skl2onnx: float32 input ``features`` (n, n_features); a classifier's
+    probabilities come out as the plain (n, 2) float tensor ``probabilities`` (no ZipMap)."""
+    options = {"zipmap": False} if classifier else None
+    with _integer_missing_flags():
+        onx = convert_sklearn(
+            estimator,
+            name="linewatch",
+            initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
+            target_opset=TARGET_OPSET,
+            options={type(_final_step(estimator)): options} if options else None,
+        )
+    onx.doc_string = ""
+    return onx.SerializeToString()
+
+
+@contextmanager
+def _integer_missing_flags() -> Iterator[None]:
+    """Work around skl2onnx 1.20 with onnx >= 1.17: its HistGradientBoosting converter
+    passes Python/numpy booleans as ``nodes_missing_value_tracks_true``, which onnx's
+    ``make_attribute`` now rejects ("Expected an int, got a boolean"). Cast them to int for
+    the duration of one conversion; harmless where the bug is fixed."""
+    from skl2onnx.common import tree_ensemble
+
+    original = tree_ensemble.add_node
+
+    def add_node(*args: Any, **kwargs: Any) -> Any:
+        if "nodes_missing_value_tracks_true" in kwargs:
+            kwargs["nodes_missing_value_tracks_true"] = int(
+                kwargs["nodes_missing_value_tracks_true"])
+        return original(*args, **kwargs)
+
+    tree_ensemble.add_node = add_node
+    try:
+        yield
+    finally:
+        tree_ensemble.add_node = original
+
+
+def _final_step(estimator: Any) -> Any:
+    steps = getattr(estimator, "steps", None)
+    return steps[-1][1] if steps else estimator
+
+
+def reference_scores(model: bytes, X: np.ndarray, output: str, index: int) -> np.ndarray:
+    """Column ``index`` of ONNX output ``output`` for float32 rows ``X``, computed by the
+    ONNX reference evaluator (no onnxruntime in the train extra)."""
+    sess = ReferenceEvaluator(onnx.load_from_string(model))
+    (out,) = sess.run([output], {INPUT_NAME: np.ascontiguousarray(X, dtype=np.float32)})
+    out = np.asarray(out, dtype=np.float64)
+    return out.reshape(len(X), -1)[:, index]
+
+
+def choose_threshold(
+    y: np.ndarray, p: np.ndarray, *, target_precision: float | None = None
+) -> tuple[float, dict[str, Any]]:
+    """An alert threshold from validation scores, and what it achieved there.
+
+    With ``target_precision``: the lowest threshold whose precision reaches it (the most
+    recall at that precision), falling back to the F1-best one if none does. Without: the
+    F1-best threshold. The threshold sits halfway between the last score alerted and the
+    next lower one, so float noise at export cannot flip a validation decision.
+
+    >>> y = np.array([0, 0, 1, 0, 1, 1]); p = np.array([.1, .2, .3, .4, .8, .9])
+    >>> choose_threshold(y, p)[0], choose_threshold(y, p, target_precision=1.0)[0]
+    (0.25, 0.6)
+    """
+    y = np.asarray(y, dtype=bool)
+    order = np.argsort(-p, kind="stable")
+    ps, ys = p[order], y[order]
+    tp = np.cumsum(ys)
+    k = np.arange(1, len(ys) + 1)
+    # Only cut between distinct scores: a threshold cannot split tied rows.
+    distinct = np.r_[ps[1:] != ps[:-1], True]
+    precision = tp / k
+    recall = tp / max(1, ys.sum())
+    f1 = 2 * tp / (k + ys.sum())
+    ok = distinct & (precision >= target_precision) if target_precision is not None else None
+    if ok is not None and ok.any():
+        i = int(np.flatnonzero(ok)[-1])
+        how = f"lowest threshold with validation precision >= {target_precision}"
+    else:
+        i = int(np.argmax(np.where(distinct, f1, -1)))
+        how = "F1-best validation threshold"
+        if target_precision is not None:
+            how = f"no threshold reaches precision {target_precision}; " + how
+    nxt = ps[i + 1] if i + 1 < len(ps) else ps[i] - 1e-3
+    thr = float(np.float32(round((ps[i] + nxt) / 2.0, 6)))
+    achieved = {
+        "precision": round(float(precision[i]), 4),
+        "recall": round(float(recall[i]), 4),
+        "f1": round(float(f1[i]), 4),
+        "rule": how,
+    }
+    return thr, achieved
+
+
+def stats(x: np.ndarray) -> dict[str, Any]:
+    """Reference statistics (``agent.card.Stats``) of one variable over training windows."""
+    x = np.asarray(x, dtype=np.float64)
+    q = np.percentile(x, list(_QUANTILES.values()))
+    return {
+        "mean": _r(x.mean()),
+        "std": _r(x.std()),
+        "min": _r(x.min()),
+        "max": _r(x.max()),
+        "quantiles": {k: _r(v) for k, v in zip(_QUANTILES, q)},
+    }
+
+
+def _r(v: float) -> float:
+    """8 significant digits: plenty for drift monitors, stable across runs."""
+    return float(f"{float(v):.8g}")
+
+
+def select_self_test(p: np.ndarray, k: int = 8) -> np.ndarray:
+    """Indices of up to ``k`` real rows whose scores spread evenly from the lowest to the
+    highest, so the self-test covers quiet, borderline and alarming inputs alike.
+
+    >>> select_self_test(np.array([0.0, 0.01, 0.02, 0.5, 0.97, 1.0]), k=3).tolist()
+    [0, 3, 5]
+    """
+    picks: list[int] = []
+    for target in np.linspace(p.min(), p.max(), k):
+        dist = np.abs(p - target)
+        dist[picks] = np.inf
+        picks.append(int(np.argmin(dist)))
+    return np.array(sorted(set(picks), key=lambda i: (p[i], i)))
+
+
+# --- writing the model directory ----------------------------------------------------------
+
+
+def metrics_dict(metrics: dict[str, MetricValue]) -> dict[str, dict[str, Any]]:
+    """Card form, NaN-free (JSON has no NaN): metrics without a value are left out."""
+    out = {}
+    for name, m in sorted(metrics.items()):
+        if not np.isfinite(m.value):
+            continue
+        d = m.as_dict()
+        if m.ci95 is None or not all(np.isfinite(m.ci95)):
+            d["ci95"] = None
+        out[name] = d
+    return out
+
+
+def metrics_table(metrics: dict[str, dict[str, Any]], names: Sequence[str]) -> str:
+    """A Markdown table of the named card metrics."""
+    rows = ["| metric | value | 95 % CI | n | how |", "|---|---|---|---|---|"]
+    for name in names:
+        m = metrics.get(name)
+        if m is None:
+            continue
+        ci = "-" if m["ci95"] is None else f"{m['ci95'][0]:.3f} - {m['ci95'][1]:.3f}"
+        rows.append(f"| `{name}` | {m['value']:.3f} | {ci} | {m['n']} | {m['note']} |")
+    return "\n".join(rows)
+
+
+def write_model(
+    model_dir: Path,
+    model: bytes,
+    card: dict[str, Any],
+    card_md: Callable[[dict[str, Any]], str],
+) -> dict[str, Any]:
+    """Write ``model.onnx``, ``card.json`` (validated against ``ModelCard``) and ``CARD.md``
+    (``card_md(card)``); return the card as written."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / MODEL_FILE).write_bytes(model)
+    card = {**card, "sha256": {**card["sha256"], "model": sha256_file(model_dir / MODEL_FILE)}}
+    ModelCard.model_validate(card)  # fail here, not on a gateway
+    text = json.dumps(card, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    (model_dir / CARD_FILE).write_text(text)
+    (model_dir / "CARD.md").write_text(card_md(card))
+    return card
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What a training run leaves behind, for tests: the fitted scikit-learn estimator and
+    the feature rows of the test data it was scored on."""
+
+    model_dir: Path
+    estimator: Any
+    X_test: np.ndarray
+    card: dict[str, Any]
+
+
+def metrics_json(card: dict[str, Any]) -> str:
+    """The card's metrics as canonical JSON (what "same data, same bytes" compares)."""
+    return json.dumps(card["metrics"], sort_keys=True, allow_nan=False)
+
+
+def render_card_md(card: dict[str, Any], *, summary: str, performance: str, limits: str,
+                   metric_names: Sequence[str], extra: str = "") -> str:
+    """CARD.md: the card in words, for people. The numbers all come from ``card``."""
+    t = card["training"]
+    feats = card["features"]
+    fnames = ", ".join(f"`{f['name']}`" for f in feats[:12])
+    if len(feats) > 12:
+        fnames += f" and {len(feats) - 12} more (all listed in `card.json`)"
+    window = card["window"]
+    unit = card["input"]["time_unit"]
+    parts = [
+        f"# {card['name']} {card['version']}",
+        "",
+        card["description"],
+        "",
+        "## What it predicts",
+        "",
+        summary.strip(),
+        "",
+        f"- Output: `{card['output']['name']}[:, {card['output']['index']}]`, "
+        f"{card['output']['meaning']}.",
+        f"- Window: {window['size']} samples ({unit}s), a new score every {window['hop']}.",
+        f"- Inputs: {len(card['input']['channels'])} channels in the order of "
+        f"`card.json` `input.channels`; {len(feats)} features: {fnames}.",
+        f"- Alert threshold: **{card['threshold']['value']:.4f}**, {card['threshold']['method']}.",
+        "",
+        "## How good it is",
+        "",
+        metrics_table(card["metrics"], metric_names),
+        "",
+        performance.strip(),
+        "",
+        "## Where it must not be trusted",
+        "",
+        limits.strip(),
+        "",
+    ]
+    if extra:
+        parts += [extra.strip(), ""]
+    parts += [
+        "## How it was built",
+        "",
+        f"- Hyper-parameters: `{json.dumps(t['hyperparameters'], sort_keys=True)}` "
+        f"(seed {t['seed']}).",
+        "- Data (sha256 in `card.json`): "
+        + ", ".join(f"`models/data/{f}`" for f in card["sha256"]["data"]) + ".",
+        f"- Packages: {', '.join(f'{k} {v}' for k, v in t['packages'].items())}.",
+        f"- Model file sha256: `{card['sha256']['model']}`.",
+        f"- Rebuild: `linewatch train {card['name']}` (or `python models/train.py "
+        f"{card['name']}`); check: `linewatch evaluate models/{card['name']} <data file>`.",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def created_now() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat()

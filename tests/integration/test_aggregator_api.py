@@ -1,0 +1,348 @@
+"""The aggregator as a service: REST API over its lifespan, and delivery guarantees.
+
+- API: ``create_app`` under ``TestClient``'s lifespan with the embedded broker and stores;
+  a real paho client publishes, the routes show agents and tickets and change tickets.
+- Guarantees, against a real Mosquitto (and InfluxDB): an InfluxDB outage loses and
+  doubles nothing; an aggregator restart gets what was published while it was down; MQTT 5
+  shared subscriptions split the work between replicas; an overflowing ingest queue
+  recovers; a refused CONNACK is logged and is not "connected".
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from aggregator_support import MODEL, T0, data_topic, envelope, payload, predictions, wait_until
+from paho.mqtt.enums import CallbackAPIVersion
+from servers import MosquittoServer, free_port
+from sqlalchemy import func, select
+from starlette.exceptions import StarletteDeprecationWarning
+
+from agent.wire import Status, encode
+from aggregator.api.app import create_app
+from aggregator.db import SeenMessage, open_engine, open_sessions
+from aggregator.ingest import Ingestor
+from aggregator.series import PredictionPoint
+from aggregator.series.sqlite import SqliteSeriesStore
+from aggregator.server import ServerThread
+from aggregator.settings import Settings
+from aggregator.subscriber import Subscriber
+
+with warnings.catch_warnings():
+    # Starlette deprecates httpx for its TestClient in favour of httpx2, which is not a
+    # dependency of ours; the warning is raised once, at import.
+    warnings.filterwarnings(
+        "ignore",
+        message="Using `httpx` with `starlette.testclient`",
+        category=StarletteDeprecationWarning,
+    )
+    from fastapi.testclient import TestClient
+
+pytestmark = pytest.mark.integration
+
+AGENT = "gw-1"
+TOPIC = data_topic(AGENT)
+
+
+def paho_client(host: str, port: int, name: str = "test-publisher") -> mqtt.Client:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name)
+    client.connect(host, port)
+    client.loop_start()
+    return client
+
+
+def publish(client: mqtt.Client, raw: bytes, topic: str = TOPIC) -> None:
+    info = client.publish(topic, raw, qos=1)
+    assert info.rc == mqtt.MQTT_ERR_SUCCESS
+    info.wait_for_publish(5)
+
+
+def close(client: mqtt.Client) -> None:
+    client.disconnect()
+    client.loop_stop()
+
+
+def expected_points(envelopes: list[Any]) -> list[PredictionPoint]:
+    points = [
+        PredictionPoint(
+            site="plant1",
+            line="line3",
+            agent=env.agent,
+            asset=p.asset,
+            model=MODEL.name,
+            model_version=MODEL.version,
+            window_start=p.window_start,
+            window_end=p.window_end,
+            score=p.score,
+            alert=p.alert,
+            seq=env.seq,
+        )
+        for env in envelopes
+        for p in env.items
+    ]
+    return sorted(points, key=lambda p: (p.window_end, p.agent, p.asset, p.model))
+
+
+def stream(n_messages: int, per_message: int = 3, first_seq: int = 0) -> list[Any]:
+    """n envelopes of one agent, on consecutive, non-overlapping windows."""
+    return [
+        envelope(
+            AGENT,
+            seq,
+            predictions(
+                f"asset-{seq % 4}", [0.1 + 0.01 * (seq % 50)] * per_message, start=seq * per_message
+            ),
+        )
+        for seq in range(first_seq, first_seq + n_messages)
+    ]
+
+
+# -- REST API over the lifespan, embedded broker ------------------------------------------
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[tuple[TestClient, int]]:
+    port = free_port()
+    settings = Settings(
+        embedded_broker_port=port,
+        series_path=tmp_path / "series.db",
+        db_url=f"sqlite:///{tmp_path}/linewatch.db",
+    )
+    with TestClient(create_app(settings)) as client:
+        assert client.app.state.subscriber.wait_ready(10)  # type: ignore[attr-defined]
+        yield client, port
+
+
+def test_tickets_and_agents_through_the_api(api: tuple[TestClient, int]) -> None:
+    client, port = api
+    pub = paho_client("127.0.0.1", port)
+    try:
+        publish(
+            pub,
+            encode(Status(agent=AGENT, state="online", ts=T0, model=MODEL)),
+            data_topic(AGENT, "status"),
+        )
+        publish(pub, payload(AGENT, 0, predictions("pump-1", [0.9, 0.95, 0.99])))
+        publish(pub, payload(AGENT, 1, predictions("pump-2", [0.1, 0.2])))
+        wait_until(lambda: client.get("/healthz").json()["counts"]["accepted"] == 3, 10)
+    finally:
+        close(pub)
+
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok"
+    assert health["mqtt"]["embedded"] is True and health["mqtt"]["connected"] is True
+    assert health["series"] == {"backend": "sqlite", "ok": True}
+    assert health["counts"]["predictions_stored"] == 5
+
+    (agent,) = client.get("/agents").json()
+    assert (agent["agent"], agent["state"], agent["last_seq"], agent["predictions_count"]) == (
+        AGENT,
+        "online",
+        1,
+        5,
+    )
+
+    (ticket,) = client.get("/tickets").json()
+    assert (ticket["kind"], ticket["asset"], ticket["status"]) == ("maintenance", "pump-1", "open")
+    assert [s["score"] for s in ticket["evidence"]["scores"]] == [0.9, 0.95, 0.99]
+    assert client.get(f"/tickets/{ticket['id']}").json() == ticket
+
+    assert client.get("/tickets", params={"status": "open", "asset": "pump-1"}).json() == [ticket]
+    assert client.get("/tickets", params={"asset": "pump-2"}).json() == []
+    assert client.get("/tickets", params={"kind": "retraining"}).json() == []
+    assert client.get("/tickets", params={"status": "closed"}).status_code == 422
+
+    acked = client.post(f"/tickets/{ticket['id']}/ack")
+    assert (acked.status_code, acked.json()["status"]) == (200, "acknowledged")
+    resolved = client.post(
+        f"/tickets/{ticket['id']}/resolve", json={"outcome": "confirmed_failure", "note": "bearing"}
+    ).json()
+    assert (resolved["status"], resolved["outcome"], resolved["note"]) == (
+        "resolved",
+        "confirmed_failure",
+        "bearing",
+    )
+    assert resolved["resolved_at"] is not None
+
+    assert client.post(f"/tickets/{ticket['id']}/ack").status_code == 409
+    again = client.post(f"/tickets/{ticket['id']}/resolve", json={"outcome": "other"})
+    assert again.status_code == 409
+    assert (
+        client.post(f"/tickets/{ticket['id']}/resolve", json={"outcome": "maybe"}).status_code
+        == 422
+    )
+    assert client.get("/tickets/999").status_code == 404
+    assert client.post("/tickets/999/ack").status_code == 404
+    assert client.get("/tickets", params={"status": "resolved"}).json()[0]["id"] == ticket["id"]
+
+
+# -- guarantees against real servers ------------------------------------------------------
+def service(settings: Settings) -> ServerThread:
+    server = ServerThread(settings)
+    server.start()
+    assert server.app.state.subscriber.wait_ready(10)
+    return server
+
+
+def base_settings(tmp_path: Path, mosquitto: Any, **changes: Any) -> Settings:
+    values: dict[str, Any] = dict(
+        mqtt_url=mosquitto.url,
+        mqtt_client_id="aggregator-test",
+        series_path=tmp_path / "series.db",
+        db_url=f"sqlite:///{tmp_path}/linewatch.db",
+        http_port=0,
+    )
+    values.update(changes)
+    return Settings(**values)
+
+
+def seen_count(server: ServerThread) -> int:
+    with server.app.state.session_factory() as session:
+        return int(session.scalar(select(func.count()).select_from(SeenMessage)) or 0)
+
+
+def test_influx_outage_loses_and_doubles_nothing(mosquitto, influxdb, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    settings = base_settings(
+        tmp_path, mosquitto, influx_url=influxdb.url, influx_database=influxdb.database
+    )
+    server = service(settings)
+    pub = paho_client(mosquitto.host, mosquitto.port)
+    series = server.app.state.series
+    try:
+        ingestor, subscriber = server.app.state.ingestor, server.app.state.subscriber
+        before, during = stream(5), stream(10, first_seq=5)
+        for env in before:
+            publish(pub, encode(env))
+        # Handled, not merely written: InfluxDB may answer a write it kept with a 500 (seen
+        # on a freshly started influxd), and then the batch is retried.
+        wait_until(lambda: ingestor.counts.accepted == 5, 10, what="5 messages handled")
+        retries = subscriber.counts.retries
+
+        influxdb.server.stop()
+        for env in during:
+            publish(pub, encode(env))  # the broker acks; the aggregator cannot store
+        wait_until(lambda: subscriber.counts.retries > retries, 10, what="a failed write")
+        assert ingestor.counts.accepted == 5  # nothing counted while down
+        influxdb.server.start()
+
+        wait_until(lambda: series.count() == 45, 30, what="all 45 points after the outage")
+        assert series.predictions() == expected_points(before + during)
+        rows = influxdb.server.query("SELECT count(score) FROM prediction", influxdb.database)
+        assert rows[0]["count"] == 45
+        counts = ingestor.counts
+        assert (counts.accepted, counts.predictions, counts.duplicates) == (15, 45, 0)
+        assert seen_count(server) == 15
+        wait_until(lambda: subscriber.counts.acked == 15, 10, what="15 acks")
+    finally:
+        close(pub)
+        server.stop()
+
+
+def test_messages_published_while_the_aggregator_is_down_arrive(mosquitto, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    settings = base_settings(tmp_path, mosquitto)
+    service(settings).stop()  # the broker now holds a persistent session for our client id
+    pub = paho_client(mosquitto.host, mosquitto.port)
+    envelopes = stream(20)
+    try:
+        for env in envelopes:
+            publish(pub, encode(env))
+    finally:
+        close(pub)
+    server = service(settings)
+    try:
+        series = server.app.state.series
+        wait_until(lambda: series.count() == 60, 10, what="60 points after the restart")
+        assert series.predictions() == expected_points(envelopes)
+    finally:
+        server.stop()
+
+
+def test_mqtt5_shared_subscription_splits_work_between_replicas(mosquitto, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    replicas = [
+        service(
+            base_settings(
+                tmp_path,
+                mosquitto,
+                mqtt_protocol="5",
+                mqtt_shared_group="aggregators",
+                mqtt_client_id=f"aggregator-{i}",
+            )
+        )
+        for i in range(2)
+    ]
+    pub = paho_client(mosquitto.host, mosquitto.port)
+    envelopes = stream(60, per_message=1)
+    try:
+        for env in envelopes:
+            publish(pub, encode(env))
+        series = replicas[0].app.state.series  # both replicas share the same files
+        wait_until(lambda: series.count() == 60, 15, what="60 points")
+        assert series.predictions() == expected_points(envelopes)
+        received = [r.app.state.subscriber.counts.received for r in replicas]
+        assert sum(received) == 60  # each message went to exactly one replica ...
+        assert min(received) > 0  # ... and both replicas got some
+    finally:
+        close(pub)
+        for r in replicas:
+            r.stop()
+
+
+def test_overflowing_queue_recovers_without_loss(mosquitto, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # 3.1.1 against a broker whose in-flight window (100) is larger than our queue (15):
+    # overflowing messages stay unacked, and a reconnect makes the broker resend them.
+    server = service(base_settings(tmp_path, mosquitto, ingest_queue_size=15, ingest_batch_size=15))
+    pub = paho_client(mosquitto.host, mosquitto.port)
+    envelopes = stream(40, per_message=1)
+    try:
+        for env in envelopes:
+            publish(pub, encode(env))
+        series = server.app.state.series
+        wait_until(lambda: series.count() == 40, 30, what="40 points")
+        assert series.predictions() == expected_points(envelopes)
+        assert server.app.state.subscriber.counts.overflowed > 0
+        assert server.app.state.ingestor.counts.predictions == 40
+    finally:
+        close(pub)
+        server.stop()
+
+
+class ClosedMosquitto(MosquittoServer):
+    """The fixture's Mosquitto, configured to refuse every client (no anonymous access)."""
+
+    def _write_config(self) -> list[str]:
+        command = super()._write_config()
+        config = self.tmpdir / "mosquitto.conf"
+        text = config.read_text().replace("allow_anonymous true", "allow_anonymous false")
+        config.write_text(text)
+        return command
+
+
+def test_refused_connack_is_logged_once_and_not_connected(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="aggregator.subscriber")
+    broker = ClosedMosquitto()
+    broker.start()
+    settings = base_settings(tmp_path, broker)
+    series = SqliteSeriesStore(settings.series_path)
+    engine = open_engine(settings.db_url)
+    subscriber = Subscriber(settings, Ingestor(series, open_sessions(engine), settings))
+    subscriber.start()
+    try:
+
+        def refusals() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if "refused the connection" in r.getMessage()]
+
+        wait_until(lambda: len(refusals()) >= 2, 10, what="two refused CONNACKs")
+        assert not subscriber.connected and not subscriber.ready
+        assert [r.levelno for r in refusals()][:2] == [logging.ERROR, logging.DEBUG]
+        assert "Not authorized" in refusals()[0].getMessage()
+    finally:
+        subscriber.stop()
+        engine.dispose()
+        series.close()
+        broker.close()

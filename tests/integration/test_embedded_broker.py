@@ -1,0 +1,89 @@
+"""The embedded amqtt broker carries QoS 1 between real paho clients, and stops cleanly."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import paho.mqtt.client as mqtt
+import pytest
+from aggregator_support import wait_until
+from paho.mqtt.enums import CallbackAPIVersion
+from servers import free_port
+
+from aggregator.broker import EmbeddedBroker
+from aggregator.errors import BrokerError
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def broker() -> Iterator[EmbeddedBroker]:
+    embedded = EmbeddedBroker("127.0.0.1", free_port())
+    embedded.start()
+    yield embedded
+    embedded.stop()
+
+
+def client(name: str, port: int) -> mqtt.Client:
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    return c
+
+
+def test_qos1_from_publisher_to_subscriber(broker: EmbeddedBroker) -> None:
+    received: list[tuple[str, bytes, int]] = []
+    subscribed = threading.Event()
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="sub")
+    sub.on_message = lambda _c, _u, m: received.append((m.topic, m.payload, m.qos))
+    sub.on_subscribe = lambda *_a: subscribed.set()
+    sub.connect("127.0.0.1", broker.port)
+    sub.loop_start()
+    sub.subscribe("linewatch/v1/#", qos=1)
+    assert subscribed.wait(5)
+
+    pub = client("pub", broker.port)
+    try:
+        infos = [pub.publish(f"linewatch/v1/p/l/gw/{i}", b"%d" % i, qos=1) for i in range(200)]
+        assert all(info.rc == mqtt.MQTT_ERR_SUCCESS for info in infos)
+        for info in infos:
+            info.wait_for_publish(5)  # PUBACK from the broker
+        wait_until(lambda: len(received) == 200, 10, what="200 messages")
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+        sub.disconnect()
+        sub.loop_stop()
+    assert sorted(received) == sorted(
+        (f"linewatch/v1/p/l/gw/{i}", b"%d" % i, 1) for i in range(200)
+    )
+
+
+def test_stop_frees_the_port_and_start_again_works() -> None:
+    port = free_port()
+    first = EmbeddedBroker("127.0.0.1", port)
+    first.start()
+    assert first.running
+    first.stop()
+    assert not first.running
+    first.stop()  # idempotent
+    second = EmbeddedBroker("127.0.0.1", port)
+    second.start()
+    try:
+        c = client("probe", port)
+        wait_until(c.is_connected, 5, what="a connection")
+        c.disconnect()
+        c.loop_stop()
+    finally:
+        second.stop()
+
+
+def test_busy_port_is_a_broker_error(broker: EmbeddedBroker) -> None:
+    with pytest.raises(BrokerError, match="did not start"):
+        EmbeddedBroker("127.0.0.1", broker.port, start_timeout_s=5).start()
+
+
+def test_refuses_a_bad_port() -> None:
+    with pytest.raises(ValueError, match="port"):
+        EmbeddedBroker("127.0.0.1", 0)

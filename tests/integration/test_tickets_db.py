@@ -1,0 +1,191 @@
+"""The one-open-ticket invariant, enforced by the database itself, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aggregator_support import data_topic, payload, predictions
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import IntegrityError
+
+from aggregator import tickets
+from aggregator.db import (
+    AgentRecord,
+    Base,
+    QuarantinedMessage,
+    SessionFactory,
+    Ticket,
+    open_engine,
+    open_sessions,
+)
+from aggregator.ingest import Ingestor, RawMessage
+from aggregator.series.sqlite import SqliteSeriesStore
+from aggregator.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+CONTEXT: dict[str, Any] = dict(
+    agent="gw-1", site="plant1", line="line3", model_name="m", model_version="1", threshold=0.7
+)
+EVIDENCE = {
+    "k": 3,
+    "n": 5,
+    "scores": [{"window_end": NOW.isoformat(), "score": 0.9, "alert": True}],
+}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/tickets.db"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    engine = open_engine(url)
+    yield engine
+    Base.metadata.drop_all(engine)  # the PostgreSQL database lives for the whole session
+    engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> SessionFactory:
+    return open_sessions(engine)
+
+
+def raw_ticket(asset: str = "pump-1", kind: str = "maintenance", status: str = "open") -> Ticket:
+    """A row inserted without tickets.py's check: only the database stands in the way."""
+    return Ticket(
+        kind=kind,
+        asset=asset,
+        status=status,
+        opened_at=NOW,
+        updated_at=NOW,
+        evidence=EVIDENCE,
+        escalations=0,
+        **CONTEXT,
+    )
+
+
+def test_database_refuses_a_second_open_ticket(sessions: SessionFactory) -> None:
+    with sessions() as session:
+        session.add(raw_ticket())
+        session.commit()
+    with sessions() as session:
+        session.add(raw_ticket(status="acknowledged"))  # acknowledged is not resolved either
+        with pytest.raises(IntegrityError):
+            session.commit()
+
+
+def test_database_allows_a_new_ticket_after_resolve(sessions: SessionFactory) -> None:
+    with sessions() as session:
+        first = raw_ticket()
+        session.add(first)
+        session.commit()
+        tickets.resolve(session, first.id, "confirmed_failure")
+        session.commit()
+        session.add(raw_ticket())
+        session.commit()
+        # Any number of resolved ones may pile up.
+        session.add(raw_ticket(status="resolved"))
+        session.commit()
+        statuses = sorted(session.scalars(select(Ticket.status)))
+    assert statuses == ["open", "resolved", "resolved"]
+
+
+def test_database_scopes_the_rule_to_asset_and_kind(sessions: SessionFactory) -> None:
+    with sessions() as session:
+        session.add_all(
+            [raw_ticket("pump-1"), raw_ticket("pump-2"), raw_ticket("pump-1", "retraining")]
+        )
+        session.commit()
+        assert session.scalar(select(func.count()).select_from(Ticket)) == 3
+
+
+def test_lost_race_escalates_on_every_backend(
+    sessions: SessionFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with sessions() as session:
+        existing, _ = tickets.open_or_escalate(
+            session, "pump-1", "maintenance", EVIDENCE, **CONTEXT
+        )
+        session.commit()
+    real = tickets._open_ticket
+    checks: list[str] = []
+
+    def first_check_misses(*args: Any) -> Ticket | None:
+        checks.append("x")
+        return None if len(checks) == 1 else real(*args)
+
+    monkeypatch.setattr(tickets, "_open_ticket", first_check_misses)
+    with sessions() as session:
+        ticket, opened = tickets.open_or_escalate(
+            session, "pump-1", "maintenance", EVIDENCE, **CONTEXT
+        )
+        session.commit()
+    assert (opened, ticket.id, ticket.escalations) == (False, existing.id, 1)
+
+
+def test_concurrent_writers_open_exactly_one_ticket(sessions: SessionFactory) -> None:
+    """Two replicas (threads with their own connections) trigger the same assets at once."""
+    assets = [f"asset-{i}" for i in range(20)]
+    barrier = threading.Barrier(2)
+    opened: list[bool] = []
+    errors: list[BaseException] = []
+
+    def replica() -> None:
+        try:
+            for asset in assets:
+                barrier.wait(timeout=10)
+                with sessions() as session:
+                    _, was_opened = tickets.open_or_escalate(
+                        session, asset, "maintenance", EVIDENCE, **CONTEXT
+                    )
+                    session.commit()
+                opened.append(was_opened)
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=replica) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert opened.count(True) == len(assets)
+    with sessions() as session:
+        rows = list(session.scalars(select(Ticket)))
+    assert sorted(t.asset for t in rows) == sorted(assets)
+    assert all(t.escalations == 1 for t in rows)
+
+
+def test_ingest_opens_then_escalates_on_every_backend(
+    sessions: SessionFactory, tmp_path: Path
+) -> None:
+    """The whole SQL side of ingest (dedupe, agents, rule state, tickets) on this backend."""
+    series = SqliteSeriesStore(tmp_path / "series.db")
+    ingestor = Ingestor(series, sessions, Settings(rule_k=2, rule_n=3))
+    topic = data_topic("gw-1")
+    try:
+        first = payload("gw-1", 0, predictions("pump-1", [0.9, 0.95]))
+        outcomes = ingestor.handle_batch([RawMessage(topic, first), RawMessage(topic, b"{")])
+        assert [o.status for o in outcomes] == ["accepted", "rejected"]
+        assert ingestor.handle(topic, first).status == "duplicate"
+        # A restarted aggregator (a new Ingestor) continues from the rule state in SQL.
+        restarted = Ingestor(series, sessions, Settings(rule_k=2, rule_n=3))
+        restarted.handle(topic, payload("gw-1", 1, predictions("pump-1", [0.99], start=2)))
+    finally:
+        series.close()
+    with sessions() as session:
+        (ticket,) = session.scalars(select(Ticket))
+        agent = session.get(AgentRecord, "gw-1")
+        quarantined = session.scalar(select(func.count()).select_from(QuarantinedMessage))
+    assert (ticket.asset, ticket.status, ticket.escalations) == ("pump-1", "open", 1)
+    assert [s["score"] for s in ticket.evidence["scores"]] == [0.9, 0.95, 0.99]
+    assert agent is not None and (agent.last_seq, agent.predictions_count) == (1, 3)
+    assert quarantined == 1

@@ -1,0 +1,394 @@
+"""Ingest on the embedded stores (SQLite series + SQLite DB in tmp_path): no servers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from aggregator_support import MODEL, T0, data_topic, envelope, payload, predictions
+from sqlalchemy import select
+
+from agent.wire import MAX_PAYLOAD_BYTES, Health, Status, encode
+from aggregator import tickets
+from aggregator.db import (
+    QUARANTINE_MAX_BYTES,
+    AgentRecord,
+    QuarantinedMessage,
+    SeenMessage,
+    SessionFactory,
+    Ticket,
+    open_engine,
+    open_sessions,
+)
+from aggregator.errors import SeriesUnavailableError
+from aggregator.ingest import Ingestor, RawMessage
+from aggregator.series import PredictionPoint
+from aggregator.series.sqlite import SqliteSeriesStore
+from aggregator.settings import Settings
+
+AGENT = "gw-7"
+TOPIC = data_topic(AGENT)
+
+
+@pytest.fixture
+def series(tmp_path: Path) -> Iterator[SqliteSeriesStore]:
+    store = SqliteSeriesStore(tmp_path / "series.db")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def sessions(tmp_path: Path) -> Iterator[SessionFactory]:
+    engine = open_engine(f"sqlite:///{tmp_path}/linewatch.db")
+    yield open_sessions(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(series_path=tmp_path / "series.db", db_url=f"sqlite:///{tmp_path}/linewatch.db")
+
+
+@pytest.fixture
+def ingestor(series: SqliteSeriesStore, sessions: SessionFactory, settings: Settings) -> Ingestor:
+    return Ingestor(series, sessions, settings)
+
+
+def rows(sessions: SessionFactory, model: type) -> list:  # type: ignore[type-arg]
+    with sessions() as session:
+        return list(session.scalars(select(model)))
+
+
+def open_tickets(sessions: SessionFactory, asset: str) -> list[Ticket]:
+    with sessions() as session:
+        return tickets.find(session, asset=asset, status="open") + tickets.find(
+            session, asset=asset, status="acknowledged"
+        )
+
+
+# -- valid input ----------------------------------------------------------------------
+def test_valid_batch_is_stored_exactly(ingestor: Ingestor, series: SqliteSeriesStore) -> None:
+    env_a = envelope(AGENT, 0, predictions("pump-1", [0.1, 0.25]) + predictions("fan-2", [0.5]))
+    env_b = envelope(AGENT, 1, predictions("pump-1", [0.125], start=2))
+    outcomes = ingestor.handle_batch(
+        [RawMessage(TOPIC, encode(env_a)), RawMessage(TOPIC, encode(env_b))]
+    )
+
+    assert [(o.status, o.predictions, o.msg_id) for o in outcomes] == [
+        ("accepted", 3, env_a.msg_id),
+        ("accepted", 1, env_b.msg_id),
+    ]
+    stored = series.predictions(asset="pump-1")
+    assert stored == [
+        PredictionPoint(
+            site="plant1",
+            line="line3",
+            agent=AGENT,
+            asset="pump-1",
+            model=MODEL.name,
+            model_version=MODEL.version,
+            window_start=p.window_start,
+            window_end=p.window_end,
+            score=p.score,
+            alert=p.alert,
+            seq=seq,
+        )
+        for seq, p in [(0, env_a.items[0]), (0, env_a.items[1]), (1, env_b.items[0])]
+    ]
+    assert series.count() == 4
+    counts = ingestor.counts
+    assert (counts.accepted, counts.predictions, counts.duplicates, counts.rejected) == (
+        2,
+        4,
+        0,
+        {},
+    )
+
+
+def test_agents_table_follows_the_messages(ingestor: Ingestor, sessions: SessionFactory) -> None:
+    ingestor.handle_batch(
+        [
+            RawMessage(TOPIC, payload(AGENT, 5, predictions("pump-1", [0.1, 0.2]))),
+            RawMessage(TOPIC, payload(AGENT, 4, predictions("pump-1", [0.3], start=2))),
+        ]
+    )
+    (agent,) = rows(sessions, AgentRecord)
+    assert (agent.agent_id, agent.site, agent.line) == (AGENT, "plant1", "line3")
+    assert (agent.last_seq, agent.predictions_count, agent.state) == (5, 3, "online")
+    assert (agent.model_name, agent.model_version) == (MODEL.name, MODEL.version)
+    assert agent.last_seen is not None and agent.last_seen.tzinfo is not None
+
+
+def test_status_updates_the_agent_newest_wins(ingestor: Ingestor, sessions: SessionFactory) -> None:
+    status_topic = data_topic(AGENT, "status")
+    offline = Status(agent=AGENT, state="offline", ts=T0 + timedelta(minutes=5))
+    older_online = Status(agent=AGENT, state="online", ts=T0, model=MODEL)
+    outcomes = ingestor.handle_batch(
+        [
+            RawMessage(status_topic, encode(offline)),
+            RawMessage(status_topic, encode(older_online)),
+        ]
+    )
+    assert [o.status for o in outcomes] == ["accepted", "accepted"]
+    (agent,) = rows(sessions, AgentRecord)
+    assert (agent.state, agent.state_at) == ("offline", T0 + timedelta(minutes=5))
+    assert ingestor.counts.statuses == 2
+
+
+def test_health_items_are_accepted_without_points(
+    ingestor: Ingestor, series: SqliteSeriesStore
+) -> None:
+    item = Health(at=T0, windows_scored=10, outbox_depth=0)
+    outcome = ingestor.handle(data_topic(AGENT, "health"), payload(AGENT, 0, [item]))
+    assert (outcome.status, outcome.predictions) == ("accepted", 0)
+    assert series.count() == 0
+
+
+# -- duplicates -----------------------------------------------------------------------
+def test_duplicate_msg_id_is_dropped(
+    ingestor: Ingestor, series: SqliteSeriesStore, sessions: SessionFactory
+) -> None:
+    raw = payload(AGENT, 0, predictions("pump-1", [0.2, 0.3]))
+    first = ingestor.handle_batch([RawMessage(TOPIC, raw), RawMessage(TOPIC, raw)])
+    again = ingestor.handle(TOPIC, raw)  # redelivered later, e.g. after a reconnect
+
+    assert [o.status for o in first] == ["accepted", "duplicate"]
+    assert again.status == "duplicate"
+    assert series.count() == 2
+    assert len(rows(sessions, SeenMessage)) == 1
+    assert rows(sessions, AgentRecord)[0].predictions_count == 2
+    assert (ingestor.counts.accepted, ingestor.counts.duplicates) == (1, 2)
+
+
+# -- bad input ------------------------------------------------------------------------
+def _nan_payload() -> bytes:
+    data = json.loads(payload(AGENT, 0, predictions("pump-1", [0.5])))
+    data["items"][0]["score"] = float("nan")
+    return json.dumps(data).encode()  # json.dumps writes the bare NaN token
+
+
+def _schema_2() -> bytes:
+    data = json.loads(payload(AGENT, 0, predictions("pump-1", [0.5])))
+    data["schema"] = 2
+    return json.dumps(data).encode()
+
+
+def _without(field: str) -> bytes:
+    data = json.loads(payload(AGENT, 0, predictions("pump-1", [0.5])))
+    del data[field]
+    return json.dumps(data).encode()
+
+
+def _reversed_window() -> bytes:
+    data = json.loads(payload(AGENT, 0, predictions("pump-1", [0.5])))
+    item = data["items"][0]
+    item["window_start"], item["window_end"] = item["window_end"], item["window_start"]
+    return json.dumps(data).encode()
+
+
+GOOD = payload(AGENT, 0, predictions("pump-1", [0.5]))
+BAD_INPUTS = [
+    pytest.param("linewatch/v2/plant1/line3/gw-7/predictions", GOOD, "bad_topic", id="wrong-root"),
+    pytest.param("linewatch/v1/plant1/line3/gw-7/cmd", GOOD, "bad_topic", id="unknown-kind"),
+    pytest.param(TOPIC, b"x" * (MAX_PAYLOAD_BYTES + 1), "too_large", id="too-large"),
+    pytest.param(TOPIC, b"{not json", "malformed", id="not-json"),
+    pytest.param(TOPIC, b"\xff\xfe\x00", "malformed", id="not-utf8"),
+    pytest.param(TOPIC, b"[1, 2]", "malformed", id="not-an-object"),
+    pytest.param(TOPIC, _schema_2(), "unknown_schema", id="schema-2"),
+    pytest.param(TOPIC, _nan_payload(), "invalid", id="nan-score"),
+    pytest.param(TOPIC, _without("msg_id"), "invalid", id="missing-msg-id"),
+    pytest.param(data_topic("gw-8"), GOOD, "invalid", id="agent-mismatch"),
+    pytest.param(TOPIC, _reversed_window(), "invalid", id="window-reversed"),
+    pytest.param(
+        TOPIC, payload(AGENT, 0, predictions("pump\\1", [0.5])), "invalid", id="backslash"
+    ),
+    pytest.param(data_topic(AGENT, site="s" * 200), GOOD, "invalid", id="long-site"),
+    pytest.param(data_topic(AGENT, "status"), GOOD, "invalid", id="envelope-on-status"),
+]
+
+
+@pytest.mark.parametrize(("topic", "raw", "reason"), BAD_INPUTS)
+def test_bad_input_is_rejected_counted_quarantined(
+    ingestor: Ingestor,
+    series: SqliteSeriesStore,
+    sessions: SessionFactory,
+    topic: str,
+    raw: bytes,
+    reason: str,
+) -> None:
+    outcome = ingestor.handle(topic, raw)
+
+    assert (outcome.status, outcome.reason) == ("rejected", reason)
+    assert outcome.error
+    assert ingestor.rejected == Counter({reason: 1})
+    (row,) = rows(sessions, QuarantinedMessage)
+    assert (row.topic, row.reason, row.error) == (topic, reason, outcome.error)
+    assert row.payload == raw[:QUARANTINE_MAX_BYTES]
+    assert row.payload_len == len(raw)
+    assert series.count() == 0
+    assert rows(sessions, SeenMessage) == []
+
+
+def test_bad_input_does_not_disturb_the_rest_of_the_batch(
+    ingestor: Ingestor, series: SqliteSeriesStore
+) -> None:
+    good = payload(AGENT, 1, predictions("pump-1", [0.4]))
+    outcomes = ingestor.handle_batch(
+        [
+            RawMessage(TOPIC, b"{"),
+            RawMessage(TOPIC, good),
+            RawMessage(TOPIC, _nan_payload()),
+        ]
+    )
+    assert [o.status for o in outcomes] == ["rejected", "accepted", "rejected"]
+    assert series.count() == 1
+
+
+def test_rejections_are_logged_once_per_reason(
+    ingestor: Ingestor, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="aggregator.ingest")
+    ingestor.handle_batch([RawMessage(TOPIC, b"{one"), RawMessage(TOPIC, b"{two")])
+    ingestor.handle(TOPIC, _schema_2())
+    ingestor.handle(TOPIC, b"{three")
+
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    debug = [r for r in caplog.records if r.levelno == logging.DEBUG and "rejected" in r.message]
+    assert ["malformed" in w.message for w in warnings] == [True, False]
+    assert "unknown_schema" in warnings[1].message
+    assert len(debug) == 2
+    assert "b'{one'" in warnings[0].message  # the payload is shown, truncated
+
+
+def test_logged_payload_is_truncated(ingestor: Ingestor, caplog: pytest.LogCaptureFixture) -> None:
+    ingestor.handle(TOPIC, b"{" + b"z" * 5000)
+    (record,) = caplog.records
+    assert len(record.message) < 600
+    assert "5001 bytes" in record.message
+
+
+# -- series store outage --------------------------------------------------------------
+class DownStore:
+    """A series store whose backend is unreachable (unit-test stand-in, no server)."""
+
+    name = "down"
+
+    def write(self, points: list[PredictionPoint]) -> None:
+        raise SeriesUnavailableError("InfluxDB at http://127.0.0.1:9: connection refused")
+
+
+def test_series_outage_marks_nothing_and_the_retry_stores_once(
+    ingestor: Ingestor, series: SqliteSeriesStore, sessions: SessionFactory
+) -> None:
+    batch = [
+        RawMessage(TOPIC, payload(AGENT, 0, predictions("pump-1", [0.9, 0.9, 0.9]))),
+        RawMessage(TOPIC, b"{bad"),
+    ]
+    ingestor.series = DownStore()  # type: ignore[assignment]
+    with pytest.raises(SeriesUnavailableError):
+        ingestor.handle_batch(batch)
+    assert rows(sessions, SeenMessage) == []
+    assert rows(sessions, QuarantinedMessage) == []
+    assert rows(sessions, Ticket) == []
+    assert ingestor.counts.accepted == 0 and ingestor.rejected == Counter()
+
+    ingestor.series = series
+    outcomes = ingestor.handle_batch(batch)
+    assert [o.status for o in outcomes] == ["accepted", "rejected"]
+    assert series.count() == 3
+    assert len(rows(sessions, Ticket)) == 1
+    assert ingestor.counts.predictions == 3
+
+
+# -- rules and tickets ----------------------------------------------------------------
+def test_k_of_n_opens_one_ticket_and_later_triggers_escalate(
+    ingestor: Ingestor, sessions: SessionFactory
+) -> None:
+    # k=3, n=5 (defaults): two alerts are not enough, the third opens a ticket.
+    ingestor.handle(TOPIC, payload(AGENT, 0, predictions("pump-1", [0.9, 0.2, 0.8])))
+    assert rows(sessions, Ticket) == []
+    ingestor.handle(TOPIC, payload(AGENT, 1, predictions("pump-1", [0.95], start=3)))
+    (ticket,) = rows(sessions, Ticket)
+    assert (ticket.kind, ticket.asset, ticket.status, ticket.escalations) == (
+        "maintenance",
+        "pump-1",
+        "open",
+        0,
+    )
+    assert (ticket.agent, ticket.site, ticket.line) == (AGENT, "plant1", "line3")
+    assert (ticket.model_name, ticket.model_version, ticket.threshold) == (
+        MODEL.name,
+        MODEL.version,
+        MODEL.threshold,
+    )
+    assert ticket.evidence["k"] == 3 and ticket.evidence["n"] == 5
+    assert [s["score"] for s in ticket.evidence["scores"]] == [0.9, 0.2, 0.8, 0.95]
+
+    ingestor.handle(TOPIC, payload(AGENT, 2, predictions("pump-1", [0.97], start=4)))
+    (ticket,) = rows(sessions, Ticket)
+    assert ticket.escalations == 1
+    assert [s["score"] for s in ticket.evidence["scores"]] == [0.9, 0.2, 0.8, 0.95, 0.97]
+
+
+def test_one_ticket_per_batch_even_with_many_triggers(
+    ingestor: Ingestor, sessions: SessionFactory
+) -> None:
+    ingestor.handle(TOPIC, payload(AGENT, 0, predictions("pump-1", [0.9] * 10)))
+    (ticket,) = rows(sessions, Ticket)
+    assert ticket.escalations == 0
+    assert len(ticket.evidence["scores"]) == 5  # the last n windows
+
+
+def test_redelivered_windows_do_not_escalate(ingestor: Ingestor, sessions: SessionFactory) -> None:
+    items = predictions("pump-1", [0.9, 0.9, 0.9])
+    ingestor.handle(TOPIC, payload(AGENT, 0, items))
+    # Same windows under a new msg_id (an agent that re-sent after losing its outbox ack).
+    assert ingestor.handle(TOPIC, payload(AGENT, 1, items)).status == "accepted"
+    (ticket,) = rows(sessions, Ticket)
+    assert ticket.escalations == 0
+
+
+def test_windows_are_ruled_in_window_order(
+    tmp_path: Path, series: SqliteSeriesStore, sessions: SessionFactory
+) -> None:
+    settings = Settings(rule_k=2, rule_n=2, series_path=tmp_path / "s.db")
+    ingestor = Ingestor(series, sessions, settings)
+    # Newest first in the payload: fed in arrival order, the older window would be stale.
+    ingestor.handle(TOPIC, payload(AGENT, 0, predictions("pump-1", [0.9, 0.9])[::-1]))
+    assert len(rows(sessions, Ticket)) == 1
+
+
+def test_rule_state_survives_a_restart(
+    series: SqliteSeriesStore, sessions: SessionFactory, settings: Settings
+) -> None:
+    Ingestor(series, sessions, settings).handle(
+        TOPIC, payload(AGENT, 0, predictions("pump-1", [0.9, 0.9]))
+    )
+    restarted = Ingestor(series, sessions, settings)
+    restarted.handle(TOPIC, payload(AGENT, 1, predictions("pump-1", [0.9], start=2)))
+    assert len(rows(sessions, Ticket)) == 1
+
+
+def test_resolved_ticket_lets_the_next_trigger_open_a_new_one(
+    ingestor: Ingestor, sessions: SessionFactory
+) -> None:
+    ingestor.handle(TOPIC, payload(AGENT, 0, predictions("pump-1", [0.9, 0.9, 0.9])))
+    (first,) = open_tickets(sessions, "pump-1")
+    with sessions() as session:
+        tickets.resolve(session, first.id, "confirmed_failure", "bearing replaced")
+        session.commit()
+    ingestor.handle(TOPIC, payload(AGENT, 1, predictions("pump-1", [0.9], start=3)))
+    (second,) = open_tickets(sessions, "pump-1")
+    assert second.id != first.id
+    assert len(rows(sessions, Ticket)) == 2
+
+
+def test_assets_get_separate_tickets(ingestor: Ingestor, sessions: SessionFactory) -> None:
+    items = predictions("pump-1", [0.9, 0.9, 0.9]) + predictions("fan-2", [0.9, 0.9, 0.9])
+    ingestor.handle(TOPIC, payload(AGENT, 0, items))
+    assert sorted(t.asset for t in rows(sessions, Ticket)) == ["fan-2", "pump-1"]
