@@ -297,13 +297,14 @@ def _read_ims(path: Path) -> list[Recording]:
     if any(b.shape[1] != n_bearings for b in blocks):
         raise DatasetError(f"{path}: snapshots differ in their number of channels")
     t0 = starts[0]
-    t = np.concatenate(
-        [(s - t0).total_seconds() + np.arange(len(b)) / IMS_RATE_HZ for s, b in zip(starts, blocks)]
-    )
+    t = np.concatenate([
+        (s - t0).total_seconds() + np.arange(len(b)) / IMS_RATE_HZ
+        for s, b in zip(starts, blocks, strict=True)
+    ])
     values = np.concatenate(blocks)
     hours = np.concatenate(
         [np.full(len(b), (s - IMS_TEST2_START).total_seconds() / 3600.0)
-         for s, b in zip(starts, blocks)]
+         for s, b in zip(starts, blocks, strict=True)]
     )
     in_test2 = all(IMS_TEST2_START <= s <= IMS_TEST2_END for s in starts)
     out = []

@@ -51,7 +51,7 @@ def make_estimator(hp: dict[str, Any]) -> HistGradientBoostingRegressor:
 
 
 def _score(rul: np.ndarray) -> np.ndarray:
-    return 1.0 - np.minimum(rul, RUL_CAP) / RUL_CAP
+    return np.asarray(1.0 - np.minimum(rul, RUL_CAP) / RUL_CAP, dtype=np.float64)
 
 
 def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
@@ -73,16 +73,16 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
         oof = c.grouped_oof(lambda: make_estimator(hp), tr.X, target, folds, method="predict")
         return rmse(capped, RUL_CAP * (1 - oof)), oof
 
+    results: list[dict[str, Any]] | None = None
     if search:
         results = []
         for hp in CANDIDATES:
             err, _ = cv_rmse(hp)
             results.append({"hyperparameters": hp, "oof_rul_rmse": round(err, 4)})
             logger.info("%s: %s -> RMSE %.3f", NAME, hp, err)
-        hp = dict(min(results, key=lambda r: r["oof_rul_rmse"])["hyperparameters"])
+        hp = dict(min(results, key=lambda r: float(r["oof_rul_rmse"]))["hyperparameters"])
     else:
         hp = c.recorded_hyperparameters(NAME, default=dict(CANDIDATES[0]))
-        results = None
     oof_err, oof = cv_rmse(hp)
     threshold = float(np.float32(1.0 - clf.HORIZON / RUL_CAP))
 

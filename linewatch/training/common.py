@@ -143,7 +143,7 @@ def export_onnx(estimator: Any, n_features: int, *, classifier: bool = True) -> 
             options={type(_final_step(estimator)): options} if options else None,
         )
     onx.doc_string = ""
-    return onx.SerializeToString()
+    return bytes(onx.SerializeToString())
 
 
 @contextmanager
@@ -236,7 +236,7 @@ def stats(x: np.ndarray) -> dict[str, Any]:
         "std": _r(x.std()),
         "min": _r(x.min()),
         "max": _r(x.max()),
-        "quantiles": {k: _r(v) for k, v in zip(_QUANTILES, q)},
+        "quantiles": {k: _r(v) for k, v in zip(_QUANTILES, q, strict=True)},
     }
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -97,17 +98,17 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
     groups = _snapshot_minute(tr)
     folds = list(LeaveOneGroupOut().split(tr.X, y, groups))
 
+    results: list[dict[str, Any]] | None = None
     if search:
         results = []
         for hp in CANDIDATES:
-            oof = c.grouped_oof(lambda hp=hp: make_estimator(hp), tr.X, y, folds)
+            oof = c.grouped_oof(partial(make_estimator, hp), tr.X, y, folds)
             ap = round(float(average_precision_score(y, oof)), 4)
             results.append({"hyperparameters": hp, "oof_average_precision": ap})
             logger.info("%s: %s -> AP %.4f", NAME, hp, ap)
-        hp = dict(max(results, key=lambda r: r["oof_average_precision"])["hyperparameters"])
+        hp = dict(max(results, key=lambda r: float(r["oof_average_precision"]))["hyperparameters"])
     else:
         hp = c.recorded_hyperparameters(NAME, default=dict(CANDIDATES[1]))
-        results = None
     oof = c.grouped_oof(lambda: make_estimator(hp), tr.X, y, folds)
     threshold, at_threshold = c.choose_threshold(y, oof)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -229,6 +230,10 @@ def binary_metrics(
     }
 
 
+def _rmse_at(truth: np.ndarray, pred: np.ndarray, i: np.ndarray) -> float:
+    return rmse(truth[i], pred[i])
+
+
 def _rul_metrics(rul: np.ndarray, p: np.ndarray, cap: float, *, asset: np.ndarray,
                  last: np.ndarray) -> dict[str, MetricValue]:
     pred = cap * (1.0 - p)
@@ -242,7 +247,7 @@ def _rul_metrics(rul: np.ndarray, p: np.ndarray, cap: float, *, asset: np.ndarra
         t, e = truth[mask], pred[mask]
         g = None if groups is None else groups[mask]
         n_units = len(t) if g is None else len(np.unique(g))
-        ci = bootstrap_ci(lambda i, t=t, e=e: rmse(t[i], e[i]), len(t), g)
+        ci = bootstrap_ci(partial(_rmse_at, t, e), len(t), g)
         note = (f"cycles; predicted RUL = {cap:g} * (1 - score) vs true RUL"
                 f"{'' if name.endswith('uncapped') else f' capped at {cap:g}'}; "
                 f"CI bootstrap over {n_units} {how}")

@@ -61,7 +61,8 @@ def test_gz_and_plain_read_the_same(tmp_path: Path, fd001_train: list) -> None:
     with gzip.open(FD001 / "train_FD001.txt.gz", "rb") as src, open(plain, "wb") as dst:
         shutil.copyfileobj(src, dst)
     again = read_recordings(plain, "cmapss")
-    assert all(np.array_equal(a.values, b.values) for a, b in zip(again, fd001_train))
+    pairs = zip(again, fd001_train, strict=True)
+    assert all(np.array_equal(a.values, b.values) for a, b in pairs)
 
 
 def test_cmapss_bad_row_names_the_line(tmp_path: Path) -> None:
@@ -79,7 +80,8 @@ def test_ai4i_bom_crlf_and_labels() -> None:
     assert rec.t.tolist() == list(range(1, 10_001))
     assert rec.values[0].tolist() == [298.1, 308.6, 1551.0, 42.8, 0.0, 1.0]  # M14860
     codes, counts = np.unique(rec.values[:, 5], return_counts=True)
-    assert dict(zip(codes.tolist(), counts.tolist())) == {0.0: 6000, 1.0: 2997, 2.0: 1003}
+    by_code = dict(zip(codes.tolist(), counts.tolist(), strict=True))
+    assert by_code == {0.0: 6000, 1.0: 2997, 2.0: 1003}
     lab = rec.labels
     assert lab["failure"].sum() == 339
     assert [int(lab[m].sum()) for m in ("twf", "hdf", "pwf", "osf", "rnf")] == [46, 115, 95, 98, 19]

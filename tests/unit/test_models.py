@@ -68,7 +68,7 @@ def test_reference_evaluator_agrees_with_onnxruntime(name: str) -> None:
     card = ModelCard.load(MODELS / name)
     path = MODELS / name / MODEL_FILE
     X = np.array(card.self_test.features, dtype=np.float32)
-    ref = ReferenceEvaluator(onnx.load(path)).run([card.output.name], {"features": X})[0]
+    (ref,) = ReferenceEvaluator(onnx.load(path)).run([card.output.name], {"features": X})
     got = _ort(path, X, card.output.name)
     assert np.max(np.abs(np.asarray(ref, dtype=np.float64) - got)) < 1e-5
 
