@@ -14,16 +14,27 @@ any tool on the plant floor, can import it without the agent's runtime.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
+    "ITEM_KINDS",
     "KINDS",
+    "MAX_NAME",
     "MAX_PAYLOAD_BYTES",
+    "MAX_SEQ",
     "SCHEMA",
     "TOPIC_ROOT",
     "DriftEvent",
@@ -46,10 +57,18 @@ __all__ = [
 SCHEMA = 1
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_ITEMS = 5000
+MAX_NAME = 128
+MAX_SEQ = 2**63 - 1  # a signed 64-bit column holds it everywhere
 TOPIC_ROOT = "linewatch/v1"
 KINDS = ("status", "predictions", "drift", "health")
+# The item kind each data topic carries.
+ITEM_KINDS = {"predictions": "prediction", "drift": "drift", "health": "health"}
 
-_SEGMENT_FORBIDDEN = set("/+#\x00")
+# Names become topic segments, SQL keys and InfluxDB tags. Line protocol cannot carry a
+# backslash before `,` `=` space or at the end of a tag, so no backslash and no control
+# character anywhere; topic segments also exclude MQTT's separator and wildcards.
+_NAME_PATTERN = r"^[^\\\x00-\x1f\x7f-\x9f]+$"
+_SEGMENT_FORBIDDEN = re.compile(r"[\\\x00-\x1f\x7f-\x9f/+#]")
 
 
 class WireError(ValueError):
@@ -66,8 +85,12 @@ class WireError(ValueError):
 
 
 def _check_segment(name: str, value: str) -> str:
-    if not value or _SEGMENT_FORBIDDEN & set(value):
-        raise WireError("bad_topic", f"{name} {value!r} is empty or contains / + # or NUL")
+    if not 1 <= len(value) <= MAX_NAME or _SEGMENT_FORBIDDEN.search(value):
+        raise WireError(
+            "bad_topic",
+            f"{name} {value!r} must be 1..{MAX_NAME} characters without / + # \\ or "
+            "control characters",
+        )
     return value
 
 
@@ -100,6 +123,8 @@ def parse_topic(value: str) -> TopicParts:
     parts = value.split("/")
     if len(parts) != 6 or "/".join(parts[:2]) != TOPIC_ROOT or parts[5] not in KINDS:
         raise WireError("bad_topic", f"{value!r} is not {TOPIC_ROOT}/site/line/agent/kind")
+    for name, segment in zip(("site", "line", "agent"), parts[2:5], strict=True):
+        _check_segment(name, segment)
     return TopicParts(site=parts[2], line=parts[3], agent=parts[4], kind=parts[5])
 
 
@@ -113,14 +138,16 @@ def subscription(site: str = "+", line: str = "+", agent: str = "+", kind: str =
 
 
 def _utc(value: datetime) -> datetime:
-    if value.tzinfo is None:
+    offset = value.utcoffset()
+    if offset is None:
         raise ValueError("timestamps must carry a time zone (UTC)")
-    return value.astimezone(UTC)
+    # Most timestamps arrive in UTC already; converting them is the costliest step of a decode.
+    return value if not offset else value.astimezone(UTC)
 
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
-Name = Annotated[str, Field(min_length=1, max_length=128)]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME, pattern=_NAME_PATTERN)]
 
 
 class _Strict(BaseModel):
@@ -148,6 +175,12 @@ class Prediction(_Strict):
 
     _utc_start = field_validator("window_start")(_utc)
     _utc_end = field_validator("window_end")(_utc)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Prediction:
+        if self.window_start > self.window_end:
+            raise ValueError("window_start is after window_end")
+        return self
 
 
 class DriftEvent(_Strict):
@@ -189,12 +222,32 @@ class Envelope(_Strict):
     msg_id: UUID
     agent: Name
     ts: datetime
-    seq: Annotated[int, Field(ge=0)]
+    seq: Annotated[int, Field(ge=0, le=MAX_SEQ)]
     model: ModelRef
     items: Annotated[list[Item], Field(min_length=1, max_length=MAX_ITEMS)]
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     _utc_ts = field_validator("ts")(_utc)
+
+    @model_validator(mode="after")
+    def _alerts_follow_threshold(self) -> Envelope:
+        t = self.model.threshold
+        for n, item in enumerate(self.items):
+            if item.kind == "prediction" and item.alert != (item.score >= t):
+                raise ValueError(f"items.{n}.alert must equal score >= model.threshold ({t})")
+        return self
+
+    def check_topic(self, parts: TopicParts) -> None:
+        """Raise WireError unless this envelope may travel on that topic: same agent, and
+        only the item kind the topic's kind carries."""
+        if self.agent != parts.agent:
+            raise WireError("invalid", f"agent {self.agent!r} in the payload, "
+                                       f"{parts.agent!r} in the topic")
+        want = ITEM_KINDS.get(parts.kind)
+        for n, item in enumerate(self.items):
+            if item.kind != want:
+                raise WireError("invalid", f"items.{n}: a {item.kind} item on a "
+                                           f"{parts.kind} topic")
 
     @classmethod
     def build(cls, agent: str, seq: int, model: ModelRef, items: list) -> Envelope:

@@ -5,17 +5,13 @@
 ``agent.wire.WireError`` that says why (reason codes: ``bad_topic``, ``too_large``,
 ``malformed``, ``unknown_schema``, ``invalid``).
 
-Beyond what the wire models check, the aggregator needs (semantic checks, all
-``invalid``): the payload's agent is the topic's agent; a window does not end before it
-starts; ``seq`` fits in 64 bits; and every name (site, line, agent, asset, model name and
-version) is 1..128 characters with no control character and no backslash, because names
-become SQL keys and InfluxDB tags, and line protocol cannot carry a backslash before
-``,`` ``=`` space or at the end of a tag value.
+Every check lives in ``agent.wire`` (the one definition of the contract): the topic's
+names, the payload's models, and ``Envelope.check_topic`` (same agent as the topic, only
+the topic's item kind).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from agent.wire import (
@@ -28,7 +24,6 @@ from agent.wire import (
     decode_status,
     parse_topic,
 )
-from aggregator.db import NAME_LENGTH
 from aggregator.series import PredictionPoint
 
 __all__ = [
@@ -37,13 +32,9 @@ __all__ = [
     "RawMessage",
     "Rejected",
     "StatusMessage",
-    "check_name",
     "parse",
 ]
 
-_MAX_SEQ = 2**63 - 1  # BIGINT: a larger seq would fail every insert, forever
-# A backslash, or a Unicode control character (category Cc is exactly these two ranges).
-_FORBIDDEN = re.compile(r"[\\\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,55 +83,17 @@ def parse(message: RawMessage) -> Parsed:
     """
     try:
         parts = parse_topic(message.topic)
-        for field in ("site", "line", "agent"):
-            check_name(field, getattr(parts, field))
         if parts.kind == "status":
             status = decode_status(message.payload)
-            _check_same_agent(status.agent, parts.agent)
+            if status.agent != parts.agent:
+                raise WireError("invalid", f"agent {status.agent!r} in the payload, "
+                                           f"{parts.agent!r} in the topic")
             return StatusMessage(parts, status)
         envelope = decode(message.payload)
-        _check_envelope(parts, envelope)
+        envelope.check_topic(parts)
     except WireError as exc:
         return Rejected(message, exc)
     return DataMessage(parts, envelope, _points(parts, envelope))
-
-
-def check_name(field: str, value: str) -> None:
-    """Raise ``WireError("invalid")`` unless ``value`` can be a key and a tag everywhere.
-
-    >>> check_name("asset", "pump 3, line=2")
-    >>> check_name("asset", "pump\\\\3")
-    Traceback (most recent call last):
-    ...
-    agent.wire.WireError: invalid: asset 'pump\\\\3' contains a backslash or control character
-    """
-    if not 1 <= len(value) <= NAME_LENGTH:
-        raise WireError("invalid", f"{field} must be 1..{NAME_LENGTH} characters long")
-    if _FORBIDDEN.search(value):
-        raise WireError("invalid", f"{field} {value!r} contains a backslash or control character")
-
-
-def _check_same_agent(payload_agent: str, topic_agent: str) -> None:
-    if payload_agent != topic_agent:
-        raise WireError(
-            "invalid", f"agent {payload_agent!r} in the payload, {topic_agent!r} in the topic"
-        )
-
-
-def _check_envelope(parts: TopicParts, envelope: Envelope) -> None:
-    _check_same_agent(envelope.agent, parts.agent)
-    check_name("model.name", envelope.model.name)
-    check_name("model.version", envelope.model.version)
-    if envelope.seq > _MAX_SEQ:
-        raise WireError("invalid", f"seq {envelope.seq} does not fit in 64 bits")
-    checked: set[str] = set()  # a batch names few assets many times
-    for n, item in enumerate(envelope.items):
-        if isinstance(item, Prediction):
-            if item.asset not in checked:
-                check_name(f"items.{n}.asset", item.asset)
-                checked.add(item.asset)
-            if item.window_start > item.window_end:
-                raise WireError("invalid", f"items.{n}: window_start is after window_end")
 
 
 def _points(parts: TopicParts, envelope: Envelope) -> list[PredictionPoint]:

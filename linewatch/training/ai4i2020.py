@@ -110,7 +110,7 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
     # Contiguous blocks, not shuffled: neighbouring rows share the temperature random walk.
     folds = list(KFold(n_splits=FOLDS).split(tr.X))
 
-    results: list[dict[str, Any]] | None = None
+    results: Any
     if search:
         results = []
         for hp in CANDIDATES:
@@ -120,7 +120,7 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
             logger.info("%s: %s -> AP %.4f", NAME, hp, ap)
         hp = dict(max(results, key=lambda r: float(r["oof_average_precision"]))["hyperparameters"])
     else:
-        hp = c.recorded_hyperparameters(NAME, default=dict(CANDIDATES[1]))
+        hp, results = c.recorded_search(NAME, default=dict(CANDIDATES[1]))
     oof = c.grouped_oof(lambda: make_estimator(hp), tr.X, y, folds)
     threshold, at_threshold = c.choose_threshold(y, oof, target_precision=TARGET_PRECISION)
 
@@ -152,7 +152,7 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
             "channels": [{"name": ch, "unit": u, "description": d}
                          for ch, (u, d) in CHANNELS.items()],
             "rate_hz": None,
-            "time_unit": "process run (UDI)",
+            "time_unit": "process run (UDI step)",
         },
         "window": {"size": 1, "hop": 1},
         "features": [
@@ -196,8 +196,8 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
             "test_failures_explained_by_hdf_pwf_osf": int(explained.sum()),
             "cv": {"folds": FOLDS, "splitter": "sklearn KFold, contiguous UDI blocks"},
             "hyperparameters": hp,
-            "search": results if results is not None
-            else "skipped (search=False): hyper-parameters recorded by the last search",
+            "search": results,
+            "search_run": search,
             "threshold_selection": {"target_precision": TARGET_PRECISION, **at_threshold},
             "seed": c.SEED,
             "packages": c.package_versions(),

@@ -163,11 +163,11 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
     y = (tr.labels["rul"] <= HORIZON).astype(np.int64)
     folds = list(GroupKFold(n_splits=FOLDS).split(tr.X, y, groups=tr.asset))
 
+    search_results: Any
     if search:
         hp, search_results = _search(tr.X, y, folds)
     else:
-        hp = c.recorded_hyperparameters(NAME, default=dict(CANDIDATES[1]))
-        search_results = None
+        hp, search_results = c.recorded_search(NAME, default=dict(CANDIDATES[1]))
     oof = c.grouped_oof(lambda: make_estimator(hp), tr.X, y, folds)
     threshold, at_threshold = c.choose_threshold(y, oof, target_precision=TARGET_PRECISION)
 
@@ -244,8 +244,8 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
             "cv": {"folds": FOLDS, "grouped_by": "engine unit",
                    "splitter": "sklearn GroupKFold"},
             "hyperparameters": hp,
-            "search": search_results if search_results is not None
-            else "skipped (search=False): hyper-parameters recorded by the last search",
+            "search": search_results,
+            "search_run": search,
             "threshold_selection": {"target_precision": TARGET_PRECISION, **at_threshold},
             "oof_first_alert": _first_alerts(tr, oof, threshold),
             "test_false_alerts": _false_alerts(te, p_test, threshold),

@@ -73,7 +73,7 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
         oof = c.grouped_oof(lambda: make_estimator(hp), tr.X, target, folds, method="predict")
         return rmse(capped, RUL_CAP * (1 - oof)), oof
 
-    results: list[dict[str, Any]] | None = None
+    results: Any
     if search:
         results = []
         for hp in CANDIDATES:
@@ -82,7 +82,7 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
             logger.info("%s: %s -> RMSE %.3f", NAME, hp, err)
         hp = dict(min(results, key=lambda r: float(r["oof_rul_rmse"]))["hyperparameters"])
     else:
-        hp = c.recorded_hyperparameters(NAME, default=dict(CANDIDATES[0]))
+        hp, results = c.recorded_search(NAME, default=dict(CANDIDATES[0]))
     oof_err, oof = cv_rmse(hp)
     threshold = float(np.float32(1.0 - clf.HORIZON / RUL_CAP))
 
@@ -158,8 +158,8 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
             "cv": {"folds": FOLDS, "grouped_by": "engine unit",
                    "splitter": "sklearn GroupKFold", "oof_rul_rmse": round(oof_err, 4)},
             "hyperparameters": hp,
-            "search": results if results is not None
-            else "skipped (search=False): hyper-parameters recorded by the last search",
+            "search": results,
+            "search_run": search,
             "seed": c.SEED,
             "packages": c.package_versions(),
             "duration_s": round(time.perf_counter() - started, 1),

@@ -50,7 +50,7 @@ __all__ = [
     "metrics_json",
     "metrics_table",
     "package_versions",
-    "recorded_hyperparameters",
+    "recorded_search",
     "reference_scores",
     "render_card_md",
     "select_self_test",
@@ -99,15 +99,16 @@ def package_versions() -> dict[str, str]:
     }
 
 
-def recorded_hyperparameters(name: str, default: dict[str, Any]) -> dict[str, Any]:
-    """The hyper-parameters the last search chose, from the shipped card; ``default`` when
-    there is no shipped card yet (a fresh factory)."""
+def recorded_search(name: str, default: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """The hyper-parameters the last search chose and its results, from the shipped card;
+    ``default`` and no results when there is no shipped card yet (a fresh factory)."""
     path = default_models_root() / name / CARD_FILE
     try:
-        return dict(json.loads(path.read_text())["training"]["hyperparameters"])
+        training = json.loads(path.read_text())["training"]
+        return dict(training["hyperparameters"]), training.get("search")
     except (OSError, KeyError, ValueError):
         logger.warning("%s: no recorded hyper-parameters in %s; using defaults", name, path)
-        return dict(default)
+        return dict(default), "none recorded; defaults used"
 
 
 # --- learners and scores -----------------------------------------------------------------
@@ -343,8 +344,9 @@ def render_card_md(card: dict[str, Any], *, summary: str, performance: str, limi
         "",
         f"- Output: `{card['output']['name']}[:, {card['output']['index']}]`, "
         f"{card['output']['meaning']}.",
-        f"- Window: {window['size']} samples ({unit}s), a new score every {window['hop']}.",
-        f"- Inputs: {len(card['input']['channels'])} channels in the order of "
+        f"- Window: {window['size']} samples, a new score every {window['hop']} "
+        f"(one sample = one {unit}).",
+        f"- Inputs: {len(card['input']['channels'])} channel(s) in the order of "
         f"`card.json` `input.channels`; {len(feats)} features: {fnames}.",
         f"- Alert threshold: **{card['threshold']['value']:.4f}**, {card['threshold']['method']}.",
         "",

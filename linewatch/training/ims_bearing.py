@@ -98,7 +98,7 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
     groups = _snapshot_minute(tr)
     folds = list(LeaveOneGroupOut().split(tr.X, y, groups))
 
-    results: list[dict[str, Any]] | None = None
+    results: Any
     if search:
         results = []
         for hp in CANDIDATES:
@@ -108,7 +108,7 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
             logger.info("%s: %s -> AP %.4f", NAME, hp, ap)
         hp = dict(max(results, key=lambda r: float(r["oof_average_precision"]))["hyperparameters"])
     else:
-        hp = c.recorded_hyperparameters(NAME, default=dict(CANDIDATES[1]))
+        hp, results = c.recorded_search(NAME, default=dict(CANDIDATES[1]))
     oof = c.grouped_oof(lambda: make_estimator(hp), tr.X, y, folds)
     threshold, at_threshold = c.choose_threshold(y, oof)
 
@@ -143,7 +143,7 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
             "channels": [{"name": "accel", "unit": "g (unverified: the IMS readme gives none)",
                           "description": "housing accelerometer of one bearing"}],
             "rate_hz": IMS_RATE_HZ,
-            "time_unit": "sample (1/20000 s)",
+            "time_unit": "1/20000 s",
         },
         "window": {"size": WINDOW, "hop": HOP},
         "features": [
@@ -184,8 +184,8 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
             "cv": {"splitter": "sklearn LeaveOneGroupOut", "grouped_by": "snapshot time",
                    "folds": len(folds)},
             "hyperparameters": hp,
-            "search": results if results is not None
-            else "skipped (search=False): hyper-parameters recorded by the last search",
+            "search": results,
+            "search_run": search,
             "threshold_selection": at_threshold,
             "snapshot_scores": _snapshot_scores(every, p_all),
             "trend": trend,

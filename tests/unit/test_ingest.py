@@ -184,6 +184,20 @@ def _without(field: str) -> bytes:
     return json.dumps(data).encode()
 
 
+def _asset(name: str) -> bytes:
+    """A payload naming an asset the wire models refuse to build, as a foreign producer might."""
+    data = json.loads(payload(AGENT, 0, predictions("pump-1", [0.5])))
+    data["items"][0]["asset"] = name
+    return json.dumps(data).encode()
+
+
+def _health_on_predictions_topic() -> bytes:
+    data = json.loads(payload(AGENT, 0, predictions("pump-1", [0.5])))
+    data["items"] = [{"kind": "health", "at": data["ts"], "windows_scored": 1,
+                      "outbox_depth": 0}]
+    return json.dumps(data).encode()
+
+
 def _reversed_window() -> bytes:
     data = json.loads(payload(AGENT, 0, predictions("pump-1", [0.5])))
     item = data["items"][0]
@@ -204,10 +218,13 @@ BAD_INPUTS = [
     pytest.param(TOPIC, _without("msg_id"), "invalid", id="missing-msg-id"),
     pytest.param(data_topic("gw-8"), GOOD, "invalid", id="agent-mismatch"),
     pytest.param(TOPIC, _reversed_window(), "invalid", id="window-reversed"),
-    pytest.param(
-        TOPIC, payload(AGENT, 0, predictions("pump\\1", [0.5])), "invalid", id="backslash"
-    ),
-    pytest.param(data_topic(AGENT, site="s" * 200), GOOD, "invalid", id="long-site"),
+    pytest.param(TOPIC, _asset("pump\\1"), "invalid", id="backslash"),
+    pytest.param(TOPIC, _asset("pump\x07"), "invalid", id="control-character"),
+    pytest.param(TOPIC, _health_on_predictions_topic(), "invalid", id="kind-mismatch"),
+    pytest.param(f"linewatch/v1/{'s' * 200}/line3/{AGENT}/predictions", GOOD, "bad_topic",
+                 id="long-site"),
+    pytest.param(f"linewatch/v1/plant1/li\\ne/{AGENT}/predictions", GOOD, "bad_topic",
+                 id="backslash-in-topic"),
     pytest.param(data_topic(AGENT, "status"), GOOD, "invalid", id="envelope-on-status"),
 ]
 

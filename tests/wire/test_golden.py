@@ -70,6 +70,11 @@ def _golden() -> dict:
         (lambda d: d.update(items=[]), "invalid"),
         (lambda d: d["model"].update(sha256="xyz"), "invalid"),
         (lambda d: d.update(msg_id="not-a-uuid"), "invalid"),
+        (lambda d: d["items"][0].update(alert=False), "invalid"),  # 0.8125 >= threshold 0.5
+        (lambda d: d["items"][0].update(window_start="2026-01-01T11:00:00Z"), "invalid"),
+        (lambda d: d["items"][0].update(asset="pump\\3"), "invalid"),
+        (lambda d: d["items"][0].update(asset="x" * 129), "invalid"),
+        (lambda d: d.update(seq=2**63), "invalid"),
     ],
 )
 def test_decode_rejects_with_reason(mutate, reason: str) -> None:
@@ -116,6 +121,16 @@ def test_encode_refuses_oversized_envelope() -> None:
 def test_topic_refuses_wildcards_and_separators(bad: str) -> None:
     with pytest.raises(wire.WireError):
         wire.topic("plant", bad, "gw", "predictions")
+
+
+def test_envelope_may_only_travel_on_its_own_agent_and_kind() -> None:
+    env = wire.decode((HERE / "v1_predictions.json").read_bytes())
+    env.check_topic(wire.parse_topic("linewatch/v1/plant1/line1/gw-line1/predictions"))
+    for other in ["linewatch/v1/plant1/line1/gw-other/predictions",
+                  "linewatch/v1/plant1/line1/gw-line1/health"]:
+        with pytest.raises(wire.WireError) as err:
+            env.check_topic(wire.parse_topic(other))
+        assert err.value.reason == "invalid"
 
 
 def test_topic_round_trip() -> None:
