@@ -104,7 +104,8 @@ def _settings(demo: DemoConfig, broker_port: int, http_port: int):
         series_path=demo.state_dir / "series.db",
         db_url=f"sqlite:///{demo.state_dir / 'linewatch.db'}",
         rule_k=demo.rule_k, rule_n=demo.rule_n, http_port=http_port,
-        mqtt_client_id=f"linewatch-demo-{int(time.time())}",
+        # Stable, so a real broker keeps one persistent session for the demo, not one per run.
+        mqtt_client_id="linewatch-demo",
     )
 
 
@@ -125,8 +126,9 @@ def _truth(demo: DemoConfig) -> dict[str, float]:
     """Cycles each engine really had left at the end of its record."""
     if demo.truth is None:
         return {}
+    replayed = {asset for a in demo.agents for asset in a.assets}
     recs = read_recordings(demo.data, "cmapss", truth=demo.truth)
-    return {r.asset: float(r.labels["rul"][-1]) for r in recs}
+    return {r.asset: float(r.labels["rul"][-1]) for r in recs if r.asset in replayed}
 
 
 def _wait_stored(api: httpx.Client, expected: int, timeout_s: float) -> int:

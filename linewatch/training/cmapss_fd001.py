@@ -345,7 +345,9 @@ Lead time, out of fold on the training engines: the first alert came a median of
 cycles early and {fa["units_never_alerted"]} never alerted.
 
 Published comparisons: the usual FD001 benchmark is RUL regression (RMSE 12-16 for strong
-models, RUL capped at 125); this model does not predict RUL. We know of no verified
+models, RUL capped at 125); this model does not predict RUL, its sibling
+`cmapss_fd001_rul` does, on the same windows and features (see its CARD.md). We know of no
+verified
 published figure for this exact window-level "fails within {HORIZON} cycles" task, so the
 test intervals above are the honest reference.
 """

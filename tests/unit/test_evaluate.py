@@ -70,3 +70,12 @@ def test_wrong_format_file_fails_loudly() -> None:
 
     with pytest.raises(DatasetError):
         evaluate(MODELS / "cmapss_fd001", DATA / "ai4i2020/ai4i2020.csv")
+
+
+def test_fd001_rul_model_reproduces_its_rmse() -> None:
+    result = evaluate(MODELS / "cmapss_fd001_rul", DATA / "cmapss_fd001/test_FD001.txt.gz",
+                      truth=DATA / "cmapss_fd001/RUL_FD001.txt")
+    card = _card("cmapss_fd001_rul")
+    for name, metric in result["metrics"].items():
+        assert card["metrics"][f"test_{name}"] == metric, name
+    assert result["metrics"]["last_window_rul_rmse"]["value"] < 16
