@@ -7,4 +7,5 @@ import sys
 from linewatch.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["agent", *sys.argv[2:]] if sys.argv[1:2] == ["run"] else ["agent", *sys.argv[1:]]))
+    args = sys.argv[2:] if sys.argv[1:2] == ["run"] else sys.argv[1:]
+    sys.exit(main(["agent", *args]))

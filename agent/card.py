@@ -23,11 +23,16 @@ __all__ = [
     "CardError",
     "ChannelSpec",
     "FeatureSpec",
+    "InputSpec",
     "Metric",
     "ModelCard",
+    "OutputSpec",
     "Reference",
     "SelfTest",
+    "Sha256Spec",
     "Stats",
+    "ThresholdSpec",
+    "WindowSpec",
     "sha256_file",
 ]
 

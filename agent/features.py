@@ -9,10 +9,31 @@ trained on. Every function takes, for each of its inputs, an array of shape
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 
-__all__ = ["FEATURES", "FeatureExtractor", "FeatureSpecLike"]
+__all__ = [
+    "FEATURES",
+    "FeatureExtractor",
+    "FeatureSpecLike",
+    "band_rms",
+    "crest",
+    "diff",
+    "equals",
+    "kurtosis",
+    "last",
+    "mean",
+    "mean_abs",
+    "p2p",
+    "peak",
+    "power",
+    "product",
+    "rms",
+    "skew",
+    "slope",
+    "std",
+]
 
 FeatureFn = Callable[..., np.ndarray]
 FEATURES: dict[str, FeatureFn] = {}
@@ -230,7 +251,7 @@ def equals(x: np.ndarray, value: float) -> np.ndarray:
     return (x[:, -1] == value).astype(np.float64)
 
 
-class FeatureSpecLike:
+class FeatureSpecLike(Protocol):
     """What the extractor needs of a feature spec (the model card's ``FeatureSpec``)."""
 
     name: str

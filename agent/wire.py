@@ -290,7 +290,9 @@ def _load(raw: bytes) -> dict:
     if not isinstance(data, dict):
         raise WireError("malformed", f"expected a JSON object, got {type(data).__name__}")
     if data.get("schema") != SCHEMA:
-        raise WireError("unknown_schema", f"schema {data.get('schema')!r}; this side speaks {SCHEMA}")
+        raise WireError(
+            "unknown_schema", f"schema {data.get('schema')!r}; this side speaks {SCHEMA}"
+        )
     return data
 
 

@@ -80,8 +80,8 @@ def wire_codec(repeats: int) -> dict:
     for n in (1, 10, 100, 500):
         env = _envelope(n)
         raw = wire.encode(env)
-        enc = _median_s(lambda: [wire.encode(env) for _ in range(200)], repeats) / 200
-        dec = _median_s(lambda: [wire.decode(raw) for _ in range(200)], repeats) / 200
+        enc = _median_s(lambda env=env: [wire.encode(env) for _ in range(200)], repeats) / 200
+        dec = _median_s(lambda raw=raw: [wire.decode(raw) for _ in range(200)], repeats) / 200
         out[f"items_{n}"] = {"bytes": len(raw), "encode_us_per_item": round(enc / n * 1e6, 2),
                              "decode_us_per_item": round(dec / n * 1e6, 2)}
     out["decode_ratio_1_vs_100_per_item"] = round(

@@ -24,7 +24,7 @@ from agent.card import ModelCard
 from agent.datasets import read_recordings
 from agent.pipeline import Agent
 
-__all__ = ["DemoConfig", "run_demo"]
+__all__ = ["DemoAgentConfig", "DemoConfig", "run_demo"]
 
 
 class DemoAgentConfig(BaseModel):

@@ -33,7 +33,7 @@ from linewatch.training import common as c
 from linewatch.training.frames import featurize
 from linewatch.training.metrics import binary_metrics, report_metrics
 
-__all__ = ["NAME", "fit"]
+__all__ = ["NAME", "feature_specs", "fit", "make_estimator"]
 
 logger = logging.getLogger(__name__)
 

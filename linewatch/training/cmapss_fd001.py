@@ -31,7 +31,7 @@ from linewatch.training import common as c
 from linewatch.training.frames import Frames, featurize
 from linewatch.training.metrics import MetricValue, binary_metrics, report_metrics
 
-__all__ = ["NAME", "feature_specs", "fit", "select_channels"]
+__all__ = ["NAME", "feature_specs", "fit", "make_estimator", "select_channels"]
 
 logger = logging.getLogger(__name__)
 

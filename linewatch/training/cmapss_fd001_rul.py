@@ -26,7 +26,7 @@ from linewatch.training import common as c
 from linewatch.training.frames import featurize
 from linewatch.training.metrics import report_metrics, rmse
 
-__all__ = ["NAME", "fit"]
+__all__ = ["NAME", "fit", "make_estimator"]
 
 logger = logging.getLogger(__name__)
 

@@ -42,7 +42,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def agent_cfg(tmp_path: Path, mqtt_url: str, agent_id: str = "gw-e2e", **source) -> agent_config.AgentConfig:
+def agent_cfg(
+    tmp_path: Path, mqtt_url: str, agent_id: str = "gw-e2e", **source
+) -> agent_config.AgentConfig:
     return agent_config.parse({
         "agent": {"id": agent_id, "site": "plant1", "line": "line1"},
         "model": {"dir": str(MODEL)},

@@ -1,1 +1,3 @@
 """One ``APIRouter`` per resource."""
+
+__all__: list[str] = []

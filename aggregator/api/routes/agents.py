@@ -9,6 +9,8 @@ from aggregator.api.deps import SessionDep
 from aggregator.api.schemas import AgentOut
 from aggregator.db import AgentRecord
 
+__all__ = ["list_agents", "router"]
+
 router = APIRouter(prefix="/agents", tags=["agents"])
 
 

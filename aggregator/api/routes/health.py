@@ -7,6 +7,8 @@ from fastapi import APIRouter
 from aggregator.api.deps import IngestorDep, SeriesDep, SettingsDep, SubscriberDep
 from aggregator.api.schemas import CountsOut, HealthOut, MqttHealthOut, SeriesHealthOut
 
+__all__ = ["healthz", "router"]
+
 router = APIRouter(tags=["health"])
 
 

@@ -8,6 +8,8 @@ from aggregator import tickets
 from aggregator.api.deps import SessionDep
 from aggregator.api.schemas import ResolveIn, TicketOut
 
+__all__ = ["acknowledge_ticket", "get_ticket", "list_tickets", "resolve_ticket", "router"]
+
 router = APIRouter(prefix="/tickets", tags=["tickets"])
 
 
