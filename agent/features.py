@@ -106,7 +106,8 @@ def slope(x: np.ndarray) -> np.ndarray:
         return np.zeros(len(x))
     i = np.arange(w, dtype=np.float64)
     i -= i.mean()
-    return (x - x.mean(axis=1, keepdims=True)) @ i / (i @ i)
+    # With a centred index, subtracting the window mean first changes nothing.
+    return x @ (i / (i @ i))
 
 
 @_feature
@@ -287,14 +288,29 @@ class FeatureExtractor:
         self.names = [s.name for s in specs]
         if len(set(self.names)) != len(self.names):
             raise ValueError("feature names must be unique")
-        self._plan: list[tuple[FeatureFn, list[int], dict[str, float]]] = []
-        for s in specs:
+        # Single-input features sharing a function and parameters run as one call over all
+        # their channels: a per-call numpy overhead of a few microseconds, paid 40 times per
+        # batch, would otherwise dominate the cost of a tick.
+        groups: dict[tuple, tuple[list[int], list[int]]] = {}
+        self._multi: list[tuple[int, FeatureFn, list[int], dict[str, float]]] = []
+        for j, s in enumerate(specs):
             if s.fn not in FEATURES:
                 raise ValueError(f"feature {s.name!r}: unknown function {s.fn!r}")
             missing = [c for c in s.inputs if c not in index]
             if missing:
                 raise ValueError(f"feature {s.name!r}: no channel named {missing}")
-            self._plan.append((FEATURES[s.fn], [index[c] for c in s.inputs], dict(s.params)))
+            idx = [index[c] for c in s.inputs]
+            if len(idx) == 1:
+                key = (s.fn, tuple(sorted(s.params.items())))
+                cols, channels_ = groups.setdefault(key, ([], []))
+                cols.append(j)
+                channels_.append(idx[0])
+            else:
+                self._multi.append((j, FEATURES[s.fn], idx, dict(s.params)))
+        self._grouped = [
+            (FEATURES[fn], dict(params), cols, chans)
+            for (fn, params), (cols, chans) in groups.items()
+        ]
         self.channels = list(channels)
 
     def transform(self, values: np.ndarray) -> np.ndarray:
@@ -303,7 +319,12 @@ class FeatureExtractor:
             raise ValueError(
                 f"expected (n, size, {len(self.channels)}) windows, got {values.shape}"
             )
-        out = np.empty((values.shape[0], len(self._plan)), dtype=np.float32)
-        for j, (fn, idx, params) in enumerate(self._plan):
+        n, w = values.shape[0], values.shape[1]
+        out = np.empty((n, len(self.names)), dtype=np.float32)
+        for fn, params, cols, chans in self._grouped:
+            # (n, w, k) -> (n * k, w): every channel's window becomes a row of one call.
+            x = values[:, :, chans].transpose(0, 2, 1).reshape(n * len(chans), w)
+            out[:, cols] = fn(x, **params).reshape(n, len(chans))
+        for j, fn, idx, params in self._multi:
             out[:, j] = fn(*(values[:, :, i] for i in idx), **params)
         return out

@@ -163,14 +163,13 @@ class Agent:
         return ready
 
     def _score(self, ready: list[Windows]) -> None:
-        x = np.concatenate([self.extractor.transform(w.values) for w in ready])
+        # One feature pass and one model call for every window ready at this tick.
+        x = self.extractor.transform(np.concatenate([w.values for w in ready]))
         assets = [w.asset for w in ready for _ in range(len(w))]
         ends = np.concatenate([w.end for w in ready])
         starts = np.concatenate([w.start for w in ready])
         self.quality.check_features(assets, x, ends)
         began = time.perf_counter()
-        # One batched call for every window ready at this tick: per-call overhead dominates
-        # for small models.
         scores = self.model.run(x)
         self._latency_ms.append((time.perf_counter() - began) * 1e3)
         items = []

@@ -54,7 +54,7 @@ def agent_compute(repeats: int) -> dict:
                      for out in [w.update(r.asset, r.t[i:i + 1], r.values[i:i + 1, cols])]
                      if out is not None]
             if ready:
-                x = np.concatenate([fx.transform(o.values) for o in ready])
+                x = fx.transform(np.concatenate([o.values for o in ready]))
                 for s in model.run(x):
                     drift.update(float(s), 0.0)
                 scored += len(x)
