@@ -164,8 +164,14 @@ def _report(demo: DemoConfig, api: httpx.Client, card: ModelCard) -> None:
         hit = len(near & ticketed)
         false = len(ticketed - near)
         print(f"\nAgainst the truth file: {len(near)} engines were within {horizon} cycles of "
-              f"failure at the end of their record; {hit} of them got a ticket. "
-              f"{false} ticket(s) went to engines with more than {horizon} cycles left.")
+              f"failure at the end of their record and {hit} of them got a ticket"
+              f"{_pct(hit, len(near))}. {hit} of {len(ticketed)} tickets were right"
+              f"{_pct(hit, len(ticketed))}; {false} went to engines with more than {horizon} "
+              "cycles left.")
+
+
+def _pct(part: int, whole: int) -> str:
+    return f" ({100 * part / whole:.0f}%)" if whole else ""
 
 
 def run_demo(path: Path, *, serve: bool = False, speed: float | None = None) -> int:
