@@ -13,11 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from agent_support import ROOT, TEST_FILE, free_port
+from aggregator_support import wait_until
 
 from agent.outbox import Outbox
-
-ROOT = Path(__file__).resolve().parents[2]
-TEST_FILE = ROOT / "models" / "data" / "cmapss_fd001" / "test_FD001.txt.gz"
 
 pytestmark = pytest.mark.integration
 
@@ -28,25 +27,11 @@ def linewatch(*args: str, **kwargs) -> subprocess.Popen:
                             **kwargs)
 
 
-def wait_until(cond, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            result = cond()
-        except httpx.TransportError:
-            result = None
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def up(api: httpx.Client) -> bool:
+    try:
+        return api.get("/healthz").json()["mqtt"]["connected"]
+    except httpx.TransportError:
+        return False
 
 
 @pytest.fixture
@@ -63,8 +48,7 @@ def aggregator_process(tmp_path: Path, mosquitto):
     proc = linewatch("aggregator", "-c", str(env_file))
     api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5)
     try:
-        wait_until(lambda: api.get("/healthz").json()["mqtt"]["connected"], 30,
-                   "the aggregator to come up")
+        wait_until(lambda: up(api), 30, what="the aggregator to come up")
         yield api
     finally:
         api.close()
@@ -100,7 +84,7 @@ def test_agent_and_aggregator_commands_deliver_everything(
     assert proc.returncode == 0, out
     # Engine 34 has 203 cycles: 174 windows of 30.
     assert "scored 174 windows" in out
-    wait_until(lambda: stored(aggregator_process) == 174, 30, "174 stored predictions")
+    wait_until(lambda: stored(aggregator_process) == 174, 30, what="174 stored predictions")
     agents = aggregator_process.get("/agents").json()
     assert [(a["agent"], a["state"]) for a in agents] == [("gw-cli", "offline")]
 
@@ -122,7 +106,7 @@ def test_agent_killed_mid_run_loses_nothing(tmp_path: Path, mosquitto, aggregato
             box.close()
 
     # Everything is scored within a second or two; the agent then waits for the broker.
-    wait_until(lambda: buffered() >= 1 and first.poll() is None, 30, "a filled outbox")
+    wait_until(lambda: buffered() >= 1 and first.poll() is None, 30, what="a filled outbox")
     time.sleep(1.0)
     first.send_signal(signal.SIGKILL)
     first.communicate(timeout=10)
@@ -135,4 +119,4 @@ def test_agent_killed_mid_run_loses_nothing(tmp_path: Path, mosquitto, aggregato
     assert second.returncode == 0, out
     assert buffered() == 0
     # Engine 1 has 31 cycles: 2 windows; engine 34's 174 came from the killed run's outbox.
-    wait_until(lambda: stored(aggregator_process) == 174 + 2, 30, "176 stored predictions")
+    wait_until(lambda: stored(aggregator_process) == 174 + 2, 30, what="176 stored predictions")

@@ -6,54 +6,17 @@ shipped ONNX model, publishes through its outbox, and the aggregator stores and 
 
 from __future__ import annotations
 
-import socket
-import time
+import threading
 from collections import deque
-from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
+from agent_support import agent_cfg, as_key, running_aggregator
+from aggregator_support import wait_until
 
-from agent import config as agent_config
 from agent.pipeline import Agent, Scored
 
-ROOT = Path(__file__).resolve().parents[2]
-MODEL = ROOT / "models" / "cmapss_fd001"
-TEST_FILE = ROOT / "models" / "data" / "cmapss_fd001" / "test_FD001.txt.gz"
-# Engines 31 and 34 end 8 and 7 cycles before failure; engine 1 ends 112 cycles before.
-ASSETS = ["engine-001", "engine-031", "engine-034"]
-
 pytestmark = pytest.mark.integration
-
-
-def wait_until(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def agent_cfg(
-    tmp_path: Path, mqtt_url: str, agent_id: str = "gw-e2e", **source
-) -> agent_config.AgentConfig:
-    return agent_config.parse({
-        "agent": {"id": agent_id, "site": "plant1", "line": "line1"},
-        "model": {"dir": str(MODEL)},
-        "source": {"type": "replay", "path": str(TEST_FILE), "assets": ASSETS, "speed": 0,
-                   "step_s": 600, "start": "2026-01-01T00:00:00Z", **source},
-        "mqtt": {"url": mqtt_url},
-        "outbox": {"path": str(tmp_path / agent_id / "outbox.db")},
-        "publish": {"max_items": 100, "flush_interval_s": 0.2, "health_interval_s": 1},
-    })
 
 
 def expected_ticket_assets(scored: list[Scored], threshold: float, k: int, n: int) -> set[str]:
@@ -70,22 +33,8 @@ def expected_ticket_assets(scored: list[Scored], threshold: float, k: int, n: in
 
 @pytest.fixture
 def aggregator(tmp_path: Path, mosquitto, influxdb):
-    from aggregator.server import ServerThread
-    from aggregator.settings import Settings
-
-    port = free_port()
-    settings = Settings(
-        mqtt_url=mosquitto.url, influx_url=influxdb.url, influx_database=influxdb.database,
-        db_url=f"sqlite:///{tmp_path / 'agg.db'}", series_path=tmp_path / "series.db",
-        http_port=port, rule_k=3, rule_n=5, mqtt_client_id="agg-e2e",
-    )
-    server = ServerThread(settings)
-    server.start()
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as api:
-            yield api
-    finally:
-        server.stop()
+    with running_aggregator(tmp_path, mosquitto.url, influxdb) as api:
+        yield api
 
 
 def stored_scores(influxdb, agent_id: str) -> dict[tuple[str, int], float]:
@@ -94,10 +43,6 @@ def stored_scores(influxdb, agent_id: str) -> dict[tuple[str, int], float]:
         influxdb.database, epoch="ns",
     )
     return {(r["asset"], int(r["time"])): float(r["score"]) for r in rows}
-
-
-def as_key(s: Scored) -> tuple[str, int]:
-    return s.asset, int(round(s.window_end.timestamp() * 1e9))
 
 
 def test_every_scored_window_is_stored_once_and_the_failing_engines_get_tickets(
@@ -112,7 +57,7 @@ def test_every_scored_window_is_stored_once_and_the_failing_engines_get_tickets(
     assert len(scored) == len({as_key(s) for s in scored}) > 300
 
     wait_until(lambda: len(stored_scores(influxdb, "gw-e2e")) >= len(scored), 30,
-               "all predictions in InfluxDB")
+               what="all predictions in InfluxDB")
     stored = stored_scores(influxdb, "gw-e2e")
     assert len(stored) == len(scored)
     for s in scored:
@@ -141,12 +86,10 @@ def test_broker_outage_during_replay_loses_nothing_and_doubles_nothing(
     cfg = agent_cfg(tmp_path, mosquitto.url, agent_id="gw-outage", speed=30000)
     agent = Agent(cfg, record=True)
 
-    import threading
-
     runner = threading.Thread(target=lambda: setattr(agent, "report", agent.run(
         drain_timeout_s=60)))
     runner.start()
-    wait_until(lambda: agent.progress.windows_scored > 100, 30, "the agent scoring offline")
+    wait_until(lambda: agent.progress.windows_scored > 100, 30, what="the agent scoring offline")
     assert agent.progress.published == 0 and agent.outbox.depth > 0
     mosquitto.start()
     runner.join(timeout=90)
@@ -155,7 +98,7 @@ def test_broker_outage_during_replay_loses_nothing_and_doubles_nothing(
     assert report.drained
 
     wait_until(lambda: len(stored_scores(influxdb, "gw-outage")) >= len(report.scored), 30,
-               "all predictions stored after the outage")
+               what="all predictions stored after the outage")
     stored = stored_scores(influxdb, "gw-outage")
     assert len(stored) == len(report.scored)
     for s in report.scored:
