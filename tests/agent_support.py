@@ -7,11 +7,11 @@ Importable as ``agent_support`` (``tests/`` is on ``sys.path``, like ``servers``
 from __future__ import annotations
 
 import contextlib
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+from servers import free_port
 
 from agent import config as agent_config
 from agent.pipeline import Scored
@@ -24,12 +24,6 @@ MODEL = ROOT / "models" / "cmapss_fd001"
 TEST_FILE = ROOT / "models" / "data" / "cmapss_fd001" / "test_FD001.txt.gz"
 # Engines 31 and 34 end 8 and 7 cycles before failure; engine 1 ends 112 cycles before.
 ASSETS = ["engine-001", "engine-031", "engine-034"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def agent_cfg(
