@@ -144,8 +144,7 @@ class Agent:
         self._last_health = time.monotonic()
 
     def _status(self, state: str) -> wire.Status:
-        return wire.Status(agent=self.config.agent.id, state=state, ts=datetime.now(UTC),
-                           model=self.model_ref)
+        return wire.Status.build(self.config.agent.id, state, self.model_ref)
 
     def stop(self) -> None:
         self._stop.set()

@@ -218,7 +218,7 @@ class Envelope(_Strict):
     """One MQTT data message: who sent it, with which model, and a batch of items."""
 
     # `schema` shadows a BaseModel attribute, hence the alias.
-    schema_: Literal[1] = Field(SCHEMA, alias="schema")
+    schema_: Literal[1] = Field(alias="schema")
     msg_id: UUID
     agent: Name
     ts: datetime
@@ -253,15 +253,20 @@ class Envelope(_Strict):
     def build(cls, agent: str, seq: int, model: ModelRef, items: list) -> Envelope:
         """New envelope with a fresh msg_id, stamped now."""
         return cls(
-            msg_id=uuid.uuid4(), agent=agent, ts=datetime.now(UTC), seq=seq, model=model,
-            items=items,
+            schema_=SCHEMA, msg_id=uuid.uuid4(), agent=agent, ts=datetime.now(UTC), seq=seq,
+            model=model, items=items,
         )
 
 
 class Status(_Strict):
     """Retained presence of an agent; the broker publishes ``offline`` as its last will."""
 
-    schema_: Literal[1] = Field(SCHEMA, alias="schema")
+    @classmethod
+    def build(cls, agent: str, state: str, model: ModelRef | None = None) -> Status:
+        """Status stamped now."""
+        return cls(schema_=SCHEMA, agent=agent, state=state, ts=datetime.now(UTC), model=model)
+
+    schema_: Literal[1] = Field(alias="schema")
     agent: Name
     state: Literal["online", "offline"]
     ts: datetime
@@ -322,10 +327,24 @@ def decode(raw: bytes) -> Envelope:
     ...
     agent.wire.WireError: unknown_schema: schema 2; this side speaks 1
     """
-    return _validate(Envelope, _load(raw))  # type: ignore[return-value]
+    return _decode(Envelope, raw)  # type: ignore[return-value]
+
+
+def _decode(model: type[BaseModel], raw: bytes) -> BaseModel:
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise WireError("too_large", f"{len(raw)} bytes > {MAX_PAYLOAD_BYTES}")
+    try:
+        # Fast path: pydantic's own JSON parser, about twice as fast as json.loads + validate.
+        # The finite-float fields refuse NaN and infinities whichever parser read them.
+        return model.model_validate_json(raw)
+    except ValidationError:
+        pass
+    # Slow path, only for bad input: find the precise reason (malformed JSON, unknown
+    # schema, or the first invalid field).
+    return _validate(model, _load(raw))
 
 
 def decode_status(raw: bytes) -> Status:
     """Parse and validate a retained status payload."""
-    return _validate(Status, _load(raw))  # type: ignore[return-value]
+    return _decode(Status, raw)  # type: ignore[return-value]
 

@@ -70,7 +70,7 @@ def _envelope(n_items: int) -> wire.Envelope:
     ref = wire.ModelRef(name="m", version="1", sha256="0" * 64, threshold=0.5)
     now = datetime.now(UTC)
     items = [wire.Prediction(asset=f"engine-{i % 100:03d}", window_start=now, window_end=now,
-                             score=0.5, alert=False) for i in range(n_items)]
+                             score=0.25, alert=False) for i in range(n_items)]
     return wire.Envelope.build("gw", 0, ref, items)
 
 
@@ -108,7 +108,57 @@ def outbox(repeats: int) -> dict:
             "us_per_message_put_and_drain": round(t / 500 * 1e6, 1)}
 
 
+def ingest(repeats: int) -> dict:
+    """Aggregator ingest without the network: decode, dedupe, store, rules, tickets, with
+    the embedded SQLite stores; messages/s and predictions/s by predictions per message."""
+    from aggregator.db import open_engine, open_sessions
+    from aggregator.ingest import Ingestor
+    from aggregator.series import open_series
+    from aggregator.settings import Settings
+    from aggregator.validate import RawMessage
+
+    ref = wire.ModelRef(name="m", version="1", sha256="0" * 64, threshold=0.5)
+    topic = wire.topic("plant1", "line1", "gw", "predictions")
+    out = {}
+    for per_msg in (1, 10, 100):
+        n_msgs = 2000 // per_msg if per_msg > 1 else 1000
+
+        def payloads(seq0: int, per_msg: int = per_msg, n_msgs: int = n_msgs) -> list:
+            t0 = datetime(2026, 1, 1, tzinfo=UTC).timestamp() + seq0 * per_msg * 60
+            msgs = []
+            for m in range(n_msgs):
+                items = []
+                for i in range(per_msg):
+                    t = datetime.fromtimestamp(t0 + (m * per_msg + i) * 60, UTC)
+                    items.append(wire.Prediction(asset=f"engine-{i % 10:03d}", window_start=t,
+                                                 window_end=t, score=0.2, alert=False))
+                msgs.append((topic, wire.encode(wire.Envelope.build("gw", seq0 + m, ref,
+                                                                    items))))
+            return msgs
+
+        times = []
+        for r in range(repeats):
+            with tempfile.TemporaryDirectory() as d:
+                settings = Settings(series_path=Path(d) / "s.db",
+                                    db_url=f"sqlite:///{Path(d) / 'a.db'}")
+                series = open_series(settings)
+                ingestor = Ingestor(series, open_sessions(open_engine(settings.db_url)),
+                                    settings)
+                batch = [RawMessage(t, p) for t, p in payloads(r * n_msgs)]
+                t_start = time.perf_counter()
+                for lo in range(0, len(batch), 500):
+                    ingestor.handle_batch(batch[lo:lo + 500])
+                times.append(time.perf_counter() - t_start)
+                series.close()
+        t = statistics.median(times)
+        out[f"predictions_per_message_{per_msg}"] = {
+            "messages": n_msgs, "messages_per_s": round(n_msgs / t),
+            "predictions_per_s": round(n_msgs * per_msg / t)}
+    return out
+
+
 ALL: dict[str, Callable[[int], dict]] = {
+    "ingest": ingest,
     "agent_compute": agent_compute,
     "wire_codec": wire_codec,
     "outbox": outbox,

@@ -126,8 +126,8 @@ def test_agents_table_follows_the_messages(ingestor: Ingestor, sessions: Session
 
 def test_status_updates_the_agent_newest_wins(ingestor: Ingestor, sessions: SessionFactory) -> None:
     status_topic = data_topic(AGENT, "status")
-    offline = Status(agent=AGENT, state="offline", ts=T0 + timedelta(minutes=5))
-    older_online = Status(agent=AGENT, state="online", ts=T0, model=MODEL)
+    offline = Status(schema=1, agent=AGENT, state="offline", ts=T0 + timedelta(minutes=5))
+    older_online = Status(schema=1, agent=AGENT, state="online", ts=T0, model=MODEL)
     outcomes = ingestor.handle_batch(
         [
             RawMessage(status_topic, encode(offline)),

@@ -42,7 +42,7 @@ def test_built_envelope_matches_golden_prediction_file() -> None:
     )
     t0, t1 = datetime(2026, 1, 1, 5, tzinfo=UTC), datetime(2026, 1, 1, 10, tzinfo=UTC)
     env = wire.Envelope(
-        msg_id=UUID("0b6f3c1e-5d2a-4c8e-9f10-2a3b4c5d6e7f"), agent="gw-line1",
+        schema=1, msg_id=UUID("0b6f3c1e-5d2a-4c8e-9f10-2a3b4c5d6e7f"), agent="gw-line1",
         ts=datetime(2026, 1, 1, 10, 0, 1, 250000, tzinfo=UTC), seq=41, model=model,
         items=[
             wire.Prediction(asset="engine-031", window_start=t0, window_end=t1, score=0.8125,
