@@ -123,7 +123,7 @@ def test_tickets_and_agents_through_the_api(api: tuple[TestClient, int]) -> None
     try:
         publish(
             pub,
-            encode(Status(agent=AGENT, state="online", ts=T0, model=MODEL)),
+            encode(Status(schema=1, agent=AGENT, state="online", ts=T0, model=MODEL)),
             data_topic(AGENT, "status"),
         )
         publish(pub, payload(AGENT, 0, predictions("pump-1", [0.9, 0.95, 0.99])))
