@@ -235,7 +235,9 @@ class Agent:
                     break
             self._health(force=True)
             self.batcher.flush()
-            drained = self.publisher.flush(drain_timeout_s)
+            # Stopped by a signal: do not hold up a service manager; the outbox keeps the rest.
+            drained = self.publisher.flush(min(drain_timeout_s, 5.0) if self._stop.is_set()
+                                           else drain_timeout_s)
             self._update_progress()
             if not drained:
                 logger.warning("%d messages still in the outbox after %.0f s; they are kept "

@@ -25,6 +25,7 @@ __all__ = ["Publisher"]
 logger = logging.getLogger(__name__)
 
 _QUEUED = (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)
+_REFUSED_RETRY_S = 30.0
 
 
 class Publisher:
@@ -67,6 +68,7 @@ class Publisher:
         self._inflight: dict[int, int] = {}  # mid -> seq
         self._early: dict[int, bool] = {}  # acks that arrived before their mid was recorded
         self._status_mids: set[int] = set()
+        self._retry_at: dict[int, float] = {}  # seq -> when a refused row may go again
         self._last_handed = -1
         self._connected = threading.Event()
         self._wake = threading.Event()
@@ -139,9 +141,15 @@ class Publisher:
             seq = self._inflight.pop(mid)
             if ok:
                 done.append(seq)
+                self._retry_at.pop(seq, None)
             else:
+                # An MQTT 5 broker may refuse a publish (e.g. not authorised). The row stays,
+                # retried with backoff, so a broker-side fix delivers it; logged once.
                 self.refused += 1
-                logger.error("broker refused message seq %d; it stays in the outbox", seq)
+                if seq not in self._retry_at:
+                    logger.error("broker refused message seq %d; it stays in the outbox and "
+                                 "is retried every %.0f s", seq, _REFUSED_RETRY_S)
+                self._retry_at[seq] = time.monotonic() + _REFUSED_RETRY_S
         if done:
             self.outbox.ack(done)
             self.published += len(done)
@@ -154,8 +162,9 @@ class Publisher:
         room = self.config.max_inflight - len(self._inflight)
         if room <= 0 or not self.connected:
             return
+        now = time.monotonic()
         for row in self.outbox.pending(self._last_handed, room):
-            if row.seq in self._inflight.values():
+            if row.seq in self._inflight.values() or self._retry_at.get(row.seq, 0) > now:
                 continue
             info = self._client.publish(row.topic, row.payload, qos=1)
             if info.rc not in _QUEUED:
