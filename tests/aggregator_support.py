@@ -1,4 +1,6 @@
-"""Helpers shared by the aggregator's tests: payload builders and bounded waiting.
+"""Helpers shared by the aggregator's tests: payload builders, the points the aggregator
+should store for them, settings on scratch stores, a running service, a raw MQTT publisher
+and bounded waiting.
 
 Importable as ``aggregator_support`` because pytest puts ``tests/`` on ``sys.path`` for
 ``tests/conftest.py`` (rootdir "prepend" import mode), like ``servers``.
@@ -6,14 +8,37 @@ Importable as ``aggregator_support`` because pytest puts ``tests/`` on ``sys.pat
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
 from typing import Any
 
-from agent.wire import Envelope, ModelRef, Prediction, encode, topic
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
-__all__ = ["T0", "MODEL", "envelope", "payload", "predictions", "wait_until", "data_topic"]
+from agent.wire import Envelope, ModelRef, Prediction, encode, topic
+from aggregator.series import PredictionPoint
+from aggregator.server import ServerThread
+from aggregator.settings import Settings
+
+__all__ = [
+    "T0",
+    "MODEL",
+    "Publisher",
+    "broker_settings",
+    "data_topic",
+    "envelope",
+    "payload",
+    "predictions",
+    "rewritten",
+    "start_service",
+    "store_settings",
+    "stored_points",
+    "wait_until",
+]
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 MODEL = ModelRef(name="bearing-gbt", version="1.2.0", sha256="ab" * 32, threshold=0.7)
@@ -47,6 +72,102 @@ def data_topic(
     agent: str, kind: str = "predictions", site: str = "plant1", line: str = "line3"
 ) -> str:
     return topic(site, line, agent, kind)
+
+
+def rewritten(raw: bytes, edit: Callable[[dict[str, Any]], object]) -> bytes:
+    """``raw`` decoded, changed in place by ``edit`` and encoded again with ``json.dumps``
+    (which writes a NaN as the bare ``NaN`` token): payloads the wire models refuse to
+    build, as a foreign producer might send them."""
+    data = json.loads(raw)
+    edit(data)
+    return json.dumps(data).encode()
+
+
+def stored_points(
+    envelopes: list[Envelope], *, asset: str | None = None, site: str = "plant1",
+    line: str = "line3",
+) -> list[PredictionPoint]:
+    """The points the aggregator must store for ``envelopes`` (published on ``site``/``line``
+    topics), only ``asset``'s if given, in the series stores' order (window end, agent,
+    asset, model)."""
+    points = [
+        PredictionPoint(
+            site=site,
+            line=line,
+            agent=env.agent,
+            asset=p.asset,
+            model=env.model.name,
+            model_version=env.model.version,
+            window_start=p.window_start,
+            window_end=p.window_end,
+            score=p.score,
+            alert=p.alert,
+            seq=env.seq,
+        )
+        for env in envelopes
+        for p in env.items
+        if isinstance(p, Prediction) and asset in (None, p.asset)
+    ]
+    return sorted(points, key=lambda p: (p.window_end, p.agent, p.asset, p.model))
+
+
+# -- a running aggregator and a publisher -------------------------------------------------
+def store_settings(tmp_path: Path, **changes: Any) -> Settings:
+    """Settings with the embedded stores in ``tmp_path`` (``series.db``, ``linewatch.db``)."""
+    values: dict[str, Any] = {
+        "series_path": tmp_path / "series.db",
+        "db_url": f"sqlite:///{tmp_path}/linewatch.db",
+    }
+    return Settings(**(values | changes))
+
+
+def broker_settings(tmp_path: Path, broker: Any, **changes: Any) -> Settings:
+    """:func:`store_settings` for an aggregator subscribed to ``broker`` (a running
+    ``servers.MosquittoServer``), its HTTP API on a free port."""
+    values: dict[str, Any] = {
+        "mqtt_url": broker.url,
+        "mqtt_client_id": "aggregator-test",
+        "http_port": 0,
+    }
+    return store_settings(tmp_path, **(values | changes))
+
+
+def start_service(settings: Settings) -> ServerThread:
+    """The aggregator as in production (uvicorn, lifespan, subscriber), subscribed."""
+    server = ServerThread(settings)
+    server.start()
+    assert server.app.state.subscriber.wait_ready(10)
+    return server
+
+
+class Publisher:
+    """A raw paho client that publishes at QoS 1, by default to ``topic``; a context
+    manager that disconnects on exit."""
+
+    def __init__(self, host: str, port: int, topic: str, client_id: str = "test-publisher"):
+        self.topic = topic
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.client.connect(host, port)
+        self.client.loop_start()
+
+    def publish(self, raw: bytes, topic: str | None = None) -> None:
+        """Publish and wait (5 s at most) until the broker has it."""
+        info = self.client.publish(topic or self.topic, raw, qos=1)
+        assert info.rc == mqtt.MQTT_ERR_SUCCESS
+        info.wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def wait_until(

@@ -12,7 +12,6 @@ mode, and the 18 ``RNF``-only rows are not failures.
 
 from __future__ import annotations
 
-import logging
 import time
 from functools import partial
 from pathlib import Path
@@ -24,7 +23,6 @@ from sklearn.ensemble import (
     HistGradientBoostingClassifier,
     RandomForestClassifier,
 )
-from sklearn.metrics import average_precision_score
 from sklearn.model_selection import KFold
 
 from agent.card import FeatureSpec
@@ -34,8 +32,6 @@ from linewatch.training.frames import featurize
 from linewatch.training.metrics import binary_metrics, report_metrics
 
 __all__ = ["NAME", "feature_specs", "fit", "make_estimator"]
-
-logger = logging.getLogger(__name__)
 
 NAME = "ai4i2020"
 VERSION = "1.0.0"
@@ -112,31 +108,20 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
 
     results: Any
     if search:
-        results = []
-        for hp in CANDIDATES:
-            oof = c.grouped_oof(partial(make_estimator, hp), tr.X, y, folds)
-            ap = round(float(average_precision_score(y, oof)), 4)
-            results.append({"hyperparameters": hp, "oof_average_precision": ap})
-            logger.info("%s: %s -> AP %.4f", NAME, hp, ap)
-        hp = dict(max(results, key=lambda r: float(r["oof_average_precision"]))["hyperparameters"])
+        hp, results = c.search_average_precision(NAME, CANDIDATES, make_estimator, tr.X, y,
+                                                 folds)
     else:
         hp, results = c.recorded_search(NAME, default=dict(CANDIDATES[1]))
-    oof = c.grouped_oof(lambda: make_estimator(hp), tr.X, y, folds)
-    threshold, at_threshold = c.choose_threshold(y, oof, target_precision=TARGET_PRECISION)
-
-    estimator = make_estimator(hp).fit(tr.X, y)
-    model = c.export_onnx(estimator, tr.X.shape[1])
-    # Test metrics from the exported file itself (what `linewatch evaluate` runs); the
-    # training-score statistics from scikit-learn, equal to 1e-6 and much faster.
-    p_test = c.reference_scores(model, te.X, c.PROBA_OUTPUT, 1)
-    p_train = estimator.predict_proba(tr.X)[:, 1]
-    picks = c.select_self_test(p_train)
-    expected = c.reference_scores(model, tr.X[picks], c.PROBA_OUTPUT, 1)
+    fitted = c.fit_classifier(partial(make_estimator, hp), tr.X, y, folds,
+                              target_precision=TARGET_PRECISION)
+    threshold, at_threshold = fitted.threshold, fitted.at_threshold
+    # Test metrics from the exported file itself (what `linewatch evaluate` runs).
+    p_test = fitted.scores(te.X)
 
     metrics = {f"test_{k}": v for k, v in report_metrics(
         "ai4i", te.labels, p_test, threshold=threshold, horizon=None,
         asset=te.asset, end=te.end, last=te.last).items()}
-    metrics |= binary_metrics(y, oof, threshold, prefix="cv_", what="rows")
+    metrics |= binary_metrics(y, fitted.oof, threshold, prefix="cv_", what="rows")
     failures = te.labels["failure"] == 1
     mode_of = {m: te.labels[m] == 1 for m in MODES}
     explained = failures & (mode_of["hdf"] | mode_of["pwf"] | mode_of["osf"])
@@ -155,10 +140,7 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
             "time_unit": "process run (UDI step)",
         },
         "window": {"size": 1, "hop": 1},
-        "features": [
-            {**s.model_dump(), "range": [float(tr.X[:, j].min()), float(tr.X[:, j].max())]}
-            for j, s in enumerate(specs)
-        ],
+        "features": c.feature_entries(specs, tr.X),
         "output": {"name": c.PROBA_OUTPUT, "index": 1, "horizon": None,
                    "meaning": "probability that this process run ends in a machine failure"},
         "threshold": {
@@ -172,15 +154,7 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
         },
         "sha256": {"model": "0" * 64, "data": data_sha},
         "metrics": c.metrics_dict(metrics),
-        "self_test": {
-            "features": [[float(v) for v in tr.X[i]] for i in picks],
-            "expected": [float(v) for v in expected],
-            "tolerance": 1e-5,
-        },
-        "reference": {
-            "features": {s.name: c.stats(tr.X[:, j]) for j, s in enumerate(specs)},
-            "score": c.stats(p_train),
-        },
+        **c.self_test_and_reference(fitted, tr.X, specs),
         "training": {
             "data": {"file": DATA_FILE},
             "label": "Machine failure column as published (9 failures without a mode are "
@@ -199,14 +173,9 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
             "search": results,
             "search_run": search,
             "threshold_selection": {"target_precision": TARGET_PRECISION, **at_threshold},
-            "seed": c.SEED,
-            "packages": c.package_versions(),
-            "duration_s": round(time.perf_counter() - started, 1),
         },
     }
-    card = c.write_model(root / NAME, model, card, _card_md)
-    logger.info("%s: wrote %s in %.1f s", NAME, root / NAME, time.perf_counter() - started)
-    return c.Trained(model_dir=root / NAME, estimator=estimator, X_test=te.X, card=card)
+    return c.save_model(root, card, fitted, _card_md, X_test=te.X, started=started)
 
 
 def _card_md(card: dict[str, Any]) -> str:

@@ -11,7 +11,6 @@ used for reporting only, never for a choice.
 
 from __future__ import annotations
 
-import logging
 import time
 from functools import partial
 from pathlib import Path
@@ -20,7 +19,6 @@ from typing import Any
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score
 from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -32,8 +30,6 @@ from linewatch.training.frames import Frames, featurize
 from linewatch.training.metrics import MetricValue, binary_metrics, report_metrics
 
 __all__ = ["NAME", "feature_specs", "fit", "make_estimator", "select_channels"]
-
-logger = logging.getLogger(__name__)
 
 NAME = "cmapss_fd001"
 VERSION = "1.0.0"
@@ -136,19 +132,6 @@ def make_estimator(hp: dict[str, Any]) -> Any:
     raise ValueError(f"unknown learner {hp['learner']!r}")
 
 
-def _search(
-    X: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]]
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    results: list[dict[str, Any]] = []
-    for hp in CANDIDATES:
-        oof = c.grouped_oof(partial(make_estimator, hp), X, y, folds)
-        results.append({"hyperparameters": hp,
-                        "oof_average_precision": round(float(average_precision_score(y, oof)), 4)})
-        logger.info("%s: %s -> AP %.4f", NAME, hp, results[-1]["oof_average_precision"])
-    best = max(results, key=lambda r: float(r["oof_average_precision"]))  # first of ties wins
-    return dict(best["hyperparameters"]), results
-
-
 def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
     started = time.perf_counter()
     root = Path(models_root) if models_root is not None else c.default_models_root()
@@ -165,20 +148,15 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
 
     search_results: Any
     if search:
-        hp, search_results = _search(tr.X, y, folds)
+        hp, search_results = c.search_average_precision(NAME, CANDIDATES, make_estimator,
+                                                        tr.X, y, folds)
     else:
         hp, search_results = c.recorded_search(NAME, default=dict(CANDIDATES[1]))
-    oof = c.grouped_oof(lambda: make_estimator(hp), tr.X, y, folds)
-    threshold, at_threshold = c.choose_threshold(y, oof, target_precision=TARGET_PRECISION)
-
-    estimator = make_estimator(hp).fit(tr.X, y)
-    model = c.export_onnx(estimator, tr.X.shape[1])
-    # Test metrics from the exported file itself (what `linewatch evaluate` runs); the
-    # training-score statistics from scikit-learn, equal to 1e-6 and much faster.
-    p_test = c.reference_scores(model, te.X, c.PROBA_OUTPUT, 1)
-    p_train = estimator.predict_proba(tr.X)[:, 1]
-    picks = c.select_self_test(p_train)
-    expected = c.reference_scores(model, tr.X[picks], c.PROBA_OUTPUT, 1)
+    fitted = c.fit_classifier(partial(make_estimator, hp), tr.X, y, folds,
+                              target_precision=TARGET_PRECISION)
+    threshold, at_threshold, oof = fitted.threshold, fitted.at_threshold, fitted.oof
+    # Test metrics from the exported file itself (what `linewatch evaluate` runs).
+    p_test = fitted.scores(te.X)
 
     metrics = {f"test_{k}": v for k, v in _test_metrics(te, p_test, threshold).items()}
     metrics |= binary_metrics(y, oof, threshold, groups=tr.asset, prefix="cv_window_",
@@ -200,10 +178,7 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
             "time_unit": "cycle",
         },
         "window": {"size": WINDOW, "hop": HOP},
-        "features": [
-            {**s.model_dump(), "range": [float(tr.X[:, j].min()), float(tr.X[:, j].max())]}
-            for j, s in enumerate(specs)
-        ],
+        "features": c.feature_entries(specs, tr.X),
         "output": {
             "name": c.PROBA_OUTPUT,
             "index": 1,
@@ -221,15 +196,7 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
         },
         "sha256": {"model": "0" * 64, "data": c.data_sha256(data_root, [TRAIN_FILE])},
         "metrics": c.metrics_dict(metrics),
-        "self_test": {
-            "features": [[float(v) for v in tr.X[i]] for i in picks],
-            "expected": [float(v) for v in expected],
-            "tolerance": 1e-5,
-        },
-        "reference": {
-            "features": {s.name: c.stats(tr.X[:, j]) for j, s in enumerate(specs)},
-            "score": c.stats(p_train),
-        },
+        **c.self_test_and_reference(fitted, tr.X, specs),
         "training": {
             "data": {"train": TRAIN_FILE, "test": TEST_FILE, "test_truth": TRUTH_FILE},
             "evaluation_data_sha256": c.data_sha256(data_root, [TEST_FILE, TRUTH_FILE]),
@@ -249,14 +216,9 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
             "threshold_selection": {"target_precision": TARGET_PRECISION, **at_threshold},
             "oof_first_alert": _first_alerts(tr, oof, threshold),
             "test_false_alerts": _false_alerts(te, p_test, threshold),
-            "seed": c.SEED,
-            "packages": c.package_versions(),
-            "duration_s": round(time.perf_counter() - started, 1),
         },
     }
-    card = c.write_model(root / NAME, model, card, _card_md)
-    logger.info("%s: wrote %s in %.1f s", NAME, root / NAME, time.perf_counter() - started)
-    return c.Trained(model_dir=root / NAME, estimator=estimator, X_test=te.X, card=card)
+    return c.save_model(root, card, fitted, _card_md, X_test=te.X, started=started)
 
 
 def _first_alerts(tr: Frames, oof: np.ndarray, threshold: float) -> dict[str, Any]:

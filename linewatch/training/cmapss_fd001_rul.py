@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ NAME = "cmapss_fd001_rul"
 VERSION = "1.0.0"
 RUL_CAP = 125
 FOLDS = 5
-OUTPUT = "variable"  # skl2onnx's name for a regressor's output, shape (n, 1)
+OUTPUT = c.REGRESSION_OUTPUT
 
 CANDIDATES: tuple[dict[str, Any], ...] = (
     {"learning_rate": 0.05, "max_iter": 300, "max_leaf_nodes": 15, "min_samples_leaf": 50,
@@ -85,13 +86,9 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
         hp, results = c.recorded_search(NAME, default=dict(CANDIDATES[0]))
     oof_err, oof = cv_rmse(hp)
     threshold = float(np.float32(1.0 - clf.HORIZON / RUL_CAP))
-
-    estimator = make_estimator(hp).fit(tr.X, target)
-    model = c.export_onnx(estimator, tr.X.shape[1], classifier=False)
-    p_test = c.reference_scores(model, te.X, OUTPUT, 0)
-    p_train = estimator.predict(tr.X)
-    picks = c.select_self_test(p_train)
-    expected = c.reference_scores(model, tr.X[picks], OUTPUT, 0)
+    fitted = c.fit_export(partial(make_estimator, hp), tr.X, target, oof=oof,
+                          threshold=threshold, classifier=False)
+    p_test = fitted.scores(te.X)
 
     metrics = {f"test_{k}": v for k, v in report_metrics(
         "cmapss", te.labels, p_test, threshold=threshold, horizon=clf.HORIZON,
@@ -116,10 +113,7 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
             "time_unit": "cycle",
         },
         "window": {"size": clf.WINDOW, "hop": clf.HOP},
-        "features": [
-            {**s.model_dump(), "range": [float(tr.X[:, j].min()), float(tr.X[:, j].max())]}
-            for j, s in enumerate(specs)
-        ],
+        "features": c.feature_entries(specs, tr.X),
         "output": {
             "name": OUTPUT,
             "index": 0,
@@ -136,15 +130,7 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
         },
         "sha256": {"model": "0" * 64, "data": c.data_sha256(data_root, [clf.TRAIN_FILE])},
         "metrics": c.metrics_dict(metrics),
-        "self_test": {
-            "features": [[float(v) for v in tr.X[i]] for i in picks],
-            "expected": [float(v) for v in expected],
-            "tolerance": 1e-5,
-        },
-        "reference": {
-            "features": {s.name: c.stats(tr.X[:, j]) for j, s in enumerate(specs)},
-            "score": c.stats(p_train),
-        },
+        **c.self_test_and_reference(fitted, tr.X, specs),
         "training": {
             "task": "rul",
             "rul_cap": RUL_CAP,
@@ -160,14 +146,9 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
             "hyperparameters": hp,
             "search": results,
             "search_run": search,
-            "seed": c.SEED,
-            "packages": c.package_versions(),
-            "duration_s": round(time.perf_counter() - started, 1),
         },
     }
-    card = c.write_model(root / NAME, model, card, _card_md)
-    logger.info("%s: wrote %s in %.1f s", NAME, root / NAME, time.perf_counter() - started)
-    return c.Trained(model_dir=root / NAME, estimator=estimator, X_test=te.X, card=card)
+    return c.save_model(root, card, fitted, _card_md, X_test=te.X, started=started)
 
 
 def _card_md(card: dict[str, Any]) -> str:

@@ -1,6 +1,7 @@
-"""What every model of the factory shares: paths, seeds, ONNX export, scoring with the ONNX
-reference evaluator, thresholds, reference statistics, self-tests and writing the model
-directory (``model.onnx``, ``card.json``, ``CARD.md``).
+"""What every model of the factory shares: paths, seeds, the hyper-parameter search, fitting
+and ONNX export (:func:`fit_classifier`, :func:`fit_export`), scoring with the ONNX
+reference evaluator, thresholds, reference statistics, self-tests, the card sections built
+from them and writing the model directory (``model.onnx``, ``card.json``, ``CARD.md``).
 
 Determinism: every learner gets ``random_state=SEED`` and runs single-threaded
 (``linewatch.training.fit`` limits BLAS and OpenMP to one thread); metrics are
@@ -17,10 +18,12 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +33,27 @@ import sklearn
 from onnx.reference import ReferenceEvaluator
 from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
+from sklearn.metrics import average_precision_score
 
-from agent.card import CARD_FILE, MODEL_FILE, ModelCard, sha256_file
+from agent.card import CARD_FILE, MODEL_FILE, FeatureSpec, ModelCard, sha256_file
 from linewatch.training.metrics import MetricValue
 
 __all__ = [
     "INPUT_NAME",
     "PROBA_OUTPUT",
+    "REGRESSION_OUTPUT",
     "SEED",
     "TARGET_OPSET",
+    "Fitted",
     "Trained",
     "created_now",
     "data_root",
     "data_sha256",
     "default_models_root",
     "export_onnx",
+    "feature_entries",
+    "fit_classifier",
+    "fit_export",
     "grouped_oof",
     "metrics_dict",
     "metrics_json",
@@ -53,7 +62,10 @@ __all__ = [
     "recorded_search",
     "reference_scores",
     "render_card_md",
+    "save_model",
+    "search_average_precision",
     "select_self_test",
+    "self_test_and_reference",
     "stats",
     "choose_threshold",
     "write_model",
@@ -64,6 +76,7 @@ logger = logging.getLogger(__name__)
 SEED = 0
 INPUT_NAME = "features"
 PROBA_OUTPUT = "probabilities"
+REGRESSION_OUTPUT = "variable"  # skl2onnx's name for a regressor's output, shape (n, 1)
 # Pinned so a newer skl2onnx does not silently raise the opset a gateway's onnxruntime needs.
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 _QUANTILES = {"p01": 1, "p05": 5, "p25": 25, "p50": 50, "p75": 75, "p95": 95, "p99": 99}
@@ -129,6 +142,103 @@ def grouped_oof(
         out = getattr(model, method)(X[val_idx])
         oof[val_idx] = out[:, 1] if out.ndim == 2 else out
     return oof
+
+
+def search_average_precision(
+    name: str,
+    candidates: Sequence[dict[str, Any]],
+    make: Callable[[dict[str, Any]], Any],
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: Sequence[tuple[np.ndarray, np.ndarray]],
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The candidate hyper-parameters with the best out-of-fold average precision (the first
+    of ties wins), and every candidate's result, as the card's ``training.search``."""
+    results: list[dict[str, Any]] = []
+    for hp in candidates:
+        oof = grouped_oof(partial(make, hp), X, y, folds)
+        ap = round(float(average_precision_score(y, oof)), 4)
+        results.append({"hyperparameters": hp, "oof_average_precision": ap})
+        logger.info("%s: %s -> AP %.4f", name, hp, ap)
+    best = max(results, key=lambda r: float(r["oof_average_precision"]))
+    return dict(best["hyperparameters"]), results
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A learner fitted on every training row and exported, with what its card needs.
+
+    ``oof``: the out-of-fold scores ``threshold`` was chosen on (``at_threshold``: what it
+    achieved there, empty for a threshold set by definition). ``train_scores``: the
+    model's scores on the training rows (reference statistics); ``picks``: the self-test
+    rows among them; ``expected``: the exported file's outputs on those rows.
+    """
+
+    estimator: Any
+    model: bytes
+    output: str
+    index: int
+    threshold: float
+    at_threshold: dict[str, Any]
+    oof: np.ndarray
+    train_scores: np.ndarray
+    picks: np.ndarray
+    expected: np.ndarray
+
+    def scores(self, X: np.ndarray) -> np.ndarray:
+        """The exported file's scores for rows ``X`` (ONNX reference evaluator)."""
+        return reference_scores(self.model, X, self.output, self.index)
+
+
+def fit_export(
+    make: Callable[[], Any],
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    oof: np.ndarray,
+    threshold: float,
+    at_threshold: dict[str, Any] | None = None,
+    classifier: bool = True,
+    onnx_train_scores: bool = False,
+) -> Fitted:
+    """Fit ``make()`` on all of ``X``, export it and pick its self-test rows.
+
+    The training scores come from scikit-learn (equal to the exported file's to 1e-6, and
+    much faster), or with ``onnx_train_scores`` from the exported file itself; the
+    self-test's expected outputs always come from the exported file.
+    """
+    estimator = make().fit(X, y)
+    model = export_onnx(estimator, X.shape[1], classifier=classifier)
+    output, index = (PROBA_OUTPUT, 1) if classifier else (REGRESSION_OUTPUT, 0)
+    if onnx_train_scores:
+        train_scores = reference_scores(model, X, output, index)
+        picks = select_self_test(train_scores)
+        expected = train_scores[picks]
+    else:
+        train_scores = (estimator.predict_proba(X)[:, 1] if classifier
+                        else estimator.predict(X))
+        picks = select_self_test(train_scores)
+        expected = reference_scores(model, X[picks], output, index)
+    return Fitted(estimator=estimator, model=model, output=output, index=index,
+                  threshold=threshold, at_threshold=dict(at_threshold or {}), oof=oof,
+                  train_scores=train_scores, picks=picks, expected=expected)
+
+
+def fit_classifier(
+    make: Callable[[], Any],
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    target_precision: float | None = None,
+    onnx_train_scores: bool = False,
+) -> Fitted:
+    """Grouped out-of-fold predictions, the alert threshold they give
+    (:func:`choose_threshold`), then :func:`fit_export`."""
+    oof = grouped_oof(make, X, y, folds)
+    threshold, at_threshold = choose_threshold(y, oof, target_precision=target_precision)
+    return fit_export(make, X, y, oof=oof, threshold=threshold, at_threshold=at_threshold,
+                      onnx_train_scores=onnx_train_scores)
 
 
 def export_onnx(estimator: Any, n_features: int, *, classifier: bool = True) -> bytes:
@@ -264,6 +374,30 @@ def select_self_test(p: np.ndarray, k: int = 8) -> np.ndarray:
 # --- writing the model directory ----------------------------------------------------------
 
 
+def feature_entries(specs: Sequence[FeatureSpec], X: np.ndarray) -> list[dict[str, Any]]:
+    """The card's ``features``: each spec with its range over the training rows ``X``."""
+    return [{**s.model_dump(), "range": [float(X[:, j].min()), float(X[:, j].max())]}
+            for j, s in enumerate(specs)]
+
+
+def self_test_and_reference(
+    fitted: Fitted, X: np.ndarray, specs: Sequence[FeatureSpec]
+) -> dict[str, Any]:
+    """The card's ``self_test`` (the picked training rows and the exported file's outputs on
+    them) and ``reference`` (statistics of each feature and of the score over ``X``)."""
+    return {
+        "self_test": {
+            "features": [[float(v) for v in X[i]] for i in fitted.picks],
+            "expected": [float(v) for v in fitted.expected],
+            "tolerance": 1e-5,
+        },
+        "reference": {
+            "features": {s.name: stats(X[:, j]) for j, s in enumerate(specs)},
+            "score": stats(fitted.train_scores),
+        },
+    }
+
+
 def metrics_dict(metrics: dict[str, MetricValue]) -> dict[str, dict[str, Any]]:
     """Card form, NaN-free (JSON has no NaN): metrics without a value are left out."""
     out = {}
@@ -305,6 +439,27 @@ def write_model(
     (model_dir / CARD_FILE).write_text(text)
     (model_dir / "CARD.md").write_text(card_md(card))
     return card
+
+
+def save_model(
+    root: Path,
+    card: dict[str, Any],
+    fitted: Fitted,
+    card_md: Callable[[dict[str, Any]], str],
+    *,
+    X_test: np.ndarray,
+    started: float,
+) -> Trained:
+    """Finish a run: add the seed, package versions and duration (since ``started``, a
+    ``time.perf_counter()``) to ``card["training"]``, write ``<root>/<name>/``
+    (:func:`write_model`) and return the run's artefacts."""
+    name = card["name"]
+    card = {**card, "training": {**card["training"], "seed": SEED,
+                                 "packages": package_versions(),
+                                 "duration_s": round(time.perf_counter() - started, 1)}}
+    card = write_model(root / name, fitted.model, card, card_md)
+    logger.info("%s: wrote %s in %.1f s", name, root / name, time.perf_counter() - started)
+    return Trained(model_dir=root / name, estimator=fitted.estimator, X_test=X_test, card=card)
 
 
 @dataclass(frozen=True)

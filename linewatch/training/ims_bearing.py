@@ -13,7 +13,6 @@ feature table shows the time-domain trend over the whole test.
 from __future__ import annotations
 
 import csv
-import logging
 import time
 from functools import partial
 from pathlib import Path
@@ -21,7 +20,6 @@ from typing import Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score
 from sklearn.model_selection import LeaveOneGroupOut
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -38,8 +36,6 @@ from linewatch.training.frames import Frames, featurize
 from linewatch.training.metrics import binary_metrics, report_metrics
 
 __all__ = ["NAME", "feature_specs", "fit", "make_estimator"]
-
-logger = logging.getLogger(__name__)
 
 NAME = "ims_bearing"
 VERSION = "1.0.0"
@@ -100,25 +96,17 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
 
     results: Any
     if search:
-        results = []
-        for hp in CANDIDATES:
-            oof = c.grouped_oof(partial(make_estimator, hp), tr.X, y, folds)
-            ap = round(float(average_precision_score(y, oof)), 4)
-            results.append({"hyperparameters": hp, "oof_average_precision": ap})
-            logger.info("%s: %s -> AP %.4f", NAME, hp, ap)
-        hp = dict(max(results, key=lambda r: float(r["oof_average_precision"]))["hyperparameters"])
+        hp, results = c.search_average_precision(NAME, CANDIDATES, make_estimator, tr.X, y,
+                                                 folds)
     else:
         hp, results = c.recorded_search(NAME, default=dict(CANDIDATES[1]))
-    oof = c.grouped_oof(lambda: make_estimator(hp), tr.X, y, folds)
-    threshold, at_threshold = c.choose_threshold(y, oof)
+    # F1-best threshold; every score (training ones included) from the exported file.
+    fitted = c.fit_classifier(partial(make_estimator, hp), tr.X, y, folds,
+                              onnx_train_scores=True)
+    threshold, at_threshold = fitted.threshold, fitted.at_threshold
+    p_all = fitted.scores(every.X)
 
-    estimator = make_estimator(hp).fit(tr.X, y)
-    model = c.export_onnx(estimator, tr.X.shape[1])
-    p_all = c.reference_scores(model, every.X, c.PROBA_OUTPUT, 1)
-    p_train = p_all[known]
-    picks = c.select_self_test(p_train)
-
-    metrics = binary_metrics(y, oof, threshold, groups=np.char.add(
+    metrics = binary_metrics(y, fitted.oof, threshold, groups=np.char.add(
         tr.asset.astype(str), groups.astype(str)), prefix="cv_window_",
         group_name="bearing snapshots")
     metrics |= {f"insample_{k}": v for k, v in report_metrics(
@@ -146,10 +134,7 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
             "time_unit": "1/20000 s",
         },
         "window": {"size": WINDOW, "hop": HOP},
-        "features": [
-            {**s.model_dump(), "range": [float(tr.X[:, j].min()), float(tr.X[:, j].max())]}
-            for j, s in enumerate(specs)
-        ],
+        "features": c.feature_entries(specs, tr.X),
         "output": {"name": c.PROBA_OUTPUT, "index": 1, "horizon": None,
                    "meaning": "probability that the window comes from a degraded bearing "
                               "(an outer-race defect like bearing 1's late in IMS test 2)"},
@@ -164,15 +149,7 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
         },
         "sha256": {"model": "0" * 64, "data": c.data_sha256(data_root, files)},
         "metrics": c.metrics_dict(metrics),
-        "self_test": {
-            "features": [[float(v) for v in tr.X[i]] for i in picks],
-            "expected": [float(p_train[i]) for i in picks],
-            "tolerance": 1e-5,
-        },
-        "reference": {
-            "features": {s.name: c.stats(tr.X[:, j]) for j, s in enumerate(specs)},
-            "score": c.stats(p_train),
-        },
+        **c.self_test_and_reference(fitted, tr.X, specs),
         "training": {
             "data": {"raw_snapshots": RAW_DIR, "feature_table": TABLE_FILE},
             "evaluation_data_sha256": c.data_sha256(data_root, [TABLE_FILE]),
@@ -189,14 +166,9 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
             "threshold_selection": at_threshold,
             "snapshot_scores": _snapshot_scores(every, p_all),
             "trend": trend,
-            "seed": c.SEED,
-            "packages": c.package_versions(),
-            "duration_s": round(time.perf_counter() - started, 1),
         },
     }
-    card = c.write_model(root / NAME, model, card, _card_md)
-    logger.info("%s: wrote %s in %.1f s", NAME, root / NAME, time.perf_counter() - started)
-    return c.Trained(model_dir=root / NAME, estimator=estimator, X_test=every.X, card=card)
+    return c.save_model(root, card, fitted, _card_md, X_test=every.X, started=started)
 
 
 def _snapshot_scores(frames: Frames, p: np.ndarray) -> dict[str, dict[str, float]]:

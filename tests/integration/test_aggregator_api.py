@@ -16,10 +16,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from aggregator_support import MODEL, T0, data_topic, envelope, payload, predictions, wait_until
-from paho.mqtt.enums import CallbackAPIVersion
+from aggregator_support import (
+    MODEL,
+    T0,
+    Publisher,
+    broker_settings,
+    data_topic,
+    envelope,
+    payload,
+    predictions,
+    start_service,
+    store_settings,
+    stored_points,
+    wait_until,
+)
 from servers import MosquittoServer, free_port
 from sqlalchemy import func, select
 from starlette.exceptions import StarletteDeprecationWarning
@@ -28,10 +39,8 @@ from agent.wire import Status, encode
 from aggregator.api.app import create_app
 from aggregator.db import SeenMessage, open_engine, open_sessions
 from aggregator.ingest import Ingestor
-from aggregator.series import PredictionPoint
 from aggregator.series.sqlite import SqliteSeriesStore
 from aggregator.server import ServerThread
-from aggregator.settings import Settings
 from aggregator.subscriber import Subscriber
 
 with warnings.catch_warnings():
@@ -48,45 +57,6 @@ pytestmark = pytest.mark.integration
 
 AGENT = "gw-1"
 TOPIC = data_topic(AGENT)
-
-
-def paho_client(host: str, port: int, name: str = "test-publisher") -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name)
-    client.connect(host, port)
-    client.loop_start()
-    return client
-
-
-def publish(client: mqtt.Client, raw: bytes, topic: str = TOPIC) -> None:
-    info = client.publish(topic, raw, qos=1)
-    assert info.rc == mqtt.MQTT_ERR_SUCCESS
-    info.wait_for_publish(5)
-
-
-def close(client: mqtt.Client) -> None:
-    client.disconnect()
-    client.loop_stop()
-
-
-def expected_points(envelopes: list[Any]) -> list[PredictionPoint]:
-    points = [
-        PredictionPoint(
-            site="plant1",
-            line="line3",
-            agent=env.agent,
-            asset=p.asset,
-            model=MODEL.name,
-            model_version=MODEL.version,
-            window_start=p.window_start,
-            window_end=p.window_end,
-            score=p.score,
-            alert=p.alert,
-            seq=env.seq,
-        )
-        for env in envelopes
-        for p in env.items
-    ]
-    return sorted(points, key=lambda p: (p.window_end, p.agent, p.asset, p.model))
 
 
 def stream(n_messages: int, per_message: int = 3, first_seq: int = 0) -> list[Any]:
@@ -107,11 +77,7 @@ def stream(n_messages: int, per_message: int = 3, first_seq: int = 0) -> list[An
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[tuple[TestClient, int]]:
     port = free_port()
-    settings = Settings(
-        embedded_broker_port=port,
-        series_path=tmp_path / "series.db",
-        db_url=f"sqlite:///{tmp_path}/linewatch.db",
-    )
+    settings = store_settings(tmp_path, embedded_broker_port=port)
     with TestClient(create_app(settings)) as client:
         assert client.app.state.subscriber.wait_ready(10)  # type: ignore[attr-defined]
         yield client, port
@@ -119,18 +85,14 @@ def api(tmp_path: Path) -> Iterator[tuple[TestClient, int]]:
 
 def test_tickets_and_agents_through_the_api(api: tuple[TestClient, int]) -> None:
     client, port = api
-    pub = paho_client("127.0.0.1", port)
-    try:
-        publish(
-            pub,
+    with Publisher("127.0.0.1", port, TOPIC) as pub:
+        pub.publish(
             encode(Status(schema=1, agent=AGENT, state="online", ts=T0, model=MODEL)),
             data_topic(AGENT, "status"),
         )
-        publish(pub, payload(AGENT, 0, predictions("pump-1", [0.9, 0.95, 0.99])))
-        publish(pub, payload(AGENT, 1, predictions("pump-2", [0.1, 0.2])))
+        pub.publish(payload(AGENT, 0, predictions("pump-1", [0.9, 0.95, 0.99])))
+        pub.publish(payload(AGENT, 1, predictions("pump-2", [0.1, 0.2])))
         wait_until(lambda: client.get("/healthz").json()["counts"]["accepted"] == 3, 10)
-    finally:
-        close(pub)
 
     health = client.get("/healthz").json()
     assert health["status"] == "ok"
@@ -181,42 +143,23 @@ def test_tickets_and_agents_through_the_api(api: tuple[TestClient, int]) -> None
 
 
 # -- guarantees against real servers ------------------------------------------------------
-def service(settings: Settings) -> ServerThread:
-    server = ServerThread(settings)
-    server.start()
-    assert server.app.state.subscriber.wait_ready(10)
-    return server
-
-
-def base_settings(tmp_path: Path, mosquitto: Any, **changes: Any) -> Settings:
-    values: dict[str, Any] = dict(
-        mqtt_url=mosquitto.url,
-        mqtt_client_id="aggregator-test",
-        series_path=tmp_path / "series.db",
-        db_url=f"sqlite:///{tmp_path}/linewatch.db",
-        http_port=0,
-    )
-    values.update(changes)
-    return Settings(**values)
-
-
 def seen_count(server: ServerThread) -> int:
     with server.app.state.session_factory() as session:
         return int(session.scalar(select(func.count()).select_from(SeenMessage)) or 0)
 
 
 def test_influx_outage_loses_and_doubles_nothing(mosquitto, influxdb, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    settings = base_settings(
+    settings = broker_settings(
         tmp_path, mosquitto, influx_url=influxdb.url, influx_database=influxdb.database
     )
-    server = service(settings)
-    pub = paho_client(mosquitto.host, mosquitto.port)
+    server = start_service(settings)
+    pub = Publisher(mosquitto.host, mosquitto.port, TOPIC)
     series = server.app.state.series
     try:
         ingestor, subscriber = server.app.state.ingestor, server.app.state.subscriber
         before, during = stream(5), stream(10, first_seq=5)
         for env in before:
-            publish(pub, encode(env))
+            pub.publish(encode(env))
         # Handled, not merely written: InfluxDB may answer a write it kept with a 500 (seen
         # on a freshly started influxd), and then the batch is retried.
         wait_until(lambda: ingestor.counts.accepted == 5, 10, what="5 messages handled")
@@ -224,13 +167,13 @@ def test_influx_outage_loses_and_doubles_nothing(mosquitto, influxdb, tmp_path: 
 
         influxdb.server.stop()
         for env in during:
-            publish(pub, encode(env))  # the broker acks; the aggregator cannot store
+            pub.publish(encode(env))  # the broker acks; the aggregator cannot store
         wait_until(lambda: subscriber.counts.retries > retries, 10, what="a failed write")
         assert ingestor.counts.accepted == 5  # nothing counted while down
         influxdb.server.start()
 
         wait_until(lambda: ingestor.counts.accepted == 15, 30, what="all 15 messages handled")
-        assert series.predictions() == expected_points(before + during)
+        assert series.predictions() == stored_points(before + during)
         rows = influxdb.server.query("SELECT count(score) FROM prediction", influxdb.database)
         assert rows[0]["count"] == 45
         counts = ingestor.counts
@@ -238,34 +181,31 @@ def test_influx_outage_loses_and_doubles_nothing(mosquitto, influxdb, tmp_path: 
         assert seen_count(server) == 15
         wait_until(lambda: subscriber.counts.acked == 15, 10, what="15 acks")
     finally:
-        close(pub)
+        pub.close()
         server.stop()
 
 
 def test_messages_published_while_the_aggregator_is_down_arrive(mosquitto, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    settings = base_settings(tmp_path, mosquitto)
-    service(settings).stop()  # the broker now holds a persistent session for our client id
-    pub = paho_client(mosquitto.host, mosquitto.port)
+    settings = broker_settings(tmp_path, mosquitto)
+    start_service(settings).stop()  # the broker now holds a persistent session for our client id
     envelopes = stream(20)
-    try:
+    with Publisher(mosquitto.host, mosquitto.port, TOPIC) as pub:
         for env in envelopes:
-            publish(pub, encode(env))
-    finally:
-        close(pub)
-    server = service(settings)
+            pub.publish(encode(env))
+    server = start_service(settings)
     try:
         series = server.app.state.series
         ingestor = server.app.state.ingestor
         wait_until(lambda: ingestor.counts.accepted == 20, 10, what="20 messages after restart")
-        assert series.predictions() == expected_points(envelopes)
+        assert series.predictions() == stored_points(envelopes)
     finally:
         server.stop()
 
 
 def test_mqtt5_shared_subscription_splits_work_between_replicas(mosquitto, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     replicas = [
-        service(
-            base_settings(
+        start_service(
+            broker_settings(
                 tmp_path,
                 mosquitto,
                 mqtt_protocol="5",
@@ -275,23 +215,23 @@ def test_mqtt5_shared_subscription_splits_work_between_replicas(mosquitto, tmp_p
         )
         for i in range(2)
     ]
-    pub = paho_client(mosquitto.host, mosquitto.port)
+    pub = Publisher(mosquitto.host, mosquitto.port, TOPIC)
     envelopes = stream(60, per_message=1)
     try:
         for env in envelopes:
-            publish(pub, encode(env))
+            pub.publish(encode(env))
         series = replicas[0].app.state.series  # both replicas share the same files
         wait_until(
             lambda: sum(r.app.state.ingestor.counts.accepted for r in replicas) == 60,
             15,
             what="60 messages handled",
         )
-        assert series.predictions() == expected_points(envelopes)
+        assert series.predictions() == stored_points(envelopes)
         received = [r.app.state.subscriber.counts.received for r in replicas]
         assert sum(received) == 60  # each message went to exactly one replica ...
         assert min(received) > 0  # ... and both replicas got some
     finally:
-        close(pub)
+        pub.close()
         for r in replicas:
             r.stop()
 
@@ -299,20 +239,22 @@ def test_mqtt5_shared_subscription_splits_work_between_replicas(mosquitto, tmp_p
 def test_overflowing_queue_recovers_without_loss(mosquitto, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     # 3.1.1 against a broker whose in-flight window (100) is larger than our queue (15):
     # overflowing messages stay unacked, and a reconnect makes the broker resend them.
-    server = service(base_settings(tmp_path, mosquitto, ingest_queue_size=15, ingest_batch_size=15))
-    pub = paho_client(mosquitto.host, mosquitto.port)
+    server = start_service(
+        broker_settings(tmp_path, mosquitto, ingest_queue_size=15, ingest_batch_size=15)
+    )
+    pub = Publisher(mosquitto.host, mosquitto.port, TOPIC)
     envelopes = stream(40, per_message=1)
     try:
         for env in envelopes:
-            publish(pub, encode(env))
+            pub.publish(encode(env))
         series = server.app.state.series
         ingestor = server.app.state.ingestor
         wait_until(lambda: ingestor.counts.accepted == 40, 30, what="40 messages handled")
-        assert series.predictions() == expected_points(envelopes)
+        assert series.predictions() == stored_points(envelopes)
         assert server.app.state.subscriber.counts.overflowed > 0
         assert ingestor.counts.predictions == 40
     finally:
-        close(pub)
+        pub.close()
         server.stop()
 
 
@@ -333,7 +275,7 @@ def test_refused_connack_is_logged_once_and_not_connected(
     caplog.set_level(logging.DEBUG, logger="aggregator.subscriber")
     broker = ClosedMosquitto()
     broker.start()
-    settings = base_settings(tmp_path, broker)
+    settings = broker_settings(tmp_path, broker)
     series = SqliteSeriesStore(settings.series_path)
     engine = open_engine(settings.db_url)
     subscriber = Subscriber(settings, Ingestor(series, open_sessions(engine), settings))

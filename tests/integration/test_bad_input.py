@@ -9,24 +9,30 @@ bytes, logged once), and the subscriber must keep going.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import paho.mqtt.client as mqtt
 import pytest
-from aggregator_support import MODEL, data_topic, envelope, payload, predictions, wait_until
-from paho.mqtt.enums import CallbackAPIVersion
+from aggregator_support import (
+    Publisher,
+    broker_settings,
+    data_topic,
+    envelope,
+    payload,
+    predictions,
+    rewritten,
+    start_service,
+    stored_points,
+    wait_until,
+)
 from sqlalchemy import select
 
 from agent.wire import MAX_PAYLOAD_BYTES, encode
 from aggregator.db import QUARANTINE_MAX_BYTES, QuarantinedMessage
-from aggregator.series import PredictionPoint
 from aggregator.server import ServerThread
-from aggregator.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -36,57 +42,34 @@ TOPIC = data_topic(AGENT)
 
 @pytest.fixture
 def aggregator(mosquitto, tmp_path: Path) -> Iterator[ServerThread]:  # type: ignore[no-untyped-def]
-    settings = Settings(
-        mqtt_url=mosquitto.url,
-        mqtt_client_id="aggregator-bad-input",
-        series_path=tmp_path / "series.db",
-        db_url=f"sqlite:///{tmp_path}/linewatch.db",
-        http_port=0,
+    server = start_service(
+        broker_settings(tmp_path, mosquitto, mqtt_client_id="aggregator-bad-input")
     )
-    server = ServerThread(settings)
-    server.start()
-    assert server.app.state.subscriber.wait_ready(10)
     yield server
     server.stop()
 
 
 @pytest.fixture
-def publisher(mosquitto) -> Iterator[mqtt.Client]:  # type: ignore[no-untyped-def]
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="raw-publisher")
-    client.connect(mosquitto.host, mosquitto.port)
-    client.loop_start()
-    yield client
-    client.disconnect()
-    client.loop_stop()
-
-
-def publish(client: mqtt.Client, raw: bytes, topic: str = TOPIC) -> None:
-    info = client.publish(topic, raw, qos=1)
-    assert info.rc == mqtt.MQTT_ERR_SUCCESS
-    info.wait_for_publish(5)
-
-
-def mutated(raw: bytes, **changes: object) -> bytes:
-    data = json.loads(raw)
-    data.update(changes)
-    return json.dumps(data).encode()
+def publisher(mosquitto) -> Iterator[Publisher]:  # type: ignore[no-untyped-def]
+    with Publisher(mosquitto.host, mosquitto.port, TOPIC, client_id="raw-publisher") as client:
+        yield client
 
 
 def test_bad_input_end_to_end(
-    aggregator: ServerThread, publisher: mqtt.Client, caplog: pytest.LogCaptureFixture
+    aggregator: ServerThread, publisher: Publisher, caplog: pytest.LogCaptureFixture
 ) -> None:
     env_a = envelope(AGENT, 0, predictions("pump-1", [0.125, 0.5, 0.875]))
     env_b = envelope(AGENT, 1, predictions("pump-2", [0.25, 0.75], start=3))
     good = payload(AGENT, 9, predictions("pump-9", [0.5]))
     bad = {
         "malformed": b'{"schema": 1, "msg_id": ',
-        "unknown_schema": mutated(good, schema=2),
+        "unknown_schema": rewritten(good, lambda data: data.update(schema=2)),
         "too_large": b'{"schema": 1, "pad": "' + b"x" * MAX_PAYLOAD_BYTES + b'"}',
         "invalid": good.replace(b'"score":0.5', b'"score":NaN'),  # the bare NaN token
     }
     assert b"NaN" in bad["invalid"]
     for raw in [encode(env_a), *bad.values(), encode(env_b)]:
-        publish(publisher, raw)
+        publisher.publish(raw)
 
     with httpx.Client(base_url=aggregator.url, timeout=5) as http:
 
@@ -100,23 +83,7 @@ def test_bad_input_end_to_end(
 
         # A's and B's predictions, exactly.
         series = aggregator.app.state.series
-        assert series.predictions() == [
-            PredictionPoint(
-                site="plant1",
-                line="line3",
-                agent=AGENT,
-                asset=p.asset,
-                model=MODEL.name,
-                model_version=MODEL.version,
-                window_start=p.window_start,
-                window_end=p.window_end,
-                score=p.score,
-                alert=p.alert,
-                seq=env.seq,
-            )
-            for env in (env_a, env_b)
-            for p in env.items
-        ]
+        assert series.predictions() == stored_points([env_a, env_b])
 
         # Each bad one quarantined with its raw bytes (cut at 64 KiB, length kept).
         with aggregator.app.state.session_factory() as session:
@@ -128,7 +95,7 @@ def test_bad_input_end_to_end(
         assert "NaN" in rows["invalid"].error
 
         # Logged at WARNING once per reason; a second malformed one is not.
-        publish(publisher, b"{still not json")
+        publisher.publish(b"{still not json")
         wait_until(lambda: http.get("/healthz").json()["counts"]["rejected"]["malformed"] == 2, 10)
         warned = [
             r.getMessage()
@@ -140,7 +107,7 @@ def test_bad_input_end_to_end(
             assert sum(f": {reason}: " in m for m in warned) == 1, (reason, warned)
 
         # The subscriber kept going: a later message is stored and the service is healthy.
-        publish(publisher, payload(AGENT, 2, predictions("pump-3", [0.5])))
+        publisher.publish(payload(AGENT, 2, predictions("pump-3", [0.5])))
         wait_until(lambda: series.count(asset="pump-3") == 1, 10, what="C stored")
         # Rejected messages are acked too: quarantined means handled.
         wait_until(lambda: http.get("/healthz").json()["mqtt"]["acked"] == 8, 10, what="8 acks")

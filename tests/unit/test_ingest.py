@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from aggregator_support import MODEL, T0, data_topic, envelope, payload, predictions
+from aggregator_support import (
+    MODEL,
+    T0,
+    data_topic,
+    envelope,
+    payload,
+    predictions,
+    rewritten,
+    store_settings,
+    stored_points,
+)
 from sqlalchemy import select
 
 from agent.wire import MAX_PAYLOAD_BYTES, Health, Status, encode
@@ -51,7 +61,7 @@ def sessions(tmp_path: Path) -> Iterator[SessionFactory]:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(series_path=tmp_path / "series.db", db_url=f"sqlite:///{tmp_path}/linewatch.db")
+    return store_settings(tmp_path)
 
 
 @pytest.fixture
@@ -84,21 +94,11 @@ def test_valid_batch_is_stored_exactly(ingestor: Ingestor, series: SqliteSeriesS
         ("accepted", 1, env_b.msg_id),
     ]
     stored = series.predictions(asset="pump-1")
-    assert stored == [
-        PredictionPoint(
-            site="plant1",
-            line="line3",
-            agent=AGENT,
-            asset="pump-1",
-            model=MODEL.name,
-            model_version=MODEL.version,
-            window_start=p.window_start,
-            window_end=p.window_end,
-            score=p.score,
-            alert=p.alert,
-            seq=seq,
-        )
-        for seq, p in [(0, env_a.items[0]), (0, env_a.items[1]), (1, env_b.items[0])]
+    assert stored == stored_points([env_a, env_b], asset="pump-1")
+    assert [(p.seq, p.window_start) for p in stored] == [
+        (0, env_a.items[0].window_start),
+        (0, env_a.items[1].window_start),
+        (1, env_b.items[0].window_start),
     ]
     assert series.count() == 4
     counts = ingestor.counts
@@ -166,46 +166,41 @@ def test_duplicate_msg_id_is_dropped(
 
 
 # -- bad input ------------------------------------------------------------------------
+def _good() -> bytes:
+    return payload(AGENT, 0, predictions("pump-1", [0.5]))
+
+
 def _nan_payload() -> bytes:
-    data = json.loads(payload(AGENT, 0, predictions("pump-1", [0.5])))
-    data["items"][0]["score"] = float("nan")
-    return json.dumps(data).encode()  # json.dumps writes the bare NaN token
+    return rewritten(_good(), lambda data: data["items"][0].update(score=float("nan")))
 
 
 def _schema_2() -> bytes:
-    data = json.loads(payload(AGENT, 0, predictions("pump-1", [0.5])))
-    data["schema"] = 2
-    return json.dumps(data).encode()
+    return rewritten(_good(), lambda data: data.update(schema=2))
 
 
 def _without(field: str) -> bytes:
-    data = json.loads(payload(AGENT, 0, predictions("pump-1", [0.5])))
-    del data[field]
-    return json.dumps(data).encode()
+    return rewritten(_good(), lambda data: data.pop(field))
 
 
 def _asset(name: str) -> bytes:
     """A payload naming an asset the wire models refuse to build, as a foreign producer might."""
-    data = json.loads(payload(AGENT, 0, predictions("pump-1", [0.5])))
-    data["items"][0]["asset"] = name
-    return json.dumps(data).encode()
+    return rewritten(_good(), lambda data: data["items"][0].update(asset=name))
 
 
 def _health_on_predictions_topic() -> bytes:
-    data = json.loads(payload(AGENT, 0, predictions("pump-1", [0.5])))
-    data["items"] = [{"kind": "health", "at": data["ts"], "windows_scored": 1,
-                      "outbox_depth": 0}]
-    return json.dumps(data).encode()
+    return rewritten(_good(), lambda data: data.update(items=[
+        {"kind": "health", "at": data["ts"], "windows_scored": 1, "outbox_depth": 0}]))
 
 
 def _reversed_window() -> bytes:
-    data = json.loads(payload(AGENT, 0, predictions("pump-1", [0.5])))
-    item = data["items"][0]
-    item["window_start"], item["window_end"] = item["window_end"], item["window_start"]
-    return json.dumps(data).encode()
+    def swap(data: dict[str, Any]) -> None:
+        item = data["items"][0]
+        item["window_start"], item["window_end"] = item["window_end"], item["window_start"]
+
+    return rewritten(_good(), swap)
 
 
-GOOD = payload(AGENT, 0, predictions("pump-1", [0.5]))
+GOOD = _good()
 BAD_INPUTS = [
     pytest.param("linewatch/v2/plant1/line3/gw-7/predictions", GOOD, "bad_topic", id="wrong-root"),
     pytest.param("linewatch/v1/plant1/line3/gw-7/cmd", GOOD, "bad_topic", id="unknown-kind"),
