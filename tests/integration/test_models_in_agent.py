@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from agent_support import ROOT, running_aggregator
+from aggregator_support import wait_until
 
 from agent import config as agent_config
 from agent.pipeline import Agent
-from agent_support import ROOT, running_aggregator
-from aggregator_support import wait_until
 
 pytestmark = pytest.mark.integration
 
