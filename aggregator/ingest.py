@@ -1,4 +1,5 @@
-"""Ingest: raw MQTT messages in, stored predictions, agents and tickets out.
+"""Ingest: raw MQTT messages in; stored predictions, drift events, health reports, agents
+and tickets out.
 
 Per batch, in this order (the order is the guarantee):
 
@@ -6,9 +7,10 @@ Per batch, in this order (the order is the guarantee):
    a bad message is *rejected*: counted by reason, quarantined with its raw bytes, logged
    once per reason at WARNING (then at DEBUG); it never raises;
 2. drop msg_ids already seen (counted as *duplicate*);
-3. write every prediction of the batch to the series store in ONE call; if the store is
-   down this raises ``SeriesUnavailableError`` and nothing is marked seen, so the caller
-   retries the same batch later (a rewrite replaces identical points: nothing doubles);
+3. write every prediction, drift event and health report of the batch to the series store
+   in ONE call; if the store is down this raises ``SeriesUnavailableError`` and nothing is
+   marked seen, so the caller retries the same batch later (a rewrite replaces identical
+   points: nothing doubles);
 4. one SQL transaction: seen msg_ids, quarantine rows, agents, the maintenance rule per
    asset in window_end order, tickets opened or escalated.
 
@@ -62,6 +64,8 @@ class Outcome:
     error: str = ""
     msg_id: UUID | None = None
     predictions: int = 0
+    drift_events: int = 0
+    health_reports: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,17 +75,19 @@ class IngestCounts:
     accepted: int
     duplicates: int
     predictions: int
+    drift_events: int
+    health_reports: int
     statuses: int
     rejected: dict[str, int]
 
 
 class Ingestor:
-    """Turns batches of raw MQTT messages into stored predictions, agents and tickets.
+    """Turns batches of raw MQTT messages into stored points, agents and tickets.
 
     Parameters
     ----------
     series
-        Where predictions go (``open_series(settings)``).
+        Where predictions, drift events and health reports go (``open_series(settings)``).
     session_factory
         SQL sessions for dedupe, quarantine, agents, rule state and tickets.
     settings
@@ -102,6 +108,8 @@ class Ingestor:
         self._accepted = 0
         self._duplicates = 0
         self._predictions = 0
+        self._drift_events = 0
+        self._health_reports = 0
         self._statuses = 0
         self._warned: set[str] = set()
 
@@ -119,6 +127,8 @@ class Ingestor:
                 accepted=self._accepted,
                 duplicates=self._duplicates,
                 predictions=self._predictions,
+                drift_events=self._drift_events,
+                health_reports=self._health_reports,
                 statuses=self._statuses,
                 rejected=dict(self._rejected),
             )
@@ -137,7 +147,12 @@ class Ingestor:
         now = datetime.now(UTC)
         parsed = [parse(m) for m in messages]
         fresh = self._fresh(parsed)
-        self.series.write([p for i in fresh for p in _as_data(parsed[i]).points])
+        data = [_as_data(parsed[i]) for i in sorted(fresh)]
+        self.series.write(
+            [p for d in data for p in d.points],
+            drift=[e for d in data for e in d.drift],
+            health=[h for d in data for h in d.health],
+        )
         try:
             with self.session_factory() as session, session.begin():
                 fresh = self._commit(session, parsed, fresh, now)
@@ -219,6 +234,8 @@ class Ingestor:
                 if outcome.status == "accepted":
                     self._accepted += 1
                     self._predictions += outcome.predictions
+                    self._drift_events += outcome.drift_events
+                    self._health_reports += outcome.health_reports
                     self._statuses += isinstance(item, StatusMessage)
                 elif outcome.status == "duplicate":
                     self._duplicates += 1
@@ -257,7 +274,10 @@ def _outcome(item: Parsed, fresh: bool) -> Outcome:
         return Outcome("accepted")
     if not fresh:
         return Outcome("duplicate", msg_id=item.envelope.msg_id)
-    return Outcome("accepted", msg_id=item.envelope.msg_id, predictions=len(item.points))
+    return Outcome(
+        "accepted", msg_id=item.envelope.msg_id, predictions=len(item.points),
+        drift_events=len(item.drift), health_reports=len(item.health),
+    )
 
 
 # -- SQL steps ----------------------------------------------------------------------------

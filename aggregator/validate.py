@@ -13,9 +13,12 @@ the topic's item kind).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from agent.wire import (
+    DriftEvent,
     Envelope,
+    Health,
     Prediction,
     Status,
     TopicParts,
@@ -24,7 +27,7 @@ from agent.wire import (
     decode_status,
     parse_topic,
 )
-from aggregator.series import PredictionPoint
+from aggregator.series import DriftPoint, HealthPoint, PredictionPoint
 
 __all__ = [
     "DataMessage",
@@ -34,7 +37,6 @@ __all__ = [
     "StatusMessage",
     "parse",
 ]
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +49,14 @@ class RawMessage:
 
 @dataclass(frozen=True, slots=True)
 class DataMessage:
-    """A valid envelope, with its predictions already turned into storable points."""
+    """A valid envelope, with its items already turned into storable points: predictions
+    in ``points``, drift events in ``drift``, health reports in ``health``."""
 
     parts: TopicParts
     envelope: Envelope
     points: list[PredictionPoint]
+    drift: list[DriftPoint]
+    health: list[HealthPoint]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,17 +98,35 @@ def parse(message: RawMessage) -> Parsed:
         envelope.check_topic(parts)
     except WireError as exc:
         return Rejected(message, exc)
-    return DataMessage(parts, envelope, _points(parts, envelope))
+    return _data(parts, envelope)
 
 
-def _points(parts: TopicParts, envelope: Envelope) -> list[PredictionPoint]:
-    return [
-        PredictionPoint(
-            site=parts.site, line=parts.line, agent=envelope.agent, asset=item.asset,
-            model=envelope.model.name, model_version=envelope.model.version,
-            window_start=item.window_start, window_end=item.window_end,
-            score=item.score, alert=item.alert, seq=envelope.seq,
-        )
-        for item in envelope.items
-        if isinstance(item, Prediction)
-    ]
+def _data(parts: TopicParts, envelope: Envelope) -> DataMessage:
+    # Who sent it, with what: the same on every point of the envelope.
+    sender: dict[str, Any] = {
+        "site": parts.site, "line": parts.line, "agent": envelope.agent,
+        "model": envelope.model.name, "model_version": envelope.model.version,
+        "seq": envelope.seq,
+    }
+    points: list[PredictionPoint] = []
+    drift: list[DriftPoint] = []
+    health: list[HealthPoint] = []
+    for item in envelope.items:
+        if isinstance(item, Prediction):
+            points.append(PredictionPoint(
+                **sender, asset=item.asset, window_start=item.window_start,
+                window_end=item.window_end, score=item.score, alert=item.alert,
+            ))
+        elif isinstance(item, DriftEvent):
+            drift.append(DriftPoint(
+                **sender, asset=item.asset, at=item.at, monitor=item.monitor,
+                detector=item.detector, value=item.value, detail=item.detail,
+            ))
+        elif isinstance(item, Health):
+            health.append(HealthPoint(
+                **sender, at=item.at, windows_scored=item.windows_scored,
+                outbox_depth=item.outbox_depth, outbox_dropped=item.outbox_dropped,
+                rejected_readings=item.rejected_readings,
+                inference_ms_median=item.inference_ms_median,
+            ))
+    return DataMessage(parts, envelope, points, drift, health)

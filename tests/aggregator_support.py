@@ -19,8 +19,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.wire import Envelope, ModelRef, Prediction, encode, topic
-from aggregator.series import PredictionPoint
+from agent.wire import DriftEvent, Envelope, Health, ModelRef, Prediction, encode, topic
+from aggregator.series import (
+    DriftPoint,
+    HealthPoint,
+    PredictionPoint,
+    drift_order,
+    health_order,
+)
 from aggregator.server import ServerThread
 from aggregator.settings import Settings
 
@@ -30,12 +36,16 @@ __all__ = [
     "Publisher",
     "broker_settings",
     "data_topic",
+    "drift_events",
     "envelope",
+    "health_report",
     "payload",
     "predictions",
     "rewritten",
     "start_service",
     "store_settings",
+    "stored_drift",
+    "stored_health",
     "stored_points",
     "wait_until",
 ]
@@ -58,6 +68,35 @@ def predictions(
         )
         for i, score in enumerate(scores)
     ]
+
+
+def drift_events(
+    asset: str | None, n: int, *, start: int = 0, detector: str = "range",
+    monitor: str = "s2.mean", detail: str = "outside training range",
+) -> list[DriftEvent]:
+    """n events of one monitor, a minute apart from ``T0 + start`` minutes; a value on
+    each unless the event is about the whole stream (``asset`` None)."""
+    return [
+        DriftEvent(
+            asset=asset,
+            at=T0 + timedelta(minutes=start + i),
+            monitor=monitor,
+            detector=detector,
+            value=None if asset is None else 640.5 + i,
+            detail=detail,
+        )
+        for i in range(n)
+    ]
+
+
+def health_report(
+    minute: int, windows_scored: int, *, outbox_depth: int = 0, **counters: Any
+) -> Health:
+    """A health report at ``T0 + minute``; the other counters default to 0 / None."""
+    return Health(
+        at=T0 + timedelta(minutes=minute), windows_scored=windows_scored,
+        outbox_depth=outbox_depth, **counters,
+    )
 
 
 def envelope(agent: str, seq: int, items: list[Any], model: ModelRef = MODEL) -> Envelope:
@@ -109,6 +148,41 @@ def stored_points(
         if isinstance(p, Prediction) and asset in (None, p.asset)
     ]
     return sorted(points, key=lambda p: (p.window_end, p.agent, p.asset, p.model))
+
+
+def stored_drift(
+    envelopes: list[Envelope], *, site: str = "plant1", line: str = "line3"
+) -> list[DriftPoint]:
+    """The drift events the aggregator must store for ``envelopes``, newest first."""
+    points = [
+        DriftPoint(
+            site=site, line=line, agent=env.agent, asset=e.asset, at=e.at, monitor=e.monitor,
+            detector=e.detector, value=e.value, detail=e.detail, model=env.model.name,
+            model_version=env.model.version, seq=env.seq,
+        )
+        for env in envelopes
+        for e in env.items
+        if isinstance(e, DriftEvent)
+    ]
+    return sorted(points, key=drift_order)
+
+
+def stored_health(
+    envelopes: list[Envelope], *, site: str = "plant1", line: str = "line3"
+) -> list[HealthPoint]:
+    """The health reports the aggregator must store for ``envelopes``, newest first."""
+    points = [
+        HealthPoint(
+            site=site, line=line, agent=env.agent, at=h.at, windows_scored=h.windows_scored,
+            outbox_depth=h.outbox_depth, outbox_dropped=h.outbox_dropped,
+            rejected_readings=h.rejected_readings, inference_ms_median=h.inference_ms_median,
+            model=env.model.name, model_version=env.model.version, seq=env.seq,
+        )
+        for env in envelopes
+        for h in env.items
+        if isinstance(h, Health)
+    ]
+    return sorted(points, key=health_order)
 
 
 # -- a running aggregator and a publisher -------------------------------------------------

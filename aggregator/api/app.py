@@ -13,7 +13,7 @@ from contextlib import ExitStack, asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from aggregator.api.routes import agents, health, tickets
+from aggregator.api.routes import agents, drift, health, tickets
 from aggregator.broker import EmbeddedBroker
 from aggregator.db import open_engine, open_sessions
 from aggregator.errors import TicketNotFoundError, TicketStateError, UnavailableError
@@ -77,6 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.include_router(health.router)
     app.include_router(agents.router)
+    app.include_router(drift.router)
     app.include_router(tickets.router)
     app.add_exception_handler(TicketNotFoundError, _not_found)
     app.add_exception_handler(TicketStateError, _conflict)

@@ -8,8 +8,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "AgentHealthOut",
     "AgentOut",
     "CountsOut",
+    "DriftOut",
     "EvidenceOut",
     "HealthOut",
     "MqttHealthOut",
@@ -67,6 +69,17 @@ class ResolveIn(BaseModel):
     note: str | None = Field(None, max_length=4000)
 
 
+class AgentHealthOut(_Out):
+    """An agent's own report of how it is doing (counters since it started)."""
+
+    at: datetime
+    windows_scored: int
+    outbox_depth: int = Field(description="messages waiting on the gateway to be published")
+    outbox_dropped: int = Field(description="telemetry dropped because the outbox was full")
+    rejected_readings: int = Field(description="sensor readings refused (NaN, infinite)")
+    inference_ms_median: float | None
+
+
 class AgentOut(_Out):
     agent: str = Field(validation_alias="agent_id")
     site: str
@@ -78,6 +91,25 @@ class AgentOut(_Out):
     model_name: str | None
     model_version: str | None
     predictions_count: int
+    health: AgentHealthOut | None = Field(
+        None, description="the agent's latest health report, if it sent one"
+    )
+
+
+class DriftOut(_Out):
+    """A drift or data-quality event an agent reported."""
+
+    at: datetime
+    agent: str
+    site: str
+    line: str
+    asset: str | None = Field(description="None for an event about the whole score stream")
+    monitor: str = Field(description="what was watched: 'score' or a feature/channel name")
+    detector: str = Field(description="e.g. ADWIN, PageHinkley, range, nan")
+    value: float | None
+    detail: str
+    model_name: str = Field(validation_alias="model")
+    model_version: str
 
 
 class MqttHealthOut(_Out):
@@ -100,6 +132,8 @@ class SeriesHealthOut(_Out):
 class CountsOut(_Out):
     accepted: int = Field(description="messages accepted (data and status)")
     predictions_stored: int = Field(description="predictions written to the series store")
+    drift_events_stored: int = Field(description="drift events written to the series store")
+    health_reports_stored: int = Field(description="health reports written to the series store")
     duplicates: int = Field(description="messages dropped as already seen (msg_id)")
     statuses: int
     rejected: dict[str, int] = Field(description="rejected messages by reason")

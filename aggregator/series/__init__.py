@@ -1,4 +1,5 @@
-"""Series store: where every prediction lands, behind one small interface.
+"""Series store: where every prediction, drift event and health report lands, behind one
+small interface.
 
 Backends, chosen by settings (``influx_url`` set or not):
 
@@ -6,14 +7,23 @@ Backends, chosen by settings (``influx_url`` set or not):
   ``/api/v2``, so influxdb-client's write path cannot be used there);
 - ``sqlite``: an embedded SQLite file for the demo and single-line installs.
 
-Every backend makes ``write`` idempotent per (agent, asset, model, window_end): InfluxDB
-does it by itself (same measurement, tag set and timestamp = same point, last write wins),
-SQLite by a primary key and an upsert. That is what lets the ingestor retry a whole batch
-after an outage without doubling anything.
+Every backend makes ``write`` idempotent: InfluxDB by itself (same measurement, tag set
+and timestamp = same point, last write wins), SQLite by a primary key on the same identity
+and an upsert. The identities are
+
+- prediction: (agent, asset, model, window_end);
+- drift event: (agent, asset, model, monitor, detector, at), a fleet-wide event (no
+  asset) being one more "asset";
+- health report: (agent, model, at).
+
+That is what lets the ingestor retry a whole batch after an outage without doubling
+anything. It also means that two events of one monitor and detector at the same instant
+are one event: the same fact, reported twice.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -21,7 +31,21 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from aggregator.settings import Settings
 
-__all__ = ["PredictionPoint", "SeriesStore", "from_ns", "open_series", "to_ns"]
+__all__ = [
+    "READ_LIMIT",
+    "DriftPoint",
+    "HealthPoint",
+    "PredictionPoint",
+    "SeriesStore",
+    "check_limit",
+    "drift_order",
+    "health_order",
+    "from_ns",
+    "open_series",
+    "to_ns",
+]
+
+READ_LIMIT = 1000  # rows a newest-first read returns unless told otherwise
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
@@ -45,6 +69,25 @@ def from_ns(value: int) -> datetime:
     return _EPOCH + timedelta(microseconds=value // 1000)
 
 
+def check_limit(limit: int) -> int:
+    """``limit`` if it is a usable row count (>= 1), else ValueError.
+
+    >>> check_limit(0)
+    Traceback (most recent call last):
+    ...
+    ValueError: limit must be >= 1, got 0
+    """
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    return limit
+
+
+def _require_aware(**values: datetime) -> None:
+    naive = [name for name, value in values.items() if value.tzinfo is None]
+    if naive:
+        raise ValueError(f"{' and '.join(naive)} must be timezone-aware")
+
+
 @dataclass(frozen=True, slots=True)
 class PredictionPoint:
     """One scored window as stored: the wire ``Prediction`` plus who sent it, with what."""
@@ -62,8 +105,65 @@ class PredictionPoint:
     seq: int
 
     def __post_init__(self) -> None:
-        if self.window_start.tzinfo is None or self.window_end.tzinfo is None:
-            raise ValueError("window_start and window_end must be timezone-aware")
+        _require_aware(window_start=self.window_start, window_end=self.window_end)
+
+
+@dataclass(frozen=True, slots=True)
+class DriftPoint:
+    """One drift or data-quality event as stored: the wire ``DriftEvent`` plus who sent it.
+
+    ``asset`` is None for an event about the whole stream (score drift), ``value`` None
+    when the detector has no number to report.
+    """
+
+    site: str
+    line: str
+    agent: str
+    asset: str | None
+    at: datetime
+    monitor: str
+    detector: str
+    value: float | None
+    detail: str
+    model: str
+    model_version: str
+    seq: int
+
+    def __post_init__(self) -> None:
+        _require_aware(at=self.at)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthPoint:
+    """One health report of an agent as stored: the wire ``Health`` counters plus who sent
+    it, with which model."""
+
+    site: str
+    line: str
+    agent: str
+    at: datetime
+    windows_scored: int
+    outbox_depth: int
+    outbox_dropped: int
+    rejected_readings: int
+    inference_ms_median: float | None
+    model: str
+    model_version: str
+    seq: int
+
+    def __post_init__(self) -> None:
+        _require_aware(at=self.at)
+
+
+def drift_order(p: DriftPoint) -> tuple[int, str, str, str, str, str]:
+    """Sort key of drift reads: newest first, then by identity (a fleet-wide event, no
+    asset, before the assets' events). Every backend returns this order."""
+    return (-to_ns(p.at), p.agent, p.asset or "", p.model, p.monitor, p.detector)
+
+
+def health_order(p: HealthPoint) -> tuple[int, str, str]:
+    """Sort key of health reads: newest first, then agent and model."""
+    return (-to_ns(p.at), p.agent, p.model)
 
 
 @runtime_checkable
@@ -72,11 +172,17 @@ class SeriesStore(Protocol):
 
     name: str
 
-    def write(self, points: list[PredictionPoint]) -> None:
-        """Store points; rewriting a (agent, asset, model, window_end) replaces it.
+    def write(
+        self,
+        points: Sequence[PredictionPoint],
+        drift: Sequence[DriftPoint] = (),
+        health: Sequence[HealthPoint] = (),
+    ) -> None:
+        """Store everything one ingest batch carries, in one call; rewriting a point with
+        the same identity (see the module docstring) replaces it.
 
-        Raises ``SeriesUnavailableError`` when the backend cannot be reached (retry later)
-        and ``SeriesError`` when it refuses the data.
+        Raises ``SeriesUnavailableError`` when the backend cannot be reached (retry the
+        whole call later) and ``SeriesError`` when it refuses the data.
         """
         ...
 
@@ -88,6 +194,34 @@ class SeriesStore(Protocol):
 
     def count(self, agent: str | None = None, asset: str | None = None) -> int:
         """Number of stored points matching the filters."""
+        ...
+
+    def drift_events(
+        self,
+        agent: str | None = None,
+        asset: str | None = None,
+        detector: str | None = None,
+        since: datetime | None = None,
+        limit: int = READ_LIMIT,
+    ) -> list[DriftPoint]:
+        """The newest ``limit`` events matching the filters (``at >= since``), in
+        :func:`drift_order`."""
+        ...
+
+    def drift_count(self, agent: str | None = None, asset: str | None = None) -> int:
+        """Number of stored drift events matching the filters."""
+        ...
+
+    def health(self, agent: str | None = None, limit: int = READ_LIMIT) -> list[HealthPoint]:
+        """The newest ``limit`` health reports (of ``agent``, if given), newest first."""
+        ...
+
+    def latest_health(self) -> dict[str, HealthPoint]:
+        """The newest health report of every agent that sent one, by agent."""
+        ...
+
+    def health_count(self, agent: str | None = None) -> int:
+        """Number of stored health reports (of ``agent``, if given)."""
         ...
 
     def ping(self) -> bool:

@@ -10,17 +10,30 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from aggregator.errors import SeriesUnavailableError
-from aggregator.series import PredictionPoint, from_ns, to_ns
+from aggregator.series import (
+    READ_LIMIT,
+    DriftPoint,
+    HealthPoint,
+    PredictionPoint,
+    check_limit,
+    from_ns,
+    to_ns,
+)
 
 __all__ = ["SqliteSeriesStore"]
 
 logger = logging.getLogger(__name__)
 
-# The primary key is the identity of a point: the same key InfluxDB effectively uses
-# (agent/asset/model tags + timestamp), so a retried batch overwrites instead of doubling.
+# Each primary key is the identity of a point: the same key InfluxDB effectively uses
+# (tags + timestamp), so a retried batch overwrites instead of doubling. A drift event
+# without an asset is stored with asset '' (names are never empty on the wire): a NULL
+# would make every such event distinct under the key.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS prediction (
     agent TEXT NOT NULL,
@@ -38,21 +51,78 @@ CREATE TABLE IF NOT EXISTS prediction (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS prediction_asset ON prediction (asset, window_end_ns);
 CREATE INDEX IF NOT EXISTS prediction_end ON prediction (window_end_ns);
+
+CREATE TABLE IF NOT EXISTS drift (
+    agent TEXT NOT NULL,
+    asset TEXT NOT NULL,
+    model TEXT NOT NULL,
+    monitor TEXT NOT NULL,
+    detector TEXT NOT NULL,
+    at_ns INTEGER NOT NULL,
+    site TEXT NOT NULL,
+    line TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    value REAL,
+    detail TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (agent, asset, model, monitor, detector, at_ns)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS drift_at ON drift (at_ns);
+
+CREATE TABLE IF NOT EXISTS health (
+    agent TEXT NOT NULL,
+    model TEXT NOT NULL,
+    at_ns INTEGER NOT NULL,
+    site TEXT NOT NULL,
+    line TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    windows_scored INTEGER NOT NULL,
+    outbox_depth INTEGER NOT NULL,
+    outbox_dropped INTEGER NOT NULL,
+    rejected_readings INTEGER NOT NULL,
+    inference_ms_median REAL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (agent, model, at_ns)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS health_at ON health (at_ns);
 """
 
-_UPSERT = """
-INSERT INTO prediction (agent, asset, model, window_end_ns, site, line, model_version,
-                        window_start_ns, score, alert, seq)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (agent, asset, model, window_end_ns) DO UPDATE SET
-    site = excluded.site, line = excluded.line, model_version = excluded.model_version,
-    window_start_ns = excluded.window_start_ns, score = excluded.score,
-    alert = excluded.alert, seq = excluded.seq
-"""
 
-_COLUMNS = (
-    "site, line, agent, asset, model, model_version, window_start_ns, window_end_ns, "
-    "score, alert, seq"
+class _Table(NamedTuple):
+    """A table's identity columns and the rest, in the order its rows are written and read."""
+
+    name: str
+    key: tuple[str, ...]
+    rest: tuple[str, ...]
+
+    def upsert(self) -> str:
+        columns = self.key + self.rest
+        return (
+            f"INSERT INTO {self.name} ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' * len(columns))}) "
+            f"ON CONFLICT ({', '.join(self.key)}) DO UPDATE SET "
+            + ", ".join(f"{c} = excluded.{c}" for c in self.rest)
+        )
+
+    def select(self) -> str:
+        return f"SELECT {', '.join(self.key + self.rest)} FROM {self.name}"
+
+
+_PREDICTION = _Table(
+    "prediction",
+    ("agent", "asset", "model", "window_end_ns"),
+    ("site", "line", "model_version", "window_start_ns", "score", "alert", "seq"),
+)
+_DRIFT = _Table(
+    "drift",
+    ("agent", "asset", "model", "monitor", "detector", "at_ns"),
+    ("site", "line", "model_version", "value", "detail", "seq"),
+)
+_HEALTH = _Table(
+    "health",
+    ("agent", "model", "at_ns"),
+    ("site", "line", "model_version", "windows_scored", "outbox_depth", "outbox_dropped",
+     "rejected_readings", "inference_ms_median", "seq"),
 )
 
 
@@ -82,21 +152,30 @@ class SqliteSeriesStore:
             self._conn.execute("PRAGMA busy_timeout=5000")
             self._conn.executescript(_SCHEMA)
 
-    def write(self, points: list[PredictionPoint]) -> None:
-        if not points:
-            return
-        rows = [
-            (
-                p.agent, p.asset, p.model, to_ns(p.window_end), p.site, p.line, p.model_version,
-                to_ns(p.window_start), p.score, int(p.alert), p.seq,
+    def write(
+        self,
+        points: Sequence[PredictionPoint],
+        drift: Sequence[DriftPoint] = (),
+        health: Sequence[HealthPoint] = (),
+    ) -> None:
+        writes = [
+            (table, rows)
+            for table, rows in (
+                (_PREDICTION, [_prediction_row(p) for p in points]),
+                (_DRIFT, [_drift_row(p) for p in drift]),
+                (_HEALTH, [_health_row(p) for p in health]),
             )
-            for p in points
+            if rows
         ]
+        if not writes:
+            return
         try:
             with self._lock:
+                # One transaction for the whole batch: stored as a whole or not at all.
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
-                    self._conn.executemany(_UPSERT, rows)
+                    for table, rows in writes:
+                        self._conn.executemany(table.upsert(), rows)
                 except BaseException:
                     self._conn.execute("ROLLBACK")
                     raise
@@ -104,22 +183,67 @@ class SqliteSeriesStore:
         except sqlite3.OperationalError as exc:  # locked, disk full, I/O error
             raise SeriesUnavailableError(f"sqlite series store {self.path}: {exc}") from exc
 
+    # -- predictions ----------------------------------------------------------------------
     def predictions(
         self, agent: str | None = None, asset: str | None = None
     ) -> list[PredictionPoint]:
-        where, args = _where(agent, asset)
-        sql = (
-            f"SELECT {_COLUMNS} FROM prediction{where} "
-            "ORDER BY window_end_ns, agent, asset, model"
+        where, args = _where(agent=agent, asset=asset)
+        rows = self._fetch(
+            f"{_PREDICTION.select()}{where} ORDER BY window_end_ns, agent, asset, model", args
         )
-        with self._lock:
-            rows = self._conn.execute(sql, args).fetchall()
-        return [_point(row) for row in rows]
+        return [_prediction(row) for row in rows]
 
     def count(self, agent: str | None = None, asset: str | None = None) -> int:
-        where, args = _where(agent, asset)
+        return self._count(_PREDICTION, _where(agent=agent, asset=asset))
+
+    # -- drift events ---------------------------------------------------------------------
+    def drift_events(
+        self,
+        agent: str | None = None,
+        asset: str | None = None,
+        detector: str | None = None,
+        since: datetime | None = None,
+        limit: int = READ_LIMIT,
+    ) -> list[DriftPoint]:
+        where, args = _where(agent=agent, asset=asset, detector=detector, since=since)
+        rows = self._fetch(
+            f"{_DRIFT.select()}{where} "
+            "ORDER BY at_ns DESC, agent, asset, model, monitor, detector LIMIT ?",
+            [*args, check_limit(limit)],
+        )
+        return [_drift(row) for row in rows]
+
+    def drift_count(self, agent: str | None = None, asset: str | None = None) -> int:
+        return self._count(_DRIFT, _where(agent=agent, asset=asset))
+
+    # -- health reports -------------------------------------------------------------------
+    def health(self, agent: str | None = None, limit: int = READ_LIMIT) -> list[HealthPoint]:
+        where, args = _where(agent=agent)
+        rows = self._fetch(
+            f"{_HEALTH.select()}{where} ORDER BY at_ns DESC, agent, model LIMIT ?",
+            [*args, check_limit(limit)],
+        )
+        return [_health(row) for row in rows]
+
+    def latest_health(self) -> dict[str, HealthPoint]:
+        # The primary key starts with agent, so each max() is an index seek.
+        rows = self._fetch(
+            f"{_HEALTH.select()} AS h WHERE at_ns = "
+            "(SELECT max(at_ns) FROM health WHERE agent = h.agent) ORDER BY agent, model",
+            [],
+        )
+        return {point.agent: point for point in map(_health, rows)}
+
+    def health_count(self, agent: str | None = None) -> int:
+        return self._count(_HEALTH, _where(agent=agent))
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _fetch(self, sql: str, args: list[Any]) -> list[tuple[Any, ...]]:
         with self._lock:
-            (n,) = self._conn.execute(f"SELECT count(*) FROM prediction{where}", args).fetchone()
+            return self._conn.execute(sql, args).fetchall()
+
+    def _count(self, table: _Table, where: tuple[str, list[Any]]) -> int:
+        ((n,),) = self._fetch(f"SELECT count(*) FROM {table.name}{where[0]}", where[1])
         return int(n)
 
     def ping(self) -> bool:
@@ -135,19 +259,62 @@ class SqliteSeriesStore:
             self._conn.close()
 
 
-def _where(agent: str | None, asset: str | None) -> tuple[str, list[str]]:
+def _where(*, since: datetime | None = None, **equal: str | None) -> tuple[str, list[Any]]:
     clauses, args = [], []
-    for column, value in (("agent", agent), ("asset", asset)):
+    for column, value in equal.items():
         if value is not None:
             clauses.append(f"{column} = ?")
             args.append(value)
+    if since is not None:
+        clauses.append("at_ns >= ?")
+        args.append(to_ns(since))
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 
-def _point(row: tuple) -> PredictionPoint:  # type: ignore[type-arg]
-    site, line, agent, asset, model, version, start_ns, end_ns, score, alert, seq = row
+# -- rows <-> points, in the column order of the _Table ---------------------------------
+def _prediction_row(p: PredictionPoint) -> tuple[Any, ...]:
+    return (
+        p.agent, p.asset, p.model, to_ns(p.window_end), p.site, p.line, p.model_version,
+        to_ns(p.window_start), p.score, int(p.alert), p.seq,
+    )
+
+
+def _prediction(row: tuple[Any, ...]) -> PredictionPoint:
+    agent, asset, model, end_ns, site, line, version, start_ns, score, alert, seq = row
     return PredictionPoint(
         site=site, line=line, agent=agent, asset=asset, model=model, model_version=version,
         window_start=from_ns(start_ns), window_end=from_ns(end_ns), score=score,
         alert=bool(alert), seq=seq,
+    )
+
+
+def _drift_row(p: DriftPoint) -> tuple[Any, ...]:
+    return (
+        p.agent, p.asset or "", p.model, p.monitor, p.detector, to_ns(p.at), p.site, p.line,
+        p.model_version, p.value, p.detail, p.seq,
+    )
+
+
+def _drift(row: tuple[Any, ...]) -> DriftPoint:
+    agent, asset, model, monitor, detector, at_ns, site, line, version, value, detail, seq = row
+    return DriftPoint(
+        site=site, line=line, agent=agent, asset=asset or None, at=from_ns(at_ns),
+        monitor=monitor, detector=detector, value=value, detail=detail, model=model,
+        model_version=version, seq=seq,
+    )
+
+
+def _health_row(p: HealthPoint) -> tuple[Any, ...]:
+    return (
+        p.agent, p.model, to_ns(p.at), p.site, p.line, p.model_version, p.windows_scored,
+        p.outbox_depth, p.outbox_dropped, p.rejected_readings, p.inference_ms_median, p.seq,
+    )
+
+
+def _health(row: tuple[Any, ...]) -> HealthPoint:
+    agent, model, at_ns, site, line, version, scored, depth, dropped, rejected, ms, seq = row
+    return HealthPoint(
+        site=site, line=line, agent=agent, at=from_ns(at_ns), windows_scored=scored,
+        outbox_depth=depth, outbox_dropped=dropped, rejected_readings=rejected,
+        inference_ms_median=ms, model=model, model_version=version, seq=seq,
     )

@@ -1,7 +1,8 @@
 """The aggregator as a service: REST API over its lifespan, and delivery guarantees.
 
 - API: ``create_app`` under ``TestClient``'s lifespan with the embedded broker and stores;
-  a real paho client publishes, the routes show agents and tickets and change tickets.
+  a real paho client publishes, the routes show agents (with their latest health), drift
+  events and tickets, and change tickets.
 - Guarantees, against a real Mosquitto (and InfluxDB): an InfluxDB outage loses and
   doubles nothing; an aggregator restart gets what was published while it was down; MQTT 5
   shared subscriptions split the work between replicas; an overflowing ingest queue
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +25,14 @@ from aggregator_support import (
     Publisher,
     broker_settings,
     data_topic,
+    drift_events,
     envelope,
+    health_report,
     payload,
     predictions,
     start_service,
     store_settings,
+    stored_drift,
     stored_points,
     wait_until,
 )
@@ -140,6 +145,70 @@ def test_tickets_and_agents_through_the_api(api: tuple[TestClient, int]) -> None
     assert client.get("/tickets/999").status_code == 404
     assert client.post("/tickets/999/ack").status_code == 404
     assert client.get("/tickets", params={"status": "resolved"}).json()[0]["id"] == ticket["id"]
+
+
+def test_drift_and_agent_health_through_the_api(api: tuple[TestClient, int]) -> None:
+    client, port = api
+    drift = [
+        envelope(AGENT, 0, drift_events("pump-1", 3) + drift_events(
+            None, 1, start=3, detector="ADWIN", monitor="score",
+            detail='the distribution of model scores changed; mean "0.8", \\ ok\nnext line')),
+        envelope("gw-2", 0, drift_events("pump-2", 2, start=1, detector="nan", monitor="s3")),
+    ]
+    newest = health_report(5, 40, outbox_depth=2, outbox_dropped=1, rejected_readings=3,
+                           inference_ms_median=0.75)
+    with Publisher("127.0.0.1", port, TOPIC) as pub:
+        for env in drift:
+            pub.publish(encode(env), data_topic(env.agent, "drift"))
+        # The newer report first: "latest" is the newest by time, not by arrival.
+        pub.publish(payload(AGENT, 1, [newest]), data_topic(AGENT, "health"))
+        pub.publish(payload(AGENT, 2, [health_report(0, 10)]), data_topic(AGENT, "health"))
+        pub.publish(payload("gw-2", 1, predictions("pump-2", [0.1])), data_topic("gw-2"))
+        wait_until(lambda: client.get("/healthz").json()["counts"]["accepted"] == 5, 10)
+
+    def events(**params: Any) -> list[tuple[Any, ...]]:
+        response = client.get("/drift", params=params)
+        assert response.status_code == 200, response.text
+        return [
+            (e["agent"], e["asset"], datetime.fromisoformat(e["at"]), e["monitor"],
+             e["detector"], e["value"], e["detail"])
+            for e in response.json()
+        ]
+
+    expected = [
+        (p.agent, p.asset, p.at, p.monitor, p.detector, p.value, p.detail)
+        for p in stored_drift(drift)
+    ]
+    assert events() == expected  # newest first, details exactly as sent
+    assert [e[2] for e in expected] == sorted((e[2] for e in expected), reverse=True)
+    assert events(agent="gw-2") == [e for e in expected if e[0] == "gw-2"]
+    assert events(asset="pump-1") == [e for e in expected if e[1] == "pump-1"]
+    (fleet,) = events(detector="ADWIN")
+    assert fleet[1] is None and fleet[5] is None and '"0.8", \\ ok\n' in fleet[6]
+    since = T0 + timedelta(minutes=2)
+    assert events(since=since.isoformat()) == [e for e in expected if e[2] >= since]
+    assert events(agent=AGENT, limit=2) == [e for e in expected if e[0] == AGENT][:2]
+    assert events(agent="nobody") == []
+    first = client.get("/drift", params={"limit": 1}).json()[0]
+    assert (first["model_name"], first["model_version"], first["site"], first["line"]) == (
+        MODEL.name, MODEL.version, "plant1", "line3",
+    )
+    for bad in ({"limit": 0}, {"limit": 10_001}, {"since": "2026-03-01T08:00:00"}):
+        assert client.get("/drift", params=bad).status_code == 422, bad  # naive since too
+
+    agents = {a["agent"]: a for a in client.get("/agents").json()}
+    assert agents[AGENT]["health"] == {
+        "at": newest.at.isoformat().replace("+00:00", "Z"),
+        "windows_scored": 40,
+        "outbox_depth": 2,
+        "outbox_dropped": 1,
+        "rejected_readings": 3,
+        "inference_ms_median": 0.75,
+    }
+    assert agents["gw-2"]["health"] is None  # it sent predictions, no health report
+    counts = client.get("/healthz").json()["counts"]
+    assert (counts["drift_events_stored"], counts["health_reports_stored"]) == (6, 2)
+    assert counts["predictions_stored"] == 1
 
 
 # -- guarantees against real servers ------------------------------------------------------

@@ -77,6 +77,28 @@ def test_every_scored_window_is_stored_once_and_the_failing_engines_get_tickets(
     agents = {a["agent"]: a for a in aggregator.get("/agents").json()}
     assert agents["gw-e2e"]["predictions_count"] == len(scored)
 
+    # Health and drift are kept too. The agent's last health report (forced at the end of
+    # the replay) counts every scored window; it may land after the last prediction.
+    def last_health() -> dict | None:
+        agents = {a["agent"]: a for a in aggregator.get("/agents").json()}
+        return agents["gw-e2e"]["health"]
+
+    wait_until(lambda: (last_health() or {}).get("windows_scored") == len(scored), 30,
+               what="the agent's last health report")
+    reported = agent.progress.drift_events + agent.progress.quality_events
+
+    def drift() -> list[dict]:
+        return aggregator.get("/drift", params={"agent": "gw-e2e", "limit": 10_000}).json()
+
+    wait_until(lambda: len(drift()) >= reported, 30, what=f"{reported} drift events")
+    events = drift()
+    assert len(events) == reported
+    assert {e["model_name"] for e in events} <= {agent.model_ref.name}
+    counted = influxdb.server.query(
+        "SELECT COUNT(seq) FROM drift WHERE agent = 'gw-e2e'", influxdb.database)
+    assert (counted[0]["count"] if counted else 0) == reported
+    assert aggregator.get("/healthz").json()["counts"]["drift_events_stored"] == reported
+
 
 def test_broker_outage_during_replay_loses_nothing_and_doubles_nothing(
     tmp_path: Path, mosquitto, influxdb, aggregator

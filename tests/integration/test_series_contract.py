@@ -1,17 +1,21 @@
-"""One contract, every series backend: the embedded SQLite store and InfluxDB 1.x (real)."""
+"""One contract, every series backend: the embedded SQLite store and InfluxDB 1.x (real).
+
+Predictions, drift events and health reports: written, read back exactly, rewritten
+without doubling, filtered and ordered alike on every backend.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aggregator_support import T0
 
 from aggregator.errors import SeriesUnavailableError
-from aggregator.series import PredictionPoint, SeriesStore
+from aggregator.series import DriftPoint, HealthPoint, PredictionPoint, SeriesStore
 from aggregator.series.influx1 import Influx1Store
 from aggregator.series.sqlite import SqliteSeriesStore
 
@@ -29,23 +33,49 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SeriesStor
     backend.close()
 
 
-def point(
-    i: int, *, agent: str = "gw-1", asset: str = "pump-1", score: float = 0.5, **changes: object
-) -> PredictionPoint:
-    base = PredictionPoint(
-        site="plant1",
-        line="line3",
-        agent=agent,
-        asset=asset,
-        model="bearing-gbt",
-        model_version="1.2.0",
-        window_start=T0 + timedelta(seconds=10 * i),
-        window_end=T0 + timedelta(seconds=10 * i + 10, microseconds=123456),
-        score=score,
-        alert=score >= 0.7,
-        seq=i,
-    )
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+# Who sent a point, the same on all three kinds; a test changes any field by keyword.
+SENDER: dict[str, Any] = {
+    "site": "plant1", "line": "line3", "agent": "gw-1", "model": "bearing-gbt",
+    "model_version": "1.2.0",
+}
+
+
+def point(i: int, *, score: float = 0.5, **changes: Any) -> PredictionPoint:
+    fields = {
+        "asset": "pump-1",
+        "window_start": T0 + timedelta(seconds=10 * i),
+        "window_end": T0 + timedelta(seconds=10 * i + 10, microseconds=123456),
+        "score": score,
+        "alert": score >= 0.7,
+        "seq": i,
+    }
+    return PredictionPoint(**(SENDER | fields | changes))
+
+
+def drift_point(i: int, **changes: Any) -> DriftPoint:
+    fields = {
+        "asset": "pump-1",
+        "at": T0 + timedelta(seconds=10 * i, microseconds=654321),
+        "monitor": "s2.mean",
+        "detector": "range",
+        "value": 640.25 + i,
+        "detail": f"s2.mean={640.25 + i} outside training range [641.2, 644.5]",
+        "seq": i,
+    }
+    return DriftPoint(**(SENDER | fields | changes))
+
+
+def health_point(i: int, **changes: Any) -> HealthPoint:
+    fields = {
+        "at": T0 + timedelta(seconds=30 * i, microseconds=1),
+        "windows_scored": 100 * i,
+        "outbox_depth": i % 3,
+        "outbox_dropped": 0,
+        "rejected_readings": 2 * i,
+        "inference_ms_median": 0.125 + i,
+        "seq": i,
+    }
+    return HealthPoint(**(SENDER | fields | changes))
 
 
 def test_write_then_read_back_exactly(store: SeriesStore) -> None:
@@ -104,10 +134,12 @@ def test_filters(store: SeriesStore) -> None:
     ) == (2, 2, 0)
 
 
-@pytest.mark.parametrize(
-    "odd",
-    ["pump 3", "a,b", "k=v", "it's", 'say "hi"', "a, b = 'c'", "ünïcødé ⚙", "C:\\line", "x'; DROP"],
-)
+ODD_NAMES = [
+    "pump 3", "a,b", "k=v", "it's", 'say "hi"', "a, b = 'c'", "ünïcødé ⚙", "C:\\line", "x'; DROP",
+]
+
+
+@pytest.mark.parametrize("odd", ODD_NAMES)
 def test_odd_names_round_trip_and_filter(store: SeriesStore, odd: str) -> None:
     odd_point = point(0, agent=odd, asset=odd, model=odd, model_version=odd, site=odd, line=odd)
     plain = point(1)
@@ -126,10 +158,184 @@ def test_large_write_is_batched(store: SeriesStore) -> None:
 
 def test_empty_store_and_empty_write(store: SeriesStore) -> None:
     store.write([])
+    store.write([], drift=[], health=[])
     assert store.predictions() == []
     assert store.count() == 0
+    assert store.drift_events() == [] and store.drift_count() == 0
+    assert store.health() == [] and store.health_count() == 0
+    assert store.latest_health() == {}
     assert store.ping() is True
     assert store.name in {"sqlite", "influx1"}
+
+
+# -- drift events ------------------------------------------------------------------------
+def test_drift_write_then_read_back_exactly_newest_first(store: SeriesStore) -> None:
+    events = [
+        drift_point(0),
+        drift_point(1, asset=None, monitor="score", detector="ADWIN", value=None,
+                    detail="the distribution of model scores changed"),
+        drift_point(2, detector="nan", monitor="s3", value=None, detail=""),
+        drift_point(3, value=1e-9),
+        drift_point(4, value=-0.123456789012345),
+    ]
+    store.write([], drift=events)
+    assert store.drift_events() == events[::-1]  # every field exact, None kept as None
+    assert store.drift_count() == 5
+    assert store.count() == 0  # drift events are not predictions
+
+
+def test_drift_rewrite_is_idempotent(store: SeriesStore) -> None:
+    events = [drift_point(i) for i in range(4)] + [drift_point(9, asset=None, value=None)]
+    store.write([], drift=events)
+    store.write([], drift=events)
+    store.write([], drift=events[:2] + events[-1:])
+    assert store.drift_count() == 5
+    assert store.drift_events() == events[::-1]
+    store.write([], drift=[drift_point(0, detail="rewritten", seq=42)])
+    assert store.drift_events()[-1] == drift_point(0, detail="rewritten", seq=42)
+    assert store.drift_count() == 5
+
+
+def test_drift_identity_is_agent_asset_model_monitor_detector_at(store: SeriesStore) -> None:
+    same_instant = [
+        drift_point(0),
+        drift_point(0, agent="gw-2"),
+        drift_point(0, asset="pump-2"),
+        drift_point(0, asset=None),
+        drift_point(0, model="other-model"),
+        drift_point(0, monitor="s3.std"),
+        drift_point(0, detector="stuck"),
+    ]
+    store.write([], drift=same_instant)
+    assert store.drift_count() == len(same_instant)
+    assert sorted(store.drift_events(), key=repr) == sorted(same_instant, key=repr)
+
+
+def test_drift_filters_since_and_limit(store: SeriesStore) -> None:
+    events = [
+        drift_point(0, agent="gw-1", asset="a"),
+        drift_point(1, agent="gw-1", asset=None, detector="ADWIN", monitor="score"),
+        drift_point(2, agent="gw-2", asset="a", detector="nan"),
+        drift_point(3, agent="gw-2", asset="b"),
+        drift_point(4, agent="gw-1", asset="b", detector="nan"),
+    ]
+    store.write([], drift=events)
+    assert store.drift_events(agent="gw-1") == [events[4], events[1], events[0]]
+    assert store.drift_events(asset="a") == [events[2], events[0]]
+    assert store.drift_events(detector="nan") == [events[4], events[2]]
+    assert store.drift_events(agent="gw-2", asset="b", detector="range") == [events[3]]
+    assert store.drift_events(since=events[2].at) == events[:1:-1]
+    assert store.drift_events(since=events[2].at + timedelta(microseconds=1)) == events[:2:-1]
+    assert store.drift_events(limit=2) == [events[4], events[3]]
+    assert store.drift_events(agent="gw-1", since=events[1].at, limit=1) == [events[4]]
+    assert store.drift_events(agent="nobody") == []
+    assert (store.drift_count(agent="gw-1"), store.drift_count(asset="a")) == (3, 2)
+    assert store.drift_count(agent="gw-2", asset="a") == 1
+    with pytest.raises(ValueError, match="limit"):
+        store.drift_events(limit=0)
+
+
+ODD_DETAILS = [
+    'say "hi"',
+    "back\\slash and \\\"",
+    "ends with a backslash \\",
+    "a, b = c d",
+    "multi\nline\r\nand\ttab",
+    "it's 'quoted'",
+    "ünïcødé ⚙ 温度",
+    "\\n is not a newline",
+    "",
+    "x" * 20_000,
+]
+
+
+@pytest.mark.parametrize("detail", ODD_DETAILS, ids=range(len(ODD_DETAILS)))
+def test_odd_details_round_trip(store: SeriesStore, detail: str) -> None:
+    odd = drift_point(0, detail=detail)
+    plain = drift_point(1)
+    store.write([], drift=[odd, plain])  # in one body: the odd line must not swallow the next
+    assert store.drift_events() == [plain, odd]
+    store.write([], drift=[odd])
+    assert store.drift_count() == 2
+
+
+@pytest.mark.parametrize("odd", ODD_NAMES)
+def test_odd_names_in_drift_and_health(store: SeriesStore, odd: str) -> None:
+    names = {"agent": odd, "site": odd, "line": odd, "model": odd, "model_version": odd}
+    event = drift_point(0, asset=odd, monitor=odd, detector=odd, **names)
+    report = health_point(0, **names)
+    store.write([], drift=[event, drift_point(1)], health=[report, health_point(1)])
+    assert store.drift_events(agent=odd, asset=odd, detector=odd) == [event]
+    assert store.health(agent=odd) == [report]
+    assert store.latest_health()[odd] == report
+    assert (store.drift_count(asset=odd), store.health_count(agent=odd)) == (1, 1)
+
+
+# -- health reports -----------------------------------------------------------------------
+def test_health_write_then_read_back_exactly_newest_first(store: SeriesStore) -> None:
+    reports = [
+        health_point(0, inference_ms_median=None, windows_scored=0),
+        health_point(1),
+        health_point(2, outbox_dropped=7, inference_ms_median=0.1 + 0.2),
+        health_point(3, windows_scored=2**53 + 1),  # an int field, not a float: exact
+    ]
+    store.write([], health=reports)
+    assert store.health() == reports[::-1]
+    assert store.health_count() == 4
+    assert store.count() == 0 and store.drift_count() == 0
+
+
+def test_health_rewrite_is_idempotent_and_filters(store: SeriesStore) -> None:
+    gw1 = [health_point(i) for i in range(4)]
+    gw2 = [  # at 45 s and 75 s, between gw-1's reports (every 30 s)
+        health_point(i, agent="gw-2", windows_scored=7 * i, at=T0 + timedelta(seconds=45 + 30 * i))
+        for i in range(2)
+    ]
+    store.write([], health=gw1 + gw2)
+    store.write([], health=gw1[1:] + gw2)
+    assert store.health_count() == 6
+    assert (store.health_count(agent="gw-1"), store.health_count(agent="gw-2")) == (4, 2)
+    assert store.health(agent="gw-1") == gw1[::-1]
+    assert store.health(agent="gw-2", limit=1) == [gw2[1]]
+    assert store.health(limit=3) == [gw1[3], gw2[1], gw1[2]]
+    assert store.health(agent="nobody") == []
+    with pytest.raises(ValueError, match="limit"):
+        store.health(limit=0)
+
+
+def test_latest_health_is_each_agents_newest(store: SeriesStore) -> None:
+    reports = [
+        health_point(5),
+        health_point(2, agent="gw-2"),
+        health_point(3),
+        health_point(1, agent="gw-2", model_version="1.3.0"),
+        health_point(0, agent="gw-3", inference_ms_median=None),
+    ]
+    store.write([], health=reports)
+    assert store.latest_health() == {
+        "gw-1": reports[0], "gw-2": reports[1], "gw-3": reports[4]
+    }
+
+
+def test_one_write_stores_all_three_kinds(store: SeriesStore) -> None:
+    points = [point(i) for i in range(3)]
+    events = [drift_point(i) for i in range(2)]
+    reports = [health_point(i) for i in range(2)]
+    store.write(points, drift=events, health=reports)
+    store.write(points, drift=events, health=reports)  # the retry of a whole batch
+    assert store.predictions() == points
+    assert store.drift_events() == events[::-1]
+    assert store.health() == reports[::-1]
+
+
+def test_large_mixed_write_is_batched(store: SeriesStore) -> None:
+    points = [point(i) for i in range(4_000)]
+    events = [drift_point(i, asset=f"asset-{i % 5}") for i in range(3_000)]
+    reports = [health_point(i) for i in range(3_001)]  # 10,001 lines: three request bodies
+    store.write(points, drift=events, health=reports)
+    assert (store.count(), store.drift_count(), store.health_count()) == (4_000, 3_000, 3_001)
+    assert store.drift_count(asset="asset-2") == len(events[2::5])
+    assert store.drift_events(limit=10_000) == events[::-1]
 
 
 # -- InfluxDB specifics: database creation and outages ------------------------------------
@@ -147,16 +353,26 @@ def test_influx1_creates_its_database(influxdb) -> None:  # type: ignore[no-unty
 def test_influx1_outage_raises_unavailable_then_recovers(influxdb) -> None:  # type: ignore[no-untyped-def]
     store = Influx1Store(influxdb.url, influxdb.database, timeout_s=2.0)
     try:
-        store.write([point(0)])
+        store.write([point(0)], drift=[drift_point(0)], health=[health_point(0)])
         influxdb.server.stop()
         assert store.ping() is False
         with pytest.raises(SeriesUnavailableError):
-            store.write([point(1)])
+            store.write([point(1)], drift=[drift_point(1)], health=[health_point(1)])
         with pytest.raises(SeriesUnavailableError):
             store.count()
+        with pytest.raises(SeriesUnavailableError):
+            store.drift_events()
+        with pytest.raises(SeriesUnavailableError):
+            store.latest_health()
         influxdb.server.start()
-        store.write([point(0), point(1)])  # the retry rewrites point 0: still one
+        # The retry rewrites the first points: still one of each.
+        store.write(
+            [point(0), point(1)],
+            drift=[drift_point(0), drift_point(1)],
+            health=[health_point(0), health_point(1)],
+        )
         assert store.count() == 2
+        assert (store.drift_count(), store.health_count()) == (2, 2)
     finally:
         store.close()
 
@@ -171,3 +387,38 @@ def test_influx1_server_unreachable_at_open(influxdb) -> None:  # type: ignore[n
     finally:
         store.close()
         influxdb.server.drop_database(influxdb.database + "_late")
+
+
+def test_influx1_schema(influxdb) -> None:  # type: ignore[no-untyped-def]
+    """Measurements, tags and fields as documented in influx1.py, for tools that query
+    InfluxDB directly (Grafana, Chronograf)."""
+    store = Influx1Store(influxdb.url, influxdb.database)
+    try:
+        store.write(
+            [point(0)],
+            drift=[drift_point(0), drift_point(1, asset=None, value=None)],
+            health=[health_point(0, inference_ms_median=None)],
+        )
+    finally:
+        store.close()
+
+    def keys(what: str, measurement: str) -> dict[str, str]:
+        rows = influxdb.server.query(f"SHOW {what} KEYS FROM {measurement}", influxdb.database)
+        return {r.get("fieldKey", r.get("tagKey")): r.get("fieldType", "tag") for r in rows}
+
+    assert keys("TAG", "drift") == dict.fromkeys(
+        ["agent", "asset", "detector", "line", "model", "model_version", "monitor", "site"],
+        "tag",
+    )
+    assert keys("FIELD", "drift") == {"value": "float", "detail": "string", "seq": "integer"}
+    assert keys("TAG", "health") == dict.fromkeys(
+        ["agent", "line", "model", "model_version", "site"], "tag"
+    )
+    assert keys("FIELD", "health") == {
+        "windows_scored": "integer", "outbox_depth": "integer", "outbox_dropped": "integer",
+        "rejected_readings": "integer", "seq": "integer",
+    }  # inference_ms_median was None: omitted, not written as a placeholder
+    fleet = influxdb.server.query(
+        "SELECT detail, value FROM drift WHERE asset = ''", influxdb.database
+    )
+    assert [(r["detail"], r["value"]) for r in fleet] == [(drift_point(1).detail, None)]

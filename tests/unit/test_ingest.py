@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from aggregator_support import (
     MODEL,
     T0,
     data_topic,
+    drift_events,
     envelope,
+    health_report,
     payload,
     predictions,
     rewritten,
     store_settings,
+    stored_drift,
+    stored_health,
     stored_points,
 )
 from sqlalchemy import select
@@ -37,12 +43,13 @@ from aggregator.db import (
 )
 from aggregator.errors import SeriesUnavailableError
 from aggregator.ingest import Ingestor, RawMessage
-from aggregator.series import PredictionPoint
 from aggregator.series.sqlite import SqliteSeriesStore
 from aggregator.settings import Settings
 
 AGENT = "gw-7"
 TOPIC = data_topic(AGENT)
+DRIFT_TOPIC = data_topic(AGENT, "drift")
+HEALTH_TOPIC = data_topic(AGENT, "health")
 
 
 @pytest.fixture
@@ -140,13 +147,61 @@ def test_status_updates_the_agent_newest_wins(ingestor: Ingestor, sessions: Sess
     assert ingestor.counts.statuses == 2
 
 
-def test_health_items_are_accepted_without_points(
-    ingestor: Ingestor, series: SqliteSeriesStore
+def test_health_reports_are_stored(
+    ingestor: Ingestor, series: SqliteSeriesStore, sessions: SessionFactory
 ) -> None:
     item = Health(at=T0, windows_scored=10, outbox_depth=0)
-    outcome = ingestor.handle(data_topic(AGENT, "health"), payload(AGENT, 0, [item]))
-    assert (outcome.status, outcome.predictions) == ("accepted", 0)
+    env = envelope(AGENT, 0, [item, health_report(1, 25, outbox_depth=3, outbox_dropped=1,
+                                                  rejected_readings=4, inference_ms_median=0.5)])
+    outcome = ingestor.handle(HEALTH_TOPIC, encode(env))
+    assert (outcome.status, outcome.predictions, outcome.health_reports) == ("accepted", 0, 2)
+    assert series.count() == 0  # no prediction points
+    assert series.health() == stored_health([env])
+    assert series.latest_health()[AGENT].windows_scored == 25
+    counts = ingestor.counts
+    assert (counts.health_reports, counts.drift_events, counts.predictions) == (2, 0, 0)
+    assert rows(sessions, AgentRecord)[0].predictions_count == 0
+
+
+def test_drift_events_are_stored(ingestor: Ingestor, series: SqliteSeriesStore) -> None:
+    items = drift_events("pump-1", 3) + drift_events(
+        None, 1, start=5, detector="ADWIN", monitor="score", detail='mean "now" 0.8\\x'
+    )
+    env = envelope(AGENT, 4, items)
+    outcome = ingestor.handle(DRIFT_TOPIC, encode(env))
+    assert (outcome.status, outcome.predictions, outcome.drift_events) == ("accepted", 0, 4)
+    stored = series.drift_events()
+    assert stored == stored_drift([env])
+    assert (stored[0].asset, stored[0].value, stored[0].seq) == (None, None, 4)
+    assert series.drift_count(asset="pump-1") == 3
     assert series.count() == 0
+    assert (ingestor.counts.drift_events, ingestor.counts.health_reports) == (4, 0)
+
+
+def test_one_series_write_per_batch_of_every_kind(
+    ingestor: Ingestor, series: SqliteSeriesStore
+) -> None:
+    """Predictions, drift and health of one batch go to the store in ONE call, so the
+    batch is stored, or retried, as a whole."""
+    envs = [
+        envelope(AGENT, 0, predictions("pump-1", [0.2, 0.3])),
+        envelope(AGENT, 1, drift_events("pump-1", 2)),
+        envelope(AGENT, 2, [health_report(2, 2)]),
+    ]
+    topics = [TOPIC, DRIFT_TOPIC, HEALTH_TOPIC]
+    with mock.patch.object(series, "write", wraps=series.write) as write:
+        outcomes = ingestor.handle_batch(
+            [RawMessage(t, encode(e)) for t, e in zip(topics, envs, strict=True)]
+        )
+    assert [o.status for o in outcomes] == ["accepted"] * 3
+    (call,) = write.call_args_list
+    written = inspect.signature(series.write).bind(*call.args, **call.kwargs).arguments
+    assert {kind: len(items) for kind, items in written.items()} == {
+        "points": 2, "drift": 2, "health": 1
+    }
+    assert series.predictions() == stored_points(envs)
+    assert series.drift_events() == stored_drift(envs)
+    assert series.health() == stored_health(envs)
 
 
 # -- duplicates -----------------------------------------------------------------------
@@ -163,6 +218,32 @@ def test_duplicate_msg_id_is_dropped(
     assert len(rows(sessions, SeenMessage)) == 1
     assert rows(sessions, AgentRecord)[0].predictions_count == 2
     assert (ingestor.counts.accepted, ingestor.counts.duplicates) == (1, 2)
+
+
+def test_redelivered_drift_and_health_are_not_doubled(
+    ingestor: Ingestor, series: SqliteSeriesStore
+) -> None:
+    drift_raw = payload(AGENT, 0, drift_events("pump-1", 2) + drift_events(None, 1))
+    health_raw = payload(AGENT, 1, [health_report(0, 10)])
+    batch = [RawMessage(DRIFT_TOPIC, drift_raw), RawMessage(HEALTH_TOPIC, health_raw)]
+    first = ingestor.handle_batch(batch + batch)
+    again = ingestor.handle_batch(batch)  # redelivered later, e.g. after a reconnect
+
+    assert [o.status for o in first] == ["accepted", "accepted", "duplicate", "duplicate"]
+    assert [o.status for o in again] == ["duplicate", "duplicate"]
+    assert (series.drift_count(), series.health_count()) == (3, 1)
+    counts = ingestor.counts
+    assert (counts.drift_events, counts.health_reports, counts.duplicates) == (3, 1, 4)
+
+    # The same items re-sent under new msg_ids (an agent that lost its outbox acks):
+    # accepted, but the store still holds each event and report once.
+    resent = [
+        RawMessage(DRIFT_TOPIC, payload(AGENT, 2, drift_events("pump-1", 2))),
+        RawMessage(HEALTH_TOPIC, payload(AGENT, 3, [health_report(0, 10)])),
+    ]
+    assert [o.status for o in ingestor.handle_batch(resent)] == ["accepted", "accepted"]
+    assert (series.drift_count(), series.health_count()) == (3, 1)
+    assert {e.seq for e in series.drift_events(asset="pump-1")} == {2}  # rewritten in place
 
 
 # -- bad input ------------------------------------------------------------------------
@@ -290,7 +371,7 @@ class DownStore:
 
     name = "down"
 
-    def write(self, points: list[PredictionPoint]) -> None:
+    def write(self, *points: object, **kinds: object) -> None:
         raise SeriesUnavailableError("InfluxDB at http://127.0.0.1:9: connection refused")
 
 
@@ -300,6 +381,8 @@ def test_series_outage_marks_nothing_and_the_retry_stores_once(
     batch = [
         RawMessage(TOPIC, payload(AGENT, 0, predictions("pump-1", [0.9, 0.9, 0.9]))),
         RawMessage(TOPIC, b"{bad"),
+        RawMessage(DRIFT_TOPIC, payload(AGENT, 1, drift_events("pump-1", 2))),
+        RawMessage(HEALTH_TOPIC, payload(AGENT, 2, [health_report(0, 3)])),
     ]
     ingestor.series = DownStore()  # type: ignore[assignment]
     with pytest.raises(SeriesUnavailableError):
@@ -311,10 +394,12 @@ def test_series_outage_marks_nothing_and_the_retry_stores_once(
 
     ingestor.series = series
     outcomes = ingestor.handle_batch(batch)
-    assert [o.status for o in outcomes] == ["accepted", "rejected"]
+    assert [o.status for o in outcomes] == ["accepted", "rejected", "accepted", "accepted"]
     assert series.count() == 3
+    assert (series.drift_count(), series.health_count()) == (2, 1)
     assert len(rows(sessions, Ticket)) == 1
-    assert ingestor.counts.predictions == 3
+    counts = ingestor.counts
+    assert (counts.predictions, counts.drift_events, counts.health_reports) == (3, 2, 1)
 
 
 # -- rules and tickets ----------------------------------------------------------------

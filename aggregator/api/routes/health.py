@@ -40,6 +40,8 @@ def healthz(
         counts=CountsOut(
             accepted=counts.accepted,
             predictions_stored=counts.predictions,
+            drift_events_stored=counts.drift_events,
+            health_reports_stored=counts.health_reports,
             duplicates=counts.duplicates,
             statuses=counts.statuses,
             rejected=counts.rejected,
