@@ -216,7 +216,12 @@ def run_demo(path: Path, *, serve: bool = False, speed: float | None = None) -> 
             print(f"\nall replays ended: {scored} windows scored, {stored} stored by the "
                   "aggregator")
             _report(demo, api, card)
-            print(f"\nAPI: {base}/tickets  {base}/agents  {base}/healthz  {base}/docs")
+            drift = api.get("/drift").json()
+            print(f"\nDrift and data-quality events reported by the agents: {len(drift)}"
+                  + "".join(f"\n  {d['agent']} {d['asset'] or '(all its assets)'} {d['monitor']} "
+                            f"{d['detector']}: {d['detail']}" for d in drift[:5]))
+            print(f"\nAPI: {base}/tickets  {base}/agents  {base}/drift  {base}/healthz  "
+                  f"{base}/docs")
             if serve:
                 print("serving until Ctrl-C")
                 while True:
