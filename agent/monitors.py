@@ -41,6 +41,9 @@ class QualityMonitor:
         The model card: channel names, and each feature's training range.
     range_margin
         A feature is out of range beyond [min, max] widened by this fraction of max - min.
+    stuck_samples
+        A channel the model reads is stuck after this many identical samples in a row;
+        0 disables the check.
 
     Examples
     --------
@@ -55,12 +58,18 @@ class QualityMonitor:
     [('t.mean', 'range')]
     """
 
-    def __init__(self, card: ModelCard, range_margin: float = 0.5) -> None:
+    def __init__(self, card: ModelCard, range_margin: float = 0.5, stuck_samples: int = 0) -> None:
         if range_margin < 0:
             raise ValueError(f"range_margin must be >= 0, got {range_margin}")
+        if stuck_samples < 0:
+            raise ValueError(f"stuck_samples must be >= 0, got {stuck_samples}")
         self.card = card
         self.range_margin = range_margin
+        self.stuck_samples = stuck_samples
         self.channels = list(card.channel_names)
+        # Only channels the model reads: a constant channel it ignores is not a fault.
+        used = {c for f in card.features for c in getattr(f, "inputs", ())}
+        self._watched = [j for j, c in enumerate(self.channels) if c in used]
         names, lo, hi = [], [], []
         for f in card.features:
             names.append(f.name)
@@ -76,6 +85,7 @@ class QualityMonitor:
         self.out_of_range = 0
         self._active: set[tuple[str, str, str]] = set()
         self._pending: list[Event] = []
+        self._runs: dict[tuple[str, int], tuple[float, int]] = {}  # last value, run length
 
     def _raise_once(self, key: tuple[str, str, str], event: Event) -> None:
         if key not in self._active:
@@ -99,8 +109,31 @@ class QualityMonitor:
         n_bad = int(len(ok) - ok.sum())
         if n_bad:
             self.rejected_readings += n_bad
-            return t[ok], values[ok]
+            t, values = t[ok], values[ok]
+        if self.stuck_samples and len(t):
+            self._check_stuck(asset, t, values)
         return t, values
+
+    def _check_stuck(self, asset: str, t: np.ndarray, values: np.ndarray) -> None:
+        n = len(t)
+        pos = np.arange(n)
+        for j in self._watched:
+            col = values[:, j]
+            last, run = self._runs.get((asset, j), (np.nan, 0))
+            starts = np.diff(np.r_[last, col]) != 0  # True where a new run begins
+            begun = np.maximum.accumulate(np.where(starts, pos, -1))
+            # Length of the run each sample belongs to, up to and including it.
+            run_at = np.where(begun >= 0, pos - begun + 1, run + pos + 1)
+            self._runs[(asset, j)] = (float(col[-1]), int(run_at[-1]))
+            key = (asset, self.channels[j], "stuck")
+            for p in np.flatnonzero(run_at == self.stuck_samples):
+                self._active.discard(key)  # a run that reaches the limit is a new stretch
+                self._raise_once(key, Event(
+                    asset, float(t[p]), self.channels[j], "stuck", float(col[p]),
+                    f"{self.channels[j]} has read {col[p]:.6g} for {self.stuck_samples} "
+                    "samples in a row"))
+            if run_at[-1] < self.stuck_samples:
+                self._active.discard(key)
 
     def check_features(self, assets: Sequence[str], x: np.ndarray, at_s: np.ndarray) -> np.ndarray:
         """Flag features outside the training range; return a per-row 'all in range' mask."""

@@ -118,7 +118,8 @@ class Agent:
         self.source = open_source(config.source, card)
         self.windower = Windower(card.window.size, card.window.hop, len(card.channel_names))
         self.extractor = FeatureExtractor(card.features, card.channel_names)
-        self.quality = QualityMonitor(card, config.monitors.range_margin)
+        self.quality = QualityMonitor(card, config.monitors.range_margin,
+                                      config.monitors.stuck_samples)
         self.drift = DriftMonitor(config.monitors.score_detector, config.monitors.adwin_delta)
         self.threshold = card.threshold.value
         self.model_ref = wire.ModelRef(
