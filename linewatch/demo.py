@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import socket
 import threading
 import time
@@ -205,12 +206,14 @@ def run_demo(path: Path, *, serve: bool = False, speed: float | None = None) -> 
                    for a in agents]
         for t in threads:
             t.start()
+        tty = sys.stdout.isatty()
         with httpx.Client(base_url=base, timeout=10) as api:
             while any(t.is_alive() for t in threads):
-                print(_line(agents, api), flush=True)
+                # On a terminal the progress line rewrites itself; in a log, one line a second.
+                print(_line(agents, api), end="\r" if tty else "\n", flush=True)
                 for t in threads:
                     t.join(timeout=1.0 / len(threads))
-            print(_line(agents, api))
+            print(_line(agents, api) + " " * 4)
             scored = sum(a.progress.windows_scored for a in agents)
             stored = _wait_stored(api, scored, timeout_s=30)
             print(f"\nall replays ended: {scored} windows scored, {stored} stored by the "
