@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
