@@ -14,11 +14,12 @@ BENCH_ARGS ?=
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test demo train bench clean
+.PHONY: help venv test lint demo train bench clean
 
 help:
 	@echo "make demo    run the demo: $(VENV)/bin/linewatch demo -c configs/demo.yaml \$$DEMO_ARGS"
 	@echo "make test    install test servers if missing, then pytest \$$PYTEST_ARGS"
+	@echo "make lint    ruff check (also the first step of make test)"
 	@echo "make train   retrain every model (linewatch train all)"
 	@echo "make bench   run the benchmarks (python -m bench \$$BENCH_ARGS)"
 	@echo "make venv    only build $(VENV) from constraints.txt"
@@ -36,7 +37,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: $(STAMP)
 	bash scripts/ensure-servers.sh
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 demo: $(STAMP)
 	$(VENV)/bin/linewatch demo -c configs/demo.yaml $(DEMO_ARGS)
