@@ -100,11 +100,22 @@ class _Batcher:
     def _write(self, kind: str, items: list) -> None:
         seq = self._outbox.allocate_seq()
         env = wire.Envelope.build(self._config.agent.id, seq, self._model, items)
+        try:
+            payload = wire.encode(env)
+        except wire.WireError as exc:
+            if exc.reason != "too_large" or len(items) == 1:
+                raise
+            # Long detail texts can push a full batch past the payload limit: halve it.
+            # The seq left unused is a gap the aggregator can see, not a loss.
+            half = len(items) // 2
+            self._write(kind, items[:half])
+            self._write(kind, items[half:])
+            return
         # Alerts and drift events must survive a full outbox; plain telemetry may not.
         droppable = kind == "health" or (
             kind == "predictions" and not any(i.alert for i in items)
         )
-        self._outbox.put(seq, str(env.msg_id), self._topics[kind], kind, wire.encode(env),
+        self._outbox.put(seq, str(env.msg_id), self._topics[kind], kind, payload,
                          droppable=droppable)
 
 
