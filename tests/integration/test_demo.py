@@ -15,9 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 
-def test_demo_replays_stores_everything_and_reports_tickets_against_truth(
-    tmp_path: Path, capsys, monkeypatch
-) -> None:
+def run_demo(tmp_path: Path, capsys, monkeypatch, **changes) -> tuple[str, int]:
     monkeypatch.chdir(ROOT)
     demo = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     demo["state_dir"] = str(tmp_path / "state")
@@ -26,6 +24,7 @@ def test_demo_replays_stores_everything_and_reports_tickets_against_truth(
         {"id": "gw-a", "line": "line1", "assets": ["engine-001", "engine-031"]},
         {"id": "gw-b", "line": "line2", "assets": ["engine-034", "engine-002"]},
     ]
+    demo.update(changes)
     path = tmp_path / "demo.yaml"
     path.write_text(yaml.safe_dump(demo))
 
@@ -35,9 +34,27 @@ def test_demo_replays_stores_everything_and_reports_tickets_against_truth(
     scored, stored = map(int, re.search(
         r"all replays ended: (\d+) windows scored, (\d+) stored", out).groups())
     assert scored == stored > 0
+    return out, scored
+
+
+def test_demo_replays_stores_everything_and_reports_tickets_against_truth(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    out, _ = run_demo(tmp_path, capsys, monkeypatch)
     assert "embedded amqtt" in out and "aggregator API: http://127.0.0.1:" in out
     tickets = re.findall(r"^\s+\d+\s+(engine-\d{3})\s+(gw-\w)", out, flags=re.M)
     assert sorted(a for a, _ in tickets) == ["engine-031", "engine-034"]
     assert re.search(r"2 engines were within 30 cycles of failure .* and 2 of them got a ticket "
                      r"\(100%\)\. 2 of 2 tickets were right \(100%\); 0 went to", out)
     assert (tmp_path / "state" / "demo.log").exists()
+
+
+def test_demo_uses_a_configured_mosquitto_and_influxdb(
+    tmp_path: Path, capsys, monkeypatch, mosquitto, influxd
+) -> None:
+    out, scored = run_demo(tmp_path, capsys, monkeypatch, mqtt_url=mosquitto.url,
+                           influx_url=influxd.url)
+    assert f"broker: {mosquitto.url} (configured); series: {influxd.url}" in out
+    (row,) = influxd.query("SELECT COUNT(score) FROM prediction", "linewatch_demo")
+    assert row["count"] == scored
+    influxd.drop_database("linewatch_demo")
