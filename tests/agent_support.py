@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 from servers import free_port
@@ -47,8 +48,13 @@ def as_key(s: Scored) -> tuple[str, int]:
 
 
 @contextlib.contextmanager
-def running_aggregator(tmp_path: Path, mqtt_url: str, influx=None) -> Iterator[httpx.Client]:
-    """The real aggregator (ServerThread) on the given broker; InfluxDB when given."""
+def running_aggregator(
+    tmp_path: Path, mqtt_url: str, influx=None, **extra: Any
+) -> Iterator[httpx.Client]:
+    """The real aggregator (ServerThread) on the given broker; InfluxDB when given.
+
+    ``extra`` are further ``Settings`` fields, e.g. ``mqtt_username`` and ``mqtt_password``.
+    """
     from aggregator.server import ServerThread
     from aggregator.settings import Settings
 
@@ -58,7 +64,7 @@ def running_aggregator(tmp_path: Path, mqtt_url: str, influx=None) -> Iterator[h
         influx_url=None if influx is None else influx.url,
         influx_database="linewatch" if influx is None else influx.database,
         db_url=f"sqlite:///{tmp_path / 'agg.db'}", series_path=tmp_path / "series.db",
-        http_port=port, rule_k=3, rule_n=5, mqtt_client_id="agg-test",
+        http_port=port, rule_k=3, rule_n=5, mqtt_client_id="agg-test", **extra,
     )
     server = ServerThread(settings)
     server.start()

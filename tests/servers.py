@@ -247,16 +247,29 @@ class MosquittoServer(_ServerProcess):
     expiry) and its queued QoS 1/2 messages survive ``restart()``: mosquitto writes
     ``mosquitto.db`` on SIGTERM and reads it back at start.
 
-    Attributes: ``host`` ("127.0.0.1"), ``port``, ``url`` ("mqtt://127.0.0.1:<port>"),
-    ``tmpdir``, ``running``, ``pid``.
+    ``extra_config`` is appended to the generated configuration. Coming last, its global
+    options win (mosquitto keeps the last value it reads), so ``allow_anonymous false`` there
+    overrides the default ``true``. ``{host}``, ``{port}``, ``{tls_port}`` and ``{tmpdir}`` in
+    it are filled in; ``tls_port`` is a second free port, for a second listener such as
+    ``listener {tls_port} {host}`` with certificates, and nothing listens on it otherwise.
+
+    Attributes: ``host`` ("127.0.0.1"), ``port``, ``tls_port``, ``url``
+    ("mqtt://127.0.0.1:<port>"), ``tmpdir``, ``running``, ``pid``.
     """
 
     name = "mosquitto"
     start_timeout_s = 10.0
     host = HOST
 
+    def __init__(self, extra_config: str = "") -> None:
+        self.extra_config = extra_config
+        super().__init__()
+
     def _pick_ports(self) -> None:
         self.port = free_port()
+        self.tls_port = free_port()
+        while self.tls_port == self.port:
+            self.tls_port = free_port()
 
     @property
     def url(self) -> str:
@@ -282,6 +295,10 @@ class MosquittoServer(_ServerProcess):
             # Run as root, mosquitto drops to user `mosquitto`, which cannot write to our
             # 0700 temp dir; `user root` keeps it as it is.
             lines.append("user root")
+        if self.extra_config:
+            lines.append(self.extra_config.format(
+                host=self.host, port=self.port, tls_port=self.tls_port, tmpdir=self.tmpdir
+            ))
         config = self.tmpdir / "mosquitto.conf"
         config.write_text("\n".join(lines) + "\n")
         return [self.binary, "-c", str(config)]
