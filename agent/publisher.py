@@ -165,6 +165,9 @@ class Publisher:
         now = time.monotonic()
         for row in self.outbox.pending(self._last_handed, room):
             if row.seq in self._inflight.values() or self._retry_at.get(row.seq, 0) > now:
+                # Step over it, so refused rows waiting for their retry never block the
+                # rows behind them; they come round again once nothing is in flight.
+                self._last_handed = max(self._last_handed, row.seq)
                 continue
             info = self._client.publish(row.topic, row.payload, qos=1)
             if info.rc not in _QUEUED:
