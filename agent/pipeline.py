@@ -138,6 +138,12 @@ class Agent:
             threshold=self.threshold,
         )
         self.outbox = Outbox(config.outbox_path, config.outbox.max_rows)
+        if config.mqtt.username and config.mqtt.username != config.agent.id:
+            # With the shipped ACL (configs/mosquitto/acl) a user may write only under its own
+            # name; over MQTT 3.1.1 a refused publish is still acknowledged, so it is lost.
+            logger.warning("mqtt.username %r differs from agent.id %r: the shipped broker ACL "
+                           "will refuse this agent's messages", config.mqtt.username,
+                           config.agent.id)
         a = config.agent
         status = wire.topic(a.site, a.line, a.id, "status")
         self.publisher = Publisher(
