@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     mqtt_password: str | None = Field(
         default=None, description="Broker password (needs mqtt_username)."
     )
+    mqtt_ca_file: Path | None = Field(
+        None,
+        description="CA bundle the broker's certificate must chain to (mqtts://); "
+        "default: the system's trust store.",
+    )
     mqtt_shared_group: str | None = Field(
         default=None,
         description="When set, subscribe via $share/<group>/... so replicas split the load "

@@ -114,7 +114,8 @@ class Subscriber:
         if s.mqtt_username is not None:
             client.username_pw_set(s.mqtt_username, s.mqtt_password)
         if s.mqtt.tls:
-            client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+            ca = str(s.mqtt_ca_file) if s.mqtt_ca_file is not None else None
+            client.tls_set(ca_certs=ca, cert_reqs=ssl.CERT_REQUIRED)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

@@ -377,12 +377,9 @@ def test_over_tls_an_agent_trusting_the_plant_ca_delivers(
 ) -> None:
     tls_url = f"mqtts://127.0.0.1:{broker.tls_port}"
     monkeypatch.setenv(PASSWORD_ENV, site.passwords["gw-a"])
-    # The aggregator has no CA-file setting: it trusts OpenSSL's default store, which
-    # SSL_CERT_FILE replaces (README).
-    monkeypatch.setenv("SSL_CERT_FILE", str(site.ca_file))
     agent = _agent(tmp_path, tls_url, "gw-a", username="gw-a", password_env=PASSWORD_ENV,
                    ca_file=str(site.ca_file))
-    with _aggregator(tmp_path, tls_url, site) as api:
+    with _aggregator(tmp_path, tls_url, site, mqtt_ca_file=site.ca_file) as api:
         report = agent.run(drain_timeout_s=30)
         assert report.drained
         scored = report.progress.windows_scored
