@@ -19,7 +19,7 @@ STAMP := $(VENV)/.installed
 help:
 	@echo "make demo    run the demo: $(VENV)/bin/linewatch demo -c configs/demo.yaml \$$DEMO_ARGS"
 	@echo "make test    install test servers if missing, then pytest \$$PYTEST_ARGS"
-	@echo "make lint    ruff check (also the first step of make test)"
+	@echo "make lint    ruff check + mypy --strict on agent/ and linewatch/ (first step of make test)"
 	@echo "make train   retrain every model (linewatch train all)"
 	@echo "make bench   run the benchmarks (python -m bench \$$BENCH_ARGS)"
 	@echo "make venv    only build $(VENV) from constraints.txt"
@@ -35,13 +35,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
-test: $(STAMP)
+test: lint
 	bash scripts/ensure-servers.sh
-	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 demo: $(STAMP)
 	$(VENV)/bin/linewatch demo -c configs/demo.yaml $(DEMO_ARGS)

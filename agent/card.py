@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -142,7 +142,9 @@ class ModelCard(_Card):
     metrics: dict[str, Metric] = Field(default_factory=dict)
     self_test: SelfTest
     reference: Reference
-    training: dict = Field(default_factory=dict, description="data, seeds, hyper-parameters")
+    training: dict[str, Any] = Field(
+        default_factory=dict, description="data, seeds, hyper-parameters"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelCard:

@@ -9,7 +9,7 @@ trained on. Every function takes, for each of its inputs, an array of shape
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 
@@ -54,7 +54,7 @@ def mean(x: np.ndarray) -> np.ndarray:
     >>> mean(np.array([[1.0, 2.0, 3.0]]))
     array([2.])
     """
-    return x.mean(axis=1)
+    return cast(np.ndarray, x.mean(axis=1))
 
 
 @_feature
@@ -64,7 +64,7 @@ def std(x: np.ndarray) -> np.ndarray:
     >>> std(np.array([[1.0, 1.0], [0.0, 2.0]]))
     array([0., 1.])
     """
-    return x.std(axis=1)
+    return cast(np.ndarray, x.std(axis=1))
 
 
 @_feature
@@ -72,7 +72,7 @@ def _min(x: np.ndarray) -> np.ndarray:
     """>>> _min(np.array([[3.0, 1.0]]))
     array([1.])
     """
-    return x.min(axis=1)
+    return cast(np.ndarray, x.min(axis=1))
 
 
 @_feature
@@ -80,7 +80,7 @@ def _max(x: np.ndarray) -> np.ndarray:
     """>>> _max(np.array([[3.0, 1.0]]))
     array([3.])
     """
-    return x.max(axis=1)
+    return cast(np.ndarray, x.max(axis=1))
 
 
 @_feature
@@ -117,7 +117,7 @@ def rms(x: np.ndarray) -> np.ndarray:
     >>> rms(np.array([[3.0, -3.0]]))
     array([3.])
     """
-    return np.sqrt(np.mean(x * x, axis=1))
+    return cast(np.ndarray, np.sqrt(np.mean(x * x, axis=1)))
 
 
 @_feature
@@ -125,7 +125,7 @@ def peak(x: np.ndarray) -> np.ndarray:
     """>>> peak(np.array([[1.0, -4.0]]))
     array([4.])
     """
-    return np.abs(x).max(axis=1)
+    return cast(np.ndarray, np.abs(x).max(axis=1))
 
 
 @_feature
@@ -135,7 +135,7 @@ def p2p(x: np.ndarray) -> np.ndarray:
     >>> p2p(np.array([[1.0, -4.0]]))
     array([5.])
     """
-    return x.max(axis=1) - x.min(axis=1)
+    return cast(np.ndarray, x.max(axis=1) - x.min(axis=1))
 
 
 @_feature
@@ -154,7 +154,7 @@ def mean_abs(x: np.ndarray) -> np.ndarray:
     """>>> mean_abs(np.array([[1.0, -3.0]]))
     array([2.])
     """
-    return np.abs(x).mean(axis=1)
+    return cast(np.ndarray, np.abs(x).mean(axis=1))
 
 
 def _central_moment_ratio(x: np.ndarray, order: int) -> np.ndarray:
@@ -162,7 +162,7 @@ def _central_moment_ratio(x: np.ndarray, order: int) -> np.ndarray:
     var = np.mean(d * d, axis=1)
     m = np.mean(d**order, axis=1)
     # A constant window has no shape; report 0 rather than NaN so the model keeps working.
-    return np.divide(m, var ** (order / 2), out=np.zeros_like(var), where=var > 0)
+    return cast(np.ndarray, np.divide(m, var ** (order / 2), out=np.zeros_like(var), where=var > 0))
 
 
 @_feature
@@ -206,7 +206,7 @@ def band_rms(x: np.ndarray, lo_hz: float, hi_hz: float, rate_hz: float) -> np.nd
     if n % 2 == 0:
         power[:, -1] /= 2
     band = (freqs >= lo_hz) & (freqs < hi_hz)
-    return np.sqrt(power[:, band].sum(axis=1))
+    return cast(np.ndarray, np.sqrt(power[:, band].sum(axis=1)))
 
 
 # --- physics of one sample (the newest in the window) ----------------------------------
@@ -219,7 +219,7 @@ def power(speed_rpm: np.ndarray, torque_nm: np.ndarray) -> np.ndarray:
     >>> power(np.array([[60.0]]), np.array([[1.0]])).round(4)
     array([6.2832])
     """
-    return torque_nm[:, -1] * speed_rpm[:, -1] * (2 * np.pi / 60.0)
+    return cast(np.ndarray, torque_nm[:, -1] * speed_rpm[:, -1] * (2 * np.pi / 60.0))
 
 
 @_feature
@@ -229,7 +229,7 @@ def diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     >>> diff(np.array([[1.0, 310.0]]), np.array([[0.0, 300.0]]))
     array([10.])
     """
-    return a[:, -1] - b[:, -1]
+    return cast(np.ndarray, a[:, -1] - b[:, -1])
 
 
 @_feature
@@ -239,7 +239,7 @@ def product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     >>> product(np.array([[2.0]]), np.array([[3.0]]))
     array([6.])
     """
-    return a[:, -1] * b[:, -1]
+    return cast(np.ndarray, a[:, -1] * b[:, -1])
 
 
 @_feature
@@ -249,16 +249,23 @@ def equals(x: np.ndarray, value: float) -> np.ndarray:
     >>> equals(np.array([[0.0], [2.0]]), 2)
     array([0., 1.])
     """
-    return (x[:, -1] == value).astype(np.float64)
+    return cast(np.ndarray, (x[:, -1] == value).astype(np.float64))
 
 
 class FeatureSpecLike(Protocol):
     """What the extractor needs of a feature spec (the model card's ``FeatureSpec``)."""
 
-    name: str
-    fn: str
-    inputs: Sequence[str]
-    params: Mapping[str, float]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def fn(self) -> str: ...
+
+    @property
+    def inputs(self) -> Sequence[str]: ...
+
+    @property
+    def params(self) -> Mapping[str, float]: ...
 
 
 class FeatureExtractor:
@@ -291,7 +298,8 @@ class FeatureExtractor:
         # Single-input features sharing a function and parameters run as one call over all
         # their channels: a per-call numpy overhead of a few microseconds, paid 40 times per
         # batch, would otherwise dominate the cost of a tick.
-        groups: dict[tuple, tuple[list[int], list[int]]] = {}
+        # (function, sorted params) -> (output columns, input channels)
+        groups: dict[tuple[str, tuple[tuple[str, float], ...]], tuple[list[int], list[int]]] = {}
         self._multi: list[tuple[int, FeatureFn, list[int], dict[str, float]]] = []
         for j, s in enumerate(specs):
             if s.fn not in FEATURES:

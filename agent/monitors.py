@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from river import drift
@@ -138,20 +139,20 @@ class QualityMonitor:
     def check_features(self, assets: Sequence[str], x: np.ndarray, at_s: np.ndarray) -> np.ndarray:
         """Flag features outside the training range; return a per-row 'all in range' mask."""
         outside = (x < self._lo) | (x > self._hi)
-        rows = outside.any(axis=1)
+        rows = cast(np.ndarray, outside.any(axis=1))
         self.out_of_range += int(rows.sum())
         for i in np.flatnonzero(rows):
             for j in np.flatnonzero(outside[i]):
                 name = self._names[j]
                 self._raise_once(
-                    (assets[i], name, "range"),
-                    Event(assets[i], float(at_s[i]), name, "range", float(x[i, j]),
+                    (assets[int(i)], name, "range"),
+                    Event(assets[int(i)], float(at_s[i]), name, "range", float(x[i, j]),
                           f"{name}={x[i, j]:.4g} outside training range "
                           f"[{self._lo[j]:.4g}, {self._hi[j]:.4g}] (margin included)"),
                 )
         for i in np.flatnonzero(~rows):
             for name in self._names:
-                self._active.discard((assets[i], name, "range"))
+                self._active.discard((assets[int(i)], name, "range"))
         return ~rows
 
     def events(self) -> list[Event]:
@@ -190,15 +191,18 @@ class DriftMonitor:
         self._reset()
 
     def _reset(self) -> None:
+        # river leaves ADWIN.__init__ and ADWIN.update unannotated.
         self._river = (
-            drift.ADWIN(delta=self.delta) if self.detector == "adwin" else drift.PageHinkley()
+            drift.ADWIN(delta=self.delta)  # type: ignore[no-untyped-call]
+            if self.detector == "adwin"
+            else drift.PageHinkley()
         )
         self.detections = 0
         self._pending: list[Event] = []
         self._name = type(self._river).__name__
 
     def update(self, score: float, at_s: float) -> None:
-        self._river.update(score)
+        self._river.update(score)  # type: ignore[no-untyped-call]
         if self._river.drift_detected:
             self.detections += 1
             estimate = getattr(self._river, "estimation", None)

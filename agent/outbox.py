@@ -78,7 +78,7 @@ class Outbox:
         ).fetchone()
         # seq continues across restarts, so the aggregator can spot gaps per agent.
         self._next_seq = 0 if last is None else last + 1
-        self._depth = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        self._depth: int = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         self.dropped = self._meta("dropped")
 
     def _meta(self, key: str) -> int:

@@ -11,9 +11,10 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import cast
 
 import numpy as np
 
@@ -73,12 +74,12 @@ class _Batcher:
         self._outbox = outbox
         self._model = model
         self._notify = notify
-        self._items: dict[str, list] = {"predictions": [], "drift": [], "health": []}
+        self._items: dict[str, list[wire.Item]] = {"predictions": [], "drift": [], "health": []}
         self._since = time.monotonic()
         a = config.agent
         self._topics = {k: wire.topic(a.site, a.line, a.id, k) for k in self._items}
 
-    def add(self, kind: str, items: list) -> None:
+    def add(self, kind: str, items: Sequence[wire.Item]) -> None:
         self._items[kind].extend(items)
         if len(self._items[kind]) >= self._config.publish.max_items:
             self.flush(kind)
@@ -97,7 +98,7 @@ class _Batcher:
             self._since = time.monotonic()
         self._notify()
 
-    def _write(self, kind: str, items: list) -> None:
+    def _write(self, kind: str, items: list[wire.Item]) -> None:
         seq = self._outbox.allocate_seq()
         env = wire.Envelope.build(self._config.agent.id, seq, self._model, items)
         try:
@@ -113,7 +114,7 @@ class _Batcher:
             return
         # Alerts and drift events must survive a full outbox; plain telemetry may not.
         droppable = kind == "health" or (
-            kind == "predictions" and not any(i.alert for i in items)
+            kind == "predictions" and not any(cast(wire.Prediction, i).alert for i in items)
         )
         self._outbox.put(seq, str(env.msg_id), self._topics[kind], kind, payload,
                          droppable=droppable)

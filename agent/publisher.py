@@ -13,12 +13,17 @@ import queue
 import ssl
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import MqttConfig
 from agent.outbox import Outbox
+
+if TYPE_CHECKING:
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.reasoncodes import ReasonCode
 
 __all__ = ["Publisher"]
 
@@ -80,7 +85,14 @@ class Publisher:
 
     # --- paho callbacks (network thread) ------------------------------------------------
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         if reason_code.is_failure:
             # A refused CONNACK is not "connected"; paho retries with backoff.
             logger.error("broker %s refused the connection: %s", self.config.url, reason_code)
@@ -93,14 +105,28 @@ class Publisher:
         self._connected.set()
         self._wake.set()
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         self._connected.clear()
         if not self._stop.is_set() and not self._logged_down:
             self._logged_down = True
             logger.warning("disconnected from %s (%s); buffering in the outbox",
                            self.config.url, reason_code)
 
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
         self._acks.put((mid, not reason_code.is_failure))
         self._wake.set()
 

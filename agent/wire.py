@@ -17,7 +17,7 @@ import json
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
@@ -250,7 +250,7 @@ class Envelope(_Strict):
                                            f"{parts.kind} topic")
 
     @classmethod
-    def build(cls, agent: str, seq: int, model: ModelRef, items: list) -> Envelope:
+    def build(cls, agent: str, seq: int, model: ModelRef, items: list[Item]) -> Envelope:
         """New envelope with a fresh msg_id, stamped now."""
         return cls(
             schema_=SCHEMA, msg_id=uuid.uuid4(), agent=agent, ts=datetime.now(UTC), seq=seq,
@@ -284,7 +284,7 @@ def encode(message: Envelope | Status) -> bytes:
     return raw
 
 
-def _load(raw: bytes) -> dict:
+def _load(raw: bytes) -> dict[str, Any]:
     if len(raw) > MAX_PAYLOAD_BYTES:
         raise WireError("too_large", f"{len(raw)} bytes > {MAX_PAYLOAD_BYTES}")
     try:
@@ -305,7 +305,7 @@ def _refuse_constant(name: str) -> float:
     raise WireError("invalid", f"{name} is not a valid JSON number")
 
 
-def _validate(model: type[BaseModel], data: dict) -> BaseModel:
+def _validate(model: type[BaseModel], data: dict[str, Any]) -> BaseModel:
     try:
         return model.model_validate(data)
     except ValidationError as exc:

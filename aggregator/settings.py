@@ -211,4 +211,4 @@ def load_settings(path: str | Path | None = None) -> Settings:
         return Settings()
     if not Path(path).is_file():
         raise FileNotFoundError(f"settings file {str(path)!r} does not exist")
-    return Settings(_env_file=path)  # type: ignore[call-arg]
+    return Settings(_env_file=path)

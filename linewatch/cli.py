@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["main"]
@@ -111,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     from agent.errors import AgentError, ConfigError
 
+    func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return args.func(args)
+        return func(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

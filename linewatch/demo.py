@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import yaml
@@ -24,6 +25,9 @@ from agent import config as agent_config
 from agent.card import ModelCard
 from agent.datasets import read_recordings
 from agent.pipeline import Agent
+
+if TYPE_CHECKING:
+    from aggregator.settings import Settings
 
 __all__ = ["DemoAgentConfig", "DemoConfig", "run_demo"]
 
@@ -71,7 +75,7 @@ def _log_to_file(path: Path) -> Path:
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def _port_free(port: int) -> bool:
@@ -96,7 +100,7 @@ def _agent_config(demo: DemoConfig, a: DemoAgentConfig, mqtt_url: str) -> agent_
     })
 
 
-def _settings(demo: DemoConfig, broker_port: int, http_port: int):
+def _settings(demo: DemoConfig, broker_port: int, http_port: int) -> Settings:
     from aggregator.settings import Settings
 
     return Settings(

@@ -29,8 +29,15 @@ class Reading:
 
 
 class Source(Protocol):
-    channels: Sequence[str]
-    total_ticks: int | None
+    @property
+    def channels(self) -> Sequence[str]:
+        """Channel names, in the order of the last axis of ``Reading.values``."""
+        ...
+
+    @property
+    def total_ticks(self) -> int | None:
+        """Ticks the source holds, or None when that is not known in advance."""
+        ...
 
     def ticks(self) -> Iterator[list[Reading]]:
         """Readings grouped by tick, in time order; ends when the source is exhausted."""

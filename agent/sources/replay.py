@@ -12,7 +12,7 @@ import numpy as np
 
 from agent.card import ModelCard
 from agent.config import ReplaySourceConfig
-from agent.datasets import read_recordings
+from agent.datasets import Recording, read_recordings
 from agent.errors import SourceError
 from agent.sources import Reading
 
@@ -51,7 +51,7 @@ class ReplaySource:
         start = config.start or datetime.now(UTC)
         self._start_epoch = start.timestamp()
 
-    def _plan(self, recordings: list) -> list[tuple[int, list[Reading]]]:
+    def _plan(self, recordings: list[Recording]) -> list[tuple[int, list[Reading]]]:
         t0 = min(float(r.t[0]) for r in recordings if len(r.t))
         by_tick: dict[int, list[Reading]] = defaultdict(list)
         for rec in recordings:

@@ -264,7 +264,10 @@ class Influx1Store:
     ) -> None:
         # /write is not transactional across requests, but every point is idempotent: a
         # batch that fails half-way is rewritten whole by the retry, and nothing doubles.
-        lines = [line_protocol(p) for p in chain(points, drift, health)]
+        everything: chain[PredictionPoint | DriftPoint | HealthPoint] = chain(
+            points, drift, health
+        )
+        lines = [line_protocol(p) for p in everything]
         if not lines:
             return
         if not self._database_ready:

@@ -260,7 +260,8 @@ class SqliteSeriesStore:
 
 
 def _where(*, since: datetime | None = None, **equal: str | None) -> tuple[str, list[Any]]:
-    clauses, args = [], []
+    clauses: list[str] = []
+    args: list[Any] = []
     for column, value in equal.items():
         if value is not None:
             clauses.append(f"{column} = ?")
