@@ -5,9 +5,9 @@ SQLAlchemy 2.0 ORM; the same models run on SQLite (default, one aggregator) and 
 no Alembic history yet, so a column change means a fresh database for now.
 
 The one invariant the database itself enforces: at most one non-resolved ticket per
-(asset, kind), by a partial unique index. Application code checks first, but two replicas
-(or two threads) can both pass the check; the index makes the second insert fail and the
-caller escalates instead.
+(site, asset, kind), by a partial unique index (asset names are only unique within a
+site). Application code checks first, but two replicas (or two threads) can both pass the
+check; the index makes the second insert fail and the caller escalates instead.
 """
 
 from __future__ import annotations
@@ -127,9 +127,12 @@ class Ticket(Base):
         CheckConstraint(
             f"outcome IS NULL OR {_in('outcome', OUTCOMES)}", name="ck_tickets_outcome"
         ),
-        # THE invariant: one non-resolved ticket per (asset, kind), enforced by the database.
+        # THE invariant: one non-resolved ticket per (site, asset, kind), enforced by the
+        # database. Asset names are only unique within a site: two plants may both have an
+        # engine-001, and each gets its own ticket.
         Index(
-            "uq_tickets_open_asset_kind",
+            "uq_tickets_open_site_asset_kind",
+            "site",
             "asset",
             "kind",
             unique=True,
@@ -185,7 +188,7 @@ class AgentRecord(Base):
 
 
 class RuleState(Base):
-    """The last n windows a rule saw for one asset, so its state survives restarts.
+    """The last n windows a rule saw for one (site, asset), so its state survives restarts.
 
     Kept in SQL rather than rebuilt from the series store: it commits in the same
     transaction as the tickets and seen msg_ids it caused, so a crash can never leave a
@@ -196,6 +199,8 @@ class RuleState(Base):
     __tablename__ = "rule_state"
 
     rule: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # Asset names are only unique within a site, so the site is part of the key.
+    site: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
     asset: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
     # [{"window_end": iso, "score": float, "alert": bool}, ...], oldest first, at most n
     windows: Mapped[list[dict[str, Any]]] = mapped_column(JSON)

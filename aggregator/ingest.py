@@ -12,7 +12,8 @@ Per batch, in this order (the order is the guarantee):
    marked seen, so the caller retries the same batch later (a rewrite replaces identical
    points: nothing doubles);
 4. one SQL transaction: seen msg_ids, quarantine rows, agents, the maintenance rule per
-   asset in window_end order, tickets opened or escalated.
+   (site, asset) in window_end order, tickets opened or escalated. Asset names are only
+   unique within a site, so the same name at two sites has two windows and two tickets.
 
 Only when ``handle_batch`` returns may the subscriber acknowledge the messages.
 """
@@ -204,26 +205,28 @@ class Ingestor:
 
     def _run_rules(self, session: Session, data: list[DataMessage], now: datetime) -> None:
         rule = MaintenanceRule(self.settings.rule_k, self.settings.rule_n)
-        by_asset: dict[str, list[tuple[PredictionPoint, float]]] = defaultdict(list)
+        # Keyed by (site, asset): asset names are only unique within a site.
+        by_key: dict[tuple[str, str], list[tuple[PredictionPoint, float]]] = defaultdict(list)
         for item in data:
             for point in item.points:
-                by_asset[point.asset].append((point, item.envelope.model.threshold))
-        for asset in sorted(by_asset):  # a fixed order: replicas lock rows alike, no deadlock
-            state = _rule_state(session, rule.name, asset, now)
-            rule.restore(asset, (ScoredWindow.from_json(w) for w in state.windows))
+                by_key[point.site, point.asset].append((point, item.envelope.model.threshold))
+        for key in sorted(by_key):  # a fixed order: replicas lock rows alike, no deadlock
+            site, asset = key
+            state = _rule_state(session, rule.name, site, asset, now)
+            rule.restore(key, (ScoredWindow.from_json(w) for w in state.windows))
             trigger: tuple[PredictionPoint, float, list[ScoredWindow]] | None = None
-            for point, threshold in sorted(by_asset[asset], key=lambda pt: pt[0].window_end):
-                if rule.update(asset, ScoredWindow(point.window_end, point.score, point.alert)):
-                    trigger = (point, threshold, rule.windows(asset))
-            state.windows = [w.to_json() for w in rule.windows(asset)]
+            for point, threshold in sorted(by_key[key], key=lambda pt: pt[0].window_end):
+                if rule.update(key, ScoredWindow(point.window_end, point.score, point.alert)):
+                    trigger = (point, threshold, rule.windows(key))
+            state.windows = [w.to_json() for w in rule.windows(key)]
             state.updated_at = now
             if trigger is not None:
-                # One escalation per asset and batch, with the evidence of its last trigger.
+                # One escalation per (site, asset) and batch, with its last trigger's evidence.
                 point, threshold, windows = trigger
                 tickets.open_or_escalate(
                     session, asset, "maintenance",
                     {"k": rule.k, "n": rule.n, "scores": [w.to_json() for w in windows]},
-                    agent=point.agent, site=point.site, line=point.line,
+                    agent=point.agent, site=site, line=point.line,
                     model_name=point.model, model_version=point.model_version,
                     threshold=threshold, now=now,
                 )
@@ -290,17 +293,19 @@ def _seen(session: Session, msg_ids: Iterable[str]) -> set[str]:
     return found
 
 
-def _rule_state(session: Session, rule: str, asset: str, now: datetime) -> RuleState:
-    """The asset's rule row, locked for this transaction (created if new)."""
-    state = session.get(RuleState, (rule, asset), with_for_update=True)
+def _rule_state(
+    session: Session, rule: str, site: str, asset: str, now: datetime
+) -> RuleState:
+    """The (site, asset)'s rule row, locked for this transaction (created if new)."""
+    state = session.get(RuleState, (rule, site, asset), with_for_update=True)
     if state is not None:
         return state
-    state = RuleState(rule=rule, asset=asset, windows=[], updated_at=now)
+    state = RuleState(rule=rule, site=site, asset=asset, windows=[], updated_at=now)
     try:
         with session.begin_nested():  # another replica may create the same row right now
             session.add(state)
     except IntegrityError:
-        state = session.get(RuleState, (rule, asset), with_for_update=True)
+        state = session.get(RuleState, (rule, site, asset), with_for_update=True)
         if state is None:
             raise
     return state

@@ -1,16 +1,18 @@
 """Ticket rules: pure functions and small stateful units, no I/O.
 
 ``KOfN`` is the hysteresis: one window over the threshold is noise, k of the last n is a
-trend worth a technician's time. ``MaintenanceRule`` keeps one ``KOfN`` per asset and the
-recent scores that become a ticket's evidence. Persistence is the caller's job
-(``ingest`` stores ``MaintenanceRule.windows(asset)`` in SQL and ``restore``s it), so a
-restarted aggregator, or another replica, continues exactly where the last one stopped.
+trend worth a technician's time. ``MaintenanceRule`` keeps one ``KOfN`` per key and the
+recent scores that become a ticket's evidence. Asset names are only unique within a site,
+so ``ingest`` keys it by ``(site, asset)``: two plants' ``engine-001`` never share a window.
+Persistence is the caller's job (``ingest`` stores ``MaintenanceRule.windows(key)`` in SQL
+and ``restore``s it), so a restarted aggregator, or another replica, continues exactly
+where the last one stopped.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -89,10 +91,12 @@ class ScoredWindow:
 
 
 class MaintenanceRule:
-    """k-of-n alert windows per asset: the trigger for a maintenance ticket.
+    """k-of-n alert windows per key: the trigger for a maintenance ticket.
 
-    Windows must come in ``window_end`` order per asset; a window not newer than the last
-    one seen for its asset is ignored, so a redelivered or replayed prediction is never
+    A key is any hashable naming one monitored asset; ``ingest`` uses ``(site, asset)``,
+    because the same asset name can exist at several sites and each must keep its own
+    window. Windows must come in ``window_end`` order per key; a window not newer than the
+    last one seen for its key is ignored, so a redelivered or replayed prediction is never
     counted twice (nor escalates a ticket again).
 
     Parameters
@@ -105,14 +109,15 @@ class MaintenanceRule:
     >>> from datetime import UTC, datetime, timedelta
     >>> t0 = datetime(2026, 1, 1, tzinfo=UTC)
     >>> rule = MaintenanceRule(k=2, n=3)
-    >>> [rule.update("pump-1", ScoredWindow(t0 + timedelta(minutes=i), s, s >= 0.8))
+    >>> pump = ("plant1", "pump-1")
+    >>> [rule.update(pump, ScoredWindow(t0 + timedelta(minutes=i), s, s >= 0.8))
     ...  for i, s in enumerate([0.9, 0.1, 0.95])]
     [False, False, True]
-    >>> rule.update("pump-1", ScoredWindow(t0, 0.99, True))  # stale: ignored
+    >>> rule.update(pump, ScoredWindow(t0, 0.99, True))  # stale: ignored
     False
-    >>> rule.triggered("pump-1")
-    True
-    >>> [w.score for w in rule.windows("pump-1")]
+    >>> rule.triggered(pump), rule.triggered(("plant2", "pump-1"))  # another site's pump-1
+    (True, False)
+    >>> [w.score for w in rule.windows(pump)]
     [0.9, 0.1, 0.95]
     """
 
@@ -125,33 +130,33 @@ class MaintenanceRule:
         self._reset()
 
     def _reset(self) -> None:
-        self._counters: dict[str, KOfN] = {}
-        self._windows: dict[str, deque[ScoredWindow]] = {}
+        self._counters: dict[Hashable, KOfN] = {}
+        self._windows: dict[Hashable, deque[ScoredWindow]] = {}
 
-    def restore(self, asset: str, windows: Iterable[ScoredWindow]) -> None:
-        """Replace the asset's state by replaying stored windows (oldest first)."""
-        self._counters.pop(asset, None)
-        self._windows.pop(asset, None)
+    def restore(self, key: Hashable, windows: Iterable[ScoredWindow]) -> None:
+        """Replace the key's state by replaying stored windows (oldest first)."""
+        self._counters.pop(key, None)
+        self._windows.pop(key, None)
         for window in windows:
-            self.update(asset, window)
+            self.update(key, window)
 
-    def update(self, asset: str, window: ScoredWindow) -> bool:
-        """Feed one window; True when it was new and leaves the asset triggered."""
-        counter = self._counters.get(asset)
+    def update(self, key: Hashable, window: ScoredWindow) -> bool:
+        """Feed one window; True when it was new and leaves the key triggered."""
+        counter = self._counters.get(key)
         if counter is None:
-            counter = self._counters[asset] = KOfN(self.k, self.n)
-            self._windows[asset] = deque(maxlen=self.n)
-        recent = self._windows[asset]
+            counter = self._counters[key] = KOfN(self.k, self.n)
+            self._windows[key] = deque(maxlen=self.n)
+        recent = self._windows[key]
         if recent and window.window_end <= recent[-1].window_end:
             return False
         counter.update(window.alert)
         recent.append(window)
         return counter.triggered
 
-    def triggered(self, asset: str) -> bool:
-        counter = self._counters.get(asset)
+    def triggered(self, key: Hashable) -> bool:
+        counter = self._counters.get(key)
         return counter is not None and counter.triggered
 
-    def windows(self, asset: str) -> list[ScoredWindow]:
-        """The last ``n`` windows of the asset, oldest first (the evidence)."""
-        return list(self._windows.get(asset, ()))
+    def windows(self, key: Hashable) -> list[ScoredWindow]:
+        """The last ``n`` windows of the key, oldest first (the evidence)."""
+        return list(self._windows.get(key, ()))

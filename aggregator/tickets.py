@@ -3,9 +3,10 @@
 Functions take the caller's ``Session`` and never commit: the ingestor opens tickets in
 the same transaction that marks messages seen, and an API route commits its own change.
 
-One non-resolved ticket per (asset, kind) is the database's job (a partial unique index,
-see ``db.Ticket``); ``open_or_escalate`` checks first for speed and treats a unique
-violation as "someone else just opened it", which it then escalates.
+One non-resolved ticket per (site, asset, kind) is the database's job (a partial unique
+index, see ``db.Ticket``; asset names are only unique within a site); ``open_or_escalate``
+checks first for speed and treats a unique violation as "someone else just opened it",
+which it then escalates.
 """
 
 from __future__ import annotations
@@ -47,9 +48,12 @@ def _now(now: datetime | None) -> datetime:
     return now if now is not None else datetime.now(UTC)
 
 
-def _open_ticket(session: Session, asset: str, kind: str) -> Ticket | None:
+def _open_ticket(session: Session, site: str, asset: str, kind: str) -> Ticket | None:
     query = select(Ticket).where(
-        Ticket.asset == asset, Ticket.kind == kind, Ticket.status != "resolved"
+        Ticket.site == site,
+        Ticket.asset == asset,
+        Ticket.kind == kind,
+        Ticket.status != "resolved",
     )
     return session.scalars(query.with_for_update()).first()
 
@@ -84,7 +88,9 @@ def open_or_escalate(
     threshold: float,
     now: datetime | None = None,
 ) -> tuple[Ticket, bool]:
-    """Open a ticket for (asset, kind), or escalate the one already open.
+    """Open a ticket for (site, asset, kind), or escalate the one already open.
+
+    The same asset name at another site is another asset: it gets its own ticket.
 
     Returns ``(ticket, opened)``; ``opened`` is False when an existing ticket was
     escalated (evidence appended, ``updated_at`` bumped, ``escalations`` + 1).
@@ -92,7 +98,7 @@ def open_or_escalate(
     if kind not in TICKET_KINDS:
         raise ValueError(f"kind must be one of {TICKET_KINDS}, got {kind!r}")
     now = _now(now)
-    existing = _open_ticket(session, asset, kind)
+    existing = _open_ticket(session, site, asset, kind)
     if existing is not None:
         return _escalate(existing, evidence, now), False
     ticket = Ticket(
@@ -106,12 +112,14 @@ def open_or_escalate(
         with session.begin_nested():
             session.add(ticket)
     except IntegrityError:
-        existing = _open_ticket(session, asset, kind)
+        existing = _open_ticket(session, site, asset, kind)
         if existing is None:  # a different constraint failed: not ours to hide
             raise
-        logger.debug("ticket for %s/%s opened concurrently; escalating it", asset, kind)
+        logger.debug(
+            "ticket for %s/%s/%s opened concurrently; escalating it", site, asset, kind
+        )
         return _escalate(existing, evidence, now), False
-    logger.info("opened %s ticket %d for asset %s", kind, ticket.id, asset)
+    logger.info("opened %s ticket %d for asset %s at site %s", kind, ticket.id, asset, site)
     return ticket, True
 
 
@@ -129,6 +137,7 @@ def find(
     status: Status | None = None,
     kind: Kind | None = None,
     asset: str | None = None,
+    site: str | None = None,
 ) -> list[Ticket]:
     """Tickets matching every given filter, newest first."""
     query = select(Ticket).order_by(Ticket.opened_at.desc(), Ticket.id.desc())
@@ -138,6 +147,8 @@ def find(
         query = query.where(Ticket.kind == kind)
     if asset is not None:
         query = query.where(Ticket.asset == asset)
+    if site is not None:
+        query = query.where(Ticket.site == site)
     return list(session.scalars(query))
 
 
@@ -164,7 +175,7 @@ def resolve(
 ) -> Ticket:
     """-> resolved, with the outcome that model health is computed from.
 
-    A resolved ticket frees its (asset, kind): the next trigger opens a new one.
+    A resolved ticket frees its (site, asset, kind): the next trigger opens a new one.
     """
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")

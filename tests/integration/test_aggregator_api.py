@@ -147,6 +147,31 @@ def test_tickets_and_agents_through_the_api(api: tuple[TestClient, int]) -> None
     assert client.get("/tickets", params={"status": "resolved"}).json()[0]["id"] == ticket["id"]
 
 
+def test_tickets_filter_by_site(api: tuple[TestClient, int]) -> None:
+    """The same asset name at two sites: two tickets, told apart by ``?site=``."""
+    client, port = api
+    items = predictions("engine-001", [0.9, 0.95, 0.99])
+    with Publisher("127.0.0.1", port, TOPIC) as pub:
+        pub.publish(payload("gw-a", 0, items), data_topic("gw-a", site="plant1"))
+        pub.publish(payload("gw-b", 0, items), data_topic("gw-b", site="plant2"))
+        wait_until(lambda: len(client.get("/tickets").json()) == 2, 10, what="two tickets")
+
+    both = client.get("/tickets", params={"asset": "engine-001"}).json()
+    assert sorted((t["site"], t["agent"], t["escalations"]) for t in both) == [
+        ("plant1", "gw-a", 0),
+        ("plant2", "gw-b", 0),
+    ]
+    (plant2,) = client.get("/tickets", params={"site": "plant2"}).json()
+    assert (plant2["site"], plant2["asset"], plant2["agent"]) == ("plant2", "engine-001", "gw-b")
+    (plant1,) = client.get(
+        "/tickets", params={"site": "plant1", "asset": "engine-001", "status": "open"}
+    ).json()
+    assert (plant1["site"], plant1["agent"]) == ("plant1", "gw-a")
+    assert plant1["id"] != plant2["id"]
+    assert client.get("/tickets", params={"site": "plant3"}).json() == []
+    assert client.get("/tickets", params={"site": "plant2", "asset": "pump-1"}).json() == []
+
+
 def test_drift_and_agent_health_through_the_api(api: tuple[TestClient, int]) -> None:
     client, port = api
     drift = [

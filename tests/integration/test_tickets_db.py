@@ -18,6 +18,7 @@ from aggregator.db import (
     AgentRecord,
     Base,
     QuarantinedMessage,
+    RuleState,
     SessionFactory,
     Ticket,
     open_engine,
@@ -57,7 +58,9 @@ def sessions(engine: Engine) -> SessionFactory:
     return open_sessions(engine)
 
 
-def raw_ticket(asset: str = "pump-1", kind: str = "maintenance", status: str = "open") -> Ticket:
+def raw_ticket(
+    asset: str = "pump-1", kind: str = "maintenance", status: str = "open", site: str = "plant1"
+) -> Ticket:
     """A row inserted without tickets.py's check: only the database stands in the way."""
     return Ticket(
         kind=kind,
@@ -67,7 +70,7 @@ def raw_ticket(asset: str = "pump-1", kind: str = "maintenance", status: str = "
         updated_at=NOW,
         evidence=EVIDENCE,
         escalations=0,
-        **CONTEXT,
+        **(CONTEXT | {"site": site}),
     )
 
 
@@ -104,6 +107,42 @@ def test_database_scopes_the_rule_to_asset_and_kind(sessions: SessionFactory) ->
         )
         session.commit()
         assert session.scalar(select(func.count()).select_from(Ticket)) == 3
+
+
+def test_database_scopes_the_rule_to_site_asset_and_kind(sessions: SessionFactory) -> None:
+    """Asset names are only unique within a site: the same (asset, kind) at another site is
+    another machine's ticket, but a second open one at the same site is refused."""
+    with sessions() as session:
+        session.add_all([raw_ticket("engine-001"), raw_ticket("engine-001", site="plant2")])
+        session.commit()
+        assert session.scalar(select(func.count()).select_from(Ticket)) == 2
+    with sessions() as session:
+        session.add(raw_ticket("engine-001", status="acknowledged", site="plant2"))
+        with pytest.raises(IntegrityError):
+            session.commit()
+    with sessions() as session:
+        rows = sorted((t.site, t.asset, t.kind) for t in session.scalars(select(Ticket)))
+    assert rows == [
+        ("plant1", "engine-001", "maintenance"),
+        ("plant2", "engine-001", "maintenance"),
+    ]
+
+
+def test_open_or_escalate_is_per_site_on_every_backend(sessions: SessionFactory) -> None:
+    with sessions() as session:
+        a, opened_a = tickets.open_or_escalate(
+            session, "engine-001", "maintenance", EVIDENCE, **CONTEXT
+        )
+        b, opened_b = tickets.open_or_escalate(
+            session, "engine-001", "maintenance", EVIDENCE, **(CONTEXT | {"site": "plant2"})
+        )
+        again, opened_again = tickets.open_or_escalate(
+            session, "engine-001", "maintenance", EVIDENCE, **(CONTEXT | {"site": "plant2"})
+        )
+        session.commit()
+    assert (opened_a, opened_b, opened_again) == (True, True, False)
+    assert a.id != b.id and again.id == b.id
+    assert (a.escalations, b.escalations) == (0, 1)
 
 
 def test_lost_race_escalates_on_every_backend(
@@ -189,3 +228,42 @@ def test_ingest_opens_then_escalates_on_every_backend(
     assert [s["score"] for s in ticket.evidence["scores"]] == [0.9, 0.95, 0.99]
     assert agent is not None and (agent.last_seq, agent.predictions_count) == (1, 3)
     assert quarantined == 1
+
+
+def test_ingest_keeps_sites_apart_on_every_backend(
+    sessions: SessionFactory, tmp_path: Path
+) -> None:
+    """The same asset name at two sites: two rule_state rows, two k-of-n windows, two tickets."""
+    series = SqliteSeriesStore(tmp_path / "series.db")
+    topic_a, topic_b = data_topic("gw-1", site="plant1"), data_topic("gw-2", site="plant2")
+    try:
+        ingestor = Ingestor(series, sessions, Settings(rule_k=2, rule_n=3))
+        # Interleaved single alerts: 2 of 3 if the sites shared a window, 1 of 3 each apart.
+        ingestor.handle_batch(
+            [
+                RawMessage(topic_a, payload("gw-1", 0, predictions("engine-001", [0.9]))),
+                RawMessage(topic_b, payload("gw-2", 0, predictions("engine-001", [0.9], start=1))),
+            ]
+        )
+        with sessions() as session:
+            assert session.scalar(select(func.count()).select_from(Ticket)) == 0
+        restarted = Ingestor(series, sessions, Settings(rule_k=2, rule_n=3))
+        restarted.handle_batch(
+            [
+                RawMessage(topic_a, payload("gw-1", 1, predictions("engine-001", [0.95], start=2))),
+                RawMessage(topic_b, payload("gw-2", 1, predictions("engine-001", [0.97], start=3))),
+            ]
+        )
+    finally:
+        series.close()
+    with sessions() as session:
+        found = sorted(
+            (t.site, t.asset, t.agent, t.escalations, [s["score"] for s in t.evidence["scores"]])
+            for t in session.scalars(select(Ticket))
+        )
+        states = sorted((r.site, r.asset) for r in session.scalars(select(RuleState)))
+    assert found == [
+        ("plant1", "engine-001", "gw-1", 0, [0.9, 0.95]),
+        ("plant2", "engine-001", "gw-2", 0, [0.9, 0.97]),
+    ]
+    assert states == [("plant1", "engine-001"), ("plant2", "engine-001")]

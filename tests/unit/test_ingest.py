@@ -35,6 +35,7 @@ from aggregator.db import (
     QUARANTINE_MAX_BYTES,
     AgentRecord,
     QuarantinedMessage,
+    RuleState,
     SeenMessage,
     SessionFactory,
     Ticket,
@@ -489,3 +490,60 @@ def test_assets_get_separate_tickets(ingestor: Ingestor, sessions: SessionFactor
     items = predictions("pump-1", [0.9, 0.9, 0.9]) + predictions("fan-2", [0.9, 0.9, 0.9])
     ingestor.handle(TOPIC, payload(AGENT, 0, items))
     assert sorted(t.asset for t in rows(sessions, Ticket)) == ["fan-2", "pump-1"]
+
+
+def test_same_asset_at_two_sites_has_its_own_window_and_ticket(
+    series: SqliteSeriesStore, sessions: SessionFactory, settings: Settings
+) -> None:
+    """Asset names are only unique within a site: plant1's and plant2's engine-001 are two
+    machines, with two k-of-n windows (in memory and in SQL) and two tickets."""
+    settings = settings.model_copy(update={"rule_k": 2, "rule_n": 3})
+    ingestor = Ingestor(series, sessions, settings)
+    topic_a = data_topic("gw-a", site="plant1")
+    topic_b = data_topic("gw-b", site="plant2")
+    # One alert each, on interleaved windows: 2 of 3 if they shared a window, 1 of 3 apart.
+    ingestor.handle_batch(
+        [
+            RawMessage(topic_a, payload("gw-a", 0, predictions("engine-001", [0.9]))),
+            RawMessage(topic_b, payload("gw-b", 0, predictions("engine-001", [0.9], start=1))),
+        ]
+    )
+    assert rows(sessions, Ticket) == []
+    # plant2's older window is not stale for plant1, and plant1's second alert is its own.
+    ingestor.handle(topic_a, payload("gw-a", 1, predictions("engine-001", [0.95], start=2)))
+    (ticket_a,) = rows(sessions, Ticket)
+    assert (ticket_a.site, ticket_a.asset, ticket_a.agent) == ("plant1", "engine-001", "gw-a")
+    assert [s["score"] for s in ticket_a.evidence["scores"]] == [0.9, 0.95]
+
+    # A restarted aggregator: plant2's window comes back from SQL on its own.
+    restarted = Ingestor(series, sessions, settings)
+    restarted.handle(topic_b, payload("gw-b", 1, predictions("engine-001", [0.97], start=3)))
+    by_site = {t.site: t for t in rows(sessions, Ticket)}
+    assert sorted(by_site) == ["plant1", "plant2"]
+    ticket_b = by_site["plant2"]
+    assert (ticket_b.asset, ticket_b.agent, ticket_b.escalations) == ("engine-001", "gw-b", 0)
+    assert [s["score"] for s in ticket_b.evidence["scores"]] == [0.9, 0.97]
+    assert by_site["plant1"].escalations == 0  # plant2's trigger did not escalate plant1's
+
+    # Each site's next trigger escalates its own ticket only.
+    restarted.handle(topic_a, payload("gw-a", 2, predictions("engine-001", [0.99], start=4)))
+    assert {t.site: t.escalations for t in rows(sessions, Ticket)} == {"plant1": 1, "plant2": 0}
+    states = {(r.site, r.asset): [w["score"] for w in r.windows] for r in rows(sessions, RuleState)}
+    assert states == {
+        ("plant1", "engine-001"): [0.9, 0.95, 0.99],
+        ("plant2", "engine-001"): [0.9, 0.97],
+    }
+
+
+def test_same_asset_at_two_sites_in_one_batch_opens_two_tickets(
+    ingestor: Ingestor, sessions: SessionFactory
+) -> None:
+    items = predictions("engine-001", [0.9, 0.9, 0.9])
+    ingestor.handle_batch(
+        [
+            RawMessage(data_topic("gw-a", site="plant1"), payload("gw-a", 0, items)),
+            RawMessage(data_topic("gw-b", site="plant2"), payload("gw-b", 0, items)),
+        ]
+    )
+    found = sorted((t.site, t.asset, t.agent, t.escalations) for t in rows(sessions, Ticket))
+    assert found == [("plant1", "engine-001", "gw-a", 0), ("plant2", "engine-001", "gw-b", 0)]

@@ -139,3 +139,15 @@ def test_rule_validates_like_kofn() -> None:
 def test_scored_window_json_round_trip() -> None:
     w = window(3, 0.123456789)
     assert ScoredWindow.from_json(w.to_json()) == w
+
+
+def test_rule_keeps_the_same_asset_at_two_sites_apart() -> None:
+    # ingest keys the rule by (site, asset): asset names are only unique within a site.
+    rule = MaintenanceRule(k=2, n=3)
+    a, b = ("plant1", "engine-001"), ("plant2", "engine-001")
+    assert not rule.update(a, window(0, 0.9))
+    assert not rule.update(b, window(1, 0.9))
+    assert not rule.update(b, window(0, 0.9))  # stale for b only, though new for a's key
+    assert rule.update(a, window(2, 0.95))
+    assert (rule.triggered(a), rule.triggered(b)) == (True, False)
+    assert [w.window_end for w in rule.windows(b)] == [T0 + timedelta(minutes=1)]

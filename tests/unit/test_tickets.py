@@ -109,9 +109,9 @@ def test_lost_race_escalates_instead_of_failing(
     real = tickets._open_ticket
     checks: list[str] = []
 
-    def first_check_misses(session: Session, asset: str, kind: str) -> Ticket | None:
+    def first_check_misses(session: Session, site: str, asset: str, kind: str) -> Ticket | None:
         checks.append(asset)  # the first check misses it, as if it were not committed yet
-        return None if len(checks) == 1 else real(session, asset, kind)
+        return None if len(checks) == 1 else real(session, site, asset, kind)
 
     monkeypatch.setattr(tickets, "_open_ticket", first_check_misses)
     with sessions() as session:
@@ -203,3 +203,23 @@ def test_find_filters_newest_first(sessions: SessionFactory) -> None:
         assert [t.id for t in tickets.find(session, status="open")] == [c.id, a.id]
         assert [t.id for t in tickets.find(session, kind="maintenance")] == [b.id, a.id]
         assert [t.id for t in tickets.find(session, asset="pump-1", kind="retraining")] == [c.id]
+
+
+def test_same_asset_at_another_site_gets_its_own_ticket(sessions: SessionFactory) -> None:
+    other_site = CONTEXT | {"site": "plant2", "agent": "gw-9"}
+    with sessions() as session:
+        a, _ = trigger(session, "engine-001")
+        b, opened = tickets.open_or_escalate(
+            session, "engine-001", "maintenance", evidence((0, 0.9)), now=NOW, **other_site
+        )
+        session.commit()
+        assert opened and b.id != a.id
+        # Each site's next trigger escalates its own ticket only.
+        again, opened = trigger(session, "engine-001", (1, 0.95))
+        session.commit()
+        assert (opened, again.id, again.escalations) == (False, a.id, 1)
+        assert tickets.get(session, b.id).escalations == 0
+        assert [t.id for t in tickets.find(session, asset="engine-001")] == [b.id, a.id]
+        assert [t.id for t in tickets.find(session, site="plant2")] == [b.id]
+        assert [t.id for t in tickets.find(session, site="plant1", asset="engine-001")] == [a.id]
+        assert tickets.find(session, site="plant3") == []

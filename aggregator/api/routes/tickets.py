@@ -19,9 +19,11 @@ def list_tickets(
     status: tickets.Status | None = None,
     kind: tickets.Kind | None = None,
     asset: str | None = None,
+    site: str | None = None,
 ) -> list[TicketOut]:
-    """Newest first; every given filter must match."""
-    found = tickets.find(session, status=status, kind=kind, asset=asset)
+    """Newest first; every given filter must match (asset names repeat across sites:
+    ``site`` narrows ``asset`` to one plant's)."""
+    found = tickets.find(session, status=status, kind=kind, asset=asset, site=site)
     return [TicketOut.model_validate(t) for t in found]
 
 
