@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal, cast
 from uuid import UUID
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -55,6 +56,9 @@ logger = logging.getLogger(__name__)
 
 LOG_PAYLOAD_BYTES = 200
 
+
+# Pruning old msg_ids is one indexed DELETE; every ten minutes is plenty.
+_PRUNE_EVERY_S = 600.0
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -113,6 +117,7 @@ class Ingestor:
         self._health_reports = 0
         self._statuses = 0
         self._warned: set[str] = set()
+        self._next_prune = 0.0  # monotonic time of the next prune of seen msg_ids
 
     # -- counters -----------------------------------------------------------------------
     @property
@@ -161,7 +166,27 @@ class Ingestor:
             raise DatabaseUnavailableError(f"SQL database: {exc.orig!r}") from exc
         outcomes = [_outcome(item, i in fresh) for i, item in enumerate(parsed)]
         self._count(parsed, outcomes)
+        if time.monotonic() >= self._next_prune:
+            self.prune_seen(now)
         return outcomes
+
+    def prune_seen(self, now: datetime) -> int:
+        """Forget msg_ids handled more than ``dedupe_retention_s`` ago; return how many."""
+        self._next_prune = time.monotonic() + _PRUNE_EVERY_S
+        cutoff = now - timedelta(seconds=self.settings.dedupe_retention_s)
+        try:
+            with self.session_factory() as session, session.begin():
+                result = session.execute(
+                    delete(SeenMessage).where(SeenMessage.received_at < cutoff)
+                )
+        except OperationalError as exc:
+            # Pruning can wait for the next round; the batch itself is already handled.
+            logger.warning("could not prune seen msg_ids: %s", exc.orig)
+            return 0
+        pruned = int(result.rowcount or 0)  # type: ignore[attr-defined]
+        if pruned:
+            logger.info("forgot %d msg_ids handled before %s", pruned, cutoff.isoformat())
+        return pruned
 
     # -- steps --------------------------------------------------------------------------
     def _fresh(self, parsed: list[Parsed]) -> set[int]:

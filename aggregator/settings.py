@@ -126,6 +126,14 @@ class Settings(BaseSettings):
         default=5, ge=1, le=1000, description="... the last n windows of an asset alert."
     )
 
+    # -- dedupe -------------------------------------------------------------------------
+    dedupe_retention_s: int = Field(
+        7 * 86_400, ge=60,
+        description="How long a handled msg_id is remembered. Duplicates come from lost "
+        "acks and agent restarts, minutes to hours later; older ids are pruned so the table "
+        "stays bounded.",
+    )
+
     # -- HTTP ---------------------------------------------------------------------------
     http_host: str = Field(default="127.0.0.1", description="Bind address of the REST API.")
     http_port: int = Field(

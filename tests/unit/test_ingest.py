@@ -221,6 +221,23 @@ def test_duplicate_msg_id_is_dropped(
     assert (ingestor.counts.accepted, ingestor.counts.duplicates) == (1, 2)
 
 
+def test_seen_msg_ids_are_forgotten_after_the_retention_only(
+    ingestor: Ingestor, series: SqliteSeriesStore, sessions: SessionFactory, settings: Settings
+) -> None:
+    raw = payload(AGENT, 0, predictions("pump-1", [0.2]))
+    assert ingestor.handle(TOPIC, raw).status == "accepted"
+    (seen,) = rows(sessions, SeenMessage)
+    retention = timedelta(seconds=settings.dedupe_retention_s)
+
+    assert ingestor.prune_seen(seen.received_at + retention - timedelta(seconds=1)) == 0
+    assert ingestor.handle(TOPIC, raw).status == "duplicate"
+    assert ingestor.prune_seen(seen.received_at + retention + timedelta(seconds=1)) == 1
+    assert rows(sessions, SeenMessage) == []
+    # A copy arriving after that long is stored again; the series store keeps one point.
+    assert ingestor.handle(TOPIC, raw).status == "accepted"
+    assert series.count() == 1
+
+
 def test_redelivered_drift_and_health_are_not_doubled(
     ingestor: Ingestor, series: SqliteSeriesStore
 ) -> None:
