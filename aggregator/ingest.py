@@ -254,6 +254,7 @@ class Ingestor:
                     agent=point.agent, site=site, line=point.line,
                     model_name=point.model, model_version=point.model_version,
                     threshold=threshold, now=now,
+                    cooldown=timedelta(seconds=self.settings.rule_cooldown_s),
                 )
 
     def _count(self, parsed: list[Parsed], outcomes: list[Outcome]) -> None:

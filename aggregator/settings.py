@@ -125,6 +125,11 @@ class Settings(BaseSettings):
     rule_n: int = Field(
         default=5, ge=1, le=1000, description="... the last n windows of an asset alert."
     )
+    rule_cooldown_s: int = Field(
+        3600, ge=0,
+        description="After a maintenance ticket is resolved, no new one for the same asset "
+        "for this long (0: reopen at the next trigger).",
+    )
 
     # -- dedupe -------------------------------------------------------------------------
     dedupe_retention_s: int = Field(

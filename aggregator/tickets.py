@@ -12,10 +12,10 @@ which it then escalates.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -58,6 +58,14 @@ def _open_ticket(session: Session, site: str, asset: str, kind: str) -> Ticket |
     return session.scalars(query.with_for_update()).first()
 
 
+def _last_resolved_at(session: Session, site: str, asset: str, kind: str) -> datetime | None:
+    query = select(func.max(Ticket.resolved_at)).where(
+        Ticket.site == site, Ticket.asset == asset, Ticket.kind == kind,
+        Ticket.status == "resolved",
+    )
+    return session.scalar(query)
+
+
 def _merge_evidence(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """New evidence wins for scalars; scores are merged by window_end, newest kept."""
     scores = {s["window_end"]: s for s in old.get("scores", [])}
@@ -87,13 +95,17 @@ def open_or_escalate(
     model_version: str,
     threshold: float,
     now: datetime | None = None,
-) -> tuple[Ticket, bool]:
+    cooldown: timedelta = timedelta(0),
+) -> tuple[Ticket | None, bool]:
     """Open a ticket for (site, asset, kind), or escalate the one already open.
 
     The same asset name at another site is another asset: it gets its own ticket.
 
     Returns ``(ticket, opened)``; ``opened`` is False when an existing ticket was
-    escalated (evidence appended, ``updated_at`` bumped, ``escalations`` + 1).
+    escalated (evidence appended, ``updated_at`` bumped, ``escalations`` + 1). Within
+    ``cooldown`` of the last resolution of this (site, asset, kind) nothing is opened and
+    ``(None, False)`` comes back: a technician who just closed a ticket must not get it
+    straight back for the same trend.
     """
     if kind not in TICKET_KINDS:
         raise ValueError(f"kind must be one of {TICKET_KINDS}, got {kind!r}")
@@ -101,6 +113,13 @@ def open_or_escalate(
     existing = _open_ticket(session, site, asset, kind)
     if existing is not None:
         return _escalate(existing, evidence, now), False
+    if cooldown > timedelta(0):
+        resolved = _last_resolved_at(session, site, asset, kind)
+        if resolved is not None and now < resolved + cooldown:
+            logger.info("%s/%s/%s still triggered, but its ticket was resolved at %s: "
+                        "no new ticket before %s", site, asset, kind, resolved.isoformat(),
+                        (resolved + cooldown).isoformat())
+            return None, False
     ticket = Ticket(
         kind=kind, asset=asset, agent=agent, site=site, line=line, status="open",
         opened_at=now, updated_at=now, model_name=model_name, model_version=model_version,

@@ -489,18 +489,37 @@ def test_rule_state_survives_a_restart(
     assert len(rows(sessions, Ticket)) == 1
 
 
-def test_resolved_ticket_lets_the_next_trigger_open_a_new_one(
-    ingestor: Ingestor, sessions: SessionFactory
+def _resolve(sessions: SessionFactory, ticket_id: int) -> None:
+    with sessions() as session:
+        tickets.resolve(session, ticket_id, "confirmed_failure", "bearing replaced")
+        session.commit()
+
+
+def test_resolved_ticket_lets_the_next_trigger_open_a_new_one_when_no_cooldown(
+    series: SqliteSeriesStore, sessions: SessionFactory, settings: Settings
 ) -> None:
+    ingestor = Ingestor(series, sessions, settings.model_copy(update={"rule_cooldown_s": 0}))
     ingestor.handle(TOPIC, payload(AGENT, 0, predictions("pump-1", [0.9, 0.9, 0.9])))
     (first,) = open_tickets(sessions, "pump-1")
-    with sessions() as session:
-        tickets.resolve(session, first.id, "confirmed_failure", "bearing replaced")
-        session.commit()
+    _resolve(sessions, first.id)
     ingestor.handle(TOPIC, payload(AGENT, 1, predictions("pump-1", [0.9], start=3)))
     (second,) = open_tickets(sessions, "pump-1")
     assert second.id != first.id
     assert len(rows(sessions, Ticket)) == 2
+
+
+def test_no_new_ticket_within_the_cooldown_after_a_resolution(
+    ingestor: Ingestor, sessions: SessionFactory, settings: Settings
+) -> None:
+    assert settings.rule_cooldown_s == 3600
+    ingestor.handle(TOPIC, payload(AGENT, 0, predictions("pump-1", [0.9, 0.9, 0.9])))
+    (first,) = open_tickets(sessions, "pump-1")
+    _resolve(sessions, first.id)
+    ingestor.handle(TOPIC, payload(AGENT, 1, predictions("pump-1", [0.9], start=3)))
+    assert open_tickets(sessions, "pump-1") == []
+    # Another asset is not held back by pump-1's cooldown.
+    ingestor.handle(TOPIC, payload(AGENT, 2, predictions("fan-2", [0.9, 0.9, 0.9])))
+    assert len(open_tickets(sessions, "fan-2")) == 1
 
 
 def test_assets_get_separate_tickets(ingestor: Ingestor, sessions: SessionFactory) -> None:

@@ -223,3 +223,25 @@ def test_same_asset_at_another_site_gets_its_own_ticket(sessions: SessionFactory
         assert [t.id for t in tickets.find(session, site="plant2")] == [b.id]
         assert [t.id for t in tickets.find(session, site="plant1", asset="engine-001")] == [a.id]
         assert tickets.find(session, site="plant3") == []
+
+
+def test_cooldown_counts_from_the_resolution_per_site_asset_and_kind(
+    sessions: SessionFactory,
+) -> None:
+    hour = timedelta(hours=1)
+    with sessions() as session:
+        first, _ = trigger(session)
+        tickets.resolve(session, first.id, "no_fault_found", now=NOW)
+
+        def again(at: datetime, asset: str = "pump-1") -> tuple[Ticket | None, bool]:
+            return tickets.open_or_escalate(
+                session, asset, "maintenance", evidence((1, 0.9)), now=at, cooldown=hour,
+                **CONTEXT,
+            )
+
+        assert again(NOW + hour - timedelta(seconds=1)) == (None, False)
+        other, opened = again(NOW + timedelta(minutes=1), asset="fan-2")
+        assert opened and other is not None
+        later, opened = again(NOW + hour)
+        assert opened and later is not None and later.id != first.id
+        session.commit()
