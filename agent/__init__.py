@@ -2,7 +2,8 @@
 
 Sources, windows, features, the ONNX model, drift monitors, the outbox and the MQTT publisher.
 
-Imports nothing heavy here: the aggregator imports ``agent.wire`` and ``agent.card``.
+It stands on ``contract`` (the wire messages and the model card) and imports nothing from
+the aggregator or the ``linewatch`` command: a gateway installs only ``linewatch[agent]``.
 """
 
 __all__: list[str] = []

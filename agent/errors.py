@@ -4,10 +4,12 @@
 
     AgentError
     ├── ConfigError        bad or missing configuration (exit code 2 from the CLI)
-    ├── card.CardError     unreadable card, model file that does not match it
-    │   └── inference.SelfTestError
     ├── SourceError        a data source that cannot be opened or read
     └── OutboxError        the on-disk outbox cannot be opened or written
+
+A card that cannot be read, or a model that does not match it, raises
+``contract.errors.CardError`` (``inference.SelfTestError`` derives from it): the card is
+part of the shared contract.
 
 Bad *readings* (NaN, out of range) are not exceptions: they are counted, reported as
 data-quality events and skipped, and the agent keeps running.

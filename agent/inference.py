@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from agent.card import CardError, ModelCard
+from contract.card import CardError, ModelCard
 
 __all__ = ["OnnxModel", "SelfTestError"]
 

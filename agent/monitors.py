@@ -16,7 +16,7 @@ from typing import cast
 import numpy as np
 from river import drift
 
-from agent.card import ModelCard
+from contract.card import ModelCard
 
 __all__ = ["DriftMonitor", "Event", "QualityMonitor"]
 

@@ -18,7 +18,6 @@ from typing import cast
 
 import numpy as np
 
-from agent import wire
 from agent.config import AgentConfig
 from agent.features import FeatureExtractor
 from agent.inference import OnnxModel
@@ -27,6 +26,7 @@ from agent.outbox import Outbox
 from agent.publisher import Publisher
 from agent.sources import Reading, open_source
 from agent.windows import Windower, Windows
+from contract import wire
 
 __all__ = ["Agent", "Progress", "RunReport", "Scored", "run"]
 

@@ -1,7 +1,7 @@
 """linewatch aggregator: the central service.
 
 It subscribes to every agent's MQTT topics, validates each message against the wire
-contract (``agent.wire``), stores predictions, drift events and health reports in a series
+contract (``contract.wire``), stores predictions, drift events and health reports in a series
 store (InfluxDB 1.x or an embedded SQLite file), opens and escalates maintenance tickets in
 SQL (SQLite or PostgreSQL), and serves a REST API. ``python -m aggregator serve`` runs it.
 

@@ -64,7 +64,7 @@ AGENT_STATES = ("online", "offline", "unknown")
 # Enough of a rejected payload to see what went wrong, without letting a flood of 256 KiB
 # garbage fill the database; the original length is kept next to it.
 QUARANTINE_MAX_BYTES = 64 * 1024
-NAME_LENGTH = 128  # agent.wire.Name max_length; ingest rejects longer topic segments
+NAME_LENGTH = 128  # contract.wire.Name max_length; ingest rejects longer topic segments
 
 SessionFactory = sessionmaker[Session]
 

@@ -14,7 +14,7 @@ versus *refused* (retrying the same request gives the same answer)::
         +-- TicketNotFoundError       no ticket with that id
         +-- TicketStateError          the ticket's status does not allow it
 
-Bad input from the wire is *not* an exception here: ``agent.wire.WireError`` is caught by
+Bad input from the wire is *not* an exception here: ``contract.wire.WireError`` is caught by
 the ingestor, counted and quarantined; it never escapes to the MQTT loop.
 """
 

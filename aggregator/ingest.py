@@ -34,7 +34,6 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from agent.wire import TopicParts
 from aggregator import tickets
 from aggregator.db import (
     QUARANTINE_MAX_BYTES,
@@ -49,6 +48,7 @@ from aggregator.rules import MaintenanceRule, ScoredWindow
 from aggregator.series import PredictionPoint, SeriesStore
 from aggregator.settings import Settings
 from aggregator.validate import DataMessage, Parsed, RawMessage, Rejected, StatusMessage, parse
+from contract.wire import TopicParts
 
 __all__ = ["IngestCounts", "Ingestor", "Outcome", "RawMessage"]
 
@@ -62,7 +62,7 @@ _PRUNE_EVERY_S = 600.0
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What became of one message. ``reason`` is the rejection code (``agent.wire``'s)."""
+    """What became of one message. ``reason`` is the rejection code (``contract.wire``'s)."""
 
     status: Literal["accepted", "duplicate", "rejected"]
     reason: str | None = None

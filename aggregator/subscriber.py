@@ -33,10 +33,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.wire import subscription
 from aggregator.errors import UnavailableError
 from aggregator.ingest import Ingestor, RawMessage
 from aggregator.settings import Settings
+from contract.wire import subscription
 
 __all__ = ["Subscriber", "SubscriberCounts"]
 

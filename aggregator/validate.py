@@ -2,10 +2,10 @@
 
 ``parse`` answers one of three things for every message: a data message ready to store
 (``DataMessage``), an agent status (``StatusMessage``), or a ``Rejected`` carrying the
-``agent.wire.WireError`` that says why (reason codes: ``bad_topic``, ``too_large``,
+``contract.wire.WireError`` that says why (reason codes: ``bad_topic``, ``too_large``,
 ``malformed``, ``unknown_schema``, ``invalid``).
 
-Every check lives in ``agent.wire`` (the one definition of the contract): the topic's
+Every check lives in ``contract.wire`` (the one definition of the contract): the topic's
 names, the payload's models, and ``Envelope.check_topic`` (same agent as the topic, only
 the topic's item kind).
 """
@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from agent.wire import (
+from aggregator.series import DriftPoint, HealthPoint, PredictionPoint
+from contract.wire import (
     DriftEvent,
     Envelope,
     Health,
@@ -27,7 +28,6 @@ from agent.wire import (
     decode_status,
     parse_topic,
 )
-from aggregator.series import DriftPoint, HealthPoint, PredictionPoint
 
 __all__ = [
     "DataMessage",

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from agent import wire
 from agent.datasets import read_recordings
 from agent.features import FeatureExtractor
 from agent.inference import OnnxModel
 from agent.monitors import DriftMonitor
 from agent.outbox import Outbox
 from agent.windows import Windower
+from contract import wire
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "cmapss_fd001"

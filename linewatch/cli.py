@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,19 +15,9 @@ logger = logging.getLogger("linewatch")
 
 
 def _agent(args: argparse.Namespace) -> int:
-    from agent import config as agent_config
-    from agent.pipeline import Agent
+    from agent.__main__ import run
 
-    agent = Agent(agent_config.load(args.config))
-    signal.signal(signal.SIGTERM, lambda *_: agent.stop())
-    try:
-        report = agent.run(drain_timeout_s=args.drain_timeout)
-    except KeyboardInterrupt:
-        return 130
-    p = report.progress
-    print(f"scored {p.windows_scored} windows, {p.alerts} above threshold; "
-          f"{p.published} messages acknowledged, {p.outbox_depth} left in the outbox")
-    return 0 if report.drained else 1
+    return run(args)
 
 
 def _aggregator(args: argparse.Namespace) -> int:
@@ -68,10 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = p.add_subparsers(dest="command", required=True)
 
+    from agent.__main__ import add_arguments
+
     a = sub.add_parser("agent", help="run a gateway agent")
-    a.add_argument("-c", "--config", required=True, type=Path, help="agent YAML file")
-    a.add_argument("--drain-timeout", type=float, default=60.0,
-                   help="seconds to wait for the outbox to empty at the end of a replay")
+    add_arguments(a)
     a.set_defaults(func=_agent)
 
     g = sub.add_parser("aggregator", help="run the central aggregator (API + MQTT ingest)")
@@ -111,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from agent.errors import AgentError, ConfigError
+    from contract.errors import ContractError
 
     func: Callable[[argparse.Namespace], int] = args.func
     try:
@@ -118,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except AgentError as exc:
+    except (AgentError, ContractError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -22,9 +22,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent import config as agent_config
-from agent.card import ModelCard
 from agent.datasets import read_recordings
 from agent.pipeline import Agent
+from contract.card import ModelCard
 
 if TYPE_CHECKING:
     from aggregator.settings import Settings

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.card import ModelCard, sha256_file
 from agent.datasets import read_recordings
+from contract.card import ModelCard, sha256_file
 from linewatch.training.frames import Frames, featurize
 from linewatch.training.metrics import MetricValue, report_metrics
 

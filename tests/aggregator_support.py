@@ -19,7 +19,6 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.wire import DriftEvent, Envelope, Health, ModelRef, Prediction, encode, topic
 from aggregator.series import (
     DriftPoint,
     HealthPoint,
@@ -29,6 +28,7 @@ from aggregator.series import (
 )
 from aggregator.server import ServerThread
 from aggregator.settings import Settings
+from contract.wire import DriftEvent, Envelope, Health, ModelRef, Prediction, encode, topic
 
 __all__ = [
     "T0",

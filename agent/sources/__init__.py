@@ -12,8 +12,8 @@ from typing import Protocol
 
 import numpy as np
 
-from agent.card import ModelCard
 from agent.config import ReplaySourceConfig
+from contract.card import ModelCard
 
 __all__ = ["Reading", "Source", "open_source"]
 

@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from agent.card import ModelCard
 from agent.config import ReplaySourceConfig
 from agent.datasets import Recording, read_recordings
 from agent.errors import SourceError
 from agent.sources import Reading
+from contract.card import ModelCard
 
 __all__ = ["ReplaySource"]
 

@@ -25,8 +25,8 @@ from sklearn.ensemble import (
 )
 from sklearn.model_selection import KFold
 
-from agent.card import FeatureSpec
 from agent.datasets import AI4I_CHANNELS, read_recordings
+from contract.card import FeatureSpec
 from linewatch.training import common as c
 from linewatch.training.frames import featurize
 from linewatch.training.metrics import binary_metrics, report_metrics

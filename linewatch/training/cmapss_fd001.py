@@ -23,8 +23,8 @@ from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from agent.card import FeatureSpec
 from agent.datasets import CMAPSS_CHANNELS, Recording, read_recordings
+from contract.card import FeatureSpec
 from linewatch.training import common as c
 from linewatch.training.frames import Frames, featurize
 from linewatch.training.metrics import MetricValue, binary_metrics, report_metrics

@@ -35,7 +35,7 @@ from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.metrics import average_precision_score
 
-from agent.card import CARD_FILE, MODEL_FILE, FeatureSpec, ModelCard, sha256_file
+from contract.card import CARD_FILE, MODEL_FILE, FeatureSpec, ModelCard, sha256_file
 from linewatch.training.metrics import MetricValue
 
 __all__ = [
@@ -339,7 +339,7 @@ def choose_threshold(
 
 
 def stats(x: np.ndarray) -> dict[str, Any]:
-    """Reference statistics (``agent.card.Stats``) of one variable over training windows."""
+    """Reference statistics (``contract.card.Stats``) of one variable over training windows."""
     x = np.asarray(x, dtype=np.float64)
     q = np.percentile(x, list(_QUANTILES.values()))
     return {

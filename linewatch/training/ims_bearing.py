@@ -24,13 +24,13 @@ from sklearn.model_selection import LeaveOneGroupOut
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from agent.card import FeatureSpec
 from agent.datasets import (
     IMS_DEGRADED_FROM_H,
     IMS_HEALTHY_BEFORE_H,
     IMS_RATE_HZ,
     read_recordings,
 )
+from contract.card import FeatureSpec
 from linewatch.training import common as c
 from linewatch.training.frames import Frames, featurize
 from linewatch.training.metrics import binary_metrics, report_metrics

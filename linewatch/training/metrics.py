@@ -46,7 +46,7 @@ DIGITS = 4  # every metric and bound is rounded to this many decimals
 
 @dataclass(frozen=True)
 class MetricValue:
-    """A metric as stored in a card (``agent.card.Metric`` fields)."""
+    """A metric as stored in a card (``contract.card.Metric`` fields)."""
 
     value: float
     ci95: tuple[float, float] | None

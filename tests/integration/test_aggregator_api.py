@@ -40,13 +40,13 @@ from servers import MosquittoServer, free_port
 from sqlalchemy import func, select
 from starlette.exceptions import StarletteDeprecationWarning
 
-from agent.wire import Status, encode
 from aggregator.api.app import create_app
 from aggregator.db import SeenMessage, open_engine, open_sessions
 from aggregator.ingest import Ingestor
 from aggregator.series.sqlite import SqliteSeriesStore
 from aggregator.server import ServerThread
 from aggregator.subscriber import Subscriber
+from contract.wire import Status, encode
 
 with warnings.catch_warnings():
     # Starlette deprecates httpx for its TestClient in favour of httpx2, which is not a

@@ -30,9 +30,9 @@ from aggregator_support import (
 )
 from sqlalchemy import select
 
-from agent.wire import MAX_PAYLOAD_BYTES, encode
 from aggregator.db import QUARANTINE_MAX_BYTES, QuarantinedMessage
 from aggregator.server import ServerThread
+from contract.wire import MAX_PAYLOAD_BYTES, encode
 
 pytestmark = pytest.mark.integration
 

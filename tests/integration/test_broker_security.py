@@ -36,7 +36,7 @@ from servers import MosquittoServer, ServerError, find_binary
 from agent import config as agent_config
 from agent.outbox import Outbox
 from agent.pipeline import Agent
-from agent.wire import decode
+from contract.wire import decode
 
 pytestmark = pytest.mark.integration
 

@@ -27,4 +27,4 @@ def test_the_agent_imports_nothing_from_the_central_side() -> None:
 
 
 def test_the_wire_contract_needs_only_pydantic() -> None:
-    assert _imported_after("import agent.wire, agent.card", AGENT_RUNTIME + ("numpy",)) == []
+    assert _imported_after("import contract.wire, contract.card", AGENT_RUNTIME + ("numpy",)) == []

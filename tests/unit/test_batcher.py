@@ -4,9 +4,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agent import config as agent_config
-from agent import wire
 from agent.outbox import Outbox
 from agent.pipeline import _Batcher
+from contract import wire
 
 MODEL = wire.ModelRef(name="m", version="1", sha256="0" * 64, threshold=0.5)
 

@@ -10,12 +10,13 @@ import pytest
 
 import agent
 import aggregator
+import contract
 import linewatch
 
 
 def _modules() -> list[str]:
     names = []
-    for pkg in (agent, aggregator, linewatch):
+    for pkg in (contract, agent, aggregator, linewatch):
         names.append(pkg.__name__)
         for info in pkgutil.walk_packages(pkg.__path__, prefix=f"{pkg.__name__}."):
             if not info.name.endswith("__main__"):

@@ -29,7 +29,6 @@ from aggregator_support import (
 )
 from sqlalchemy import select
 
-from agent.wire import MAX_PAYLOAD_BYTES, Health, Status, encode
 from aggregator import tickets
 from aggregator.db import (
     QUARANTINE_MAX_BYTES,
@@ -46,6 +45,7 @@ from aggregator.errors import SeriesUnavailableError
 from aggregator.ingest import Ingestor, RawMessage
 from aggregator.series.sqlite import SqliteSeriesStore
 from aggregator.settings import Settings
+from contract.wire import MAX_PAYLOAD_BYTES, Health, Status, encode
 
 AGENT = "gw-7"
 TOPIC = data_topic(AGENT)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.card import CardError
 from agent.inference import OnnxModel, SelfTestError
+from contract.card import CardError
 from linewatch.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,9 +17,9 @@ import onnxruntime as ort
 import pytest
 from onnx.reference import ReferenceEvaluator
 
-from agent.card import MODEL_FILE, ModelCard, sha256_file
 from agent.datasets import read_recordings
 from agent.inference import OnnxModel
+from contract.card import MODEL_FILE, ModelCard, sha256_file
 from linewatch.training import NAMES, fit
 from linewatch.training.common import Trained, default_models_root, metrics_json
 

@@ -13,7 +13,7 @@ from uuid import UUID
 
 import pytest
 
-from agent import wire
+from contract import wire
 
 HERE = Path(__file__).parent
 DATA_FILES = sorted(p for p in HERE.glob("v1_*.json") if p.name != "v1_status.json")

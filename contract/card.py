@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent.errors import AgentError
+from contract.errors import CardError
 
 __all__ = [
     "CARD_FILE",
@@ -38,10 +38,6 @@ __all__ = [
 
 CARD_FILE = "card.json"
 MODEL_FILE = "model.onnx"
-
-
-class CardError(AgentError, ValueError):
-    """A card that cannot be read, or a model file that does not match its card."""
 
 
 class _Card(BaseModel):

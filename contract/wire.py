@@ -29,6 +29,8 @@ from pydantic import (
     model_validator,
 )
 
+from contract.errors import WireError
+
 __all__ = [
     "ITEM_KINDS",
     "KINDS",
@@ -69,19 +71,6 @@ ITEM_KINDS = {"predictions": "prediction", "drift": "drift", "health": "health"}
 # character anywhere; topic segments also exclude MQTT's separator and wildcards.
 _NAME_PATTERN = r"^[^\\\x00-\x1f\x7f-\x9f]+$"
 _SEGMENT_FORBIDDEN = re.compile(r"[\\\x00-\x1f\x7f-\x9f/+#]")
-
-
-class WireError(ValueError):
-    """A payload or topic that does not follow the contract.
-
-    ``reason`` is a short stable code used for counting rejections:
-    ``too_large``, ``malformed``, ``unknown_schema``, ``invalid`` or ``bad_topic``.
-    """
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
 
 
 def _check_segment(name: str, value: str) -> str:
@@ -325,7 +314,7 @@ def decode(raw: bytes) -> Envelope:
     >>> decode(b'{"schema": 2}')
     Traceback (most recent call last):
     ...
-    agent.wire.WireError: unknown_schema: schema 2; this side speaks 1
+    contract.errors.WireError: unknown_schema: schema 2; this side speaks 1
     """
     return _decode(Envelope, raw)  # type: ignore[return-value]
 

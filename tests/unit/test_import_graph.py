@@ -1,0 +1,65 @@
+"""The import graph has floors: ``contract`` at the bottom, ``agent`` and ``aggregator`` side
+by side on it, ``linewatch`` (CLI, demo, training) on top. Nothing points back up.
+
+Read statically from the source (every ``import`` statement, also those inside functions),
+so a lazy import cannot hide a dependency the way it hides from ``sys.modules``.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+# What each package may import from the project's own packages.
+ALLOWED = {
+    "contract": {"contract"},
+    "agent": {"contract", "agent"},
+    "aggregator": {"contract", "aggregator"},
+    "linewatch": {"contract", "agent", "aggregator", "linewatch"},
+}
+
+
+def _project_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found & set(ALLOWED)
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_a_package_imports_only_the_floors_below_it(package: str) -> None:
+    wrong = {
+        str(path.relative_to(ROOT)): sorted(_project_imports(path) - ALLOWED[package])
+        for path in sorted((ROOT / package).rglob("*.py"))
+    }
+    assert {k: v for k, v in wrong.items() if v} == {}
+
+
+def test_the_contract_needs_only_the_standard_library_and_pydantic() -> None:
+    third_party = set()
+    for path in (ROOT / "contract").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module
+                     and node.level == 0 else [])
+            third_party.update(n.split(".")[0] for n in names)
+    third_party -= set(sys.stdlib_module_names) | {"contract", "__future__"}
+    assert third_party == {"pydantic"}
+
+
+def test_the_agents_entry_point_loads_neither_the_aggregator_nor_the_cli() -> None:
+    code = ("import sys, runpy; sys.argv = ['agent', '--help']\n"
+            "try:\n    runpy.run_module('agent', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'aggregator', 'linewatch'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
