@@ -12,8 +12,9 @@ which it then escalates.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -22,11 +23,15 @@ from sqlalchemy.orm import Session
 from aggregator.db import OUTCOMES, TICKET_KINDS, Ticket
 from aggregator.errors import TicketNotFoundError, TicketStateError
 
+if TYPE_CHECKING:
+    from aggregator.series import PredictionPoint
+
 __all__ = [
     "MAX_EVIDENCE_SCORES",
     "Kind",
     "Outcome",
     "Status",
+    "Subject",
     "acknowledge",
     "find",
     "get",
@@ -42,6 +47,26 @@ Outcome = Literal["confirmed_failure", "no_fault_found", "other"]
 
 # A ticket escalated for weeks must not grow without bound; the newest scores matter most.
 MAX_EVIDENCE_SCORES = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """What a ticket is about: the asset, where it is, and the model that judged it."""
+
+    asset: str
+    site: str
+    line: str
+    agent: str
+    model_name: str
+    model_version: str
+    threshold: float
+
+    @classmethod
+    def of(cls, point: PredictionPoint, threshold: float) -> Subject:
+        """The subject of a stored prediction, judged against ``threshold``."""
+        return cls(asset=point.asset, site=point.site, line=point.line, agent=point.agent,
+                   model_name=point.model, model_version=point.model_version,
+                   threshold=threshold)
 
 
 def _now(now: datetime | None) -> datetime:
@@ -84,16 +109,10 @@ def _escalate(ticket: Ticket, evidence: dict[str, Any], now: datetime) -> Ticket
 
 def open_or_escalate(
     session: Session,
-    asset: str,
+    subject: Subject,
     kind: Kind,
     evidence: dict[str, Any],
     *,
-    agent: str,
-    site: str,
-    line: str,
-    model_name: str,
-    model_version: str,
-    threshold: float,
     now: datetime | None = None,
     cooldown: timedelta = timedelta(0),
 ) -> tuple[Ticket | None, bool]:
@@ -110,6 +129,7 @@ def open_or_escalate(
     if kind not in TICKET_KINDS:
         raise ValueError(f"kind must be one of {TICKET_KINDS}, got {kind!r}")
     now = _now(now)
+    site, asset = subject.site, subject.asset
     existing = _open_ticket(session, site, asset, kind)
     if existing is not None:
         return _escalate(existing, evidence, now), False
@@ -121,9 +141,10 @@ def open_or_escalate(
                         (resolved + cooldown).isoformat())
             return None, False
     ticket = Ticket(
-        kind=kind, asset=asset, agent=agent, site=site, line=line, status="open",
-        opened_at=now, updated_at=now, model_name=model_name, model_version=model_version,
-        threshold=threshold, escalations=0, evidence=_merge_evidence({}, evidence),
+        kind=kind, asset=asset, agent=subject.agent, site=site, line=subject.line,
+        status="open", opened_at=now, updated_at=now, model_name=subject.model_name,
+        model_version=subject.model_version, threshold=subject.threshold, escalations=0,
+        evidence=_merge_evidence({}, evidence),
     )
     try:
         # A savepoint, so losing the race rolls back only this insert, not the caller's

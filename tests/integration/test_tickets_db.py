@@ -131,13 +131,15 @@ def test_database_scopes_the_rule_to_site_asset_and_kind(sessions: SessionFactor
 def test_open_or_escalate_is_per_site_on_every_backend(sessions: SessionFactory) -> None:
     with sessions() as session:
         a, opened_a = tickets.open_or_escalate(
-            session, "engine-001", "maintenance", EVIDENCE, **CONTEXT
+            session, tickets.Subject("engine-001", **CONTEXT), "maintenance", EVIDENCE
         )
         b, opened_b = tickets.open_or_escalate(
-            session, "engine-001", "maintenance", EVIDENCE, **(CONTEXT | {"site": "plant2"})
+            session, tickets.Subject("engine-001", **(CONTEXT | {"site": "plant2"})),
+            "maintenance", EVIDENCE,
         )
         again, opened_again = tickets.open_or_escalate(
-            session, "engine-001", "maintenance", EVIDENCE, **(CONTEXT | {"site": "plant2"})
+            session, tickets.Subject("engine-001", **(CONTEXT | {"site": "plant2"})),
+            "maintenance", EVIDENCE,
         )
         session.commit()
     assert (opened_a, opened_b, opened_again) == (True, True, False)
@@ -150,7 +152,7 @@ def test_lost_race_escalates_on_every_backend(
 ) -> None:
     with sessions() as session:
         existing, _ = tickets.open_or_escalate(
-            session, "pump-1", "maintenance", EVIDENCE, **CONTEXT
+            session, tickets.Subject("pump-1", **CONTEXT), "maintenance", EVIDENCE
         )
         session.commit()
     real = tickets._open_ticket
@@ -163,7 +165,7 @@ def test_lost_race_escalates_on_every_backend(
     monkeypatch.setattr(tickets, "_open_ticket", first_check_misses)
     with sessions() as session:
         ticket, opened = tickets.open_or_escalate(
-            session, "pump-1", "maintenance", EVIDENCE, **CONTEXT
+            session, tickets.Subject("pump-1", **CONTEXT), "maintenance", EVIDENCE
         )
         session.commit()
     assert (opened, ticket.id, ticket.escalations) == (False, existing.id, 1)
@@ -182,7 +184,7 @@ def test_concurrent_writers_open_exactly_one_ticket(sessions: SessionFactory) ->
                 barrier.wait(timeout=10)
                 with sessions() as session:
                     _, was_opened = tickets.open_or_escalate(
-                        session, asset, "maintenance", EVIDENCE, **CONTEXT
+                        session, tickets.Subject(asset, **CONTEXT), "maintenance", EVIDENCE
                     )
                     session.commit()
                 opened.append(was_opened)
