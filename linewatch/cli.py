@@ -52,6 +52,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from linewatch.calibration import run_calibration
+
+    print(run_calibration(args.model_dir, args.data_file, write=args.write))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="linewatch", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
@@ -82,6 +89,22 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-search", action="store_true",
                    help="reuse the recorded hyper-parameters instead of searching again")
     t.set_defaults(func=_train)
+
+    c = sub.add_parser(
+        "calibrate", help="measure how the drift monitors behave on in-distribution data",
+        description="Run the agent's drift and data-quality detectors over in-distribution "
+        "recordings (the model's training data, or data from machines known to be healthy "
+        "and run the same way), cross-fitted by asset, and record how far they wander: the "
+        "null every agent calibrates its thresholds against, for its own false-alarm budget. "
+        "Prints the thresholds for the default budget (1 false alarm per agent per 90 days, "
+        "25 assets); with --write, stores the calibration in the card's reference.monitoring "
+        "(model.onnx and its checksum are untouched). Example: linewatch calibrate "
+        "models/cmapss_fd001 models/data/cmapss_fd001/train_FD001.txt.gz --write")
+    c.add_argument("model_dir", type=Path, help="model directory (model.onnx + card.json)")
+    c.add_argument("data_file", type=Path,
+                   help="in-distribution recordings in the card's input format")
+    c.add_argument("--write", action="store_true", help="store the result in card.json")
+    c.set_defaults(func=_calibrate)
 
     e = sub.add_parser("evaluate", help="score a data file with a model, print metrics")
     e.add_argument("model_dir", type=Path)
