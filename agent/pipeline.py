@@ -52,6 +52,7 @@ class Progress:
     alerts: int = 0
     drift_events: int = 0
     quality_events: int = 0
+    events_sent: int = 0
     rejected_readings: int = 0
     outbox_depth: int = 0
     published: int = 0
@@ -240,6 +241,7 @@ class Agent:
         self.progress.quality_events += sum(e.state == "start" for e in quality)
         self.progress.drift_events += sum(e.state == "start" for e in drift)
         items = [_drift_item(e) for e in quality + drift]
+        self.progress.events_sent += len(items)
         if items:
             self.batcher.add("drift", items)
 

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from aggregator.conditions import close_sensor
 from aggregator.db import OUTCOMES, TICKET_KINDS, Ticket
 from aggregator.errors import TicketNotFoundError, TicketStateError
 
@@ -36,14 +37,17 @@ __all__ = [
     "find",
     "get",
     "open_or_escalate",
+    "open_ticket",
+    "reclassify",
     "resolve",
+    "supersede",
 ]
 
 logger = logging.getLogger(__name__)
 
-Kind = Literal["maintenance", "retraining"]
+Kind = Literal["maintenance", "sensor", "inspect", "retraining"]
 Status = Literal["open", "acknowledged", "resolved"]
-Outcome = Literal["confirmed_failure", "no_fault_found", "other"]
+Outcome = Literal["confirmed_failure", "no_fault_found", "other", "superseded"]
 
 # A ticket escalated for weeks must not grow without bound; the newest scores matter most.
 MAX_EVIDENCE_SCORES = 200
@@ -71,6 +75,11 @@ class Subject:
 
 def _now(now: datetime | None) -> datetime:
     return now if now is not None else datetime.now(UTC)
+
+
+def open_ticket(session: Session, site: str, asset: str, kind: str) -> Ticket | None:
+    """The non-resolved ticket of (site, asset, kind), locked, or None."""
+    return _open_ticket(session, site, asset, kind)
 
 
 def _open_ticket(session: Session, site: str, asset: str, kind: str) -> Ticket | None:
@@ -229,5 +238,41 @@ def resolve(
     now = _now(now)
     ticket.status, ticket.outcome, ticket.note = "resolved", outcome, note
     ticket.resolved_at = ticket.updated_at = now
+    if ticket.kind == "sensor":
+        # The person who fixed the sensor ends its conditions; a channel that still
+        # misbehaves raises them again (after the cooldown, a new ticket).
+        close_sensor(session, ticket.site, ticket.asset, now)
     return ticket
 
+
+
+def supersede(session: Session, ticket: Ticket, note: str, *, now: datetime | None = None) -> None:
+    """Close a ticket the aggregator itself has found to be of another kind. Its outcome,
+    ``superseded``, is not ground truth: model health leaves it out."""
+    now = _now(now)
+    ticket.status, ticket.outcome, ticket.note = "resolved", "superseded", note
+    ticket.resolved_at = ticket.updated_at = now
+    logger.info("superseded %s ticket %d for %s/%s: %s", ticket.kind, ticket.id, ticket.site,
+                ticket.asset, note)
+
+
+def reclassify(session: Session, ticket: Ticket, kind: Kind, evidence: dict[str, Any],
+               note: str, *, now: datetime | None = None) -> Ticket:
+    """Turn an open ticket into one of ``kind`` (a maintenance ticket that a sensor fault
+    caused becomes a sensor ticket), keeping its id, history and evidence. If the asset
+    already has an open ticket of that kind, that one absorbs the evidence and this one is
+    superseded. Returns the ticket that now stands."""
+    now = _now(now)
+    other = _open_ticket(session, ticket.site, ticket.asset, kind)
+    merged = {**evidence, "note": note,
+              "reclassified_from": {"id": ticket.id, "kind": ticket.kind, **ticket.evidence}}
+    if other is not None and other.id != ticket.id:
+        supersede(session, ticket, f"{note} (see {kind} ticket {other.id})", now=now)
+        return _escalate(other, merged, now)
+    logger.info("reclassified %s ticket %d for %s/%s as %s: %s", ticket.kind, ticket.id,
+                ticket.site, ticket.asset, kind, note)
+    ticket.kind = kind
+    ticket.evidence = merged
+    ticket.updated_at = now
+    ticket.escalations += 1
+    return ticket

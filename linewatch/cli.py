@@ -31,7 +31,8 @@ def _aggregator(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from linewatch.demo import run_demo
 
-    return run_demo(args.config, serve=args.serve, speed=args.speed)
+    return run_demo(args.config, serve=args.serve, speed=args.speed, data=args.data,
+                    truth=args.truth, as_json=args.json)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -81,6 +82,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="keep the aggregator and its API running after the replay ends")
     d.add_argument("--speed", type=float, default=None,
                    help="replay speed (times real time, 0 = as fast as possible)")
+    d.add_argument("--data", type=Path, default=None,
+                   help="replay this file (in the model's input format) instead of the "
+                   "config's; its assets are shared out among the configured agents")
+    d.add_argument("--truth", type=Path, default=None,
+                   help="truth for --data (a C-MAPSS RUL file): check the maintenance "
+                   "tickets against it")
+    d.add_argument("--json", action="store_true",
+                   help="print one JSON object on stdout: every ticket (kind, asset or "
+                   "assets, opened_at, evidence) and the counts; progress goes to stderr")
     d.set_defaults(func=_demo)
 
     t = sub.add_parser("train", help="rebuild a model from the data in models/data")

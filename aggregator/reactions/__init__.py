@@ -52,8 +52,12 @@ def standard(settings: Settings) -> list[Reaction]:
     """The aggregator's reactions, in the order they run."""
     from aggregator.reactions.agents import AgentRegistry
     from aggregator.reactions.maintenance import MaintenanceReaction
+    from aggregator.reactions.retraining import RetrainingReaction
+    from aggregator.reactions.triage import TriageReaction
 
     return [
         AgentRegistry(),  # first: later reactions may look agents up
-        MaintenanceReaction(settings),
+        TriageReaction(settings),  # records conditions; sensor and inspect tickets
+        MaintenanceReaction(settings),  # trusts a risk only on known inputs
+        RetrainingReaction(settings),  # the model itself, per version and site
     ]

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from aggregator.db import AgentRecord
 from aggregator.reactions import Batch
-from contract.wire import TopicParts
+from contract.wire import Health, TopicParts
 
 __all__ = ["AgentRegistry"]
 
@@ -36,6 +36,10 @@ class AgentRegistry:
                 row.last_seq = env.seq
                 row.model_name, row.model_version = env.model.name, env.model.version
             row.predictions_count += len(item.points)
+            for report in item.envelope.items:
+                if isinstance(report, Health) and report.monitoring is not None:
+                    b = report.monitoring.budget
+                    row.alarm_budget_per_day = b.alarms / b.per_days
             _seen_alive(row, env.ts)
         for update in sorted(batch.statuses, key=lambda s: _order(s.status.state, s.status.ts)):
             row = _agent(session, update.parts, rows)

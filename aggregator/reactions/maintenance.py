@@ -3,23 +3,32 @@
 Windows are fed per (site, asset) in ``window_end`` order; asset names are only unique
 within a site, so the same name at two sites has two windows and two tickets. One
 escalation per (site, asset) and batch, carrying the last trigger's evidence.
+
+A trigger is trusted only while the asset's inputs are what the model was trained on:
+while a sensor fault or an excursion out of the training envelope is active on the asset
+(and began before the trigger), the risk is not trusted and opens no maintenance ticket;
+it is added to the asset's sensor or inspect ticket as evidence instead.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy.orm import Session
 
-from aggregator import tickets
+from aggregator import conditions, tickets
 from aggregator.reactions import Batch
 from aggregator.reactions.state import locked_state
-from aggregator.rules import MaintenanceRule, ScoredWindow
+from aggregator.rules import MaintenanceRule, ScoredWindow, triage
 from aggregator.series import PredictionPoint
 from aggregator.settings import Settings
 
 __all__ = ["MaintenanceReaction"]
+
+logger = logging.getLogger(__name__)
 
 
 class MaintenanceReaction:
@@ -31,6 +40,7 @@ class MaintenanceReaction:
         self.k = settings.rule_k
         self.n = settings.rule_n
         self.cooldown = timedelta(seconds=settings.rule_cooldown_s)
+        self.sensor_channels = settings.triage_sensor_channels
 
     def react(self, session: Session, batch: Batch) -> None:
         rule = MaintenanceRule(self.k, self.n)
@@ -48,10 +58,30 @@ class MaintenanceReaction:
                     trigger = (point, threshold, rule.windows(key))
             state.windows = [w.to_json() for w in rule.windows(key)]
             state.updated_at = batch.now
-            if trigger is not None:
-                point, threshold, windows = trigger
-                tickets.open_or_escalate(
-                    session, tickets.Subject.of(point, threshold), "maintenance",
-                    {"k": rule.k, "n": rule.n, "scores": [w.to_json() for w in windows]},
-                    now=batch.now, cooldown=self.cooldown,
-                )
+            if trigger is None:
+                continue
+            point, threshold, windows = trigger
+            evidence = {"k": rule.k, "n": rule.n, "scores": [w.to_json() for w in windows]}
+            if self._untrusted(session, site, asset, point, evidence, batch):
+                continue
+            tickets.open_or_escalate(
+                session, tickets.Subject.of(point, threshold), "maintenance", evidence,
+                now=batch.now, cooldown=self.cooldown,
+            )
+
+    def _untrusted(self, session: Session, site: str, asset: str, point: PredictionPoint,
+                   evidence: dict[str, Any], batch: Batch) -> bool:
+        active = conditions.active(session, site, [asset]).get(asset, [])
+        verdict = triage(active, self.sensor_channels)
+        if verdict.kind is None or verdict.since is None or verdict.since > point.window_end:
+            return False
+        kind: tickets.Kind = "sensor" if verdict.kind == "sensor" else "inspect"
+        ticket = tickets.open_ticket(session, site, asset, kind)
+        if ticket is not None:
+            ticket.evidence = {**ticket.evidence, "untrusted_risk": evidence}
+            ticket.updated_at = batch.now
+        logger.info("%s/%s: risk over the threshold in %s of %s windows, not trusted: %s "
+                    "since %s (%s)", site, asset, sum(s["alert"] for s in evidence["scores"]),
+                    len(evidence["scores"]), verdict.kind, verdict.since.isoformat(),
+                    ", ".join(verdict.channels))
+        return True
