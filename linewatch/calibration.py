@@ -55,7 +55,7 @@ def step_statistic(x: np.ndarray, noise: np.ndarray, w: int) -> np.ndarray:
     the 2w-th on (the agent's step test, over a whole record).
 
     >>> step_statistic(np.r_[np.zeros(4), np.ones(4)][:, None], np.array([0.5]), 2).ravel()
-    array([0., 2., 4., 2., 0.])
+    array([0., 1., 2., 1., 0.])
     """
     c = np.vstack([np.zeros((1, x.shape[1])), np.cumsum(x, axis=0)])
     end = np.arange(2 * w, len(x) + 1)

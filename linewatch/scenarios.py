@@ -31,7 +31,10 @@ import numpy as np
 
 from agent.datasets import CMAPSS_CHANNELS, Recording
 
-__all__ = ["REGIME_RESPONSE", "Scenario", "fault", "offset", "regime", "stuck", "write_cmapss"]
+__all__ = [
+    "REGIME_RESPONSE", "Scenario", "degradation_trend", "fault", "offset", "regime", "stuck",
+    "write_cmapss",
+]
 
 # Fraction of its level each sensor moves by in the other regime: pressures follow the
 # ambient pressure most, temperatures less, shaft speeds least.
@@ -132,6 +135,18 @@ def fault(recordings: Sequence[Recording], trend: dict[str, tuple[float, float]]
         out.append(rec)
     return Scenario("fault", f"{', '.join(trend)} drift against their degradation trend "
                     f"over the last {cycles} cycles", out, onsets, tuple(trend))
+
+
+def degradation_trend(train: Sequence[Recording],
+                      channels: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """Each channel's (sign of its trend towards failure, training std), from run-to-failure
+    recordings: what :func:`fault` drifts against."""
+    out = {}
+    for channel in channels:
+        x = np.concatenate([r.values[:, _col(r, channel)] for r in train])
+        rul = np.concatenate([r.labels["rul"] for r in train])
+        out[channel] = (float(np.sign(np.corrcoef(x, -rul)[0, 1])), float(x.std()))
+    return out
 
 
 def write_cmapss(recordings: Sequence[Recording], path: Path) -> Path:

@@ -213,16 +213,17 @@ class QualityMonitor:
             longest = self.limits[channel].longest_run
             seen = f" (at most {longest} in training)" if longest else ""
             key = (asset, channel, "stuck")
-            for p in np.flatnonzero(run_at == limit):
-                if key in self._active:  # a new run reached the limit: the old one ended
+            before = np.r_[run, run_at[:-1]]  # length of the run the previous sample ended
+            ends = np.flatnonzero(starts & (before >= limit))
+            for p in sorted([*np.flatnonzero(run_at == limit), *ends]):
+                if run_at[p] == limit:
+                    self._start(key, Event(
+                        asset, float(t[p]), channel, "stuck", float(col[p]),
+                        f"{channel} has read {col[p]:.6g} for {limit} samples in a row{seen}",
+                        signal="channel", channels=(channel,), since_s=float(began_t[p]),
+                        threshold=float(limit)))
+                else:
                     self._end(key, float(t[p]), f"{channel} changes again")
-                self._start(key, Event(
-                    asset, float(t[p]), channel, "stuck", float(col[p]),
-                    f"{channel} has read {col[p]:.6g} for {limit} samples in a row{seen}",
-                    signal="channel",
-                    channels=(channel,), since_s=float(began_t[p]), threshold=float(limit)))
-            if run_at[-1] < limit and key in self._active:
-                self._end(key, float(t[-1]), f"{channel} changes again")
 
     def _check_steps(self, asset: str, t: np.ndarray, values: np.ndarray) -> None:
         w = self.step_window

@@ -38,6 +38,9 @@ __all__ = ["DEFAULT_BUDGET_PER_DAY", "RetrainingReaction", "scope_key"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_BUDGET_PER_DAY = 1 / 90  # an agent that has not reported its budget yet
+# An open ticket's evidence is recomputed when new assets move, and otherwise at most this
+# often: the recount reads every recent condition of the scope.
+_REFRESH = timedelta(seconds=60)
 
 
 def scope_key(model: str, version: str, line: str | None) -> str:
@@ -75,8 +78,9 @@ class RetrainingReaction:
                                                                          key=str):
             ticket = tickets.open_ticket(session, site, scope_key(model, version, line),
                                          "retraining")
-            if ticket is not None and started <= _known(ticket):
-                continue  # nothing the open ticket does not already say
+            if ticket is not None and started <= _known(ticket) \
+                    and batch.now - ticket.updated_at < _REFRESH:
+                continue  # nothing the open ticket does not already say, and it is fresh
             self._scope(session, site, model, version, line, threshold, batch.now)
 
     def _scope(self, session: Session, site: str, model: str, version: str, line: str | None,

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from aggregator import conditions, tickets
 from aggregator.db import AssetCondition, RuleState, Ticket
 from aggregator.reactions import Batch
-from aggregator.rules import Verdict, triage
+from aggregator.rules import SENSOR_DETECTORS, Verdict, triage
 from aggregator.settings import Settings
 from contract.wire import DriftEvent
 
@@ -121,6 +121,15 @@ class TriageReaction:
 
     def _ticket(self, session: Session, subject: tickets.Subject, kind: tickets.Kind,
                 evidence: dict[str, Any], verdict: Verdict, now: datetime) -> None:
+        if kind == "inspect":
+            sensor = tickets.open_ticket(session, subject.site, subject.asset, "sensor")
+            if sensor is not None and not _sensor_fault(sensor):
+                # It looked like one channel drifting; now many have: the machine moved.
+                tickets.reclassify(session, sensor, "inspect", evidence,
+                                   f"more channels left the training range "
+                                   f"({', '.join(verdict.channels)}): not a sensor fault",
+                                   now=now)
+                return
         maintenance = tickets.open_ticket(session, subject.site, subject.asset, "maintenance")
         began = None if maintenance is None else first_alert(maintenance)
         if maintenance is not None and began is not None and verdict.since is not None \
@@ -133,6 +142,12 @@ class TriageReaction:
             return
         tickets.open_or_escalate(session, subject, kind, evidence, now=now,
                                  cooldown=self.cooldown)
+
+
+def _sensor_fault(ticket: Ticket) -> bool:
+    """Whether a sensor ticket rests on what only a sensor does (not just a range)."""
+    return any(c.get("detector") in SENSOR_DETECTORS
+               for c in ticket.evidence.get("conditions", []))
 
 
 def _evidence(verdict: Verdict, rows: Iterable[AssetCondition]) -> dict[str, Any]:
@@ -152,13 +167,16 @@ def _evidence(verdict: Verdict, rows: Iterable[AssetCondition]) -> dict[str, Any
 
 def _supersede(session: Session, site: str, fleet: dict[str, list[AssetCondition]],
                now: datetime) -> None:
-    """Close the open inspect tickets of a fleet-wide shift's assets, and the maintenance
-    tickets whose alerts began after the asset left the envelope."""
+    """Close the open inspect tickets of a fleet-wide shift's assets, the sensor tickets
+    that only a range suggested, and the maintenance tickets whose alerts began after the
+    asset left the envelope."""
     query = select(Ticket).where(
-        Ticket.site == site, Ticket.kind.in_(("inspect", "maintenance")),
+        Ticket.site == site, Ticket.kind.in_(("inspect", "maintenance", "sensor")),
         Ticket.status != "resolved", Ticket.asset.in_(sorted(fleet)))
     for ticket in session.scalars(query.with_for_update()).all():
         since = min(r.since for r in fleet[ticket.asset])
+        if ticket.kind == "sensor" and _sensor_fault(ticket):
+            continue  # a real sensor fault stays a job for the technician
         if ticket.kind == "maintenance":
             began = first_alert(ticket)
             if began is None or began < since:
