@@ -76,10 +76,6 @@ class SchemaUpgrade:
     stamped: str | None
     after: str | None
 
-    @property
-    def changed(self) -> bool:
-        return self.before != self.after
-
 
 def alembic_config(connection: Connection | None = None) -> Config:
     """Alembic configuration of the aggregator's revisions, running on ``connection``."""
@@ -156,9 +152,7 @@ def _unversioned_revision(conn: Connection) -> str | None:
         if found == shape:
             return rev
     nearest = UNVERSIONED[0]
-    differ = sorted(
-        t for t in ours if found.get(t) != shapes[nearest].get(t)
-    )
+    differ = sorted(t for t in ours if found.get(t) != shapes[nearest].get(t))
     raise SchemaError(
         "the SQL database has aggregator tables but no migration history, and they match "
         f"no earlier release's schema (revisions {', '.join(UNVERSIONED)}); tables that "
