@@ -1,8 +1,11 @@
 """SQL tables (tickets, agents, quarantine, dedupe, rule state) and the engine that holds them.
 
 SQLAlchemy 2.0 ORM; the same models run on SQLite (default, one aggregator) and PostgreSQL
-(replicas sharing the work). Tables are created at startup with ``create_all``; there is
-no Alembic history yet, so a column change means a fresh database for now.
+(replicas sharing the work). The schema is kept by Alembic migrations
+(``aggregator.migrations``): ``open_engine`` upgrades the database to the newest revision
+at every start, stamping one that an earlier release made with ``create_all`` first. A
+change to these models therefore needs a new revision; a test compares the migrated
+schema with them and fails until it exists.
 
 The one invariant the database itself enforces: at most one non-resolved ticket per
 (site, asset, kind), by a partial unique index (asset names are only unique within a
@@ -37,6 +40,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
+
+from aggregator import migrations
 
 __all__ = [
     "OUTCOMES",
@@ -282,7 +287,9 @@ def _sqlite_setup(engine: Engine) -> None:
 def open_engine(url: str, *, create: bool = True) -> Engine:
     """Engine for ``url``; SQLite files get their parent directories and WAL mode.
 
-    With ``create`` (the default) missing tables are created (``create_all``).
+    With ``create`` (the default) the schema is migrated to the newest revision
+    (``aggregator.migrations.upgrade``, which raises ``SchemaError`` for a schema it cannot
+    place); with ``create=False`` the database is left as it is.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -294,7 +301,11 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
         # pre_ping: a replica survives a PostgreSQL restart without a burst of errors.
         engine = create_engine(parsed, pool_pre_ping=True)
     if create:
-        Base.metadata.create_all(engine)
+        try:
+            migrations.upgrade(engine)
+        except BaseException:
+            engine.dispose()
+            raise
     return engine
 
 

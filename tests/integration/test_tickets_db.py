@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from aggregator_support import data_topic, payload, predictions
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from aggregator import tickets
@@ -49,7 +49,11 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
         url = request.getfixturevalue("postgres_url")
     engine = open_engine(url)
     yield engine
-    Base.metadata.drop_all(engine)  # the PostgreSQL database lives for the whole session
+    # The PostgreSQL database lives for the whole session: the next test must find it empty,
+    # migration history included (or it would find "at head" and create nothing).
+    Base.metadata.drop_all(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE alembic_version"))
     engine.dispose()
 
 
