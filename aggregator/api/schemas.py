@@ -12,6 +12,7 @@ __all__ = [
     "AgentOut",
     "CountsOut",
     "DriftOut",
+    "ErrorOut",
     "EvidenceOut",
     "HealthOut",
     "MqttHealthOut",
@@ -24,6 +25,13 @@ __all__ = [
 
 class _Out(BaseModel):
     model_config = ConfigDict(from_attributes=True, frozen=True)
+
+
+class ErrorOut(_Out):
+    """The body of every error the API answers itself (404, 409, 400, 503); a request that
+    fails validation gets FastAPI's 422 body instead (``detail`` is a list there)."""
+
+    detail: str = Field(description="what went wrong, for a person to read")
 
 
 class ScoreOut(_Out):
