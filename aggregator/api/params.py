@@ -4,8 +4,8 @@ Every bound here is one the storage behind the API can hold, and each is declare
 OpenAPI schema, so a request the schema calls valid is never refused and one it calls
 invalid is refused with 422 (FastAPI's validation error body), never a 500:
 
-- ticket ids: 1 .. ``MAX_TICKET_ID``, the range of the ``tickets.id`` column (an
-  ``INTEGER``: 32-bit on PostgreSQL);
+- ticket ids: 1 .. ``MAX_TICKET_ID``, the range of the ``tickets.id`` column's type on
+  every database (2^31 - 1 while it is an ``INTEGER``: 32-bit on PostgreSQL);
 - times: an ISO-8601 / RFC 3339 string with a time zone, in the years ``MIN_YEAR`` ..
   ``MAX_YEAR`` as written. Whatever its UTC offset, such a time lies inside the range of
   InfluxDB's signed 64-bit nanosecond timestamps (1677-09-21 .. 2262-04-11 UTC), which is
@@ -24,8 +24,10 @@ from typing import Annotated, Any
 
 from fastapi import Path, Query
 from pydantic import AwareDatetime, BeforeValidator, WithJsonSchema
+from sqlalchemy import BigInteger, Integer, SmallInteger
 
 from aggregator import tickets
+from aggregator.db import Ticket
 from contract.wire import MAX_NAME, Name
 
 __all__ = [
@@ -46,7 +48,11 @@ __all__ = [
     "Timestamp",
 ]
 
-MAX_TICKET_ID = 2**31 - 1
+# What the tickets.id column holds on every database (an INTEGER is 32-bit on PostgreSQL).
+_INTEGER_MAX = {BigInteger: 2**63 - 1, SmallInteger: 2**15 - 1, Integer: 2**31 - 1}
+MAX_TICKET_ID = next(
+    top for kind, top in _INTEGER_MAX.items() if isinstance(Ticket.__table__.c.id.type, kind)
+)
 MAX_LIMIT = 10_000
 MIN_YEAR = 1678
 MAX_YEAR = 2261
@@ -87,6 +93,8 @@ def _timestamp_text(value: Any) -> str:
         raise ValueError(
             f"must lie in {_RANGE} (the range every series backend stores), got {value}"
         )
+    if re.search(r"[0-9] [0-9]{2}:?[0-9]{2}$", value):
+        raise ValueError(f"must be {_FORMAT} (in a URL, write the + of an offset as %2B)")
     raise ValueError(f"must be {_FORMAT}")
 
 

@@ -74,7 +74,13 @@ class ResolveIn(BaseModel):
     outcome: Literal["confirmed_failure", "no_fault_found", "other"] = Field(
         description="ground truth for model health: was there a real fault?"
     )
-    note: str | None = Field(None, max_length=4000)
+    note: str | None = Field(
+        None,
+        max_length=4000,
+        # PostgreSQL text cannot hold a NUL; no other control character belongs in a note.
+        pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$",
+        description="free text: tabs and line breaks allowed, other control characters not",
+    )
 
 
 class AgentHealthOut(_Out):

@@ -100,6 +100,11 @@ def test_since_must_be_an_iso_datetime_with_a_time_zone(drift_api: Service) -> N
         message = validation_messages(drift_api.http.get("/drift", params={"since": since}))
         assert message == "query.since: Value error, must be an ISO-8601 date-time with a " \
             "time zone, e.g. 2026-03-01T08:00:00Z", since
+    # A + left unencoded in a query string arrives as a space.
+    message = validation_messages(
+        drift_api.http.get("/drift?since=2026-03-01T09:00:00+01:00")
+    )
+    assert message.endswith("(in a URL, write the + of an offset as %2B)")
     for since in ("2026-02-30T08:00:00Z", "2026-03-01T08:00:00.1234567Z"):
         message = validation_messages(drift_api.http.get("/drift", params={"since": since}))
         assert message.startswith("query.since: "), since
@@ -212,6 +217,15 @@ def test_ticket_ids_outside_the_column_are_422_inside_404_when_unknown(
             assert response.json() == {"detail": f"no ticket {unknown}"}
     acked = tickets_api.http.post(f"/tickets/{ticket['id']}/ack")
     assert (acked.status_code, acked.json()["status"]) == (200, "acknowledged")
+
+    # A note is free text, but PostgreSQL cannot store a NUL: no control characters.
+    resolve = f"/tickets/{ticket['id']}/resolve"
+    for note in ("a\x00b", "bell\x07", "esc\x1b[0m", "del\x7f", "x" * 4001):
+        response = tickets_api.http.post(resolve, json={"outcome": "other", "note": note})
+        assert validation_messages(response).startswith("body.note: "), note
+    note = "bearing replaced\n\tcage cracked\r\nsee photo \u00e9"
+    resolved = tickets_api.http.post(resolve, json={"outcome": "confirmed_failure", "note": note})
+    assert (resolved.status_code, resolved.json()["note"]) == (200, note)
 
 
 def test_ticket_filters_outside_the_contract_are_422_an_unreadable_body_400(
