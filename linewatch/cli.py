@@ -48,7 +48,10 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from linewatch.evaluate import evaluate, format_report
 
-    result = evaluate(args.model_dir, args.data_file, truth=args.truth)
+    alarms, _, days = args.budget.partition("/")
+    result = evaluate(args.model_dir, args.data_file, truth=args.truth,
+                      budget=(float(alarms), float(days or 1)),
+                      windows_per_day=args.windows_per_day, assets=args.assets)
     print(json.dumps(result, sort_keys=True) if args.json else format_report(result))
     return 0
 
@@ -122,6 +125,14 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--truth", type=Path, default=None,
                    help="RUL file for a C-MAPSS test file")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--budget", default="1/90", metavar="ALARMS/DAYS",
+                   help="false drift alarms allowed per agent per days, for the monitors' "
+                   "thresholds (default 1/90)")
+    e.add_argument("--windows-per-day", type=float, default=144.0,
+                   help="windows per asset per day on the line (default 144: one a cycle of "
+                   "10 minutes)")
+    e.add_argument("--assets", type=int, default=None,
+                   help="assets per agent (default: the file's)")
     e.set_defaults(func=_evaluate)
     return p
 
