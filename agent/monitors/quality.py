@@ -139,6 +139,8 @@ class QualityMonitor:
         """Drop samples with a non-finite or impossible value; check and return the rest."""
         if len(t) == 0:
             return t, values
+        # A gap is samples not arriving; an unusable sample did arrive.
+        self._check_gaps(asset, t)
         finite = np.isfinite(values)
         w = values[:, self._watched]
         plausible = ~((w < self._lo) | (w > self._hi)) | ~finite[:, self._watched]
@@ -157,7 +159,6 @@ class QualityMonitor:
             self.rejected_readings += n_bad
             t, values = t[ok], values[ok]
         if len(t):
-            self._check_gaps(asset, t)
             self._check_stuck(asset, t, values)
             if self._step:
                 self._check_steps(asset, t, values)

@@ -20,6 +20,7 @@ from aggregator_support import (
     Publisher,
     data_topic,
     drift_events,
+    drop_schema,
     payload,
     predictions,
     start_service,
@@ -29,7 +30,6 @@ from aggregator_support import (
 from servers import InfluxDatabase, free_port
 
 from aggregator.api.params import MAX_TICKET_ID, MAX_YEAR, MIN_YEAR
-from aggregator.db import Base, open_engine
 from aggregator.server import ServerThread
 from contract.wire import MAX_NAME
 
@@ -189,9 +189,7 @@ def tickets_api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Serv
     finally:
         service.close()
         if "db_url" in changes:  # the PostgreSQL database lives for the whole session
-            engine = open_engine(changes["db_url"], create=False)
-            Base.metadata.drop_all(engine)
-            engine.dispose()
+            drop_schema(changes["db_url"])
 
 
 def test_ticket_ids_outside_the_column_are_422_inside_404_when_unknown(

@@ -29,6 +29,7 @@ from aggregator_support import (
     Publisher,
     data_topic,
     drift_events,
+    drop_schema,
     health_report,
     payload,
     predictions,
@@ -40,7 +41,6 @@ from hypothesis import HealthCheck, settings
 from servers import InfluxServer, free_port
 
 from aggregator.api.app import create_app
-from aggregator.db import Base, open_engine
 from aggregator.server import ServerThread
 from contract.wire import Status, encode
 
@@ -122,10 +122,7 @@ def service(
         server.stop()
         if influxd is not None:
             influxd.drop_database(changes["influx_database"])
-            # The PostgreSQL database lives for the whole session: leave it empty.
-            engine = open_engine(changes["db_url"], create=False)
-            Base.metadata.drop_all(engine)
-            engine.dispose()
+            drop_schema(changes["db_url"])
 
 
 def test_service_serves_the_schema_under_test(service: ServerThread) -> None:
