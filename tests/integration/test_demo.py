@@ -71,8 +71,8 @@ def test_demo_ends_without_pointing_at_a_stopped_api_and_counts_what_it_lists(
     from linewatch import scenarios
 
     data = ROOT / "models" / "data" / "cmapss_fd001" / "test_FD001.txt.gz"
-    recordings = read_recordings(data, "cmapss")[:4]
-    faulty = scenarios.stuck(recordings, "sensor_11", assets=["engine-001", "engine-002"])
+    recordings = read_recordings(data, "cmapss")[:8]
+    faulty = scenarios.stuck(recordings, "sensor_11")  # on all 8: eight conditions
     path = scenarios.write_cmapss(faulty.recordings, tmp_path / "test_stuck.txt")
     monkeypatch.chdir(ROOT)
     demo = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
