@@ -9,11 +9,12 @@ model is hard-coded in the agent.
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
 from contract.errors import CardError
 
@@ -44,7 +45,11 @@ MODEL_FILE = "model.onnx"
 
 
 class _Card(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity in a typed number: JSON has neither, so refuse them when a card is
+    # built, not when a gateway reads it. Any that hide in ``training`` stay NaN when
+    # dumped, for ``ModelCard.to_json`` to refuse too.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False,
+                              ser_json_inf_nan="constants")
 
 
 class ChannelSpec(_Card):
@@ -212,6 +217,16 @@ class ModelCard(_Card):
         if any(len(row) != n for row in self.self_test.features):
             raise ValueError(f"self_test feature rows must have {n} values")
         return self
+
+    @field_serializer("created", when_used="json")
+    def _created_iso(self, value: datetime) -> str:
+        # isoformat (``+00:00``), as every card has always been written, not pydantic's ``Z``.
+        return value.isoformat()
+
+    def to_json(self) -> str:
+        """The text of ``card.json``: sorted keys, indented, no NaN (a ``ValueError``)."""
+        data = self.model_dump(mode="json")
+        return json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
 
     @property
     def feature_names(self) -> list[str]:

@@ -26,7 +26,15 @@ from sklearn.ensemble import (
 from sklearn.model_selection import KFold
 
 from agent.datasets import AI4I_CHANNELS, read_recordings
-from contract.card import FeatureSpec
+from contract.card import (
+    ChannelSpec,
+    FeatureSpec,
+    InputSpec,
+    ModelCard,
+    OutputSpec,
+    ThresholdSpec,
+    WindowSpec,
+)
 from linewatch.training import common as c
 from linewatch.training.frames import featurize
 from linewatch.training.metrics import binary_metrics, report_metrics
@@ -126,36 +134,35 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
     mode_of = {m: te.labels[m] == 1 for m in MODES}
     explained = failures & (mode_of["hdf"] | mode_of["pwf"] | mode_of["osf"])
     data_sha = c.data_sha256(data_root, [DATA_FILE])
-    card = {
-        "name": NAME,
-        "version": VERSION,
-        "created": c.created_now(),
-        "description": "Probability that a milling process run ends in a machine failure "
-                       "(AI4I 2020), from its process values, one row at a time.",
-        "input": {
-            "format": "ai4i",
-            "channels": [{"name": ch, "unit": u, "description": d}
-                         for ch, (u, d) in CHANNELS.items()],
-            "rate_hz": None,
-            "time_unit": "process run (UDI step)",
-        },
-        "window": {"size": 1, "hop": 1},
-        "features": c.feature_entries(specs, tr.X),
-        "output": {"name": c.PROBA_OUTPUT, "index": 1, "horizon": None,
-                   "meaning": "probability that this process run ends in a machine failure"},
-        "threshold": {
-            "value": threshold,
-            "method": (
+    card = c.make_card(
+        fitted, tr.X, specs, started=started,
+        name=NAME,
+        version=VERSION,
+        description="Probability that a milling process run ends in a machine failure "
+                    "(AI4I 2020), from its process values, one row at a time.",
+        input=InputSpec(
+            format="ai4i",
+            channels=[ChannelSpec(name=ch, unit=u, description=d)
+                      for ch, (u, d) in CHANNELS.items()],
+            rate_hz=None,
+            time_unit="process run (UDI step)",
+        ),
+        window=WindowSpec(size=1, hop=1),
+        output=OutputSpec(name=fitted.output, index=fitted.index, horizon=None,
+                          meaning="probability that this process run ends in a machine "
+                                  "failure"),
+        threshold=ThresholdSpec(
+            value=threshold,
+            method=(
                 f"lowest threshold whose precision on out-of-fold predictions ({FOLDS} "
                 f"contiguous UDI blocks of the training rows) reaches {TARGET_PRECISION} "
                 f"(out-of-fold precision {at_threshold['precision']}, recall "
                 f"{at_threshold['recall']}); halfway to the next lower score"
             ),
-        },
-        "sha256": {"model": "0" * 64, "data": data_sha},
-        "metrics": c.metrics_dict(metrics),
-        **c.self_test_and_reference(fitted, tr.X, specs),
-        "training": {
+        ),
+        data_sha256=data_sha,
+        metrics=c.metrics_dict(metrics),
+        training={
             "data": {"file": DATA_FILE},
             "label": "Machine failure column as published (9 failures without a mode are "
                      "kept as failures; 18 RNF rows with Machine failure = 0 stay negatives)",
@@ -174,13 +181,14 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
             "search_run": search,
             "threshold_selection": {"target_precision": TARGET_PRECISION, **at_threshold},
         },
-    }
+    )
     return c.save_model(root, card, fitted, _card_md, X_test=te.X, started=started)
 
 
-def _card_md(card: dict[str, Any]) -> str:
-    m, t = card["metrics"], card["training"]
+def _card_md(card: ModelCard) -> str:
+    m, t = card.metrics, card.training
     by_mode = t["test_failures_by_mode"]
+    f1_ci = m["test_f1"].ci95 or (float("nan"), float("nan"))
     n_fail = t["rows"]["test_failures"]
     explained = t["test_failures_explained_by_hdf_pwf_osf"]
     ceiling_r = explained / n_fail
@@ -205,8 +213,8 @@ the out-of-fold predictions on the training rows that chose the threshold.
 `test_mode_recall_*` give the share of the test rows with each failure mode that raised an
 alert.
 
-**Where we are against the published 0.9+:** test F1 {m["test_f1"]["value"]:.3f}
-(95 % CI {m["test_f1"]["ci95"][0]:.2f}-{m["test_f1"]["ci95"][1]:.2f}), below 0.9, and we
+**Where we are against the published 0.9+:** test F1 {m["test_f1"].value:.3f}
+(95 % CI {f1_ci[0]:.2f}-{f1_ci[1]:.2f}), below 0.9, and we
 think honestly so. The test failures by mode are: {mode_rows} (a failure can have several
 modes). Heat dissipation (HDF), power (PWF) and overstrain (OSF) failures are deterministic
 functions of the inputs and the model catches them almost all. Tool-wear failures (TWF)

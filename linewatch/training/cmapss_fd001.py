@@ -24,7 +24,15 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from agent.datasets import CMAPSS_CHANNELS, Recording, read_recordings
-from contract.card import FeatureSpec
+from contract.card import (
+    ChannelSpec,
+    FeatureSpec,
+    InputSpec,
+    ModelCard,
+    OutputSpec,
+    ThresholdSpec,
+    WindowSpec,
+)
 from linewatch.training import common as c
 from linewatch.training.frames import Frames, featurize
 from linewatch.training.metrics import MetricValue, binary_metrics, report_metrics
@@ -161,43 +169,41 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
     metrics = {f"test_{k}": v for k, v in _test_metrics(te, p_test, threshold).items()}
     metrics |= binary_metrics(y, oof, threshold, groups=tr.asset, prefix="cv_window_",
                               group_name="engines")
-    card = {
-        "name": NAME,
-        "version": VERSION,
-        "created": c.created_now(),
-        "description": (
+    card = c.make_card(
+        fitted, tr.X, specs, started=started,
+        name=NAME,
+        version=VERSION,
+        description=(
             f"Probability that a turbofan engine (C-MAPSS FD001: one operating condition, "
             f"HPC degradation) fails within the next {HORIZON} cycles, from the last "
             f"{WINDOW} cycles of its sensors."
         ),
-        "input": {
-            "format": "cmapss",
-            "channels": [{"name": ch, "unit": SENSORS[ch][0], "description": SENSORS[ch][1]}
-                         for ch in CMAPSS_CHANNELS],
-            "rate_hz": None,
-            "time_unit": "cycle",
-        },
-        "window": {"size": WINDOW, "hop": HOP},
-        "features": c.feature_entries(specs, tr.X),
-        "output": {
-            "name": c.PROBA_OUTPUT,
-            "index": 1,
-            "meaning": f"probability that the engine fails within the next {HORIZON} cycles",
-            "horizon": HORIZON,
-        },
-        "threshold": {
-            "value": threshold,
-            "method": (
+        input=InputSpec(
+            format="cmapss",
+            channels=[ChannelSpec(name=ch, unit=SENSORS[ch][0], description=SENSORS[ch][1])
+                      for ch in CMAPSS_CHANNELS],
+            rate_hz=None,
+            time_unit="cycle",
+        ),
+        window=WindowSpec(size=WINDOW, hop=HOP),
+        output=OutputSpec(
+            name=fitted.output,
+            index=fitted.index,
+            meaning=f"probability that the engine fails within the next {HORIZON} cycles",
+            horizon=HORIZON,
+        ),
+        threshold=ThresholdSpec(
+            value=threshold,
+            method=(
                 f"lowest threshold whose precision on out-of-fold predictions of "
                 f"{FOLDS}-fold cross-validation grouped by engine unit reaches "
                 f"{TARGET_PRECISION} (out-of-fold precision {at_threshold['precision']}, "
                 f"recall {at_threshold['recall']}); halfway to the next lower score"
             ),
-        },
-        "sha256": {"model": "0" * 64, "data": c.data_sha256(data_root, [TRAIN_FILE])},
-        "metrics": c.metrics_dict(metrics),
-        **c.self_test_and_reference(fitted, tr.X, specs),
-        "training": {
+        ),
+        data_sha256=c.data_sha256(data_root, [TRAIN_FILE]),
+        metrics=c.metrics_dict(metrics),
+        training={
             "data": {"train": TRAIN_FILE, "test": TEST_FILE, "test_truth": TRUTH_FILE},
             "evaluation_data_sha256": c.data_sha256(data_root, [TEST_FILE, TRUTH_FILE]),
             "label": f"window positive when the RUL at its newest cycle is <= {HORIZON} "
@@ -217,7 +223,7 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
             "oof_first_alert": _first_alerts(tr, oof, threshold),
             "test_false_alerts": _false_alerts(te, p_test, threshold),
         },
-    }
+    )
     return c.save_model(root, card, fitted, _card_md, X_test=te.X, started=started)
 
 
@@ -259,11 +265,11 @@ def _test_metrics(te: Frames, p: np.ndarray, threshold: float) -> dict[str, Metr
                           asset=te.asset, end=te.end, last=te.last)
 
 
-def _card_md(card: dict[str, Any]) -> str:
-    m, t = card["metrics"], card["training"]
+def _card_md(card: ModelCard) -> str:
+    m, t = card.metrics, card.training
     fa = t["oof_first_alert"]
     fa_test = t["test_false_alerts"]
-    kept = sorted({f["inputs"][0] for f in card["features"]},
+    kept = sorted({f.inputs[0] for f in card.features},
                   key=lambda ch: CMAPSS_CHANNELS.index(ch))
     summary = f"""
 Every cycle, for every engine that has run at least {WINDOW} cycles, the model scores the
@@ -289,17 +295,17 @@ point the C-MAPSS benchmark evaluates. `cv_*` rows are the out-of-fold predictio
 `train_FD001` that chose the threshold.
 
 Reading the numbers. Ranking is nearly perfect (window ROC AUC
-{m["test_window_roc_auc"]["value"]:.3f}): the model orders engines by closeness to failure
+{m["test_window_roc_auc"].value:.3f}): the model orders engines by closeness to failure
 very well. Precision and recall at the threshold are lower window by window
-(F1 {m["test_window_f1"]["value"]:.3f}) than on each engine's newest window
-(F1 {m["test_last_window_f1"]["value"]:.3f}) because the windows near the {HORIZON}-cycle
+(F1 {m["test_window_f1"].value:.3f}) than on each engine's newest window
+(F1 {m["test_last_window_f1"].value:.3f}) because the windows near the {HORIZON}-cycle
 boundary are the hard ones: an engine at RUL 31-40 looks like one
 at RUL 25-30, and the label flips at a sharp line the sensors do not draw. Of the
 {fa_test["false_alerts"]} test windows alerted with a true RUL above {HORIZON},
 {fa_test["within_2h"]} had at most {2 * HORIZON} cycles left (median true RUL
 {fa_test["median_rul"]}): near misses, not alarms on healthy engines. Precision on the test windows
-({m["test_window_precision"]["value"]:.3f}) is below the {TARGET_PRECISION} targeted out of
-fold ({m["cv_window_precision"]["value"]:.3f}): plan on the test figure, not the target.
+({m["test_window_precision"].value:.3f}) is below the {TARGET_PRECISION} targeted out of
+fold ({m["cv_window_precision"].value:.3f}): plan on the test figure, not the target.
 
 Lead time, out of fold on the training engines: the first alert came a median of
 {fa["lead_cycles_median"]} cycles before failure (10-90 % range {fa["lead_cycles_p10_p90"]}),

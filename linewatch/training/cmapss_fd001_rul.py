@@ -22,6 +22,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.model_selection import GroupKFold
 
 from agent.datasets import CMAPSS_CHANNELS, read_recordings
+from contract.card import ChannelSpec, InputSpec, ModelCard, OutputSpec, ThresholdSpec, WindowSpec
 from linewatch.training import cmapss_fd001 as clf
 from linewatch.training import common as c
 from linewatch.training.frames import featurize
@@ -96,42 +97,40 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
     cv = report_metrics("cmapss", tr.labels, oof, threshold=threshold, horizon=clf.HORIZON,
                         asset=tr.asset, end=tr.end, last=tr.last, rul_cap=RUL_CAP)
     metrics |= {f"cv_{k}": v for k, v in cv.items() if k.startswith("window_")}
-    card = {
-        "name": NAME,
-        "version": VERSION,
-        "created": c.created_now(),
-        "description": (
+    card = c.make_card(
+        fitted, tr.X, specs, started=started,
+        name=NAME,
+        version=VERSION,
+        description=(
             f"Remaining useful life of a turbofan engine (C-MAPSS FD001), as the score "
             f"1 - min(RUL, {RUL_CAP}) / {RUL_CAP}, from the last {clf.WINDOW} cycles of "
             f"its sensors."
         ),
-        "input": {
-            "format": "cmapss",
-            "channels": [{"name": ch, "unit": clf.SENSORS[ch][0],
-                          "description": clf.SENSORS[ch][1]} for ch in CMAPSS_CHANNELS],
-            "rate_hz": None,
-            "time_unit": "cycle",
-        },
-        "window": {"size": clf.WINDOW, "hop": clf.HOP},
-        "features": c.feature_entries(specs, tr.X),
-        "output": {
-            "name": OUTPUT,
-            "index": 0,
-            "meaning": f"1 - min(RUL, {RUL_CAP}) / {RUL_CAP}: 0 = {RUL_CAP} or more cycles "
-                       f"left, 1 = failing now; predicted RUL = {RUL_CAP} * (1 - score) "
-                       "cycles (a regression, not a probability; may stray slightly outside "
-                       "[0, 1])",
-            "horizon": clf.HORIZON,
-        },
-        "threshold": {
-            "value": threshold,
-            "method": f"by definition: 1 - {clf.HORIZON}/{RUL_CAP}, i.e. alert when the "
-                      f"predicted RUL is at most {clf.HORIZON} cycles; not tuned",
-        },
-        "sha256": {"model": "0" * 64, "data": c.data_sha256(data_root, [clf.TRAIN_FILE])},
-        "metrics": c.metrics_dict(metrics),
-        **c.self_test_and_reference(fitted, tr.X, specs),
-        "training": {
+        input=InputSpec(
+            format="cmapss",
+            channels=[ChannelSpec(name=ch, unit=clf.SENSORS[ch][0],
+                                  description=clf.SENSORS[ch][1]) for ch in CMAPSS_CHANNELS],
+            rate_hz=None,
+            time_unit="cycle",
+        ),
+        window=WindowSpec(size=clf.WINDOW, hop=clf.HOP),
+        output=OutputSpec(
+            name=fitted.output,
+            index=fitted.index,
+            meaning=f"1 - min(RUL, {RUL_CAP}) / {RUL_CAP}: 0 = {RUL_CAP} or more cycles "
+                    f"left, 1 = failing now; predicted RUL = {RUL_CAP} * (1 - score) "
+                    "cycles (a regression, not a probability; may stray slightly outside "
+                    "[0, 1])",
+            horizon=clf.HORIZON,
+        ),
+        threshold=ThresholdSpec(
+            value=threshold,
+            method=f"by definition: 1 - {clf.HORIZON}/{RUL_CAP}, i.e. alert when the "
+                   f"predicted RUL is at most {clf.HORIZON} cycles; not tuned",
+        ),
+        data_sha256=c.data_sha256(data_root, [clf.TRAIN_FILE]),
+        metrics=c.metrics_dict(metrics),
+        training={
             "task": "rul",
             "rul_cap": RUL_CAP,
             "data": {"train": clf.TRAIN_FILE, "test": clf.TEST_FILE,
@@ -147,16 +146,17 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
             "search": results,
             "search_run": search,
         },
-    }
+    )
     return c.save_model(root, card, fitted, _card_md, X_test=te.X, started=started)
 
 
-def _card_md(card: dict[str, Any]) -> str:
-    m = card["metrics"]
+def _card_md(card: ModelCard) -> str:
+    m = card.metrics
     rmse_last = m["test_last_window_rul_rmse"]
+    ci = rmse_last.ci95 or (float("nan"), float("nan"))
     summary = f"""
 Every cycle, for every engine with at least {clf.WINDOW} cycles, the model estimates the
-remaining useful life. It reads the same {len(card["features"])} features as
+remaining useful life. It reads the same {len(card.features)} features as
 `cmapss_fd001` and returns `score = 1 - min(RUL, {RUL_CAP}) / {RUL_CAP}`; the predicted
 RUL is `{RUL_CAP} * (1 - score)` cycles. Learner: histogram gradient boosting regression,
 hyper-parameters chosen by out-of-fold RMSE in {FOLDS}-fold cross-validation grouped by
@@ -166,9 +166,9 @@ sensors show no degradation, so "125 or more" is all that can be said.
     performance = f"""
 `test_last_window_rul_rmse` is the C-MAPSS benchmark number: the RMSE over the 100 test
 engines' last observed cycle, true RUL capped at {RUL_CAP}. **We are at
-{rmse_last["value"]:.2f} cycles (95 % CI {rmse_last["ci95"][0]:.1f}-{rmse_last["ci95"][1]:.1f}),
+{rmse_last.value:.2f} cycles (95 % CI {ci[0]:.1f}-{ci[1]:.1f}),
 against the 12-16 published for strong models.** Against the uncapped truth the error is
-{m["test_last_window_rul_rmse_uncapped"]["value"]:.2f}, because a few test engines have
+{m["test_last_window_rul_rmse_uncapped"].value:.2f}, because a few test engines have
 more than {RUL_CAP} cycles left. `test_window_rul_rmse` averages over every test window
 (bootstrap by engine), `cv_window_rul_rmse` over the out-of-fold training windows.
 The `*_f1`, `*_precision` and `*_recall` rows treat "predicted RUL <= {clf.HORIZON}" as an

@@ -1,12 +1,15 @@
 """What every model of the factory shares: paths, seeds, the hyper-parameter search, fitting
 and ONNX export (:func:`fit_classifier`, :func:`fit_export`), scoring with the ONNX
-reference evaluator, thresholds, reference statistics, self-tests, the card sections built
-from them and writing the model directory (``model.onnx``, ``card.json``, ``CARD.md``).
+reference evaluator, thresholds, the model card (:func:`make_card`, through
+:func:`linewatch.cards.build_card`, the one path every card takes) and writing the model
+directory (``model.onnx``, ``card.json``, ``CARD.md``).
 
 Determinism: every learner gets ``random_state=SEED`` and runs single-threaded
 (``linewatch.training.fit`` limits BLAS and OpenMP to one thread); metrics are
 rounded to :data:`metrics.DIGITS` decimals and written with sorted keys, so training twice
-on the same data writes the same bytes under ``metrics``.
+on the same data on one machine writes the same bytes under ``metrics``. Another CPU or BLAS
+kernel may move a float's last digits; :func:`linewatch.cards.card_differences` is the
+comparison that holds across machines.
 
 This module needs the ``train`` extra (scikit-learn, skl2onnx, onnx) and never imports
 onnxruntime: the card's expected self-test outputs and its metrics come from
@@ -15,6 +18,7 @@ onnxruntime: the card's expected self-test outputs and its metrics come from
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import platform
@@ -22,7 +26,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,12 +33,24 @@ from typing import Any
 import numpy as np
 import onnx
 import sklearn
-from onnx.reference import ReferenceEvaluator
 from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.metrics import average_precision_score
 
-from contract.card import CARD_FILE, MODEL_FILE, FeatureSpec, ModelCard, sha256_file
+from contract.card import (
+    CARD_FILE,
+    MODEL_FILE,
+    CardError,
+    FeatureSpec,
+    InputSpec,
+    Metric,
+    ModelCard,
+    OutputSpec,
+    ThresholdSpec,
+    WindowSpec,
+    sha256_file,
+)
+from linewatch.cards import INPUT_NAME, build_card, model_scores
 from linewatch.training.metrics import MetricValue
 
 __all__ = [
@@ -46,40 +61,32 @@ __all__ = [
     "TARGET_OPSET",
     "Fitted",
     "Trained",
-    "created_now",
+    "choose_threshold",
     "data_root",
     "data_sha256",
     "default_models_root",
     "export_onnx",
-    "feature_entries",
     "fit_classifier",
     "fit_export",
     "grouped_oof",
+    "make_card",
     "metrics_dict",
-    "metrics_json",
     "metrics_table",
     "package_versions",
     "recorded_search",
-    "reference_scores",
     "render_card_md",
     "save_model",
     "search_average_precision",
-    "select_self_test",
-    "self_test_and_reference",
-    "stats",
-    "choose_threshold",
     "write_model",
 ]
 
 logger = logging.getLogger(__name__)
 
 SEED = 0
-INPUT_NAME = "features"
 PROBA_OUTPUT = "probabilities"
 REGRESSION_OUTPUT = "variable"  # skl2onnx's name for a regressor's output, shape (n, 1)
 # Pinned so a newer skl2onnx does not silently raise the opset a gateway's onnxruntime needs.
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
-_QUANTILES = {"p01": 1, "p05": 5, "p25": 25, "p50": 50, "p75": 75, "p95": 95, "p99": 99}
 
 
 def default_models_root() -> Path:
@@ -117,9 +124,9 @@ def recorded_search(name: str, default: dict[str, Any]) -> tuple[dict[str, Any],
     ``default`` and no results when there is no shipped card yet (a fresh factory)."""
     path = default_models_root() / name / CARD_FILE
     try:
-        training = json.loads(path.read_text())["training"]
+        training = ModelCard.load(path.parent).training
         return dict(training["hyperparameters"]), training.get("search")
-    except (OSError, KeyError, ValueError):
+    except (CardError, KeyError, TypeError, ValueError):
         logger.warning("%s: no recorded hyper-parameters in %s; using defaults", name, path)
         return dict(default), "none recorded; defaults used"
 
@@ -170,8 +177,8 @@ class Fitted:
 
     ``oof``: the out-of-fold scores ``threshold`` was chosen on (``at_threshold``: what it
     achieved there, empty for a threshold set by definition). ``train_scores``: the
-    model's scores on the training rows (reference statistics); ``picks``: the self-test
-    rows among them; ``expected``: the exported file's outputs on those rows.
+    learner's own scores on the training rows, or ``None`` when the card is to take them
+    from the exported file (:func:`linewatch.cards.build_card`'s ``scores``).
     """
 
     estimator: Any
@@ -181,13 +188,11 @@ class Fitted:
     threshold: float
     at_threshold: dict[str, Any]
     oof: np.ndarray
-    train_scores: np.ndarray
-    picks: np.ndarray
-    expected: np.ndarray
+    train_scores: np.ndarray | None
 
     def scores(self, X: np.ndarray) -> np.ndarray:
         """The exported file's scores for rows ``X`` (ONNX reference evaluator)."""
-        return reference_scores(self.model, X, self.output, self.index)
+        return model_scores(self.model, X, self.output, self.index)
 
 
 def fit_export(
@@ -201,27 +206,22 @@ def fit_export(
     classifier: bool = True,
     onnx_train_scores: bool = False,
 ) -> Fitted:
-    """Fit ``make()`` on all of ``X``, export it and pick its self-test rows.
+    """Fit ``make()`` on all of ``X`` and export it.
 
-    The training scores come from scikit-learn (equal to the exported file's to 1e-6, and
-    much faster), or with ``onnx_train_scores`` from the exported file itself; the
-    self-test's expected outputs always come from the exported file.
+    The card's training scores come from scikit-learn (equal to the exported file's to
+    1e-6, and much faster), or with ``onnx_train_scores`` from the exported file itself;
+    the self-test's expected outputs always come from the exported file.
     """
     estimator = make().fit(X, y)
     model = export_onnx(estimator, X.shape[1], classifier=classifier)
     output, index = (PROBA_OUTPUT, 1) if classifier else (REGRESSION_OUTPUT, 0)
-    if onnx_train_scores:
-        train_scores = reference_scores(model, X, output, index)
-        picks = select_self_test(train_scores)
-        expected = train_scores[picks]
-    else:
+    train_scores = None
+    if not onnx_train_scores:
         train_scores = (estimator.predict_proba(X)[:, 1] if classifier
                         else estimator.predict(X))
-        picks = select_self_test(train_scores)
-        expected = reference_scores(model, X[picks], output, index)
     return Fitted(estimator=estimator, model=model, output=output, index=index,
                   threshold=threshold, at_threshold=dict(at_threshold or {}), oof=oof,
-                  train_scores=train_scores, picks=picks, expected=expected)
+                  train_scores=train_scores)
 
 
 def fit_classifier(
@@ -285,15 +285,6 @@ def _final_step(estimator: Any) -> Any:
     return steps[-1][1] if steps else estimator
 
 
-def reference_scores(model: bytes, X: np.ndarray, output: str, index: int) -> np.ndarray:
-    """Column ``index`` of ONNX output ``output`` for float32 rows ``X``, computed by the
-    ONNX reference evaluator (no onnxruntime in the train extra)."""
-    sess = ReferenceEvaluator(onnx.load_from_string(model))
-    (out,) = sess.run([output], {INPUT_NAME: np.ascontiguousarray(X, dtype=np.float32)})
-    out = np.asarray(out, dtype=np.float64)
-    return out.reshape(len(X), -1)[:, index]
-
-
 def choose_threshold(
     y: np.ndarray, p: np.ndarray, *, target_precision: float | None = None
 ) -> tuple[float, dict[str, Any]]:
@@ -338,176 +329,140 @@ def choose_threshold(
     return thr, achieved
 
 
-def stats(x: np.ndarray) -> dict[str, Any]:
-    """Reference statistics (``contract.card.Stats``) of one variable over training windows."""
-    x = np.asarray(x, dtype=np.float64)
-    q = np.percentile(x, list(_QUANTILES.values()))
-    return {
-        "mean": _r(x.mean()),
-        "std": _r(x.std()),
-        "min": _r(x.min()),
-        "max": _r(x.max()),
-        "quantiles": {k: _r(v) for k, v in zip(_QUANTILES, q, strict=True)},
-    }
-
-
-def _r(v: float) -> float:
-    """8 significant digits: plenty for drift monitors, stable across runs."""
-    return float(f"{float(v):.8g}")
-
-
-def select_self_test(p: np.ndarray, k: int = 8) -> np.ndarray:
-    """Indices of up to ``k`` real rows whose scores spread evenly from the lowest to the
-    highest, so the self-test covers quiet, borderline and alarming inputs alike.
-
-    >>> select_self_test(np.array([0.0, 0.01, 0.02, 0.5, 0.97, 1.0]), k=3).tolist()
-    [0, 3, 5]
-    """
-    picks: list[int] = []
-    for target in np.linspace(p.min(), p.max(), k):
-        dist = np.abs(p - target)
-        dist[picks] = np.inf
-        picks.append(int(np.argmin(dist)))
-    return np.array(sorted(set(picks), key=lambda i: (p[i], i)))
-
-
 # --- writing the model directory ----------------------------------------------------------
 
 
-def feature_entries(specs: Sequence[FeatureSpec], X: np.ndarray) -> list[dict[str, Any]]:
-    """The card's ``features``: each spec with its range over the training rows ``X``."""
-    return [{**s.model_dump(), "range": [float(X[:, j].min()), float(X[:, j].max())]}
-            for j, s in enumerate(specs)]
+def make_card(
+    fitted: Fitted,
+    X: np.ndarray,
+    features: Sequence[FeatureSpec],
+    *,
+    started: float,
+    name: str,
+    version: str,
+    description: str,
+    input: InputSpec,
+    window: WindowSpec,
+    output: OutputSpec,
+    threshold: ThresholdSpec,
+    data_sha256: dict[str, str],
+    metrics: dict[str, Metric],
+    training: dict[str, Any],
+) -> ModelCard:
+    """The card of a factory run, through :func:`linewatch.cards.build_card` like any other:
+    ``fitted``'s exported model and training scores on the training rows ``X``, and under
+    ``training`` the seed, the package versions and the duration since ``started`` (a
+    ``time.perf_counter()``) added to what the script records."""
+    return build_card(
+        fitted.model, name=name, version=version, description=description, input=input,
+        window=window, features=features, output=output, threshold=threshold, X=X,
+        scores=fitted.train_scores, data_sha256=data_sha256, metrics=metrics,
+        training={**training, "seed": SEED, "packages": package_versions(),
+                  "duration_s": round(time.perf_counter() - started, 1)},
+    )
 
 
-def self_test_and_reference(
-    fitted: Fitted, X: np.ndarray, specs: Sequence[FeatureSpec]
-) -> dict[str, Any]:
-    """The card's ``self_test`` (the picked training rows and the exported file's outputs on
-    them) and ``reference`` (statistics of each feature and of the score over ``X``)."""
-    return {
-        "self_test": {
-            "features": [[float(v) for v in X[i]] for i in fitted.picks],
-            "expected": [float(v) for v in fitted.expected],
-            "tolerance": 1e-5,
-        },
-        "reference": {
-            "features": {s.name: stats(X[:, j]) for j, s in enumerate(specs)},
-            "score": stats(fitted.train_scores),
-        },
-    }
-
-
-def metrics_dict(metrics: dict[str, MetricValue]) -> dict[str, dict[str, Any]]:
-    """Card form, NaN-free (JSON has no NaN): metrics without a value are left out."""
+def metrics_dict(metrics: dict[str, MetricValue]) -> dict[str, Metric]:
+    """Card form: metrics without a value are left out (JSON has no NaN), an interval
+    with an undefined bound is none."""
     out = {}
     for name, m in sorted(metrics.items()):
         if not np.isfinite(m.value):
             continue
-        d = m.as_dict()
-        if m.ci95 is None or not all(np.isfinite(m.ci95)):
-            d["ci95"] = None
-        out[name] = d
+        ci = m.ci95 if m.ci95 is not None and all(np.isfinite(m.ci95)) else None
+        out[name] = Metric(value=m.value, ci95=ci, n=m.n, note=m.note)
     return out
 
 
-def metrics_table(metrics: dict[str, dict[str, Any]], names: Sequence[str]) -> str:
+def metrics_table(metrics: dict[str, Metric], names: Sequence[str]) -> str:
     """A Markdown table of the named card metrics."""
     rows = ["| metric | value | 95 % CI | n | how |", "|---|---|---|---|---|"]
     for name in names:
         m = metrics.get(name)
         if m is None:
             continue
-        ci = "-" if m["ci95"] is None else f"{m['ci95'][0]:.3f} - {m['ci95'][1]:.3f}"
-        rows.append(f"| `{name}` | {m['value']:.3f} | {ci} | {m['n']} | {m['note']} |")
+        ci = "-" if m.ci95 is None else f"{m.ci95[0]:.3f} - {m.ci95[1]:.3f}"
+        rows.append(f"| `{name}` | {m.value:.3f} | {ci} | {m.n} | {m.note} |")
     return "\n".join(rows)
 
 
 def write_model(
     model_dir: Path,
     model: bytes,
-    card: dict[str, Any],
-    card_md: Callable[[dict[str, Any]], str],
-) -> dict[str, Any]:
-    """Write ``model.onnx``, ``card.json`` (validated against ``ModelCard``) and ``CARD.md``
-    (``card_md(card)``); return the card as written."""
+    card: ModelCard,
+    card_md: Callable[[ModelCard], str],
+) -> None:
+    """Write ``model.onnx``, ``card.json`` and ``CARD.md`` (``card_md(card)``) into
+    ``model_dir``; refuse, before writing anything, a card that is not ``model``'s."""
+    digest = hashlib.sha256(model).hexdigest()
+    if digest != card.sha256.model:
+        raise CardError(f"card {card.name!r} is for model {card.sha256.model}, not {digest}")
+    text, md = card.to_json(), card_md(card)
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / MODEL_FILE).write_bytes(model)
-    card = {**card, "sha256": {**card["sha256"], "model": sha256_file(model_dir / MODEL_FILE)}}
-    ModelCard.model_validate(card)  # fail here, not on a gateway
-    text = json.dumps(card, indent=2, sort_keys=True, allow_nan=False) + "\n"
     (model_dir / CARD_FILE).write_text(text)
-    (model_dir / "CARD.md").write_text(card_md(card))
-    return card
+    (model_dir / "CARD.md").write_text(md)
 
 
 def save_model(
     root: Path,
-    card: dict[str, Any],
+    card: ModelCard,
     fitted: Fitted,
-    card_md: Callable[[dict[str, Any]], str],
+    card_md: Callable[[ModelCard], str],
     *,
     X_test: np.ndarray,
     started: float,
 ) -> Trained:
-    """Finish a run: add the seed, package versions and duration (since ``started``, a
-    ``time.perf_counter()``) to ``card["training"]``, write ``<root>/<name>/``
-    (:func:`write_model`) and return the run's artefacts."""
-    name = card["name"]
-    card = {**card, "training": {**card["training"], "seed": SEED,
-                                 "packages": package_versions(),
-                                 "duration_s": round(time.perf_counter() - started, 1)}}
-    card = write_model(root / name, fitted.model, card, card_md)
-    logger.info("%s: wrote %s in %.1f s", name, root / name, time.perf_counter() - started)
-    return Trained(model_dir=root / name, estimator=fitted.estimator, X_test=X_test, card=card)
+    """Finish a run: write ``<root>/<name>/`` (:func:`write_model`) and return the run's
+    artefacts; ``started`` (a ``time.perf_counter()``) times the log line."""
+    write_model(root / card.name, fitted.model, card, card_md)
+    logger.info("%s: wrote %s in %.1f s", card.name, root / card.name,
+                time.perf_counter() - started)
+    return Trained(model_dir=root / card.name, estimator=fitted.estimator, X_test=X_test,
+                   card=card)
 
 
 @dataclass(frozen=True)
 class Trained:
-    """What a training run leaves behind, for tests: the fitted scikit-learn estimator and
-    the feature rows of the test data it was scored on."""
+    """What a training run leaves behind, for tests: the fitted scikit-learn estimator, the
+    feature rows of the test data it was scored on, and the card as written."""
 
     model_dir: Path
     estimator: Any
     X_test: np.ndarray
-    card: dict[str, Any]
+    card: ModelCard
 
 
-def metrics_json(card: dict[str, Any]) -> str:
-    """The card's metrics as canonical JSON (what "same data, same bytes" compares)."""
-    return json.dumps(card["metrics"], sort_keys=True, allow_nan=False)
-
-
-def render_card_md(card: dict[str, Any], *, summary: str, performance: str, limits: str,
+def render_card_md(card: ModelCard, *, summary: str, performance: str, limits: str,
                    metric_names: Sequence[str], extra: str = "") -> str:
     """CARD.md: the card in words, for people. The numbers all come from ``card``."""
-    t = card["training"]
-    feats = card["features"]
-    fnames = ", ".join(f"`{f['name']}`" for f in feats[:12])
+    t = card.training
+    feats = card.features
+    fnames = ", ".join(f"`{f.name}`" for f in feats[:12])
     if len(feats) > 12:
         fnames += f" and {len(feats) - 12} more (all listed in `card.json`)"
-    window = card["window"]
-    unit = card["input"]["time_unit"]
+    window = card.window
+    unit = card.input.time_unit
     parts = [
-        f"# {card['name']} {card['version']}",
+        f"# {card.name} {card.version}",
         "",
-        card["description"],
+        card.description,
         "",
         "## What it predicts",
         "",
         summary.strip(),
         "",
-        f"- Output: `{card['output']['name']}[:, {card['output']['index']}]`, "
-        f"{card['output']['meaning']}.",
-        f"- Window: {window['size']} samples, a new score every {window['hop']} "
+        f"- Output: `{card.output.name}[:, {card.output.index}]`, "
+        f"{card.output.meaning}.",
+        f"- Window: {window.size} samples, a new score every {window.hop} "
         f"(one sample = one {unit}).",
-        f"- Inputs: {len(card['input']['channels'])} channel(s) in the order of "
+        f"- Inputs: {len(card.input.channels)} channel(s) in the order of "
         f"`card.json` `input.channels`; {len(feats)} features: {fnames}.",
-        f"- Alert threshold: **{card['threshold']['value']:.4f}**, {card['threshold']['method']}.",
+        f"- Alert threshold: **{card.threshold.value:.4f}**, {card.threshold.method}.",
         "",
         "## How good it is",
         "",
-        metrics_table(card["metrics"], metric_names),
+        metrics_table(card.metrics, metric_names),
         "",
         performance.strip(),
         "",
@@ -524,15 +479,11 @@ def render_card_md(card: dict[str, Any], *, summary: str, performance: str, limi
         f"- Hyper-parameters: `{json.dumps(t['hyperparameters'], sort_keys=True)}` "
         f"(seed {t['seed']}).",
         "- Data (sha256 in `card.json`): "
-        + ", ".join(f"`models/data/{f}`" for f in card["sha256"]["data"]) + ".",
+        + ", ".join(f"`models/data/{f}`" for f in card.sha256.data) + ".",
         f"- Packages: {', '.join(f'{k} {v}' for k, v in t['packages'].items())}.",
-        f"- Model file sha256: `{card['sha256']['model']}`.",
-        f"- Rebuild: `linewatch train {card['name']}` (or `python models/train.py "
-        f"{card['name']}`); check: `linewatch evaluate models/{card['name']} <data file>`.",
+        f"- Model file sha256: `{card.sha256.model}`.",
+        f"- Rebuild: `linewatch train {card.name}` (or `python models/train.py "
+        f"{card.name}`); check: `linewatch evaluate models/{card.name} <data file>`.",
         "",
     ]
     return "\n".join(parts)
-
-
-def created_now() -> str:
-    return datetime.now(UTC).replace(microsecond=0).isoformat()

@@ -30,7 +30,15 @@ from agent.datasets import (
     IMS_RATE_HZ,
     read_recordings,
 )
-from contract.card import FeatureSpec
+from contract.card import (
+    ChannelSpec,
+    FeatureSpec,
+    InputSpec,
+    ModelCard,
+    OutputSpec,
+    ThresholdSpec,
+    WindowSpec,
+)
 from linewatch.training import common as c
 from linewatch.training.frames import Frames, featurize
 from linewatch.training.metrics import binary_metrics, report_metrics
@@ -119,38 +127,38 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
         "kurt": float(np.percentile(healthy[:, names.index("accel.kurtosis")], 99)),
     })
     files = [f"{RAW_DIR}/{p.name}" for p in raw_files]
-    card = {
-        "name": NAME,
-        "version": VERSION,
-        "created": c.created_now(),
-        "description": "Health indicator of a rolling-element bearing from 0.1 s windows of "
-                       "its 20 kHz accelerometer signal (IMS test 2): probability that the "
-                       "window looks like a bearing with a developing outer-race defect.",
-        "input": {
-            "format": "ims",
-            "channels": [{"name": "accel", "unit": "g (unverified: the IMS readme gives none)",
-                          "description": "housing accelerometer of one bearing"}],
-            "rate_hz": IMS_RATE_HZ,
-            "time_unit": "1/20000 s",
-        },
-        "window": {"size": WINDOW, "hop": HOP},
-        "features": c.feature_entries(specs, tr.X),
-        "output": {"name": c.PROBA_OUTPUT, "index": 1, "horizon": None,
-                   "meaning": "probability that the window comes from a degraded bearing "
-                              "(an outer-race defect like bearing 1's late in IMS test 2)"},
-        "threshold": {
-            "value": threshold,
-            "method": (
+    card = c.make_card(
+        fitted, tr.X, specs, started=started,
+        name=NAME,
+        version=VERSION,
+        description="Health indicator of a rolling-element bearing from 0.1 s windows of "
+                    "its 20 kHz accelerometer signal (IMS test 2): probability that the "
+                    "window looks like a bearing with a developing outer-race defect.",
+        input=InputSpec(
+            format="ims",
+            channels=[ChannelSpec(name="accel",
+                                  unit="g (unverified: the IMS readme gives none)",
+                                  description="housing accelerometer of one bearing")],
+            rate_hz=IMS_RATE_HZ,
+            time_unit="1/20000 s",
+        ),
+        window=WindowSpec(size=WINDOW, hop=HOP),
+        output=OutputSpec(name=fitted.output, index=fitted.index, horizon=None,
+                          meaning="probability that the window comes from a degraded "
+                                  "bearing (an outer-race defect like bearing 1's late in "
+                                  "IMS test 2)"),
+        threshold=ThresholdSpec(
+            value=threshold,
+            method=(
                 f"F1-best threshold on out-of-fold predictions, leaving out one snapshot "
                 f"time (all bearings) at a time (out-of-fold precision "
                 f"{at_threshold['precision']}, recall {at_threshold['recall']}); halfway "
                 "to the next lower score"
             ),
-        },
-        "sha256": {"model": "0" * 64, "data": c.data_sha256(data_root, files)},
-        "metrics": c.metrics_dict(metrics),
-        **c.self_test_and_reference(fitted, tr.X, specs),
-        "training": {
+        ),
+        data_sha256=c.data_sha256(data_root, files),
+        metrics=c.metrics_dict(metrics),
+        training={
             "data": {"raw_snapshots": RAW_DIR, "feature_table": TABLE_FILE},
             "evaluation_data_sha256": c.data_sha256(data_root, [TABLE_FILE]),
             "label": f"healthy: every bearing before {IMS_HEALTHY_BEFORE_H:g} h; degraded: "
@@ -167,7 +175,7 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
             "snapshot_scores": _snapshot_scores(every, p_all),
             "trend": trend,
         },
-    }
+    )
     return c.save_model(root, card, fitted, _card_md, X_test=every.X, started=started)
 
 
@@ -206,9 +214,9 @@ def _table_trend(path: Path, healthy_p99: dict[str, float]) -> dict[str, Any]:
     }
 
 
-def _card_md(card: dict[str, Any]) -> str:
-    t = card["training"]
-    thr = card["threshold"]["value"]
+def _card_md(card: ModelCard) -> str:
+    t = card.training
+    thr = card.threshold.value
     w = t["windows"]
     scores = t["snapshot_scores"]
     assets = list(next(iter(scores.values())))
