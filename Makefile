@@ -2,6 +2,7 @@
 #
 #   make test  PYTEST_ARGS="tests/unit -q"     pytest, with our own mosquitto/influxd fixtures
 #   make demo  DEMO_ARGS="..."                 the end-to-end demo (configs/demo.yaml)
+#   make train TRAIN_ARGS="--out models --overwrite"   retrain over the shipped models
 #
 # Everything runs from $(VENV), built from constraints.txt, which pins every version.
 
@@ -10,6 +11,7 @@ PYTHON ?= python3
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 BENCH_ARGS ?=
+TRAIN_ARGS ?=
 
 STAMP := $(VENV)/.installed
 
@@ -20,7 +22,7 @@ help:
 	@echo "make demo    run the demo: $(VENV)/bin/linewatch demo -c configs/demo.yaml \$$DEMO_ARGS"
 	@echo "make test    install test servers if missing, then pytest \$$PYTEST_ARGS"
 	@echo "make lint    ruff check + mypy --strict on agent/ and linewatch/ (first step of make test)"
-	@echo "make train   retrain every model (linewatch train all)"
+	@echo "make train   retrain every model into var/models (linewatch train all \$$TRAIN_ARGS)"
 	@echo "make bench   run the benchmarks (python -m bench \$$BENCH_ARGS)"
 	@echo "make venv    only build $(VENV) from constraints.txt"
 	@echo "make clean   remove $(VENV), var/ and caches"
@@ -47,7 +49,7 @@ demo: $(STAMP)
 	$(VENV)/bin/linewatch demo -c configs/demo.yaml $(DEMO_ARGS)
 
 train: $(STAMP)
-	$(VENV)/bin/linewatch train all
+	$(VENV)/bin/linewatch train all $(TRAIN_ARGS)
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench $(BENCH_ARGS)

@@ -13,6 +13,8 @@ __all__ = ["main"]
 
 logger = logging.getLogger("linewatch")
 
+_TRAIN_OUT = Path("var/models")  # relative to the working directory, like var/ of the demo
+
 
 def _agent(args: argparse.Namespace) -> int:
     from agent.__main__ import run
@@ -36,12 +38,21 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from contract.card import CARD_FILE, MODEL_FILE
     from linewatch.training import NAMES, train
 
     names = NAMES if args.name == "all" else (args.name,)
+    out: Path = args.out
+    # Replacing a model (the shipped ones above all) must be asked for: check every target
+    # before the first one is trained, so a refused "all" writes nothing.
+    taken = [out / name for name in names if (out / name).exists()]
+    if taken and not args.overwrite:
+        print(f"error: not replacing {', '.join(map(str, taken))}: pass --overwrite to "
+              "replace, or --out DIR to write elsewhere", file=sys.stderr)
+        return 1
     for name in names:
-        path = train(name, args.models_root, search=not args.no_search)
-        print(f"{name}: wrote {path}")
+        path = train(name, out, search=not args.no_search)
+        print(f"{name}: wrote {path / MODEL_FILE}, {path / CARD_FILE}, {path / 'CARD.md'}")
     return 0
 
 
@@ -96,9 +107,22 @@ def _parser() -> argparse.ArgumentParser:
                    "assets, opened_at, evidence) and the counts; progress goes to stderr")
     d.set_defaults(func=_demo)
 
-    t = sub.add_parser("train", help="rebuild a model from the data in models/data")
-    t.add_argument("name", help="model name, or 'all'")
-    t.add_argument("--models-root", type=Path, default=None)
+    from linewatch.training import NAMES
+
+    t = sub.add_parser(
+        "train", help="rebuild a model from the data in models/data",
+        description="Rebuild a model (model.onnx, card.json, CARD.md) from the data in "
+                    f"models/data into OUT/NAME (default {_TRAIN_OUT}/NAME). An existing "
+                    "model directory is never replaced without --overwrite; the shipped "
+                    "models are replaced by: linewatch train all --out models --overwrite")
+    t.add_argument("name", choices=[*NAMES, "all"], metavar="NAME",
+                   help=f"one of {', '.join(NAMES)}, or all")
+    # --models-root: the option's old name, kept for scripts that use it.
+    t.add_argument("--out", "--models-root", dest="out", type=Path, default=_TRAIN_OUT,
+                   help=f"directory to write NAME/ into (default {_TRAIN_OUT}); data come "
+                        "from OUT/data when it exists, else from models/data")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace OUT/NAME if it exists")
     t.add_argument("--no-search", action="store_true",
                    help="reuse the recorded hyper-parameters instead of searching again")
     t.set_defaults(func=_train)
