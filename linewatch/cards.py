@@ -225,7 +225,9 @@ def card_differences(a: ModelCard, b: ModelCard, *, skip: Sequence[str] = RUN_SP
     return value_differences(da, db, rel=rel, abs_=abs_)
 
 
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+# A number standing on its own in a text: not part of a name ("sensor_2") or a hex digest,
+# not a piece of a dotted version ("1.26.4"); those are compared as text, exactly.
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w]|\.\d)")
 
 
 def value_differences(a: Any, b: Any, path: str = "", *, rel: float = REL_TOLERANCE,
@@ -235,13 +237,16 @@ def value_differences(a: Any, b: Any, path: str = "", *, rel: float = REL_TOLERA
     Keys, list lengths, strings, booleans and integers must be equal: integers are counts
     (windows, alerts right, positives caught), which float noise does not move. Floats
     must agree to ``rel`` or ``abs_``. In strings, the numbers written into the text are
-    compared the same way (an integer exactly), the words around them exactly.
+    compared the same way (an integer exactly), the words around them exactly; a number
+    inside a word (a name, a sha256) is part of the word.
 
     >>> value_differences({"p": 0.37468600273132324, "n": "at 0.3747; 5 of 6 right"},
     ...                   {"p": 0.37468698620796204, "n": "at 0.3748; 5 of 6 right"})
     []
     >>> value_differences({"p": 0.3747, "n": "5 of 6"}, {"p": 0.3757, "n": "4 of 6"})
-    ['p: 0.3747 != 0.3757', 'n: 5 != 4 in text']
+    ['n: 5 != 4 in text', 'p: 0.3747 != 0.3757']
+    >>> value_differences("sha 12e3", "sha 12000"), value_differences("ab12e3", "ab12000")
+    ([], ["(top): 'ab12e3' != 'ab12000'"])
     """
     where = path or "(top)"
     if isinstance(a, dict) and isinstance(b, dict):
