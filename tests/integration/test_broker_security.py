@@ -227,6 +227,19 @@ def _agent(tmp_path: Path, url: str, agent_id: str, **mqtt_settings: Any) -> Age
     return Agent(agent_config.parse({**cfg, "mqtt": {**cfg["mqtt"], **mqtt_settings}}))
 
 
+def _drain_until(monkeypatch: pytest.MonkeyPatch, agent: Agent, condition: Any,
+                 what: str) -> None:
+    """End the agent's final drain once ``condition`` holds (at most 30 s) instead of after
+    a fixed time: how soon the broker's refusals arrive depends on the machine's load."""
+    flush = agent.publisher.flush
+
+    def until(timeout_s: float) -> bool:
+        wait_until(condition, 30, what=what)
+        return flush(0.0)
+
+    monkeypatch.setattr(agent.publisher, "flush", until)
+
+
 def _kept_predictions(agent: Agent) -> int:
     """Predictions still in the (closed) agent's outbox."""
     outbox = Outbox(agent.config.outbox_path)
@@ -284,14 +297,17 @@ def test_an_agent_with_a_wrong_password_is_refused_and_keeps_everything(
 ) -> None:
     monkeypatch.setenv(PASSWORD_ENV, "not-" + site.passwords["gw-a"])
     agent = _agent(tmp_path, broker.url, "gw-a", username="gw-a", password_env=PASSWORD_ENV)
-    # The refusal comes milliseconds after the start; the replay and the drain wait take longer.
-    report = agent.run(drain_timeout_s=0.5)
+
+    def refusals() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.name == "agent.publisher" and "refused the connection" in r.getMessage()]
+
+    _drain_until(monkeypatch, agent, refusals, "the broker's refusal")
+    report = agent.run()
 
     assert not agent.publisher.connected and not report.progress.connected
     assert not report.drained and report.progress.published == 0
-    refusals = [r.getMessage() for r in caplog.records
-                if r.name == "agent.publisher" and "refused the connection" in r.getMessage()]
-    assert refusals and "Not authorized" in refusals[0]
+    assert refusals() and "Not authorized" in refusals()[0]
     assert _kept_predictions(agent) == report.progress.windows_scored > 0
 
 
@@ -333,9 +349,12 @@ def test_an_agent_logged_in_under_another_name_is_refused_and_keeps_its_messages
     monkeypatch.setenv(PASSWORD_ENV, site.passwords["gw-a"])
     agent = _agent(tmp_path, broker.url, "gw-b", username="gw-a", password_env=PASSWORD_ENV,
                    protocol="5")
+    # Every message in the outbox handed over and answered (refused, not to be retried for
+    # 30 s), before the marker.
+    _drain_until(monkeypatch, agent, lambda: agent.publisher.inflight == 0
+                 and agent.publisher.refused >= agent.outbox.depth > 0, "every refusal")
     with _aggregator(tmp_path, broker.url, site) as api:
-        report = agent.run(drain_timeout_s=0.5)
-        # Every message the agent handed over was answered (refused) before the marker.
+        report = agent.run()
         assert agent.publisher.refused > 0 and agent.publisher.inflight == 0
         _marker(broker, site)
         wait_until(lambda: _health(api)["counts"]["predictions_stored"] >= 3, 10,
