@@ -13,8 +13,6 @@ __all__ = ["main"]
 
 logger = logging.getLogger("linewatch")
 
-_TRAIN_OUT = Path("var/models")  # relative to the working directory, like var/ of the demo
-
 
 def _agent(args: argparse.Namespace) -> int:
     from agent.__main__ import run
@@ -35,6 +33,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     return run_demo(args.config, serve=args.serve, speed=args.speed, data=args.data,
                     truth=args.truth, as_json=args.json)
+
+
+_TRAIN_OUT = Path("var/models")  # relative to the working directory, like var/ of the demo
 
 
 def _train(args: argparse.Namespace) -> int:
