@@ -34,6 +34,7 @@ from contract.card import (
     InputSpec,
     Metric,
     ModelCard,
+    Monitoring,
     OutputSpec,
     Reference,
     SelfTest,
@@ -46,8 +47,8 @@ from contract.card import (
 __all__ = [
     "ABS_TOLERANCE",
     "INPUT_NAME",
+    "NOT_COMPARED",
     "REL_TOLERANCE",
-    "RUN_SPECIFIC",
     "SCORE_TOLERANCE",
     "SELF_TEST_ROWS",
     "build_card",
@@ -70,11 +71,13 @@ _QUANTILES = {"p01": 1, "p05": 5, "p25": 25, "p50": 50, "p75": 75, "p95": 95, "p
 # then round the other way, one unit of 1e-4 (the half is room for the subtraction's error).
 REL_TOLERANCE = 1e-4
 ABS_TOLERANCE = 1.5e-4
-# Fields that say when and where a card was made, not what the model is: left out of
-# :func:`card_differences`. ``sha256.model`` follows the weights' last bits; which rows the
-# self-test picks is a tie-break on scores (the agent checks the self-test against the file).
-RUN_SPECIFIC = ("created", "sha256.model", "self_test", "training.duration_s",
-                "training.packages", "training.search_run")
+# Fields that say when and where a card was made, or that come after training, not what
+# training made of the data: left out of :func:`card_differences` by default.
+# ``sha256.model`` follows the weights' last bits; which rows the self-test picks is a
+# tie-break on scores (the agent checks the self-test against the file);
+# ``reference.monitoring`` is added after training, by ``linewatch calibrate``.
+NOT_COMPARED = ("created", "sha256.model", "self_test", "reference.monitoring",
+                "training.duration_s", "training.packages", "training.search_run")
 
 
 def build_card(
@@ -93,6 +96,7 @@ def build_card(
     data_sha256: Mapping[str, str],
     metrics: Mapping[str, Metric] | None = None,
     training: Mapping[str, Any] | None = None,
+    monitoring: Monitoring | None = None,
     created: datetime | None = None,
     self_test_rows: int = SELF_TEST_ROWS,
 ) -> ModelCard:
@@ -112,8 +116,10 @@ def build_card(
     ``scores`` are the model's scores on ``X`` as the training library computed them
     (faster than running the file on every row); they must agree with the file's outputs
     on the self-test rows to :data:`SCORE_TOLERANCE`. Without them the file scores every
-    row. ``data_sha256``: training data file -> sha256. ``metrics`` and ``training`` go into
-    the card as given; ``created`` defaults to now (UTC, whole seconds).
+    row. ``data_sha256``: training data file -> sha256. ``metrics``, ``training`` and
+    ``monitoring`` (the monitors' calibration, ``reference.monitoring``; usually added later
+    by ``linewatch calibrate``) go into the card as given; ``created`` defaults to now (UTC,
+    whole seconds).
 
     Raises :class:`contract.card.CardError` when the parts do not fit together (and
     pydantic's ``ValidationError``, a ``ValueError``, for an invalid part).
@@ -158,7 +164,7 @@ def build_card(
         self_test=SelfTest(features=[[float(v) for v in X[i]] for i in picks],
                            expected=[float(v) for v in expected], tolerance=1e-5),
         reference=Reference(features={s.name: stats(X[:, j]) for j, s in enumerate(features)},
-                            score=stats(scores)),
+                            score=stats(scores), monitoring=monitoring),
         training=dict(training or {}),
     )
 
@@ -210,7 +216,7 @@ def select_self_test(p: np.ndarray, k: int = SELF_TEST_ROWS) -> np.ndarray:
 # --- comparing cards ------------------------------------------------------------------------
 
 
-def card_differences(a: ModelCard, b: ModelCard, *, skip: Sequence[str] = RUN_SPECIFIC,
+def card_differences(a: ModelCard, b: ModelCard, *, skip: Sequence[str] = NOT_COMPARED,
                      rel: float = REL_TOLERANCE, abs_: float = ABS_TOLERANCE) -> list[str]:
     """Where cards ``a`` and ``b`` differ by more than float noise, one line per place
     (``[]``: the same model). Fields in ``skip`` (dotted paths) are left out; the rest is

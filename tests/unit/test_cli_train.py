@@ -50,7 +50,9 @@ def test_the_shipped_models_are_not_replaced_without_overwrite(
     assert "--overwrite" in capsys.readouterr().err
 
 
-def test_an_existing_model_is_replaced_only_with_overwrite(tmp_path: Path) -> None:
+def test_an_existing_model_is_replaced_only_with_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     shutil.copytree(MODELS / "ims_bearing", out / "ims_bearing")
     before = _state(out)
@@ -59,12 +61,17 @@ def test_an_existing_model_is_replaced_only_with_overwrite(tmp_path: Path) -> No
     assert sorted(p.name for p in out.iterdir()) == ["ims_bearing"]
     assert _state(out) == before
 
+    capsys.readouterr()
     assert main(["train", "ims_bearing", "--out", str(out), "--no-search",
                  "--overwrite"]) == 0
     after = _state(out)
     assert after.keys() == before.keys()
     card = Path("ims_bearing") / CARD_FILE
     assert after[str(card)] != before[str(card)]
+    # The shipped card's monitor calibration belongs to the model it replaced: say so.
+    calibrated = ModelCard.load(MODELS / "ims_bearing").reference.monitoring is not None
+    assert ("linewatch calibrate" in capsys.readouterr().out) == calibrated
+    assert ModelCard.load(out / "ims_bearing").reference.monitoring is None
 
 
 def test_help_lists_the_models(capsys: pytest.CaptureFixture[str]) -> None:
