@@ -12,6 +12,7 @@ notices.
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from aggregator.api.deps import IngestorDep, SeriesDep, SessionDep, SettingsDep, SubscriberDep
@@ -41,7 +42,8 @@ def _database_error(session: Session) -> str | None:
     ``BEGIN IMMEDIATE`` (the write lock) and could wait behind an ingest transaction.
     """
     try:
-        raw = session.get_bind().raw_connection()
+        bind = session.get_bind()
+        raw = (bind if isinstance(bind, Engine) else bind.engine).raw_connection()
         try:
             cursor = raw.cursor()
             cursor.execute("SELECT 1")
