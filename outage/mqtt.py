@@ -61,6 +61,9 @@ _UNSPECIFIED = 0x80  # paho's reason for a connection that simply went away
 def describe_error(exc: BaseException | None) -> tuple[str, str]:
     """(kind, reason) of an exception from a connection attempt, for a log line.
 
+    A plain error raised inside the TLS handshake (a plain-MQTT port answering a TLS client
+    resets the connection) is told as a TLS failure: the reset alone would hide where.
+
     >>> describe_error(ConnectionRefusedError(111, "Connection refused"))
     ('refused', 'connection refused')
     >>> describe_error(socket.gaierror(-2, "Name or service not known"))
@@ -70,6 +73,21 @@ def describe_error(exc: BaseException | None) -> tuple[str, str]:
     """
     if exc is None:
         return "unknown", "the attempt failed without an error"
+    if not isinstance(exc, ssl.SSLError) and _in_tls_handshake(exc):
+        return "tls", f"TLS handshake failed ({_describe(exc)[1]}; does that port speak TLS?)"
+    return _describe(exc)
+
+
+def _in_tls_handshake(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "do_handshake":
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _describe(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, socket.gaierror):
         return "dns", f"cannot resolve the host name ({exc.strerror or exc})"
     if isinstance(exc, ssl.SSLCertVerificationError):
