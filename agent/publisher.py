@@ -4,6 +4,13 @@
 the PUBACK for that message's mid. While the connection is down, paho keeps the messages
 already handed to it and resends them after reconnecting (MQTT 3.1.1 §4.4); the outbox
 keeps everything else, and keeps it across a restart of the process too.
+
+Failures are told through ``outage``: every failed connection attempt, refused CONNACK and
+lost connection by ``BrokerLink`` (first of each kind at WARNING with the reason and when
+paho retries, repeats at DEBUG, a summary every 5 min, one line when it is back, and an
+ERROR when another client uses this agent's client id); refused publishes by a
+``FailureLog``. The agent has no HTTP server: those lines and the retained ``status`` topic
+are how an operator sees that it cannot deliver.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import MqttConfig
 from agent.outbox import Outbox
+from outage.failures import FailureLog
+from outage.mqtt import BrokerLink
 
 if TYPE_CHECKING:
     from paho.mqtt.properties import Properties
@@ -31,6 +40,10 @@ logger = logging.getLogger(__name__)
 
 _QUEUED = (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)
 _REFUSED_RETRY_S = 30.0
+_RETRY_MIN_S, _RETRY_MAX_S = 1, 10  # paho's reconnect backoff
+_DRAIN_WAIT_S = 0.2
+_DUPLICATE_ADVICE = ("every agent needs its own agent.id, or its own mqtt.client_id if that "
+                     "is set (see README)")
 
 
 class Publisher:
@@ -63,15 +76,20 @@ class Publisher:
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
         self._client.will_set(status_topic, offline, qos=1, retain=True)
-        self._client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self.link = BrokerLink(
+            self._client, logger, host=config.host, port=config.port, client_id=client_id,
+            duplicate_advice=_DUPLICATE_ADVICE, retry_min_s=_RETRY_MIN_S,
+            retry_max_s=_RETRY_MAX_S,
+        )
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
         # on_publish runs on paho's network thread while paho holds its own locks; it only
         # enqueues, and the drain thread does the bookkeeping, so the two never deadlock.
-        self._acks: queue.SimpleQueue[tuple[int, bool]] = queue.SimpleQueue()
+        self._acks: queue.SimpleQueue[tuple[int, ReasonCode]] = queue.SimpleQueue()
         self._inflight: dict[int, int] = {}  # mid -> seq
-        self._early: dict[int, bool] = {}  # acks that arrived before their mid was recorded
+        # acks that arrived before their mid was recorded
+        self._early: dict[int, ReasonCode] = {}
         self._status_mids: set[int] = set()
         self._retry_at: dict[int, float] = {}  # seq -> when a refused row may go again
         self._last_handed = -1
@@ -81,7 +99,7 @@ class Publisher:
         self._thread: threading.Thread | None = None
         self.published = 0
         self.refused = 0
-        self._logged_down = False
+        self._publish_log = FailureLog(logger)
 
     # --- paho callbacks (network thread) ------------------------------------------------
 
@@ -93,12 +111,8 @@ class Publisher:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        if reason_code.is_failure:
-            # A refused CONNACK is not "connected"; paho retries with backoff.
-            logger.error("broker %s refused the connection: %s", self.config.url, reason_code)
-            return
-        logger.info("connected to %s", self.config.url)
-        self._logged_down = False
+        if not self.link.connected(reason_code):
+            return  # a refused CONNACK is not "connected"; paho retries with backoff
         info = client.publish(self._status_topic, self._online, qos=1, retain=True)
         # Its PUBACK is handled on this thread after we return, so the mid is known by then.
         self._status_mids.add(info.mid)
@@ -114,10 +128,7 @@ class Publisher:
         properties: Properties | None,
     ) -> None:
         self._connected.clear()
-        if not self._stop.is_set() and not self._logged_down:
-            self._logged_down = True
-            logger.warning("disconnected from %s (%s); buffering in the outbox",
-                           self.config.url, reason_code)
+        self.link.disconnected(flags, reason_code)
 
     def _on_publish(
         self,
@@ -127,7 +138,7 @@ class Publisher:
         reason_code: ReasonCode,
         properties: Properties,
     ) -> None:
-        self._acks.put((mid, not reason_code.is_failure))
+        self._acks.put((mid, reason_code))
         self._wake.set()
 
     # --- drain thread --------------------------------------------------------------------
@@ -140,7 +151,13 @@ class Publisher:
     def inflight(self) -> int:
         return len(self._inflight)
 
+    @property
+    def problem(self) -> str | None:
+        """Why messages cannot be delivered right now (None: connected)."""
+        return self.link.problem
+
     def start(self) -> None:
+        self.link.start()
         self._client.connect_async(self.config.host, self.config.port, self.config.keepalive_s)
         self._client.loop_start()
         self._thread = threading.Thread(target=self._drain, name="linewatch-publisher",
@@ -155,30 +172,34 @@ class Publisher:
         done: list[int] = []
         while True:
             try:
-                mid, ok = self._acks.get_nowait()
+                mid, reason = self._acks.get_nowait()
             except queue.Empty:
                 break
             if mid in self._status_mids:
                 self._status_mids.discard(mid)
             else:
-                self._early[mid] = ok
+                self._early[mid] = reason
         for mid in [m for m in self._early if m in self._inflight]:
-            ok = self._early.pop(mid)
+            reason = self._early.pop(mid)
             seq = self._inflight.pop(mid)
-            if ok:
+            if not reason.is_failure:
                 done.append(seq)
                 self._retry_at.pop(seq, None)
             else:
                 # An MQTT 5 broker may refuse a publish (e.g. not authorised). The row stays,
-                # retried with backoff, so a broker-side fix delivers it; logged once.
+                # retried with backoff, so a broker-side fix delivers it. An operator must
+                # act, hence ERROR, once per reason and then at DEBUG.
                 self.refused += 1
-                if seq not in self._retry_at:
-                    logger.error("broker refused message seq %d; it stays in the outbox and "
-                                 "is retried every %.0f s", seq, _REFUSED_RETRY_S)
+                self._publish_log.failed(
+                    f"refused-{reason.value}",
+                    f"broker refused message seq {seq} ({reason}); it stays in the outbox",
+                    retry_in_s=_REFUSED_RETRY_S, level=logging.ERROR,
+                )
                 self._retry_at[seq] = time.monotonic() + _REFUSED_RETRY_S
         if done:
             self.outbox.ack(done)
             self.published += len(done)
+            self._publish_log.recovered(f"broker {self.link.broker} accepts messages again")
         if self._inflight or self._early:
             return
         # Nothing in flight: rows refused earlier (seq <= last handed) get another chance.
@@ -197,18 +218,23 @@ class Publisher:
                 continue
             info = self._client.publish(row.topic, row.payload, qos=1)
             if info.rc not in _QUEUED:
-                logger.error("paho refused to queue seq %d: %s; retrying later", row.seq,
-                             mqtt.error_string(info.rc))
+                # Retried on the next pass of the drain loop: logged once, not every pass.
+                self._publish_log.failed(
+                    f"queue-{info.rc}",
+                    f"paho refused to queue seq {row.seq}: {mqtt.error_string(info.rc)}",
+                    retry_in_s=_DRAIN_WAIT_S,
+                )
                 return
             self._inflight[info.mid] = row.seq
             self._last_handed = row.seq
 
     def _drain(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(0.2)
+            self._wake.wait(_DRAIN_WAIT_S)
             self._wake.clear()
             self._settle_acks()
             self._hand_over()
+            self.link.tick()
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until the outbox is empty; False if it is not by the deadline."""
@@ -233,5 +259,6 @@ class Publisher:
                 info.wait_for_publish(timeout=2)
             except (RuntimeError, ValueError):
                 pass
+        self.link.closing()
         self._client.disconnect()
         self._client.loop_stop()

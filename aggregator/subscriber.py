@@ -15,6 +15,12 @@ window bounds it. With MQTT 5 we announce ``receive-maximum`` = queue size; with
 broker's ``max_inflight_messages`` should stay below it. If the queue ever overflows
 anyway, the message is left unacked and, once the queue has drained, the connection is
 dropped so that the broker sends it again after paho's automatic reconnect.
+
+Failures are told through ``outage``: the broker link by ``BrokerLink`` (each kind of
+connection failure at WARNING with the reason and when paho retries, then DEBUG, a summary
+every 5 min, one INFO line when it is back; another client using our client id at ERROR),
+a batch that cannot be stored by a ``FailureLog`` (the same rules, with the retry loop's
+delay). ``problems()`` says what keeps the service from doing its job, for ``/readyz``.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from aggregator.errors import UnavailableError
 from aggregator.ingest import Ingestor, RawMessage
 from aggregator.settings import Settings
 from contract.wire import subscription
+from outage.failures import FailureLog, span
+from outage.mqtt import BrokerLink
 
 __all__ = ["Subscriber", "SubscriberCounts"]
 
@@ -46,6 +54,8 @@ KEEPALIVE_S = 30
 BATCH_WAIT_S = 0.2
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 10.0
+RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 30  # paho's reconnect backoff
+DUPLICATE_ADVICE = "every aggregator replica needs its own LINEWATCH_MQTT_CLIENT_ID (see README)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +77,11 @@ class SubscriberCounts:
     retries: int
     overflowed: int
     queued: int
+    connect_failures: int
+    disconnects: int
+    takeovers: int
+    duplicate_client_id: bool
+    last_error: str | None
 
 
 class Subscriber:
@@ -93,10 +108,17 @@ class Subscriber:
         self._stopping = threading.Event()
         self._generation = 0
         self._resync_needed = False
-        self._refusals_logged: set[str] = set()
+        self._subscription_refused: str | None = None
+        self._store_log = FailureLog(logger)
         self._worker: threading.Thread | None = None
         self._counts = {"received": 0, "acked": 0, "batches": 0, "retries": 0, "overflowed": 0}
         self._client = self._make_client()
+        endpoint = settings.mqtt
+        self.link = BrokerLink(
+            self._client, logger, host=endpoint.host, port=endpoint.port,
+            client_id=settings.mqtt_client_id, duplicate_advice=DUPLICATE_ADVICE,
+            retry_min_s=RECONNECT_MIN_S, retry_max_s=RECONNECT_MAX_S,
+        )
 
     # -- paho client --------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
@@ -116,7 +138,6 @@ class Subscriber:
         if s.mqtt.tls:
             ca = str(s.mqtt_ca_file) if s.mqtt_ca_file is not None else None
             client.tls_set(ca_certs=ca, cert_reqs=ssl.CERT_REQUIRED)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
@@ -143,14 +164,37 @@ class Subscriber:
 
     @property
     def counts(self) -> SubscriberCounts:
+        link = self.link
         return SubscriberCounts(
             connected=self.connected, subscribed=self.ready, queued=self._queue.qsize(),
-            **self._counts,
+            connect_failures=link.connect_failures, disconnects=link.disconnects,
+            takeovers=link.takeovers, duplicate_client_id=link.duplicate_client_id,
+            last_error=link.last_error, **self._counts,
         )
+
+    def problems(self) -> list[str]:
+        """What keeps messages from being received and stored right now; empty when
+        nothing does. The series store and the SQL database are asked by ``/readyz``
+        itself; a batch that keeps failing is reported here."""
+        found = []
+        link_problem = self.link.problem
+        if link_problem is not None:
+            found.append(link_problem)
+        elif self._subscription_refused is not None:
+            found.append(self._subscription_refused)
+        elif not self.ready:
+            found.append(f"connected to broker {self.link.broker}, not subscribed yet")
+        if self._store_log.failing:
+            found.append(
+                f"cannot store received messages for {span(self._store_log.failing_for_s)} "
+                f"({self._store_log.failures} failures): {self._store_log.last}"
+            )
+        return found
 
     def start(self) -> None:
         """Connect in the background (retrying until the broker answers) and start work."""
         self._stopping.clear()
+        self.link.start()
         self._connect_async()
         self._client.loop_start()
         self._worker = threading.Thread(target=self._work, name="mqtt-ingest", daemon=True)
@@ -167,6 +211,7 @@ class Subscriber:
             if self._worker.is_alive():
                 logger.warning("ingest worker still busy after %.0f s; leaving it", timeout_s)
             self._worker = None
+        self.link.closing()
         self._client.disconnect()
         self._client.loop_stop()
         self._connected.clear()
@@ -189,22 +234,15 @@ class Subscriber:
     def _on_connect(
         self, client: mqtt.Client, _userdata: Any, flags: Any, reason: ReasonCode, _props: Any
     ) -> None:
-        if reason.is_failure:
+        if not self.link.connected(reason):
             # A refused CONNACK is not a connection (bad credentials, not authorised...).
             self._connected.clear()
             self._subscribed.clear()
-            level = logging.DEBUG if str(reason) in self._refusals_logged else logging.ERROR
-            self._refusals_logged.add(str(reason))
-            host = self.settings.mqtt.host
-            logger.log(level, "broker %s refused the connection: %s", host, reason)
             return
-        self._refusals_logged.clear()
         self._generation += 1
         self._connected.set()
-        logger.info(
-            "connected to %s:%d (session present: %s); subscribing to %s",
-            *self.settings.mqtt[:2], flags.session_present, self.topic,
-        )
+        logger.debug("subscribing to %s (session present: %s)", self.topic,
+                     flags.session_present)
         client.subscribe(self.topic, qos=1)
 
     def _on_subscribe(
@@ -212,18 +250,21 @@ class Subscriber:
     ) -> None:
         refused = [reason for reason in reasons if reason.is_failure]
         if refused:
-            logger.error("broker refused the subscription to %s: %s", self.topic, refused[0])
+            self._subscription_refused = (
+                f"broker {self.link.broker} refused the subscription to {self.topic}: "
+                f"{refused[0]}"
+            )
+            logger.error("%s", self._subscription_refused)
         else:
+            self._subscription_refused = None
             self._subscribed.set()
 
     def _on_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _p: Any
     ) -> None:
-        was_connected = self._connected.is_set()
         self._connected.clear()
         self._subscribed.clear()
-        if was_connected and not self._stopping.is_set():
-            logger.warning("disconnected from the broker (%s); reconnecting", reason)
+        self.link.disconnected(_flags, reason)
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
@@ -253,6 +294,7 @@ class Subscriber:
                 self._handle_until_done(batch)
             if self._resync_needed and self._queue.empty() and not self._stopping.is_set():
                 self._resync()
+            self.link.tick()
 
     def _next_batch(self) -> list[_Received]:
         """Wait up to BATCH_WAIT_S for a first message, then take what is already queued.
@@ -275,25 +317,30 @@ class Subscriber:
 
     def _handle_until_done(self, batch: list[_Received]) -> None:
         messages = [RawMessage(r.topic, r.payload) for r in batch]
-        delay, failures = RETRY_MIN_S, 0
+        delay = RETRY_MIN_S
         while True:
             try:
                 self.ingestor.handle_batch(messages)
             except UnavailableError as exc:
-                if failures == 0:
-                    logger.warning("%s; retrying %d messages until it is back", exc, len(batch))
-            except Exception:
+                # The series store or the SQL database is down: the same batch goes again.
+                self._store_log.failed(
+                    type(exc).__name__,
+                    f"cannot store {len(batch)} received messages: {exc}",
+                    retry_in_s=delay,
+                )
+            except Exception as exc:
                 # A bug, not bad input (which never raises): keep the messages unacked and
-                # retry, rather than lose them; the traceback is logged once per episode.
-                if failures == 0:
-                    logger.exception("ingest failed; retrying %d messages", len(batch))
+                # retry, rather than lose them; the traceback comes with the loud lines.
+                self._store_log.failed(
+                    f"bug-{type(exc).__name__}",
+                    f"ingest failed on {len(batch)} received messages: {exc!r}",
+                    retry_in_s=delay, level=logging.ERROR, exc_info=exc,
+                )
             else:
-                if failures:
-                    logger.info("ingest recovered after %d retries", failures)
+                self._store_log.recovered("storing received messages again")
                 self._counts["batches"] += 1
                 self._ack(batch)
                 return
-            failures += 1
             self._counts["retries"] += 1
             if self._stopping.wait(delay):
                 logger.warning("stopping with %d messages unhandled (not acked)", len(batch))
@@ -323,6 +370,7 @@ class Subscriber:
             "reconnecting to get overflowed messages resent (%d so far)",
             self._counts["overflowed"],
         )
+        self.link.closing()  # a deliberate disconnect, not a failure of the link
         try:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:

@@ -11,6 +11,7 @@ __all__ = [
     "AgentHealthOut",
     "AgentOut",
     "CountsOut",
+    "DatabaseHealthOut",
     "DriftOut",
     "ErrorOut",
     "EvidenceOut",
@@ -145,15 +146,34 @@ class MqttHealthOut(_Out):
     subscribed: bool
     broker: str
     embedded: bool
+    client_id: str
     received: int
     acked: int
     queued: int
-    retries: int
+    retries: int = Field(description="times a batch was retried because it could not be stored")
     overflowed: int
+    connect_failures: int = Field(
+        description="failed connection attempts (refused, unreachable, DNS, TLS, CONNACK "
+        "refused) since start"
+    )
+    disconnects: int = Field(description="established connections lost since start")
+    takeovers: int = Field(
+        description="connections closed because another client used our client id"
+    )
+    duplicate_client_id: bool = Field(
+        description="another client is using our client id right now: give every replica "
+        "its own LINEWATCH_MQTT_CLIENT_ID"
+    )
+    last_error: str | None = Field(description="the latest broker failure, if any")
 
 
 class SeriesHealthOut(_Out):
     backend: str
+    ok: bool
+
+
+class DatabaseHealthOut(_Out):
+    backend: str = Field(description="SQLAlchemy dialect, e.g. sqlite or postgresql")
     ok: bool
 
 
@@ -168,7 +188,13 @@ class CountsOut(_Out):
 
 
 class HealthOut(_Out):
-    status: Literal["ok", "degraded"]
+    """The aggregator's state: ``problems`` lists what keeps it from doing its job."""
+
+    status: Literal["ok", "degraded"] = Field(description="ok when problems is empty")
+    problems: list[str] = Field(
+        description="what keeps messages from being received and stored, one sentence each"
+    )
     mqtt: MqttHealthOut
     series: SeriesHealthOut
+    database: DatabaseHealthOut
     counts: CountsOut

@@ -59,6 +59,7 @@ MEASUREMENT = "prediction"
 DRIFT = "drift"
 HEALTH = "health"
 BATCH_LINES = 5000  # InfluxDB's documented optimal batch size for /write
+PING_TIMEOUT_S = 2.0
 _TAG_SPECIALS = (",", "=", " ")
 _COLUMNS = (
     "score", "alert", "seq", "window_start_ns",
@@ -344,7 +345,8 @@ class Influx1Store:
 
     def ping(self) -> bool:
         try:
-            return self._request("GET", "/ping").status_code == 204
+            # Short: /readyz asks on every probe, and a probe must answer in a second or two.
+            return self._request("GET", "/ping", timeout=PING_TIMEOUT_S).status_code == 204
         except SeriesUnavailableError:
             return False
 

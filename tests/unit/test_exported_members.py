@@ -12,11 +12,12 @@ import agent
 import aggregator
 import contract
 import linewatch
+import outage
 
 
 def _modules() -> list[str]:
     names = []
-    for pkg in (contract, agent, aggregator, linewatch):
+    for pkg in (contract, outage, agent, aggregator, linewatch):
         names.append(pkg.__name__)
         for info in pkgutil.walk_packages(pkg.__path__, prefix=f"{pkg.__name__}."):
             if not info.name.endswith("__main__"):

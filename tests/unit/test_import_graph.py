@@ -1,5 +1,6 @@
-"""The import graph has floors: ``contract`` at the bottom, ``agent`` and ``aggregator`` side
-by side on it, ``linewatch`` (CLI, demo, training) on top. Nothing points back up.
+"""The import graph has floors: ``contract`` and ``outage`` at the bottom, ``agent`` and
+``aggregator`` side by side on them, ``linewatch`` (CLI, demo, training) on top. Nothing
+points back up.
 
 Read statically from the source (every ``import`` statement, also those inside functions),
 so a lazy import cannot hide a dependency the way it hides from ``sys.modules``.
@@ -18,9 +19,10 @@ ROOT = Path(__file__).resolve().parents[2]
 # What each package may import from the project's own packages.
 ALLOWED = {
     "contract": {"contract"},
-    "agent": {"contract", "agent"},
-    "aggregator": {"contract", "aggregator"},
-    "linewatch": {"contract", "agent", "aggregator", "linewatch"},
+    "outage": {"outage"},
+    "agent": {"contract", "outage", "agent"},
+    "aggregator": {"contract", "outage", "aggregator"},
+    "linewatch": {"contract", "outage", "agent", "aggregator", "linewatch"},
 }
 
 

@@ -1,42 +1,97 @@
-"""``GET /healthz``: is the aggregator receiving and storing, and what has it counted."""
+"""``GET /healthz`` (liveness, with details) and ``GET /readyz`` (readiness).
+
+Both answer the same body: what the aggregator has counted and, in ``problems``, what keeps
+it from doing its job: not subscribed to the broker (with the reason: refused, DNS, TLS,
+credentials, another client using our client id, ...), a series store or SQL database that
+does not answer, a batch that keeps failing to be stored. They differ in the status code:
+``/healthz`` is 200 while the process runs (restarting it would not help), ``/readyz`` is
+503 while there is any problem, so a load balancer or an orchestrator's readiness probe
+notices.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
-from aggregator.api.deps import IngestorDep, SeriesDep, SettingsDep, SubscriberDep
-from aggregator.api.schemas import CountsOut, HealthOut, MqttHealthOut, SeriesHealthOut
+from aggregator.api.deps import IngestorDep, SeriesDep, SessionDep, SettingsDep, SubscriberDep
+from aggregator.api.schemas import (
+    CountsOut,
+    DatabaseHealthOut,
+    HealthOut,
+    MqttHealthOut,
+    SeriesHealthOut,
+)
+from aggregator.ingest import Ingestor
+from aggregator.series import SeriesStore
+from aggregator.settings import Settings
+from aggregator.subscriber import Subscriber
 
-__all__ = ["healthz", "router"]
+__all__ = ["healthz", "readyz", "router"]
 
 router = APIRouter(tags=["health"])
 
+_NOT_READY = "not ready: `problems` says why; the body is the same as on 200"
 
-@router.get("/healthz")
-def healthz(
-    settings: SettingsDep, series: SeriesDep, subscriber: SubscriberDep, ingestor: IngestorDep
-) -> HealthOut:
-    """``ok`` when subscribed to the broker and the series store answers, else ``degraded``.
 
-    Always 200: the body says what is wrong; the process itself is alive.
+def _database_error(session: Session) -> str | None:
+    """None if the SQL database answers ``SELECT 1``, else why not.
+
+    On the raw DBAPI connection: a SQLAlchemy connection would BEGIN, which on SQLite is
+    ``BEGIN IMMEDIATE`` (the write lock) and could wait behind an ingest transaction.
     """
+    try:
+        bind = session.get_bind()
+        raw = (bind if isinstance(bind, Engine) else bind.engine).raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+        finally:
+            raw.close()
+    except Exception as exc:  # a probe reports every failure, it never raises
+        return f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+    return None
+
+
+def _report(
+    settings: Settings, series: SeriesStore, subscriber: Subscriber, ingestor: Ingestor,
+    session: Session,
+) -> HealthOut:
     sub = subscriber.counts
+    problems = subscriber.problems()
     series_ok = series.ping()
+    if not series_ok:
+        problems.append(f"the series store ({series.name}) does not answer")
+    db_error = _database_error(session)
+    if db_error is not None:
+        problems.append(f"the SQL database does not answer: {db_error}")
     counts = ingestor.counts
     return HealthOut(
-        status="ok" if sub.subscribed and series_ok else "degraded",
+        status="degraded" if problems else "ok",
+        problems=problems,
         mqtt=MqttHealthOut(
             connected=sub.connected,
             subscribed=sub.subscribed,
             broker=f"{settings.mqtt.host}:{settings.mqtt.port}",
             embedded=settings.mqtt_url is None,
+            client_id=settings.mqtt_client_id,
             received=sub.received,
             acked=sub.acked,
             queued=sub.queued,
             retries=sub.retries,
             overflowed=sub.overflowed,
+            connect_failures=sub.connect_failures,
+            disconnects=sub.disconnects,
+            takeovers=sub.takeovers,
+            duplicate_client_id=sub.duplicate_client_id,
+            last_error=sub.last_error,
         ),
         series=SeriesHealthOut(backend=series.name, ok=series_ok),
+        database=DatabaseHealthOut(
+            backend=session.get_bind().dialect.name, ok=db_error is None
+        ),
         counts=CountsOut(
             accepted=counts.accepted,
             predictions_stored=counts.predictions,
@@ -47,3 +102,46 @@ def healthz(
             rejected=counts.rejected,
         ),
     )
+
+
+@router.get(
+    "/healthz",
+    responses={200: {"description": "the process is alive; `status` and `problems` say "
+                     "whether it can do its job"}},
+)
+def healthz(
+    settings: SettingsDep, series: SeriesDep, subscriber: SubscriberDep, ingestor: IngestorDep,
+    session: SessionDep,
+) -> HealthOut:
+    """Liveness, with details: always 200 while the process runs.
+
+    ``status`` is ``ok`` when ``problems`` is empty, else ``degraded``. A liveness probe
+    should use this route (restarting the process does not bring a broker back); a
+    readiness probe should use ``/readyz``.
+    """
+    return _report(settings, series, subscriber, ingestor, session)
+
+
+@router.get(
+    "/readyz",
+    responses={
+        200: {"description": "ready: subscribed to the broker, the series store and the SQL "
+              "database answer, nothing is failing to be stored"},
+        503: {"model": HealthOut, "description": _NOT_READY},
+    },
+)
+def readyz(
+    response: Response, settings: SettingsDep, series: SeriesDep, subscriber: SubscriberDep,
+    ingestor: IngestorDep, session: SessionDep,
+) -> HealthOut:
+    """Readiness: 200 when the aggregator can do its job, 503 while it cannot.
+
+    Not ready while not subscribed to the broker (unreachable, refused, another client
+    using our client id, ...), while the series store or the SQL database does not answer,
+    or while a batch of received messages keeps failing to be stored. The body is the one
+    of ``/healthz``; ``problems`` says what is wrong.
+    """
+    report = _report(settings, series, subscriber, ingestor, session)
+    if report.problems:
+        response.status_code = 503
+    return report
