@@ -100,11 +100,15 @@ def _todo(exc: BaseException, config: Path) -> str:
 def run(args: argparse.Namespace) -> int:
     """Run one agent from parsed arguments; return the exit code (``agent.exits``)."""
     from agent import config as agent_config
-    from agent.pipeline import Agent
 
     verbose = bool(getattr(args, "verbose", False))
     try:
-        agent = Agent(agent_config.load(args.config))
+        config = agent_config.load(args.config)
+        # Imported only now: onnxruntime and River take seconds to load on a small gateway,
+        # and a bad configuration should be reported at once.
+        from agent.pipeline import Agent
+
+        agent = Agent(config)
     except ConfigError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return EXIT_CONFIG

@@ -125,7 +125,6 @@ def serve_command(args: argparse.Namespace) -> int:
 
     Configures logging unless the caller already did.
     """
-    from aggregator.server import StartError, serve
     from aggregator.settings import load_settings
 
     verbose = bool(getattr(args, "verbose", False))
@@ -145,6 +144,10 @@ def serve_command(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Imported only now: FastAPI, SQLAlchemy and uvicorn take a second or two to load, and a
+    # bad setting should be reported at once.
+    from aggregator.server import StartError, serve
+
     if not verbose:
         # amqtt logs every connection and state change at INFO; its warnings are what matter.
         for noisy in ("amqtt", "transitions"):

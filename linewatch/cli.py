@@ -125,15 +125,15 @@ def _aggregator(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if not args.config.is_file():
+        print(f"error: demo configuration {str(args.config)!r} does not exist: check the -c "
+              "path (the shipped one is configs/demo.yaml)", file=sys.stderr)
+        return EXIT_CONFIG
     from pydantic import ValidationError
 
     from aggregator.errors import AggregatorError
     from linewatch.demo import run_demo
 
-    if not args.config.is_file():
-        print(f"error: demo configuration {str(args.config)!r} does not exist: check the -c "
-              "path (the shipped one is configs/demo.yaml)", file=sys.stderr)
-        return EXIT_CONFIG
     try:
         return run_demo(args.config, serve=args.serve, speed=args.speed)
     except ValidationError as exc:
@@ -247,7 +247,6 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from agent.datasets import DatasetError
     from agent.errors import AgentError, ConfigError
     from contract.errors import ContractError
 
@@ -258,8 +257,13 @@ def main(argv: list[str] | None = None) -> int:
         _report(exc, args)
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except (AgentError, ContractError, DatasetError, OSError) as exc:
-        # Something the arguments name is missing or unusable (model, data file).
+    except (AgentError, ContractError, OSError, ValueError) as exc:
+        # Something the arguments name is missing or unusable (model, data file). Of the
+        # ValueErrors, only a data file that does not parse; numpy loads with that class.
+        from agent.datasets import DatasetError
+
+        if isinstance(exc, ValueError) and not isinstance(exc, DatasetError | ContractError):
+            raise
         _report(exc, args)
         text = str(exc).strip()
         print(f"error: {text.splitlines()[0] if text else repr(exc)}", file=sys.stderr)
