@@ -171,12 +171,9 @@ def test_a_busy_http_port_is_one_line_and_exit_3(
                  "the other process")
 
 
-@pytest.mark.parametrize("command", sorted(AGGREGATOR))
-def test_a_busy_broker_port_is_one_line_and_exit_3(
-    tmp_path: Path, busy_port: int, command: str
-) -> None:
+def test_a_busy_broker_port_is_one_line_and_exit_3(tmp_path: Path, busy_port: int) -> None:
     path = env_file(tmp_path, embedded_broker_port=busy_port)
-    done = run([*AGGREGATOR[command], "-c", str(path)], tmp_path)
+    done = run([LINEWATCH, "aggregator", "-c", str(path)], tmp_path)
     assert_short(done, AGGREGATOR_EXIT_START, f"port {busy_port} on 127.0.0.1 is in use",
                  "LINEWATCH_EMBEDDED_BROKER_PORT", "LINEWATCH_MQTT_URL")
 
