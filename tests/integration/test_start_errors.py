@@ -345,9 +345,11 @@ def test_an_agent_that_cannot_start_says_which_key_and_exits_3(
         assert needle in done.stderr, (needle, done.stderr)
 
 
-def test_an_agent_config_error_names_the_key_and_exits_2(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", sorted(AGENT))
+def test_an_agent_config_error_names_the_key_and_exits_2(tmp_path: Path, command: str) -> None:
+    # -v after the subcommand, where users type it, is accepted as well as before it.
     path = agent_yaml(tmp_path, source={"speed": -1})
-    done = run([LINEWATCH, "agent", "-c", str(path)], tmp_path)
+    done = run([*AGENT[command], "-c", str(path), "-v"], tmp_path)
     assert_short(done, EXIT_CONFIG, "source.speed", "(got -1)")
 
 
