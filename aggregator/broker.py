@@ -78,7 +78,7 @@ class EmbeddedBroker:
                 sock.close()
         except OSError as exc:
             raise BrokerError(
-                f"embedded broker cannot listen on {self.host}:{self.port}: "
+                f"embedded broker on {self.host}:{self.port} did not start: "
                 f"{exc.strerror or exc}"
             ) from exc
         self._started.clear()
