@@ -62,6 +62,14 @@ exit codes (README.md, "Exit codes", has every command's):
 """
 
 
+# For the top level: every subcommand's own --help lists what its codes mean for it.
+_EPILOG = f"""\
+exit codes, the same for every subcommand (README.md, "Exit codes", has the table):
+  {EXIT_OK}    done                      {EXIT_CONFIG}    bad arguments or settings
+  {EXIT_START}    could not start           {EXIT_INTERRUPTED}  stopped by Ctrl-C
+"""
+
+
 def _version() -> str:
     try:
         return importlib.metadata.version("linewatch")
@@ -169,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m aggregator",
         description="The linewatch aggregator; 'linewatch aggregator' runs the same code.",
-        epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"linewatch {_version()}")
     parser.add_argument("-v", "--verbose", action="store_true",

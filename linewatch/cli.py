@@ -68,7 +68,7 @@ example:
 
 _DEMO_EPILOG = f"""\
 exit codes (README.md, "Exit codes", has every command's):
-  {EXIT_OK}    every scored window reached the aggregator (also: Ctrl-C while serving)
+  {EXIT_OK}    every scored window reached the aggregator (also: stopped by Ctrl-C)
   {EXIT_FAILED}    some scored windows were not stored by the aggregator
   {EXIT_CONFIG}    bad demo configuration, or the file is missing
   {EXIT_START}    could not start: model, data file, port or state_dir unusable
