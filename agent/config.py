@@ -20,6 +20,7 @@ from agent.errors import ConfigError
 __all__ = [
     "AgentConfig",
     "AgentIdConfig",
+    "BudgetConfig",
     "ModelConfig",
     "MonitorConfig",
     "MqttConfig",
@@ -122,18 +123,23 @@ class PublishConfig(_Config):
     health_interval_s: float = Field(30.0, gt=0)
 
 
+class BudgetConfig(_Config):
+    """The false-alarm budget, in a plant's words: at most ``alarms`` false drift alarms per
+    agent per ``per_days`` days. Every monitor's threshold is calibrated to it."""
+
+    alarms: float = Field(1.0, gt=0, description="false drift alarms allowed per agent ...")
+    per_days: float = Field(90.0, gt=0, description="... per this many days")
+
+
 class MonitorConfig(_Config):
-    score_detector: Literal["adwin", "page_hinkley"] = Field(
-        "adwin", description="River detector watching the fleet's score stream"
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    windows_per_day: float | None = Field(
+        None, gt=0, description="windows per asset per day, for the budget; default: from "
+        "the source's sample interval and the card's window hop"
     )
-    adwin_delta: float = Field(0.002, gt=0, lt=1)
-    range_margin: float = Field(
-        0.5, ge=0, description="a feature is out of range beyond the training min/max "
-        "widened by this fraction of the training span"
-    )
-    stuck_samples: int = Field(
-        0, ge=0, description="samples with an unchanged value before a channel counts as "
-        "stuck; 0 disables (constant channels exist in real data)"
+    stuck_samples: int | None = Field(
+        None, ge=2, description="identical samples in a row before a channel counts as "
+        "stuck; default: from the card (twice the longest run seen in training, plus two)"
     )
 
 

@@ -21,7 +21,11 @@ import numpy as np
 from agent.config import AgentConfig
 from agent.features import FeatureExtractor
 from agent.inference import OnnxModel
-from agent.monitors import DriftMonitor, Event, QualityMonitor
+from agent.monitors import Event
+from agent.monitors.budget import Calibration, calibrate
+from agent.monitors.envelope import EnvelopeMonitor
+from agent.monitors.quality import QualityMonitor
+from agent.monitors.score import ScoreMonitor
 from agent.outbox import Outbox
 from agent.publisher import Publisher
 from agent.sources import Reading, open_source
@@ -48,6 +52,7 @@ class Progress:
     alerts: int = 0
     drift_events: int = 0
     quality_events: int = 0
+    events_sent: int = 0
     rejected_readings: int = 0
     outbox_depth: int = 0
     published: int = 0
@@ -130,9 +135,12 @@ class Agent:
         self.source = open_source(config.source, card)
         self.windower = Windower(card.window.size, card.window.hop, len(card.channel_names))
         self.extractor = FeatureExtractor(card.features, card.channel_names)
-        self.quality = QualityMonitor(card, config.monitors.range_margin,
-                                      config.monitors.stuck_samples)
-        self.drift = DriftMonitor(config.monitors.score_detector, config.monitors.adwin_delta)
+        self.calibration = self._calibrate()
+        cal = self.calibration
+        self.quality = QualityMonitor(card.channel_names, cal.limits,
+                                      step_window=cal.step_window)
+        self.envelope = EnvelopeMonitor.from_card(card, cal.envelope, cal.allowance)
+        self.score_monitor = None if cal.score is None else ScoreMonitor(*cal.score)
         self.threshold = card.threshold.value
         self.model_ref = wire.ModelRef(
             name=card.name, version=card.version, sha256=card.sha256.model,
@@ -162,6 +170,26 @@ class Agent:
         self._stop = threading.Event()
         self._last_health = time.monotonic()
 
+    def _calibrate(self) -> Calibration:
+        card, mon = self.model.card, self.config.monitors
+        per_day = mon.windows_per_day
+        interval = self.source.sample_interval_s
+        if per_day is None and interval:
+            per_day = 86400.0 / (interval * card.window.hop)
+        if per_day is None:
+            per_day = 86400.0 / card.window.hop  # one sample a second, said in the log
+            logger.warning("the source does not say how often it samples: the false-alarm "
+                           "budget assumes one sample a second; set monitors.windows_per_day")
+        budget = wire.Budget(alarms=mon.budget.alarms, per_days=mon.budget.per_days,
+                             windows_per_day=per_day)
+        assets = len(self.source.assets or ()) or 1
+        cal = calibrate(card, budget, assets, stuck_samples=mon.stuck_samples)
+        logger.info("monitors: at most %g false drift alarms per %g days over %d assets and "
+                    "%d signals at %.4g windows a day; envelope thresholds %.3g-%.3g",
+                    budget.alarms, budget.per_days, assets, cal.report.signals, per_day,
+                    float(cal.envelope.min()), float(cal.envelope.max()))
+        return cal
+
     def _status(self, state: str) -> wire.Status:
         return wire.Status.build(self.config.agent.id, state, self.model_ref)
 
@@ -186,16 +214,19 @@ class Agent:
         assets = [w.asset for w in ready for _ in range(len(w))]
         ends = np.concatenate([w.end for w in ready])
         starts = np.concatenate([w.start for w in ready])
-        self.quality.check_features(assets, x, ends)
+        self.envelope.update(assets, x, ends)
         began = time.perf_counter()
         scores = self.model.run(x)
         self._latency_ms.append((time.perf_counter() - began) * 1e3)
+        alerts = scores >= self.threshold
+        if self.score_monitor is not None:
+            order = np.argsort(ends, kind="stable")
+            self.score_monitor.update(alerts[order], ends[order])
         items = []
-        for asset, s0, s1, score in zip(assets, starts, ends, scores, strict=True):
-            alert = bool(score >= self.threshold)
+        for asset, s0, s1, score, alert in zip(assets, starts, ends, scores, alerts.tolist(),
+                                               strict=True):
             items.append(wire.Prediction(asset=asset, window_start=_dt(s0), window_end=_dt(s1),
                                          score=float(score), alert=alert))
-            self.drift.update(float(score), float(s1))
             self.progress.alerts += alert
             if self._record:
                 self._scored.append(Scored(asset, _dt(s1), float(score)))
@@ -204,14 +235,13 @@ class Agent:
 
     def _events(self) -> None:
         quality: list[Event] = self.quality.events()
-        drift = self.drift.events()
-        self.progress.quality_events += len(quality)
-        self.progress.drift_events += len(drift)
-        items = [
-            wire.DriftEvent(asset=e.asset, at=_dt(e.at_s), monitor=e.monitor,
-                            detector=e.detector, value=e.value, detail=e.detail)
-            for e in quality + drift
-        ]
+        drift = self.envelope.events()
+        if self.score_monitor is not None:
+            drift += self.score_monitor.events()
+        self.progress.quality_events += sum(e.state == "start" for e in quality)
+        self.progress.drift_events += sum(e.state == "start" for e in drift)
+        items = [_drift_item(e) for e in quality + drift]
+        self.progress.events_sent += len(items)
         if items:
             self.batcher.add("drift", items)
 
@@ -225,6 +255,7 @@ class Agent:
             at=datetime.now(UTC), windows_scored=self.progress.windows_scored,
             outbox_depth=self.outbox.depth, outbox_dropped=self.outbox.dropped,
             rejected_readings=self.quality.rejected_readings, inference_ms_median=median,
+            monitoring=self.calibration.report,
         )])
 
     def _update_progress(self) -> None:
@@ -265,6 +296,25 @@ class Agent:
         finally:
             self.publisher.close()
             self.outbox.close()
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def _drift_item(e: Event) -> wire.DriftEvent:
+    reference = None
+    if e.reference is not None and all(np.isfinite(e.reference[:2])):
+        reference = wire.Range(low=e.reference[0], high=e.reference[1],
+                               mean=_finite(e.reference[2]))
+    return wire.DriftEvent(
+        asset=e.asset, at=_dt(e.at_s), monitor=e.monitor, detector=e.detector,
+        value=_finite(e.value), detail=e.detail, state=e.state,
+        signal=e.signal,
+        channels=list(e.channels) or None,
+        since=None if e.since_s is None else _dt(e.since_s), reference=reference,
+        current=_finite(e.current), threshold=_finite(e.threshold),
+    )
 
 
 def run(config: AgentConfig, *, record: bool = False) -> RunReport:

@@ -1,4 +1,6 @@
 """``python -m aggregator serve [-c aggregator.env]``: the same as ``linewatch aggregator``.
+``python -m aggregator migrate [-c aggregator.env]``: upgrade the SQL schema (as ``serve``
+does at start), print the revision before and after, and exit; back the database up first.
 
 ``linewatch aggregator`` calls ``serve_command`` here, so both commands report a bad
 setting or a failed start the same way: one line per problem naming the ``LINEWATCH_*``
@@ -16,17 +18,24 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from aggregator.exits import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, EXIT_START
+from aggregator.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_START
+
+if TYPE_CHECKING:  # pydantic-settings is loaded only when the settings are
+    from aggregator.settings import Settings
 
 __all__ = [
+    "MIGRATE_DESCRIPTION",
+    "MIGRATE_EPILOG",
     "SERVE_DESCRIPTION",
     "SERVE_EPILOG",
     "add_serve_arguments",
     "explain",
     "main",
+    "migrate_command",
     "serve_command",
 ]
 
@@ -61,6 +70,26 @@ exit codes (README.md, "Exit codes", has every command's):
        service managers expect)
 """
 
+
+MIGRATE_DESCRIPTION = """\
+Upgrade the aggregator's SQL schema to this release's newest revision, print the revision
+before and after, and exit. serve does the same at every start; run migrate by hand, e.g.
+before starting several replicas. Back the database up first: migrations move data.
+
+Reads:  LINEWATCH_DB_URL (from the env file given with -c, or the environment).
+Writes: the database's schema and its migration history (alembic_version).
+
+example:
+  python -m aggregator migrate -c configs/aggregator.example.env
+"""
+
+MIGRATE_EPILOG = f"""\
+exit codes (README.md, "Exit codes", has every command's):
+  {EXIT_OK}    the schema is at the newest revision
+  {EXIT_FAILED}    the schema cannot be migrated (unknown tables, or a newer release's)
+  {EXIT_CONFIG}    bad settings: invalid value, unknown key, missing or unreadable env file
+  {EXIT_START}    the database cannot be reached or opened
+"""
 
 # For the top level: every subcommand's own --help lists what its codes mean for it.
 _EPILOG = f"""\
@@ -128,30 +157,39 @@ def explain(exc: ValidationError, path: Path | None) -> list[str]:
     return lines
 
 
+def _load(args: argparse.Namespace) -> Settings | None:
+    """The settings, or None after saying on stderr what is wrong with them."""
+    from aggregator.settings import load_settings
+
+    path: Path | None = args.config
+    try:
+        return load_settings(path)
+    except ValidationError as exc:
+        sys.stderr.write("".join(line + "\n" for line in explain(exc, path)))
+    except FileNotFoundError as exc:
+        sys.stderr.write(f"error: {exc}: check the -c path (an example: {_EXAMPLE})\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        sys.stderr.write(f"error: cannot read settings file {str(path)!r} ({reason}): make it "
+                         "a readable UTF-8 text file of LINEWATCH_KEY=value lines\n")
+    return None
+
+
+def _log(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def serve_command(args: argparse.Namespace) -> int:
     """Load the settings and run the aggregator; return the exit code (``aggregator.exits``).
 
     Configures logging unless the caller already did.
     """
-    from aggregator.settings import load_settings
-
     verbose = bool(getattr(args, "verbose", False))
-    path: Path | None = args.config
-    try:
-        settings = load_settings(path)
-    except ValidationError as exc:
-        sys.stderr.write("".join(line + "\n" for line in explain(exc, path)))
+    settings = _load(args)
+    if settings is None:
         return EXIT_CONFIG
-    except FileNotFoundError as exc:
-        sys.stderr.write(f"error: {exc}: check the -c path (an example: {_EXAMPLE})\n")
-        return EXIT_CONFIG
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        sys.stderr.write(f"error: cannot read settings file {str(path)!r} ({reason}): make it "
-                         "a readable UTF-8 text file of LINEWATCH_KEY=value lines\n")
-        return EXIT_CONFIG
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _log(verbose)
     # Imported only now: FastAPI, SQLAlchemy and uvicorn take a second or two to load, and a
     # bad setting should be reported at once.
     from aggregator.server import StartError, serve
@@ -173,6 +211,44 @@ def serve_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def migrate_command(args: argparse.Namespace) -> int:
+    """Upgrade the SQL schema and print the revision before and after; return the exit code."""
+    verbose = bool(getattr(args, "verbose", False))
+    settings = _load(args)
+    if settings is None:
+        return EXIT_CONFIG
+    _log(verbose)
+    from aggregator import migrations
+    from aggregator.db import open_engine
+    from aggregator.errors import SchemaError
+    from aggregator.server import StartError, check_database
+
+    try:
+        check_database(settings.db_url)
+    except StartError as exc:
+        if verbose:
+            traceback.print_exception(exc)
+        sys.stderr.write(f"error: {exc}\n")
+        return exc.exit_code
+    engine = open_engine(settings.db_url, create=False)
+    try:
+        sys.stdout.write(f"database: {engine.url.render_as_string(hide_password=True)}\n")
+        result = migrations.upgrade(engine)
+    except SchemaError as exc:
+        if verbose:
+            traceback.print_exception(exc)
+        sys.stderr.write(f"error: {exc}\n")
+        return EXIT_FAILED
+    finally:
+        engine.dispose()
+    before = result.before or (
+        f"none (no history; tables of {result.stamped}, now recorded)" if result.stamped
+        else "none (empty)"
+    )
+    sys.stdout.write(f"revision before: {before}\nrevision after:  {result.after}\n")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m aggregator",
@@ -190,9 +266,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_serve_arguments(serve_cmd)
     serve_cmd.set_defaults(func=serve_command)
+    migrate_cmd = commands.add_parser(
+        "migrate", help="upgrade the SQL schema, then exit", description=MIGRATE_DESCRIPTION,
+        epilog=MIGRATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_serve_arguments(migrate_cmd)
+    migrate_cmd.set_defaults(func=migrate_command)
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
-    return func(args)
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

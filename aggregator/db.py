@@ -1,8 +1,11 @@
 """SQL tables (tickets, agents, quarantine, dedupe, rule state) and the engine that holds them.
 
 SQLAlchemy 2.0 ORM; the same models run on SQLite (default, one aggregator) and PostgreSQL
-(replicas sharing the work). Tables are created at startup with ``create_all``; there is
-no Alembic history yet, so a column change means a fresh database for now.
+(replicas sharing the work). The schema is kept by Alembic migrations
+(``aggregator.migrations``): ``open_engine`` upgrades the database to the newest revision
+at every start, stamping one that an earlier release made with ``create_all`` first. A
+change to these models therefore needs a new revision; a test compares the migrated
+schema with them and fails until it exists.
 
 The one invariant the database itself enforces: at most one non-resolved ticket per
 (site, asset, kind), by a partial unique index (asset names are only unique within a
@@ -38,12 +41,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from aggregator import migrations
+
 __all__ = [
     "OUTCOMES",
     "QUARANTINE_MAX_BYTES",
     "TICKET_KINDS",
     "TICKET_STATUSES",
     "AgentRecord",
+    "AssetCondition",
     "Base",
     "QuarantinedMessage",
     "RuleState",
@@ -57,9 +63,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TICKET_KINDS = ("maintenance", "retraining")
+# maintenance: the machine; sensor: one or a few channels; inspect: the model cannot judge
+# this asset; retraining: the model itself (one per model version and site or line).
+TICKET_KINDS = ("maintenance", "sensor", "inspect", "retraining")
 TICKET_STATUSES = ("open", "acknowledged", "resolved")
-OUTCOMES = ("confirmed_failure", "no_fault_found", "other")
+# superseded: closed by the aggregator itself when later evidence showed the ticket was of
+# another kind (a maintenance ticket caused by a sensor fault); not ground truth.
+OUTCOMES = ("confirmed_failure", "no_fault_found", "other", "superseded")
 AGENT_STATES = ("online", "offline", "unknown")
 # Enough of a rejected payload to see what went wrong, without letting a flood of 256 KiB
 # garbage fill the database; the original length is kept next to it.
@@ -183,8 +193,55 @@ class AgentRecord(Base):
     model_name: Mapped[str | None] = mapped_column(String(NAME_LENGTH), default=None)
     model_version: Mapped[str | None] = mapped_column(String(NAME_LENGTH), default=None)
     predictions_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The agent's false-alarm budget (drift alarms per day), from its health reports: what
+    # the retraining rule measures the fleet's drift conditions against.
+    alarm_budget_per_day: Mapped[float | None] = mapped_column(Float, default=None)
 
     __table_args__ = (CheckConstraint(_in("state", AGENT_STATES), name="ck_agents_state"),)
+
+
+class AssetCondition(Base):
+    """A drift or data-quality condition an agent reported on one asset (or, for the alert
+    rate, on its whole fleet: ``asset`` is then ``""``), from its start to its end.
+
+    Times are plant time, as the agent reported them: ``since`` the estimated onset,
+    ``detected_at`` when the detector fired, ``ended_at`` when it ended (None while
+    active). At most one active row per (site, agent, asset, monitor, detector).
+    """
+
+    __tablename__ = "asset_conditions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    line: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    agent: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    asset: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    model_name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    model_version: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    monitor: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    detector: Mapped[str] = mapped_column(String(32))
+    signal: Mapped[str] = mapped_column(String(16))
+    channels: Mapped[list[str]] = mapped_column(JSON)
+    since: Mapped[datetime] = mapped_column(UTCDateTime)
+    detected_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # {"low": .., "high": .., "mean": ..} of what training saw, and the level now
+    reference: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    current: Mapped[float | None] = mapped_column(Float, default=None)
+    statistic: Mapped[float | None] = mapped_column(Float, default=None)
+    threshold: Mapped[float | None] = mapped_column(Float, default=None)
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+    __table_args__ = (
+        Index("ix_conditions_site_asset", "site", "asset"),
+        Index(
+            "uq_conditions_active",
+            "site", "agent", "asset", "monitor", "detector",
+            unique=True,
+            sqlite_where=text("ended_at IS NULL"),
+            postgresql_where=text("ended_at IS NULL"),
+        ),
+    )
 
 
 class RuleState(Base):
@@ -230,7 +287,9 @@ def _sqlite_setup(engine: Engine) -> None:
 def open_engine(url: str, *, create: bool = True) -> Engine:
     """Engine for ``url``; SQLite files get their parent directories and WAL mode.
 
-    With ``create`` (the default) missing tables are created (``create_all``).
+    With ``create`` (the default) the schema is migrated to the newest revision
+    (``aggregator.migrations.upgrade``, which raises ``SchemaError`` for a schema it cannot
+    place); with ``create=False`` the database is left as it is.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -242,7 +301,11 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
         # pre_ping: a replica survives a PostgreSQL restart without a burst of errors.
         engine = create_engine(parsed, pool_pre_ping=True)
     if create:
-        Base.metadata.create_all(engine)
+        try:
+            migrations.upgrade(engine)
+        except BaseException:
+            engine.dispose()
+            raise
     return engine
 
 

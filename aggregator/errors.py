@@ -10,6 +10,7 @@ versus *refused* (retrying the same request gives the same answer)::
     |   +-- DatabaseUnavailableError  the SQL database cannot be reached
     +-- SeriesError                 the series store refused a request (4xx)
     +-- BrokerError                 the embedded MQTT broker did not start or stop
+    +-- SchemaError                 the SQL schema is not one this release can migrate
     +-- TicketError                 a ticket operation that cannot be done
         +-- TicketNotFoundError       no ticket with that id
         +-- TicketStateError          the ticket's status does not allow it
@@ -24,6 +25,7 @@ __all__ = [
     "AggregatorError",
     "BrokerError",
     "DatabaseUnavailableError",
+    "SchemaError",
     "SeriesError",
     "SeriesUnavailableError",
     "TicketError",
@@ -67,6 +69,15 @@ class SeriesError(AggregatorError):
 
 class BrokerError(AggregatorError):
     """The embedded MQTT broker failed to start (port taken, bad config) or to stop."""
+
+
+class SchemaError(AggregatorError):
+    """The SQL database's schema is not one this release can migrate to its own.
+
+    Either its tables match no schema a release ever made (and it has no migration
+    history to say what they are), or its history names a revision newer than this
+    release knows (a database upgraded by a newer aggregator).
+    """
 
 
 class TicketError(AggregatorError):

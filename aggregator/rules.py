@@ -11,13 +11,17 @@ where the last one stopped.
 
 from __future__ import annotations
 
+import math
 from collections import deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, Protocol
 
-__all__ = ["KOfN", "MaintenanceRule", "ScoredWindow"]
+__all__ = [
+    "SENSOR_DETECTORS", "ConditionLike", "KOfN", "MaintenanceRule", "ScoredWindow", "Verdict",
+    "poisson_tail", "triage",
+]
 
 
 class KOfN:
@@ -160,3 +164,91 @@ class MaintenanceRule:
     def windows(self, key: Hashable) -> list[ScoredWindow]:
         """The last ``n`` windows of the key, oldest first (the evidence)."""
         return list(self._windows.get(key, ()))
+
+
+# What only a sensor (or its wiring) does: the sample itself is wrong.
+SENSOR_DETECTORS = ("nan", "impossible", "stuck", "step")
+
+
+class ConditionLike(Protocol):
+    """What triage reads of an active condition (``db.AssetCondition`` has it)."""
+
+    @property
+    def detector(self) -> str: ...
+
+    @property
+    def channels(self) -> list[str]: ...
+
+    @property
+    def since(self) -> datetime: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What an asset's active conditions say a person should do.
+
+    ``kind`` is ``"sensor"`` (check these channels), ``"foreign"`` (the asset behaves unlike
+    anything the model was trained on) or None (nothing to say); ``since`` is when the
+    earliest condition behind it began.
+    """
+
+    kind: Literal["sensor", "foreign"] | None
+    channels: tuple[str, ...] = ()
+    since: datetime | None = None
+
+
+def triage(conditions: Sequence[ConditionLike], sensor_channels: int = 2) -> Verdict:
+    """Sort an asset's active conditions into a verdict.
+
+    A few channels misbehaving (stuck, offset, NaN, impossible values, or leaving the
+    training range) while the others agree is a sensor to check. Many channels leaving the
+    range together is the machine, or the way it is run, moving away from everything the
+    model knows. Features that read a channel already suspected of a sensor fault are
+    explained by that fault.
+
+    Examples
+    --------
+    >>> from datetime import UTC, datetime
+    >>> from types import SimpleNamespace as C
+    >>> t = datetime(2026, 1, 1, tzinfo=UTC)
+    >>> offset = [C(detector="step", channels=["s11"], since=t),
+    ...           C(detector="envelope", channels=["s11"], since=t)]
+    >>> triage(offset).kind, triage(offset).channels
+    ('sensor', ('s11',))
+    >>> regime = [C(detector="envelope", channels=[f"s{i}"], since=t) for i in range(9)]
+    >>> triage(regime).kind
+    'foreign'
+    >>> triage([]).kind is None
+    True
+    """
+    sensors = {c for x in conditions if x.detector in SENSOR_DETECTORS for c in x.channels}
+    moved = {c for x in conditions if x.detector == "envelope" for c in x.channels} - sensors
+    if len(sensors) > sensor_channels:
+        # Many channels failing at once is not a sensor: the machine itself changed.
+        moved |= sensors
+        sensors = set()
+    relevant = [x for x in conditions if set(x.channels) & (sensors | moved)]
+    since = min((x.since for x in relevant), default=None)
+    if len(moved) > sensor_channels:
+        return Verdict("foreign", tuple(sorted(moved)), since)
+    if sensors or moved:
+        return Verdict("sensor", tuple(sorted(sensors | moved)), since)
+    return Verdict(None)
+
+
+def poisson_tail(observed: int, expected: float) -> float:
+    """P(N >= observed) for N ~ Poisson(expected): how surprising a count of alarms is
+    when the false-alarm budget expects ``expected`` of them.
+
+    >>> round(poisson_tail(3, 0.1), 6)
+    0.000155
+    >>> poisson_tail(0, 2.0)
+    1.0
+    """
+    if observed <= 0:
+        return 1.0
+    if expected <= 0:
+        return 0.0
+    below = sum(math.exp(k * math.log(expected) - expected - math.lgamma(k + 1))
+                for k in range(observed))
+    return max(0.0, 1.0 - below)

@@ -25,12 +25,18 @@ from uvicorn.config import STARTUP_FAILURE
 
 from aggregator.api.app import create_app
 from aggregator.db import open_engine
-from aggregator.errors import AggregatorError, BrokerError, SeriesError, UnavailableError
+from aggregator.errors import (
+    AggregatorError,
+    BrokerError,
+    SchemaError,
+    SeriesError,
+    UnavailableError,
+)
 from aggregator.exits import EXIT_CONFIG, EXIT_START
 from aggregator.net import bind_problem, listen
 from aggregator.settings import Settings
 
-__all__ = ["ServerThread", "StartError", "serve"]
+__all__ = ["ServerThread", "StartError", "check_database", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -135,8 +141,11 @@ def _database_problem(exc: BaseException, url: str) -> StartError:
                       setting="LINEWATCH_DB_URL")
 
 
-def _check_database(url: str) -> None:
-    # Connect only: creating or migrating tables is the lifespan's job.
+def check_database(url: str) -> None:
+    """Connect to ``url`` once, leaving the schema alone; raise ``StartError`` if that fails.
+
+    Migrating the schema is the lifespan's job (or ``migrate``'s).
+    """
     try:
         engine = open_engine(url, create=False)
     except (SQLAlchemyError, ImportError, OSError) as exc:
@@ -168,6 +177,12 @@ def _describe(exc: BaseException | None, settings: Settings) -> StartError:
             f"({_first_line(exc)}): check LINEWATCH_INFLUX_URL, LINEWATCH_INFLUX_DATABASE, "
             "LINEWATCH_INFLUX_USERNAME and LINEWATCH_INFLUX_PASSWORD",
             setting="LINEWATCH_INFLUX_URL",
+        )
+    if isinstance(exc, SchemaError):
+        return StartError(
+            f"the database {_shown_db_url(settings.db_url)} cannot be migrated "
+            f"({_first_line(exc)}): see README.md, \"Upgrading\", or set LINEWATCH_DB_URL",
+            setting="LINEWATCH_DB_URL",
         )
     if isinstance(exc, SQLAlchemyError | UnavailableError):
         return _database_problem(exc, settings.db_url)
@@ -228,7 +243,7 @@ def serve(settings: Settings) -> None:
     try:
         _check_broker_port(settings)
         _check_series(settings)
-        _check_database(settings.db_url)
+        check_database(settings.db_url)
         guard = _StartupGuard(create_app(settings), _url(settings.http_host, sockets))
         config = uvicorn.Config(
             guard, host=settings.http_host, port=settings.http_port, lifespan="on",

@@ -131,6 +131,38 @@ class Settings(BaseSettings):
         "for this long (0: reopen at the next trigger).",
     )
 
+    # -- triage: which kind of ticket an alert or a condition becomes ----------------------
+    triage_sensor_channels: int = Field(
+        2, ge=1, le=64,
+        description="At most this many misbehaving channels on an asset, while the others "
+        "agree, make a sensor ticket; more make the asset foreign to the model (inspect).",
+    )
+    triage_fleet_share: float = Field(
+        0.5, gt=0, le=1,
+        description="When at least this share of a site's assets are foreign to the model at "
+        "once, it is the model that is out of its depth: a retraining ticket, not one inspect "
+        "ticket per asset.",
+    )
+    retraining_min_assets: int = Field(
+        3, ge=1, description="A retraining ticket needs drift conditions on this many assets.")
+    retraining_window_s: int = Field(
+        30 * 86_400, ge=3600,
+        description="Drift conditions that began within this window (plant time) count "
+        "towards a retraining ticket.",
+    )
+    retraining_p: float = Field(
+        0.01, gt=0, lt=1,
+        description="A retraining ticket needs more drift conditions than the agents' "
+        "false-alarm budgets explain: P(this many or more | budget) below this.",
+    )
+    retraining_scope: Literal["site", "line"] = Field(
+        "site", description="One retraining ticket per model version and site, or per line.")
+    retraining_cooldown_s: int = Field(
+        7 * 86_400, ge=0,
+        description="After a retraining ticket is resolved, no new one for the same model "
+        "version and scope for this long.",
+    )
+
     # -- dedupe -------------------------------------------------------------------------
     dedupe_retention_s: int = Field(
         7 * 86_400, ge=60,

@@ -12,40 +12,74 @@ which it then escalates.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from aggregator.conditions import close_sensor
 from aggregator.db import OUTCOMES, TICKET_KINDS, Ticket
 from aggregator.errors import TicketNotFoundError, TicketStateError
+
+if TYPE_CHECKING:
+    from aggregator.series import PredictionPoint
 
 __all__ = [
     "MAX_EVIDENCE_SCORES",
     "Kind",
     "Outcome",
     "Status",
+    "Subject",
     "acknowledge",
     "find",
     "get",
     "open_or_escalate",
+    "open_ticket",
+    "reclassify",
     "resolve",
+    "supersede",
 ]
 
 logger = logging.getLogger(__name__)
 
-Kind = Literal["maintenance", "retraining"]
+Kind = Literal["maintenance", "sensor", "inspect", "retraining"]
 Status = Literal["open", "acknowledged", "resolved"]
-Outcome = Literal["confirmed_failure", "no_fault_found", "other"]
+Outcome = Literal["confirmed_failure", "no_fault_found", "other", "superseded"]
 
 # A ticket escalated for weeks must not grow without bound; the newest scores matter most.
 MAX_EVIDENCE_SCORES = 200
 
 
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """What a ticket is about: the asset, where it is, and the model that judged it."""
+
+    asset: str
+    site: str
+    line: str
+    agent: str
+    model_name: str
+    model_version: str
+    threshold: float
+
+    @classmethod
+    def of(cls, point: PredictionPoint, threshold: float) -> Subject:
+        """The subject of a stored prediction, judged against ``threshold``."""
+        return cls(asset=point.asset, site=point.site, line=point.line, agent=point.agent,
+                   model_name=point.model, model_version=point.model_version,
+                   threshold=threshold)
+
+
 def _now(now: datetime | None) -> datetime:
     return now if now is not None else datetime.now(UTC)
+
+
+def open_ticket(session: Session, site: str, asset: str, kind: str) -> Ticket | None:
+    """The non-resolved ticket of (site, asset, kind), locked, or None."""
+    return _open_ticket(session, site, asset, kind)
 
 
 def _open_ticket(session: Session, site: str, asset: str, kind: str) -> Ticket | None:
@@ -84,16 +118,10 @@ def _escalate(ticket: Ticket, evidence: dict[str, Any], now: datetime) -> Ticket
 
 def open_or_escalate(
     session: Session,
-    asset: str,
+    subject: Subject,
     kind: Kind,
     evidence: dict[str, Any],
     *,
-    agent: str,
-    site: str,
-    line: str,
-    model_name: str,
-    model_version: str,
-    threshold: float,
     now: datetime | None = None,
     cooldown: timedelta = timedelta(0),
 ) -> tuple[Ticket | None, bool]:
@@ -110,6 +138,7 @@ def open_or_escalate(
     if kind not in TICKET_KINDS:
         raise ValueError(f"kind must be one of {TICKET_KINDS}, got {kind!r}")
     now = _now(now)
+    site, asset = subject.site, subject.asset
     existing = _open_ticket(session, site, asset, kind)
     if existing is not None:
         return _escalate(existing, evidence, now), False
@@ -121,9 +150,10 @@ def open_or_escalate(
                         (resolved + cooldown).isoformat())
             return None, False
     ticket = Ticket(
-        kind=kind, asset=asset, agent=agent, site=site, line=line, status="open",
-        opened_at=now, updated_at=now, model_name=model_name, model_version=model_version,
-        threshold=threshold, escalations=0, evidence=_merge_evidence({}, evidence),
+        kind=kind, asset=asset, agent=subject.agent, site=site, line=subject.line,
+        status="open", opened_at=now, updated_at=now, model_name=subject.model_name,
+        model_version=subject.model_version, threshold=subject.threshold, escalations=0,
+        evidence=_merge_evidence({}, evidence),
     )
     try:
         # A savepoint, so losing the race rolls back only this insert, not the caller's
@@ -208,5 +238,41 @@ def resolve(
     now = _now(now)
     ticket.status, ticket.outcome, ticket.note = "resolved", outcome, note
     ticket.resolved_at = ticket.updated_at = now
+    if ticket.kind == "sensor":
+        # The person who fixed the sensor ends its conditions; a channel that still
+        # misbehaves raises them again (after the cooldown, a new ticket).
+        close_sensor(session, ticket.site, ticket.asset, now)
     return ticket
 
+
+
+def supersede(session: Session, ticket: Ticket, note: str, *, now: datetime | None = None) -> None:
+    """Close a ticket the aggregator itself has found to be of another kind. Its outcome,
+    ``superseded``, is not ground truth: model health leaves it out."""
+    now = _now(now)
+    ticket.status, ticket.outcome, ticket.note = "resolved", "superseded", note
+    ticket.resolved_at = ticket.updated_at = now
+    logger.info("superseded %s ticket %d for %s/%s: %s", ticket.kind, ticket.id, ticket.site,
+                ticket.asset, note)
+
+
+def reclassify(session: Session, ticket: Ticket, kind: Kind, evidence: dict[str, Any],
+               note: str, *, now: datetime | None = None) -> Ticket:
+    """Turn an open ticket into one of ``kind`` (a maintenance ticket that a sensor fault
+    caused becomes a sensor ticket), keeping its id, history and evidence. If the asset
+    already has an open ticket of that kind, that one absorbs the evidence and this one is
+    superseded. Returns the ticket that now stands."""
+    now = _now(now)
+    other = _open_ticket(session, ticket.site, ticket.asset, kind)
+    merged = {**evidence, "note": note,
+              "reclassified_from": {"id": ticket.id, "kind": ticket.kind, **ticket.evidence}}
+    if other is not None and other.id != ticket.id:
+        supersede(session, ticket, f"{note} (see {kind} ticket {other.id})", now=now)
+        return _escalate(other, merged, now)
+    logger.info("reclassified %s ticket %d for %s/%s as %s: %s", ticket.kind, ticket.id,
+                ticket.site, ticket.asset, kind, note)
+    ticket.kind = kind
+    ticket.evidence = merged
+    ticket.updated_at = now
+    ticket.escalations += 1
+    return ticket

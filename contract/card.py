@@ -21,16 +21,19 @@ __all__ = [
     "CARD_FILE",
     "MODEL_FILE",
     "CardError",
+    "ChannelReference",
     "ChannelSpec",
     "FeatureSpec",
     "InputSpec",
     "Metric",
     "ModelCard",
+    "Monitoring",
     "OutputSpec",
     "Reference",
     "SelfTest",
     "Sha256Spec",
     "Stats",
+    "Tail",
     "ThresholdSpec",
     "WindowSpec",
     "sha256_file",
@@ -119,9 +122,65 @@ class Stats(_Card):
     quantiles: dict[str, float] = Field(default_factory=dict, description="e.g. p01 .. p99")
 
 
+class ChannelReference(_Card):
+    """One raw input channel over the training data: its range, its sample-to-sample
+    noise (what a step is measured against) and its longest run of identical samples
+    (what a stuck sensor is measured against)."""
+
+    mean: float
+    std: float
+    min: float
+    max: float
+    noise: float = Field(ge=0, description="robust std of one sample's noise, from first "
+                         "differences (MAD / sqrt 2)")
+    longest_run: int = Field(ge=1, description="most consecutive identical samples seen")
+
+
+class Tail(_Card):
+    """How a detector's statistic behaved on held-out in-distribution data: the null that
+    thresholds are calibrated against.
+
+    A detector is run over ``lives`` held-out asset lives (``windows`` updates in all); every
+    excursion of its statistic above ``u`` ends in a peak. ``counts`` holds, per signal, the
+    excursions whose peak passed ``u``; beyond ``u`` peaks are modelled as exponential with
+    rate ``theta`` (``thetas`` per signal where it had enough peaks of its own, else the
+    pooled ``theta``). The rate of excursions above ``h`` per life is then
+    ``(count + 1) / lives * exp(-theta * (h - u))``: the +1 keeps a signal that never moved
+    in the held-out data from getting a threshold of zero.
+    """
+
+    u: float
+    theta: float = Field(gt=0)
+    thetas: dict[str, float] = Field(default_factory=dict)
+    lives: int = Field(ge=1)
+    windows: int = Field(ge=1)
+    counts: dict[str, int]
+
+
+class Monitoring(_Card):
+    """What the agent's monitors need to start from the training data and to set their
+    thresholds for a false-alarm budget (``linewatch calibrate`` writes it)."""
+
+    method: str = Field(description="how the tails were obtained, in words")
+    envelope_allowance: float = Field(
+        gt=0, description="CUSUM allowance k, in reference standard deviations beyond the "
+        "training range, that in-distribution windows may exceed without accumulating")
+    envelope: Tail = Field(description="CUSUM of features' excursions beyond the range")
+    step_window: int = Field(ge=2, description="samples per side of the step test")
+    step: Tail = Field(description="step test |z| per channel")
+    channels: dict[str, ChannelReference]
+    alert_rate: float = Field(ge=0, le=1, description="share of training windows at or "
+                              "above the threshold (out-of-fold where available)")
+    alert_run: float = Field(ge=1, description="mean length of a run of alerting windows")
+    life_windows: float = Field(gt=0, description="mean windows per asset life in training")
+
+
 class Reference(_Card):
     features: dict[str, Stats]
     score: Stats
+    monitoring: Monitoring | None = Field(
+        None, description="calibration of the drift and data-quality monitors; cards "
+        "without it run the monitors on fixed, documented rules and say so")
 
 
 class ModelCard(_Card):

@@ -7,6 +7,10 @@ events, health reports): batching is how a Python agent stays fast, since the pe
 cost of an MQTT publish dwarfs the cost of scoring a window. The retained ``status`` topic
 carries a :class:`Status` instead; the agent's last will publishes ``offline`` there.
 
+Schema 1 grows only by optional fields that are left out of a payload when unset, so every
+payload written before them reads and round-trips unchanged. The aggregator refuses fields
+it does not know (``extra="forbid"``): upgrade aggregators before agents.
+
 This module imports only the standard library and pydantic so that the aggregator, and
 any tool on the plant floor, can import it without the agent's runtime.
 """
@@ -17,15 +21,17 @@ import json
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from uuid import UUID
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -39,13 +45,16 @@ __all__ = [
     "MAX_SEQ",
     "SCHEMA",
     "TOPIC_ROOT",
+    "Budget",
     "DriftEvent",
     "Envelope",
     "Health",
     "Item",
     "ModelRef",
     "Prediction",
+    "Range",
     "Status",
+    "Thresholds",
     "TopicParts",
     "WireError",
     "decode",
@@ -172,22 +181,97 @@ class Prediction(_Strict):
         return self
 
 
-class DriftEvent(_Strict):
-    """A drift or data-quality monitor that fired."""
+class _Optional(_Strict):
+    """A model whose fields named in ``_OMIT_WHEN_NONE`` are left out of the payload when
+    None: fields added to schema 1 after it shipped, so older payloads stay byte-identical."""
+
+    _OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name in self._OMIT_WHEN_NONE:
+            if data.get(name, 0) is None:
+                del data[name]
+        return data
+
+
+class Range(_Strict):
+    """A signal's reference envelope: what training saw."""
+
+    low: FiniteFloat
+    high: FiniteFloat
+    mean: FiniteFloat | None = None
+
+
+class DriftEvent(_Optional):
+    """A drift or data-quality condition that started or ended on one asset (or, for the
+    score stream, on the agent's whole fleet).
+
+    ``monitor`` names the signal (a feature, a channel, or ``score``), ``signal`` says which
+    of those it is and ``channels`` the raw inputs it reads, so a receiver can tell one bad
+    sensor from an asset that moved as a whole. ``since`` is when the condition began (the
+    detector's estimate, plant time), ``at`` when it was detected; ``reference`` is what
+    training saw and ``current`` the signal's mean since ``since``; ``value`` is the
+    detector's statistic and ``threshold`` the calibrated level it crossed.
+    """
+
+    _OMIT_WHEN_NONE = frozenset(
+        {"state", "signal", "channels", "since", "reference", "current", "threshold"}
+    )
 
     kind: Literal["drift"] = "drift"
     asset: Name | None = None
     at: datetime
     monitor: Name = Field(description="what was watched: 'score' or a feature name")
-    detector: Name = Field(description="e.g. ADWIN, PageHinkley, range, nan, stuck")
+    detector: Name = Field(description="e.g. envelope, step, stuck, nan, gap, alert_rate")
     value: FiniteFloat | None = None
     detail: str = ""
+    state: Literal["start", "end"] | None = Field(
+        None, description="the condition started (the default when absent) or ended")
+    signal: Literal["feature", "channel", "score", "asset"] | None = None
+    channels: Annotated[list[Name], Field(max_length=64)] | None = None
+    since: datetime | None = None
+    reference: Range | None = None
+    current: FiniteFloat | None = None
+    threshold: FiniteFloat | None = None
 
     _utc_at = field_validator("at")(_utc)
 
+    @field_validator("since")
+    @classmethod
+    def _utc_since(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else _utc(value)
 
-class Health(_Strict):
+
+class Budget(_Strict):
+    """A false-alarm budget in a plant's words: ``alarms`` false drift alarms per agent per
+    ``per_days`` days, at ``windows_per_day`` windows per asset."""
+
+    alarms: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    per_days: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    windows_per_day: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class Thresholds(_Strict):
+    """The monitors' thresholds as calibrated for the budget, reported so a manager can see
+    what the agent is holding itself to."""
+
+    budget: Budget
+    assets: Annotated[int, Field(ge=0)]
+    signals: Annotated[int, Field(ge=0)]
+    calibrated: bool = Field(description="False when the card has no calibration and fixed "
+                             "rules apply")
+    envelope: dict[str, FiniteFloat] = Field(default_factory=dict)
+    step: dict[str, FiniteFloat] = Field(default_factory=dict)
+    stuck_samples: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
+    alert_rate: FiniteFloat | None = None
+
+
+class Health(_Optional):
     """Periodic counters of one agent, cumulative since it started."""
+
+    _OMIT_WHEN_NONE = frozenset({"monitoring"})
 
     kind: Literal["health"] = "health"
     at: datetime
@@ -196,6 +280,7 @@ class Health(_Strict):
     outbox_dropped: Annotated[int, Field(ge=0)] = 0
     rejected_readings: Annotated[int, Field(ge=0)] = 0
     inference_ms_median: FiniteFloat | None = None
+    monitoring: Thresholds | None = None
 
     _utc_at = field_validator("at")(_utc)
 

@@ -99,6 +99,15 @@ exit codes (README.md, "Exit codes", has every command's):
 """
 
 
+# One paragraph, wrapped by argparse like calibrate's description.
+_CALIBRATE_EPILOG = (
+    f"exit codes (README.md, \"Exit codes\", has every command's): {EXIT_OK} thresholds "
+    f"printed (and, with --write, stored in card.json); {EXIT_CONFIG} bad arguments; "
+    f"{EXIT_START} the model directory or the data file is missing or unusable; "
+    f"{EXIT_INTERRUPTED} stopped by Ctrl-C."
+)
+
+
 def _version() -> str:
     try:
         return importlib.metadata.version("linewatch")
@@ -135,7 +144,8 @@ def _demo(args: argparse.Namespace) -> int:
     from linewatch.demo import run_demo
 
     try:
-        return run_demo(args.config, serve=args.serve, speed=args.speed)
+        return run_demo(args.config, serve=args.serve, speed=args.speed, data=args.data,
+                        truth=args.truth, as_json=args.json)
     except ValidationError as exc:
         _report(exc, args)
         for e in exc.errors():
@@ -182,6 +192,13 @@ def _report(exc: BaseException, args: argparse.Namespace) -> None:
         traceback.print_exception(exc)
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from linewatch.calibration import run_calibration
+
+    print(run_calibration(args.model_dir, args.data_file, write=args.write))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="linewatch", description=_DESCRIPTION, epilog=_EPILOG,
                                 formatter_class=_RAW)
@@ -213,6 +230,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="keep the aggregator and its API running after the replay ends")
     d.add_argument("--speed", type=float, default=None,
                    help="replay speed (times real time, 0 = as fast as possible)")
+    d.add_argument("--data", type=Path, default=None,
+                   help="replay this file (in the model's input format) instead of the "
+                   "config's; its assets are shared out among the configured agents")
+    d.add_argument("--truth", type=Path, default=None,
+                   help="truth for --data (a C-MAPSS RUL file): check the maintenance "
+                   "tickets against it")
+    d.add_argument("--json", action="store_true",
+                   help="print one JSON object on stdout: every ticket (kind, asset or "
+                   "assets, opened_at, evidence) and the counts; progress goes to stderr")
     _verbose_flag(d)
     d.set_defaults(func=_demo)
 
@@ -222,6 +248,24 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-search", action="store_true",
                    help="reuse the recorded hyper-parameters instead of searching again")
     t.set_defaults(func=_train)
+
+    c = sub.add_parser(
+        "calibrate", help="measure how the drift monitors behave on in-distribution data",
+        description="Run the agent's drift and data-quality detectors over in-distribution "
+        "recordings (the model's training data, or data from machines known to be healthy "
+        "and run the same way), cross-fitted by asset, and record how far they wander: the "
+        "null every agent calibrates its thresholds against, for its own false-alarm budget. "
+        "Prints the thresholds for the default budget (1 false alarm per agent per 90 days, "
+        "25 assets); with --write, stores the calibration in the card's reference.monitoring "
+        "(model.onnx and its checksum are untouched). Example: linewatch calibrate "
+        "models/cmapss_fd001 models/data/cmapss_fd001/train_FD001.txt.gz --write",
+        epilog=_CALIBRATE_EPILOG)
+    c.add_argument("model_dir", type=Path, help="model directory (model.onnx + card.json)")
+    c.add_argument("data_file", type=Path,
+                   help="in-distribution recordings in the card's input format")
+    c.add_argument("--write", action="store_true", help="store the result in card.json")
+    _verbose_flag(c)
+    c.set_defaults(func=_calibrate)
 
     e = sub.add_parser("evaluate", help="score a data file with a model, print metrics",
                        description=_EVALUATE_DESCRIPTION, epilog=_EVALUATE_EPILOG,

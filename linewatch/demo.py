@@ -3,19 +3,26 @@
 An embedded MQTT broker (amqtt) and an embedded series store (SQLite) stand in for
 Mosquitto and InfluxDB unless the demo config names real ones. The aggregator serves its
 API; one agent per line replays C-MAPSS FD001 test engines through the failure model; the
-demo prints progress, then the maintenance tickets raised, checked against the truth file.
+demo prints progress, then every ticket raised (maintenance, sensor, inspect,
+retraining), the maintenance tickets checked against the truth file.
+
+``--data FILE`` replays any file in the model's input format instead, its assets shared out
+among the configured agents: how a team checks a model against new data before trusting
+it. ``--json`` prints one JSON object on stdout (progress goes to stderr).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+import signal
 import socket
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TextIO
 
 import httpx
 import yaml
@@ -29,7 +36,7 @@ from contract.card import ModelCard
 if TYPE_CHECKING:
     from aggregator.settings import Settings
 
-__all__ = ["DemoAgentConfig", "DemoConfig", "run_demo"]
+__all__ = ["DemoAgentConfig", "DemoConfig", "assign_assets", "run_demo"]
 
 
 class DemoAgentConfig(BaseModel):
@@ -127,64 +134,167 @@ def _line(agents: list[Agent], api: httpx.Client) -> str:
             f" | {tickets:3d} tickets open")
 
 
-def _truth(demo: DemoConfig) -> dict[str, float]:
+def _truth(demo: DemoConfig, card: ModelCard) -> dict[str, float]:
     """Cycles each engine really had left at the end of its record."""
     if demo.truth is None:
         return {}
     replayed = {asset for a in demo.agents for asset in a.assets}
-    recs = read_recordings(demo.data, "cmapss", truth=demo.truth)
-    return {r.asset: float(r.labels["rul"][-1]) for r in recs if r.asset in replayed}
+    recs = read_recordings(demo.data, card.input.format, truth=demo.truth)
+    return {r.asset: float(r.labels["rul"][-1]) for r in recs
+            if r.asset in replayed and "rul" in r.labels}
 
 
-def _wait_stored(api: httpx.Client, expected: int, timeout_s: float) -> int:
+def assign_assets(demo: DemoConfig, data: Path, card: ModelCard) -> DemoConfig:
+    """``demo`` replaying ``data``: its assets shared out in order among the configured
+    agents (fewer agents if the file has fewer assets)."""
+    assets = sorted({r.asset for r in read_recordings(data, card.input.format)})
+    agents = demo.agents[: max(1, min(len(demo.agents), len(assets)))]
+    bounds = [round(i * len(assets) / len(agents)) for i in range(len(agents) + 1)]
+    return demo.model_copy(update={"data": data, "agents": [
+        a.model_copy(update={"assets": assets[lo:hi]})
+        for a, lo, hi in zip(agents, bounds, bounds[1:], strict=False)]})
+
+
+def _wait_stored(api: httpx.Client, predictions: int, events: int, timeout_s: float) -> int:
     deadline = time.monotonic() + timeout_s
     stored = 0
     while time.monotonic() < deadline:
-        stored = api.get("/healthz").json()["counts"]["predictions_stored"]
-        if stored >= expected:
+        counts = api.get("/healthz").json()["counts"]
+        stored = counts["predictions_stored"]
+        if stored >= predictions and counts["drift_events_stored"] >= events:
             break
         time.sleep(0.2)
     return stored
 
 
-def _report(demo: DemoConfig, api: httpx.Client, card: ModelCard) -> None:
-    tickets = api.get("/tickets").json()
-    truth = _truth(demo)
+def _ticket_json(t: dict[str, Any]) -> dict[str, Any]:
+    out = {k: t[k] for k in ("id", "kind", "status", "outcome", "site", "line", "agent",
+                             "opened_at", "updated_at", "escalations", "evidence")}
+    if t["kind"] == "retraining":
+        out["assets"] = t["evidence"].get("assets", [])
+        out["model"] = t["asset"]
+    else:
+        out["asset"] = t["asset"]
+    return out
+
+
+def _summary(demo: DemoConfig, api: httpx.Client, card: ModelCard,
+             agents: list[Agent], scored: int, stored: int) -> dict[str, Any]:
+    """Everything the demo found, as one JSON-able object (the text report reads it too)."""
+    tickets = [_ticket_json(t) for t in api.get("/tickets").json()]
+    live = [t for t in tickets if t["outcome"] != "superseded"]
+    counts: dict[str, Any] = {k: sum(t["kind"] == k for t in live)
+                              for k in ("maintenance", "sensor", "inspect", "retraining")}
+    counts["superseded"] = len(tickets) - len(live)
+    counts["reclassified"] = sum("reclassified_from" in t["evidence"] for t in live)
+    truth = _truth(demo, card)
+    check = None
     horizon = card.output.horizon
-    print(f"\nMaintenance tickets raised: {len(tickets)} "
-          f"(rule: score >= {card.threshold.value:.2f} in {demo.rule_k} of the last "
-          f"{demo.rule_n} windows)")
-    print(f"  {'ticket':>6}  {'asset':<11} {'agent':<9} {'latest window (plant time)':<26} "
-          f"{'score':>5} {'escalations':>11}  {'true cycles left at end':>23}")
-    for t in sorted(tickets, key=lambda t: t["asset"]):
-        latest = (t["evidence"].get("scores") or [{}])[-1]
-        score, end = latest.get("score"), str(latest.get("window_end", ""))[:16]
-        left = truth.get(t["asset"])
-        print(f"  {t['id']:>6}  {t['asset']:<11} {t['agent']:<9} {end:<26} "
-              f"{'' if score is None else f'{score:.2f}':>5} {t['escalations']:>11}  "
-              f"{'' if left is None else f'{left:.0f}':>23}")
     if truth and horizon:
-        ticketed = {t["asset"] for t in tickets}
+        ticketed = {t["asset"] for t in live if t["kind"] == "maintenance"}
         near = {a for a, left in truth.items() if left <= horizon}
-        hit = len(near & ticketed)
-        false = len(ticketed - near)
-        print(f"\nAgainst the truth file: {len(near)} engines were within {horizon} cycles of "
-              f"failure at the end of their record and {hit} of them got a ticket"
-              f"{_pct(hit, len(near))}. {hit} of {len(ticketed)} tickets were right"
-              f"{_pct(hit, len(ticketed))}; {false} went to engines with more than {horizon} "
-              "cycles left.")
+        check = {"horizon": horizon, "engines_near_failure": len(near),
+                 "near_failure_ticketed": len(near & ticketed),
+                 "maintenance_tickets": len(ticketed),
+                 "maintenance_tickets_right": len(near & ticketed),
+                 "maintenance_tickets_wrong": len(ticketed - near)}
+    return {
+        "model": {"name": card.name, "version": card.version, "meaning": card.output.meaning,
+                  "threshold": card.threshold.value},
+        "data": str(demo.data), "assets": sum(len(a.assets) for a in demo.agents),
+        "agents": len(demo.agents),
+        "windows": {"scored": scored, "stored": stored,
+                    "alerting": sum(a.progress.alerts for a in agents)},
+        "conditions": {"drift": sum(a.progress.drift_events for a in agents),
+                       "quality": sum(a.progress.quality_events for a in agents)},
+        "monitoring": agents[0].calibration.report.model_dump(mode="json"),
+        "counts": counts, "truth": check, "tickets": tickets,
+        "rule": {"k": demo.rule_k, "n": demo.rule_n},
+    }
 
 
-def _pct(part: int, whole: int) -> str:
-    return f" ({100 * part / whole:.0f}%)" if whole else ""
+def _report(summary: dict[str, Any], out: TextIO, truth: dict[str, float]) -> None:
+    c = summary["counts"]
+    tickets = [t for t in summary["tickets"] if t["outcome"] != "superseded"]
+    print(f"\nTickets: {c['maintenance']} maintenance, {c['sensor']} sensor, {c['inspect']} "
+          f"inspect, {c['retraining']} retraining"
+          + (f" ({c['reclassified']} reclassified, {c['superseded']} superseded by later "
+             "evidence)" if c["reclassified"] or c["superseded"] else ""), file=out)
+    rule = summary["rule"]
+    maintenance = sorted((t for t in tickets if t["kind"] == "maintenance"),
+                         key=lambda t: t["asset"])
+    if maintenance:
+        print(f"\nMaintenance tickets (score >= {summary['model']['threshold']:.2f} in "
+              f"{rule['k']} of the last {rule['n']} windows, inputs as in training):", file=out)
+        print(f"  {'ticket':>6}  {'asset':<11} {'agent':<9} {'latest window (plant time)':<26} "
+              f"{'score':>5} {'escalations':>11}  {'true cycles left at end':>23}", file=out)
+        for t in maintenance:
+            latest = (t["evidence"].get("scores") or [{}])[-1]
+            score, end = latest.get("score"), str(latest.get("window_end", ""))[:16]
+            left = truth.get(t["asset"])
+            print(f"  {t['id']:>6}  {t['asset']:<11} {t['agent']:<9} {end:<26} "
+                  f"{'' if score is None else f'{score:.2f}':>5} {t['escalations']:>11}  "
+                  f"{'' if left is None else f'{left:.0f}':>23}", file=out)
+    for kind, title in (("sensor", "Sensor tickets (check the sensor)"),
+                        ("inspect", "Inspect tickets (the model cannot judge this asset)")):
+        rows = sorted((t for t in tickets if t["kind"] == kind), key=lambda t: t["asset"])
+        if rows:
+            print(f"\n{title}:", file=out)
+        for t in rows:
+            ev = t["evidence"]
+            print(f"  {t['id']:>6}  {t['asset']:<11} {t['agent']:<9} "
+                  f"{', '.join(ev.get('channels', []))[:40]:<40} since "
+                  f"{str(ev.get('since', ''))[:16]}"
+                  + ("  (was maintenance)" if "reclassified_from" in ev else ""), file=out)
+    for t in (t for t in tickets if t["kind"] == "retraining"):
+        ev = t["evidence"]
+        print(f"\nRetraining ticket {t['id']} for {t['model']}: inputs moved on "
+              f"{ev['assets_moved']} assets ({', '.join(ev['lines'])}) from {ev['from'][:16]} to "
+              f"{ev['to'][:16]}; the budget expected {ev['expected_by_budget']:.2g} such alarms "
+              f"(p = {ev['p_value']:.1e}). The model cannot judge {ev['blind']['assets']} assets "
+              f"({ev['blind']['alerting_not_trusted']} alerting, not trusted). Signals: "
+              + ", ".join(s["signal"] for s in ev["signals"][:6]), file=out)
+    check = summary["truth"]
+    if check:
+        hit, near, n = (check["near_failure_ticketed"], check["engines_near_failure"],
+                        check["maintenance_tickets"])
+        print(f"\nAgainst the truth file: {near} engines were within {check['horizon']} cycles "
+              f"of failure at the end of their record and {hit} of them got a ticket"
+              f"{_pct(hit, near)}. {hit} of {n} tickets were right{_pct(hit, n)}; "
+              f"{check['maintenance_tickets_wrong']} went to engines with more than "
+              f"{check['horizon']} cycles left.", file=out)
 
 
-def run_demo(path: Path, *, serve: bool = False, speed: float | None = None) -> int:
+class _Stop(Exception):
+    """SIGTERM, turned into an exception so the demo shuts down as on Ctrl-C."""
+
+
+def _on_sigterm(_signum: int, _frame: object) -> None:
+    raise _Stop
+
+
+def run_demo(
+    path: Path,
+    *,
+    serve: bool = False,
+    speed: float | None = None,
+    data: Path | None = None,
+    truth: Path | None = None,
+    as_json: bool = False,
+) -> int:
+    """Run the demo; return the exit code (1 if the aggregator did not store everything)."""
     from aggregator.server import ServerThread
 
     demo = DemoConfig.model_validate(yaml.safe_load(Path(path).read_text()))
     if speed is not None:
         demo = demo.model_copy(update={"speed": speed})
+    card = ModelCard.load(demo.model)
+    if data is not None:
+        demo = assign_assets(demo, data, card).model_copy(update={"truth": truth})
+    elif truth is not None:
+        demo = demo.model_copy(update={"truth": truth})
+    # With --json, stdout carries the one JSON object and nothing else.
+    out = sys.stderr if as_json else sys.stdout
     if demo.state_dir.exists():
         shutil.rmtree(demo.state_dir)
     demo.state_dir.mkdir(parents=True)
@@ -193,48 +303,72 @@ def run_demo(path: Path, *, serve: bool = False, speed: float | None = None) -> 
     http_port = demo.http_port if _port_free(demo.http_port) else _free_port()
     settings = _settings(demo, broker_port, http_port)
     mqtt_url = demo.mqtt_url or f"mqtt://127.0.0.1:{broker_port}"
-    print(f"log: {log_path} (warnings also here)")
+    print(f"log: {log_path} (warnings also here)", file=out)
     print(f"broker: {mqtt_url} ({'configured' if demo.mqtt_url else 'embedded amqtt'}); "
-          f"series: {demo.influx_url or f'embedded SQLite {settings.series_path}'}")
+          f"series: {demo.influx_url or f'embedded SQLite {settings.series_path}'}", file=out)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     server = ServerThread(settings)
     server.start()
     base = f"http://127.0.0.1:{http_port}"
-    print(f"aggregator API: {base}  (OpenAPI docs at {base}/docs)")
+    print(f"aggregator API: {base}  (OpenAPI docs at {base}/docs)", file=out)
+    agents: list[Agent] = []
     try:
         agents = [Agent(_agent_config(demo, a, mqtt_url)) for a in demo.agents]
-        card = agents[0].model.card
         n_assets = sum(len(a.assets) for a in demo.agents)
-        print(f"model {card.name} {card.version}: {card.output.meaning}")
-        print(f"{len(agents)} agents replaying {n_assets} engines from {demo.data}\n")
+        print(f"model {card.name} {card.version}: {card.output.meaning}", file=out)
+        print(f"{len(agents)} agents replaying {n_assets} assets from {demo.data}\n", file=out)
         threads = [threading.Thread(target=a.run, name=f"agent-{a.config.agent.id}")
                    for a in agents]
         for t in threads:
             t.start()
-        tty = sys.stdout.isatty()
+        tty = out.isatty()
         with httpx.Client(base_url=base, timeout=10) as api:
             while any(t.is_alive() for t in threads):
                 # On a terminal the progress line rewrites itself; in a log, one line a second.
-                print(_line(agents, api), end="\r" if tty else "\n", flush=True)
+                print(_line(agents, api), end="\r" if tty else "\n", flush=True, file=out)
                 for t in threads:
                     t.join(timeout=1.0 / len(threads))
-            print(_line(agents, api) + " " * 4)
+            print(_line(agents, api) + " " * 4, file=out)
             scored = sum(a.progress.windows_scored for a in agents)
-            stored = _wait_stored(api, scored, timeout_s=30)
+            events = sum(a.progress.events_sent for a in agents)
+            stored = _wait_stored(api, scored, events, timeout_s=30)
             print(f"\nall replays ended: {scored} windows scored, {stored} stored by the "
-                  "aggregator")
-            _report(demo, api, card)
-            drift = api.get("/drift").json()
-            print(f"\nDrift and data-quality events reported by the agents: {len(drift)}"
-                  + "".join(f"\n  {d['agent']} {d['asset'] or '(all its assets)'} {d['monitor']} "
-                            f"{d['detector']}: {d['detail']}" for d in drift[:5]))
-            print(f"\nAPI: {base}/tickets  {base}/agents  {base}/drift  {base}/healthz  "
-                  f"{base}/docs")
+                  "aggregator", file=out)
+            summary = _summary(demo, api, card, agents, scored, stored)
+            if as_json:
+                sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
+            else:
+                _report(summary, out, _truth(demo, card))
+                _drift(api, out)
             if serve:
-                print("serving until Ctrl-C")
+                print(f"\nAPI: {base}/tickets  {base}/agents  {base}/drift  {base}/healthz  "
+                      f"{base}/docs\nserving until Ctrl-C (or SIGTERM)", file=out)
                 while True:
                     time.sleep(3600)
+            print(f"\nThe API has stopped with the demo; `make demo DEMO_ARGS=--serve` keeps it "
+                  f"up. Everything is kept in {demo.state_dir} until the next run.", file=out)
         return 0 if stored >= scored else 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stop) as exc:
+        for a in agents:
+            a.stop()
+        why = "SIGTERM" if isinstance(exc, _Stop) else "Ctrl-C"
+        print(f"\n{why}: stopping the agents and the aggregator", file=out)
         return 0
     finally:
         server.stop()
+        signal.signal(signal.SIGTERM, previous)
+        if not as_json:
+            print("demo stopped", file=out)
+
+
+def _drift(api: httpx.Client, out: TextIO) -> None:
+    drift = api.get("/drift", params={"limit": 10_000}).json()
+    shown = drift[:5]
+    print(f"\nDrift and data-quality events reported by the agents: {len(drift)}"
+          + (f" (the newest {len(shown)} below)" if len(drift) > len(shown) else "")
+          + "".join(f"\n  {d['agent']} {d['asset'] or '(all its assets)'} {d['monitor']} "
+                    f"{d['detector']}: {d['detail']}" for d in shown), file=out)
+
+
+def _pct(part: int, whole: int) -> str:
+    return f" ({100 * part / whole:.0f}%)" if whole else ""

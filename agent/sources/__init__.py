@@ -35,6 +35,16 @@ class Source(Protocol):
         ...
 
     @property
+    def assets(self) -> Sequence[str] | None:
+        """Assets the source will deliver, or None when not known in advance."""
+        ...
+
+    @property
+    def sample_interval_s(self) -> float | None:
+        """Plant seconds between two samples of one asset, or None when not known."""
+        ...
+
+    @property
     def total_ticks(self) -> int | None:
         """Ticks the source holds, or None when that is not known in advance."""
         ...

@@ -47,6 +47,13 @@ class ReplaySource:
         self._schedule = self._plan(recordings)
         self.total_ticks = len(self._schedule)
         self.assets = [r.asset for r in recordings]
+        steps = np.concatenate(
+            [np.diff(r.t) for r in recordings if len(r.t) > 1] or [np.zeros(0)]
+        )
+        steps = steps[steps > 0]
+        self.sample_interval_s = (
+            float(np.median(steps)) * config.step_s if len(steps) else None
+        )
         self._t0 = min(float(r.t[0]) for r in recordings if len(r.t))
         start = config.start or datetime.now(UTC)
         self._start_epoch = start.timestamp()

@@ -18,6 +18,7 @@ from aggregator.broker import EmbeddedBroker
 from aggregator.db import open_engine, open_sessions
 from aggregator.errors import TicketNotFoundError, TicketStateError, UnavailableError
 from aggregator.ingest import Ingestor
+from aggregator.reactions import standard as standard_reactions
 from aggregator.series import open_series
 from aggregator.settings import Settings
 from aggregator.subscriber import Subscriber
@@ -41,7 +42,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             broker = EmbeddedBroker(settings.embedded_broker_host, settings.embedded_broker_port)
             broker.start()
             stack.callback(broker.stop)
-        ingestor = Ingestor(series, open_sessions(engine), settings)
+        # What follows every stored batch, in order: agent registry, maintenance rule, ...
+        ingestor = Ingestor(
+            series, open_sessions(engine), settings, reactions=standard_reactions(settings)
+        )
         subscriber = Subscriber(settings, ingestor)
         subscriber.start()
         stack.callback(subscriber.stop)

@@ -33,16 +33,30 @@ class ScoreOut(_Out):
 
 
 class EvidenceOut(_Out):
-    """Why the ticket exists: k alerts in the last n windows, and the scores behind it."""
+    """Why the ticket exists.
 
-    k: int
-    n: int
-    scores: list[ScoreOut]
+    A maintenance ticket: ``k`` alerts in the last ``n`` windows and the ``scores`` behind
+    them. A sensor or inspect ticket: the ``verdict``, the ``channels`` involved, ``since``
+    when, the ``conditions`` the agents reported (reference against current) and, if the
+    model alerted meanwhile, the ``untrusted_risk``. A retraining ticket: the time range,
+    ``agents``, ``lines`` and ``assets`` affected, the ``signals`` that moved, how many
+    assets the model is ``blind`` on, and ``retrain_on``. Every ticket says what to do in
+    ``action``; a reclassified one keeps what it was in ``reclassified_from``.
+    """
+
+    model_config = ConfigDict(from_attributes=True, frozen=True, extra="allow")
+
+    k: int | None = None
+    n: int | None = None
+    scores: list[ScoreOut] = Field(default_factory=list)
+    action: str | None = None
 
 
 class TicketOut(_Out):
     id: int
-    kind: Literal["maintenance", "retraining"]
+    kind: Literal["maintenance", "sensor", "inspect", "retraining"] = Field(
+        description="maintenance: the machine; sensor: check a sensor; inspect: the model "
+        "cannot judge this asset; retraining: the model itself (asset is model:name@version)")
     asset: str
     agent: str
     site: str
@@ -51,7 +65,7 @@ class TicketOut(_Out):
     opened_at: datetime
     updated_at: datetime
     resolved_at: datetime | None
-    outcome: Literal["confirmed_failure", "no_fault_found", "other"] | None
+    outcome: Literal["confirmed_failure", "no_fault_found", "other", "superseded"] | None
     note: str | None
     model_name: str
     model_version: str

@@ -100,7 +100,7 @@ def test_bad_input_end_to_end(
         warned = [
             r.getMessage()
             for r in caplog.records
-            if r.name == "aggregator.ingest" and r.levelno == logging.WARNING
+            if r.name == "aggregator.quarantine" and r.levelno == logging.WARNING
         ]
         assert len(warned) == len(bad)
         for reason in bad:

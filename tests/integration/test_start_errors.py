@@ -207,6 +207,17 @@ def test_a_refusing_postgresql_is_exit_3_without_the_password(tmp_path: Path) ->
     assert "s3cret" not in done.stderr
 
 
+def test_migrate_reports_an_unusable_database_the_same_way(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    path = env_file(tmp_path, db_url=f"sqlite:///{blocker}/x.db")
+    done = run([sys.executable, "-m", "aggregator", "migrate", "-c", str(path)], tmp_path)
+    assert_short(done, AGGREGATOR_EXIT_START, "cannot use the database", "LINEWATCH_DB_URL")
+    path.write_text("LINEWATCH_DB_URL=\n")
+    done = run([sys.executable, "-m", "aggregator", "migrate", "-c", str(path)], tmp_path)
+    assert_short(done, AGGREGATOR_EXIT_CONFIG, "LINEWATCH_DB_URL is empty")
+
+
 class _Refusing(http.server.BaseHTTPRequestHandler):
     """An InfluxDB that refuses every request, as one with auth on and no user given."""
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from aggregator_support import data_topic, payload, predictions
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from aggregator import tickets
@@ -49,7 +49,11 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
         url = request.getfixturevalue("postgres_url")
     engine = open_engine(url)
     yield engine
-    Base.metadata.drop_all(engine)  # the PostgreSQL database lives for the whole session
+    # The PostgreSQL database lives for the whole session: the next test must find it empty,
+    # migration history included (or it would find "at head" and create nothing).
+    Base.metadata.drop_all(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE alembic_version"))
     engine.dispose()
 
 
@@ -131,13 +135,15 @@ def test_database_scopes_the_rule_to_site_asset_and_kind(sessions: SessionFactor
 def test_open_or_escalate_is_per_site_on_every_backend(sessions: SessionFactory) -> None:
     with sessions() as session:
         a, opened_a = tickets.open_or_escalate(
-            session, "engine-001", "maintenance", EVIDENCE, **CONTEXT
+            session, tickets.Subject("engine-001", **CONTEXT), "maintenance", EVIDENCE
         )
         b, opened_b = tickets.open_or_escalate(
-            session, "engine-001", "maintenance", EVIDENCE, **(CONTEXT | {"site": "plant2"})
+            session, tickets.Subject("engine-001", **(CONTEXT | {"site": "plant2"})),
+            "maintenance", EVIDENCE,
         )
         again, opened_again = tickets.open_or_escalate(
-            session, "engine-001", "maintenance", EVIDENCE, **(CONTEXT | {"site": "plant2"})
+            session, tickets.Subject("engine-001", **(CONTEXT | {"site": "plant2"})),
+            "maintenance", EVIDENCE,
         )
         session.commit()
     assert (opened_a, opened_b, opened_again) == (True, True, False)
@@ -150,7 +156,7 @@ def test_lost_race_escalates_on_every_backend(
 ) -> None:
     with sessions() as session:
         existing, _ = tickets.open_or_escalate(
-            session, "pump-1", "maintenance", EVIDENCE, **CONTEXT
+            session, tickets.Subject("pump-1", **CONTEXT), "maintenance", EVIDENCE
         )
         session.commit()
     real = tickets._open_ticket
@@ -163,7 +169,7 @@ def test_lost_race_escalates_on_every_backend(
     monkeypatch.setattr(tickets, "_open_ticket", first_check_misses)
     with sessions() as session:
         ticket, opened = tickets.open_or_escalate(
-            session, "pump-1", "maintenance", EVIDENCE, **CONTEXT
+            session, tickets.Subject("pump-1", **CONTEXT), "maintenance", EVIDENCE
         )
         session.commit()
     assert (opened, ticket.id, ticket.escalations) == (False, existing.id, 1)
@@ -182,7 +188,7 @@ def test_concurrent_writers_open_exactly_one_ticket(sessions: SessionFactory) ->
                 barrier.wait(timeout=10)
                 with sessions() as session:
                     _, was_opened = tickets.open_or_escalate(
-                        session, asset, "maintenance", EVIDENCE, **CONTEXT
+                        session, tickets.Subject(asset, **CONTEXT), "maintenance", EVIDENCE
                     )
                     session.commit()
                 opened.append(was_opened)

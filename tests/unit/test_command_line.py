@@ -61,11 +61,12 @@ def _description(help_text: str) -> str:
         ([sys.executable, "-m", "agent", "run"], "agent YAML file"),
         ([LINEWATCH, "aggregator"], "LINEWATCH_* settings"),
         ([sys.executable, "-m", "aggregator", "serve"], "LINEWATCH_* settings"),
+        ([sys.executable, "-m", "aggregator", "migrate"], "LINEWATCH_DB_URL"),
         ([LINEWATCH, "demo"], "demo YAML file"),
         ([LINEWATCH, "evaluate"], "MODEL_DIR"),
     ],
-    ids=["agent", "python -m agent run", "aggregator", "python -m aggregator serve", "demo",
-         "evaluate"],
+    ids=["agent", "python -m agent run", "aggregator", "python -m aggregator serve",
+         "python -m aggregator migrate", "demo", "evaluate"],
 )
 def test_a_command_help_says_what_it_does_reads_writes_and_returns(
     argv: list[str], reads: str
@@ -81,6 +82,14 @@ def test_a_command_help_says_what_it_does_reads_writes_and_returns(
     listed = {int(code) for code in re.findall(r"^\s+(\d+)\s", epilog, re.M)}
     assert agent.exits.EXIT_CONFIG in listed and agent.exits.EXIT_START in listed
     assert listed <= {getattr(agent.exits, c) for c in CODES} | {143}
+
+
+def test_calibrate_help_has_a_description_and_its_exit_codes() -> None:
+    done = run(LINEWATCH, "calibrate", "--help")
+    assert done.returncode == 0, done.stderr
+    assert "in-distribution" in _description(done.stdout)
+    assert "exit codes" in done.stdout and "could not start" not in done.stdout
+    assert f"{agent.exits.EXIT_START} the model directory" in " ".join(done.stdout.split())
 
 
 def test_evaluate_help_says_what_truth_expects() -> None:
@@ -105,7 +114,8 @@ def test_readme_documents_every_command_and_code_once() -> None:
         getattr(agent.exits, c) for c in CODES
     ]
     for command in ("linewatch agent", "python -m agent run", "linewatch aggregator",
-                    "python -m aggregator serve", "linewatch demo", "linewatch train",
+                    "python -m aggregator serve", "python -m aggregator migrate",
+                    "linewatch demo", "linewatch train", "linewatch calibrate",
                     "linewatch evaluate"):
         assert f"`{command}`" in section, command
     for name in CODES:

@@ -148,6 +148,34 @@ def test_status_updates_the_agent_newest_wins(ingestor: Ingestor, sessions: Sess
     assert ingestor.counts.statuses == 2
 
 
+def test_a_last_will_stamped_like_its_birth_ends_that_session(
+    ingestor: Ingestor, sessions: SessionFactory
+) -> None:
+    """The agent stamps its online status and its last will alike; at equal timestamps the
+    will is the later fact, whatever order the broker delivers them in."""
+    status_topic = data_topic(AGENT, "status")
+    online = Status(schema=1, agent=AGENT, state="online", ts=T0, model=MODEL)
+    will = Status(schema=1, agent=AGENT, state="offline", ts=T0)
+    ingestor.handle_batch([RawMessage(status_topic, encode(will))])
+    ingestor.handle_batch([RawMessage(status_topic, encode(online))])
+    (agent,) = rows(sessions, AgentRecord)
+    assert (agent.state, agent.state_at) == ("offline", T0)
+
+
+def test_a_stale_last_will_does_not_outlive_the_agents_data(
+    ingestor: Ingestor, sessions: SessionFactory
+) -> None:
+    """A retained ``offline`` from an earlier session, delivered late, must not mark an agent
+    offline since before it first connected while it is plainly sending."""
+    status_topic = data_topic(AGENT, "status")
+    stale = Status(schema=1, agent=AGENT, state="offline", ts=T0 - timedelta(hours=2))
+    ingestor.handle_batch([RawMessage(status_topic, encode(stale))])
+    ingestor.handle_batch([RawMessage(TOPIC, payload(AGENT, 1, predictions("pump-1", [0.1])))])
+    (agent,) = rows(sessions, AgentRecord)
+    assert agent.state == "online"
+    assert agent.state_at is not None and agent.state_at > T0 - timedelta(hours=2)
+
+
 def test_health_reports_are_stored(
     ingestor: Ingestor, series: SqliteSeriesStore, sessions: SessionFactory
 ) -> None:
@@ -363,7 +391,7 @@ def test_bad_input_does_not_disturb_the_rest_of_the_batch(
 def test_rejections_are_logged_once_per_reason(
     ingestor: Ingestor, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="aggregator.ingest")
+    caplog.set_level(logging.DEBUG, logger="aggregator.quarantine")
     ingestor.handle_batch([RawMessage(TOPIC, b"{one"), RawMessage(TOPIC, b"{two")])
     ingestor.handle(TOPIC, _schema_2())
     ingestor.handle(TOPIC, b"{three")

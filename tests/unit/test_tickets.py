@@ -43,7 +43,8 @@ def trigger(
     session: Session, asset: str = "pump-1", *scores: tuple[int, float], now: datetime = NOW
 ) -> tuple[Ticket, bool]:
     return tickets.open_or_escalate(
-        session, asset, "maintenance", evidence(*scores or ((0, 0.9),)), now=now, **CONTEXT
+        session, tickets.Subject(asset, **CONTEXT), "maintenance",
+        evidence(*scores or ((0, 0.9),)), now=now,
     )
 
 
@@ -88,7 +89,9 @@ def test_kinds_and_assets_are_independent(sessions: SessionFactory) -> None:
     with sessions() as session:
         a, _ = trigger(session, "pump-1")
         b, _ = trigger(session, "pump-2")
-        c, opened = tickets.open_or_escalate(session, "pump-1", "retraining", evidence(), **CONTEXT)
+        c, opened = tickets.open_or_escalate(
+            session, tickets.Subject("pump-1", **CONTEXT), "retraining", evidence()
+        )
         session.commit()
     assert opened
     assert len({a.id, b.id, c.id}) == 3
@@ -96,7 +99,9 @@ def test_kinds_and_assets_are_independent(sessions: SessionFactory) -> None:
 
 def test_unknown_kind_is_refused(sessions: SessionFactory) -> None:
     with sessions() as session, pytest.raises(ValueError, match="kind must be"):
-        tickets.open_or_escalate(session, "pump-1", "repaint", evidence(), **CONTEXT)  # type: ignore[arg-type]
+        tickets.open_or_escalate(
+            session, tickets.Subject("pump-1", **CONTEXT), "repaint", evidence()  # type: ignore[arg-type]
+        )
 
 
 def test_lost_race_escalates_instead_of_failing(
@@ -195,7 +200,8 @@ def test_find_filters_newest_first(sessions: SessionFactory) -> None:
         a, _ = trigger(session, "pump-1", now=NOW)
         b, _ = trigger(session, "pump-2", now=NOW + timedelta(minutes=1))
         c, _ = tickets.open_or_escalate(
-            session, "pump-1", "retraining", evidence(), now=NOW + timedelta(minutes=2), **CONTEXT
+            session, tickets.Subject("pump-1", **CONTEXT), "retraining", evidence(),
+            now=NOW + timedelta(minutes=2),
         )
         tickets.resolve(session, b.id, "other")
         session.commit()
@@ -210,7 +216,8 @@ def test_same_asset_at_another_site_gets_its_own_ticket(sessions: SessionFactory
     with sessions() as session:
         a, _ = trigger(session, "engine-001")
         b, opened = tickets.open_or_escalate(
-            session, "engine-001", "maintenance", evidence((0, 0.9)), now=NOW, **other_site
+            session, tickets.Subject("engine-001", **other_site), "maintenance",
+            evidence((0, 0.9)), now=NOW,
         )
         session.commit()
         assert opened and b.id != a.id
@@ -235,8 +242,8 @@ def test_cooldown_counts_from_the_resolution_per_site_asset_and_kind(
 
         def again(at: datetime, asset: str = "pump-1") -> tuple[Ticket | None, bool]:
             return tickets.open_or_escalate(
-                session, asset, "maintenance", evidence((1, 0.9)), now=at, cooldown=hour,
-                **CONTEXT,
+                session, tickets.Subject(asset, **CONTEXT), "maintenance", evidence((1, 0.9)),
+                now=at, cooldown=hour,
             )
 
         assert again(NOW + hour - timedelta(seconds=1)) == (None, False)
