@@ -53,10 +53,12 @@ _DEMO_DESCRIPTION = """\
 The whole loop on one machine, with nothing installed: an embedded MQTT broker and
 embedded SQLite stores, the aggregator and its API, and one agent per line replaying the
 C-MAPSS FD001 test engines through the failure model. Prints progress, the maintenance
-tickets raised, and how they compare with the truth file.
+tickets raised, and how they compare with the truth file (--json: one JSON object on
+standard output, progress on standard error).
 
 Reads:  the demo YAML file given with -c (default configs/demo.yaml): model, data and
-        truth files, replay speed, rule, optional real mqtt_url / influx_url.
+        truth files (--data and --truth replace them), replay speed, rule, optional
+        real mqtt_url / influx_url.
 Writes: state_dir (default var/demo, wiped at every start): outboxes, ticket database,
         series store and demo.log. The API listens on http_port (default 8000, or a free
         port if that one is busy).
