@@ -178,6 +178,11 @@ def _load(args: argparse.Namespace) -> Settings | None:
 def _log(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        # At INFO, amqtt logs every connection and state change and alembic every plugin it
+        # loads (at import); their warnings are what matter. Set before the imports.
+        for noisy in ("amqtt", "transitions", "alembic.runtime.plugins"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -194,10 +199,6 @@ def serve_command(args: argparse.Namespace) -> int:
     # bad setting should be reported at once.
     from aggregator.server import StartError, serve
 
-    if not verbose:
-        # amqtt logs every connection and state change at INFO; its warnings are what matter.
-        for noisy in ("amqtt", "transitions"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         serve(settings)
     except StartError as exc:

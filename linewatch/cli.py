@@ -293,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # alembic logs every plugin it loads, at import, at INFO.
+        logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     from agent.errors import AgentError, ConfigError
     from contract.errors import ContractError
 

@@ -215,7 +215,7 @@ def test_migrate_reports_an_unusable_database_the_same_way(tmp_path: Path) -> No
     assert_short(done, AGGREGATOR_EXIT_START, "cannot use the database", "LINEWATCH_DB_URL")
     path.write_text("LINEWATCH_DB_URL=\n")
     done = run([sys.executable, "-m", "aggregator", "migrate", "-c", str(path)], tmp_path)
-    assert_short(done, AGGREGATOR_EXIT_CONFIG, "LINEWATCH_DB_URL is empty")
+    assert_short(done, AGGREGATOR_EXIT_CONFIG, "LINEWATCH_DB_URL=''", "not a database URL")
 
 
 class _Refusing(http.server.BaseHTTPRequestHandler):
