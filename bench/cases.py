@@ -14,9 +14,11 @@ import numpy as np
 from agent.datasets import read_recordings
 from agent.features import FeatureExtractor
 from agent.inference import OnnxModel
-from agent.monitors import DriftMonitor
+from agent.monitors.budget import calibrate
+from agent.monitors.envelope import EnvelopeMonitor
 from agent.outbox import Outbox
 from agent.windows import Windower
+from bench.false_alarms import false_alarms
 from contract import wire
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +37,7 @@ def _median_s(fn: Callable[[], object], repeats: int) -> float:
 
 
 def agent_compute(repeats: int) -> dict:
-    """Windows -> features -> ONNX -> drift monitor over all 100 FD001 test engines, one
+    """Windows -> features -> ONNX -> envelope monitor over all 100 FD001 test engines, one
     cycle of every engine per tick (how the replay feeds the pipeline)."""
     model = OnnxModel(MODEL)
     card = model.card
@@ -47,7 +49,8 @@ def agent_compute(repeats: int) -> dict:
     def run() -> int:
         w = Windower(card.window.size, card.window.hop, len(cols))
         fx = FeatureExtractor(card.features, card.channel_names)
-        drift = DriftMonitor()
+        cal = calibrate(card, wire.Budget(alarms=1, per_days=90, windows_per_day=144), 100)
+        envelope = EnvelopeMonitor.from_card(card, cal.envelope, cal.allowance)
         scored = 0
         for i in range(max_len):
             ready = [out for r in recs if i < len(r.t)
@@ -55,8 +58,9 @@ def agent_compute(repeats: int) -> dict:
                      if out is not None]
             if ready:
                 x = fx.transform(np.concatenate([o.values for o in ready]))
-                for s in model.run(x):
-                    drift.update(float(s), 0.0)
+                envelope.update([o.asset for o in ready for _ in range(len(o))], x,
+                                np.full(len(x), float(i)))
+                model.run(x)
                 scored += len(x)
         return scored
 
@@ -162,4 +166,5 @@ ALL: dict[str, Callable[[int], dict]] = {
     "agent_compute": agent_compute,
     "wire_codec": wire_codec,
     "outbox": outbox,
+    "false_alarms": false_alarms,
 }

@@ -79,7 +79,8 @@ exit codes (README.md, "Exit codes", has every command's):
 _EVALUATE_DESCRIPTION = """\
 Score a recorded data file with a model the way a gateway would (same windows, features
 and ONNX runtime; the model's sha256 and self-test are checked) and print the model
-card's metrics with 95 % confidence intervals.
+card's metrics with 95 % confidence intervals, and the drift monitors' thresholds for a
+false-alarm budget (--budget).
 
 Reads:  MODEL_DIR (model.onnx + card.json, e.g. models/cmapss_fd001) and DATA_FILE, in
         the format the card names (C-MAPSS text, AI4I CSV, IMS snapshots). The truth
@@ -96,7 +97,7 @@ example:
 _EVALUATE_EPILOG = f"""\
 exit codes (README.md, "Exit codes", has every command's):
   {EXIT_OK}    report printed
-  {EXIT_CONFIG}    bad arguments (e.g. --truth with a file that is not C-MAPSS)
+  {EXIT_CONFIG}    bad arguments (e.g. --truth with a file that is not C-MAPSS, --budget x)
   {EXIT_START}    the model directory, the data file or the truth file is missing or unusable
 """
 
@@ -177,11 +178,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     from linewatch.evaluate import evaluate, format_report
 
     try:
-        result = evaluate(args.model_dir, args.data_file, truth=args.truth)
+        alarms, _, days = args.budget.partition("/")
+        result = evaluate(args.model_dir, args.data_file, truth=args.truth,
+                          budget=(float(alarms), float(days or 1)),
+                          windows_per_day=args.windows_per_day, assets=args.assets)
     except (ContractError, DatasetError, OSError):
         raise  # main() reports them: could not start
     except ValueError as exc:
-        # What is left is a combination read_recordings refuses (--truth with AI4I or IMS).
+        # What is left is a bad --budget, or a combination read_recordings refuses (--truth
+        # with AI4I or IMS).
         _report(exc, args)
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -282,6 +287,14 @@ def _parser() -> argparse.ArgumentParser:
                    "failure: its RUL_*.txt, one integer per engine (the cycles it had left "
                    "after its last row), e.g. models/data/cmapss_fd001/RUL_FD001.txt")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--budget", default="1/90", metavar="ALARMS/DAYS",
+                   help="false drift alarms allowed per agent per days, for the monitors' "
+                   "thresholds (default 1/90)")
+    e.add_argument("--windows-per-day", type=float, default=144.0,
+                   help="windows per asset per day on the line (default 144: one a cycle of "
+                   "10 minutes)")
+    e.add_argument("--assets", type=int, default=None,
+                   help="assets per agent (default: the file's)")
     _verbose_flag(e)
     e.set_defaults(func=_evaluate)
     return p

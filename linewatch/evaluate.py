@@ -32,17 +32,27 @@ _PER_ASSET_MAX = 12  # list per-asset scores only for files with few assets (IMS
 
 
 def evaluate(
-    model_dir: str | Path, data_file: str | Path, *, truth: str | Path | None = None
+    model_dir: str | Path,
+    data_file: str | Path,
+    *,
+    truth: str | Path | None = None,
+    budget: tuple[float, float] = (1.0, 90.0),
+    windows_per_day: float = 144.0,
+    assets: int | None = None,
 ) -> dict[str, Any]:
     """Score every complete window of ``data_file`` with the model in ``model_dir``.
 
     Returns a JSON-ready dict: ``model``, ``data``, ``counts``, ``scores`` (summary),
     ``metrics`` (name -> value, ci95, n, note; empty without truth) and, when the file is
     the one the card held out part of (AI4I's later rows), ``holdout`` with the metrics of
-    just that part.
+    just that part. ``monitoring`` holds the thresholds the agent's monitors would use for
+    ``budget`` (false drift alarms, per days) at ``windows_per_day`` over ``assets`` assets
+    (default: the file's), as the agent reports them in its health messages.
     """
     # onnxruntime is the agent's runtime, not a dependency of the package core.
     from agent.inference import OnnxModel
+    from agent.monitors.budget import calibrate
+    from contract.wire import Budget
 
     model = OnnxModel(model_dir)
     card = model.card
@@ -62,6 +72,9 @@ def evaluate(
                    "windows": len(frames), "alerts": int(np.sum(p >= thr))},
         "scores": _score_summary(p),
         "metrics": _metrics(card, frames, p),
+        "monitoring": calibrate(card, Budget(alarms=budget[0], per_days=budget[1],
+                                             windows_per_day=windows_per_day),
+                                assets or len(recs)).report.model_dump(mode="json"),
     }
     if len(recs) <= _PER_ASSET_MAX:
         result["per_asset"] = {
@@ -137,7 +150,25 @@ def format_report(result: dict[str, Any]) -> str:
         for a, s in result["per_asset"].items():
             lines.append(f"  {a:<12} {s['windows']:>6} windows  mean {s['score_mean']:.4f}  "
                          f"max {s['score_max']:.4f}  alerts {s['alerts']}")
+    lines += _monitoring_lines(result["monitoring"])
     return "\n".join(lines)
+
+
+def _monitoring_lines(t: dict[str, Any]) -> list[str]:
+    b = t["budget"]
+    lines = [f"monitors {'calibrated' if t['calibrated'] else 'NOT calibrated (fixed rules)'} "
+             f"for at most {b['alarms']:g} false drift alarm(s) per agent per "
+             f"{b['per_days']:g} days: {t['assets']} assets, {b['windows_per_day']:g} windows "
+             f"per asset per day, {t['signals']} signals"]
+    for label, values in (("envelope CUSUM", t["envelope"]), ("step |z|", t["step"]),
+                          ("stuck after", t["stuck_samples"])):
+        if values:
+            shown = ", ".join(f"{k} {v:g}" for k, v in sorted(values.items())[:6])
+            more = f", ... ({len(values)} in all)" if len(values) > 6 else ""
+            lines.append(f"  {label}: {shown}{more}")
+    if t["alert_rate"] is not None:
+        lines.append(f"  alert-rate CUSUM: {t['alert_rate']:g}")
+    return lines
 
 
 def _metric_lines(title: str, metrics: dict[str, Any]) -> list[str]:

@@ -36,6 +36,7 @@ __all__ = [
     "Publisher",
     "broker_settings",
     "data_topic",
+    "drop_schema",
     "drift_events",
     "envelope",
     "health_report",
@@ -256,3 +257,20 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what or condition}")
         time.sleep(interval_s)
+
+
+def drop_schema(url: str) -> None:
+    """Leave a database the session shares (the PostgreSQL fixture) empty for the next
+    test: every table and the migration history, or the next start would find it "at head"
+    and create nothing."""
+    from sqlalchemy import text
+
+    from aggregator.db import Base, open_engine
+
+    engine = open_engine(url, create=False)
+    try:
+        Base.metadata.drop_all(engine)
+        with engine.begin() as conn:
+            conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    finally:
+        engine.dispose()

@@ -10,8 +10,9 @@ asset lives, so each signal may raise, per life, at most
 
 false conditions. The card's calibration (``contract.card.Tail``, written by
 ``linewatch calibrate`` from held-out training lives) gives each signal's rate of
-excursions above ``h`` per life as ``(count + 1) / lives * exp(-theta * (h - u))``; the
-threshold is the ``h`` where that rate equals ``lam``. Budgets far below what the held-out
+excursions above ``h`` per life as ``count / lives * exp(-theta * (h - u))``; the
+threshold is the ``h`` where the pessimistic 95 % bound of that rate equals ``lam``
+(:func:`tail_threshold`). Budgets far below what the held-out
 data can show rest on that exponential tail: ``linewatch evaluate`` prints the thresholds
 and the benchmark measures the realised rate on resampled data.
 
@@ -47,15 +48,49 @@ FIXED_ALLOWANCE = 0.5
 
 
 def tail_threshold(tail: Tail, signal: str, per_life: float) -> float:
-    """The level ``h`` a signal's excursions pass at most ``per_life`` times per life.
+    """The level ``h`` a signal's excursions pass at most ``per_life`` times per life, with
+    95 % confidence given how little held-out data there is.
+
+    Both parts of the tail model are taken at their pessimistic 95 % bound: the count of
+    excursions above ``u`` at its Poisson upper bound (3.0 for a signal that never moved),
+    the exponential rate ``theta`` at its lower bound for the number of peaks it was fitted
+    on (a heavier tail). A tight budget over a few dozen lives therefore costs a higher
+    threshold, not a broken promise.
 
     >>> t = Tail(u=0.0, theta=2.0, lives=100, windows=20000, counts={"a": 0, "b": 9})
-    >>> round(tail_threshold(t, "a", 1e-4), 3), round(tail_threshold(t, "b", 1e-4), 3)
-    (2.303, 3.454)
+    >>> round(tail_threshold(t, "a", 1e-4), 2), round(tail_threshold(t, "b", 1e-4), 2)
+    (5.47, 7.06)
     """
-    theta = tail.thetas.get(signal, tail.theta)
-    base = (tail.counts.get(signal, 0) + 1) / tail.lives
+    own = signal in tail.thetas
+    theta = tail.thetas[signal] if own else tail.theta
+    fitted = tail.counts.get(signal, 0) if own else sum(tail.counts.values())
+    theta *= _chi2_lower(2 * max(fitted, 1)) / (2 * max(fitted, 1))
+    base = _poisson_upper(tail.counts.get(signal, 0)) / tail.lives
     return tail.u + max(math.log(base / per_life), 1.0) / theta
+
+
+_Z95 = 1.6448536269514722  # one-sided 95 % normal quantile
+
+
+def _poisson_upper(k: int) -> float:
+    """One-sided 95 % upper bound of a Poisson mean seen as ``k`` (Wilson-Hilferty).
+
+    >>> round(_poisson_upper(0), 2), round(_poisson_upper(10), 1)
+    (3.0, 17.0)
+    """
+    if k == 0:
+        return -math.log(0.05)
+    k1 = k + 1
+    return k1 * (1 - 1 / (9 * k1) + _Z95 / (3 * math.sqrt(k1))) ** 3
+
+
+def _chi2_lower(dof: int) -> float:
+    """Lower 5 % quantile of chi-square with ``dof`` degrees of freedom (Wilson-Hilferty).
+
+    >>> round(_chi2_lower(16), 2)
+    7.96
+    """
+    return max(dof * (1 - 2 / (9 * dof) - _Z95 * math.sqrt(2 / (9 * dof))) ** 3, 1e-9)
 
 
 @dataclass(frozen=True)

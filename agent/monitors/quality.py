@@ -105,125 +105,142 @@ class QualityMonitor:
         self._hi = np.array([lm.high for lm in lims]) + impossible_spans * span
         self._step = [i for i, lm in enumerate(lims) if lm.step_threshold is not None
                       and lm.noise > 0]
+        self._stuck_limit = np.array([np.inf if lm.stuck_samples is None else lm.stuck_samples
+                                      for lm in lims])
+        self._step_h = np.array([lims[i].step_threshold or np.inf for i in self._step])
+        self._step_u = np.array([lims[i].step_rearm for i in self._step])
+        self._step_noise = np.array([lims[i].noise for i in self._step])
         self._reset()
 
     def _reset(self) -> None:
         self.rejected_readings = 0
-        self._active: set[tuple[str, str, str]] = set()
+        self._active: dict[str, set[tuple[str, str]]] = {}  # asset -> (channel, detector)
         self._pending: list[Event] = []
-        # last value, length of its run, when that run began
-        self._runs: dict[tuple[str, int], tuple[float, int, float]] = {}
-        self._tail: dict[str, np.ndarray] = {}  # last 2w-1 clean samples of watched channels
+        # Per asset, per watched channel: last value, length of its run, when it began.
+        self._runs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._tail: dict[str, np.ndarray] = {}  # last 2w-1 clean samples of stepped channels
         self._tail_t: dict[str, np.ndarray] = {}
-        self._armed: dict[tuple[str, int], bool] = {}
+        self._armed: dict[str, np.ndarray] = {}
         self._last_t: dict[str, float] = {}
         self._intervals: dict[str, deque[float]] = {}
 
     # -- conditions ------------------------------------------------------------------------
-    def _start(self, key: tuple[str, str, str], event: Event) -> None:
-        if key not in self._active:
-            self._active.add(key)
+    def _start(self, asset: str, channel: str, detector: str, event: Event) -> None:
+        active = self._active.setdefault(asset, set())
+        if (channel, detector) not in active:
+            active.add((channel, detector))
             self._pending.append(event)
-            logger.warning("%s %s on %s: %s", event.detector, event.monitor, event.asset,
-                           event.detail)
+            logger.warning("%s %s on %s: %s", detector, channel, asset, event.detail)
 
-    def _end(self, key: tuple[str, str, str], at_s: float, detail: str) -> None:
-        if key in self._active:
-            self._active.discard(key)
-            asset, channel, detector = key
+    def _end(self, asset: str, channel: str, detector: str, at_s: float, detail: str) -> None:
+        active = self._active.get(asset)
+        if active and (channel, detector) in active:
+            active.discard((channel, detector))
             self._pending.append(Event(asset, at_s, channel, detector, None, detail,
                                        state="end", signal="channel", channels=(channel,)))
 
     # -- the checks ------------------------------------------------------------------------
     def clean(self, asset: str, t: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Drop samples with a non-finite or impossible value; check and return the rest."""
+        """Drop samples with a non-finite or impossible value; check and return the rest.
+
+        Called for every asset at every tick, usually with one sample: the checks are
+        whole-array operations, and Python loops run only over channels that misbehave.
+        """
         if len(t) == 0:
             return t, values
+        # A gap is samples not arriving; an unusable sample did arrive.
+        self._check_gaps(asset, t)
         finite = np.isfinite(values)
         w = values[:, self._watched]
-        plausible = ~((w < self._lo) | (w > self._hi)) | ~finite[:, self._watched]
-        bad = ~finite
-        bad[:, self._watched] |= ~plausible
-        for j, channel in enumerate(self.channels):
-            self._flag(asset, t, j, channel, ~finite[:, j], "nan", "non-finite value")
-        for i, j in enumerate(self._watched):
-            lm = self.limits[self.channels[j]]
-            self._flag(asset, t, j, self.channels[j], ~plausible[:, i], "impossible",
-                       f"value far outside the training range [{lm.low:.6g}, {lm.high:.6g}] "
-                       f"{lm.unit}".rstrip())
-        ok = ~bad.any(axis=1)
+        with np.errstate(invalid="ignore"):
+            implausible = ((w < self._lo) | (w > self._hi)) & finite[:, self._watched]
+        active = self._active.get(asset, set())
+        nan_cols = set(np.flatnonzero(~finite.all(axis=0)).tolist())
+        odd_cols = set(np.flatnonzero(implausible.any(axis=0)).tolist())
+        if nan_cols or odd_cols or active:
+            index = {c: j for j, c in enumerate(self.channels)}
+            nan_cols |= {index[c] for c, d in active if d == "nan"}
+            odd_cols |= {self._watched.index(index[c]) for c, d in active if d == "impossible"}
+            for j in sorted(nan_cols):
+                self._flag(asset, t, self.channels[j], ~finite[:, j], "nan", "non-finite value")
+            for i in sorted(odd_cols):
+                channel = self.channels[self._watched[i]]
+                lm = self.limits[channel]
+                self._flag(asset, t, channel, implausible[:, i], "impossible",
+                           f"value far outside the training range [{lm.low:.6g}, "
+                           f"{lm.high:.6g}] {lm.unit}".rstrip())
+        ok = finite.all(axis=1) & ~implausible.any(axis=1)
         n_bad = int(len(ok) - ok.sum())
         if n_bad:
             self.rejected_readings += n_bad
             t, values = t[ok], values[ok]
         if len(t):
-            self._check_gaps(asset, t)
-            self._check_stuck(asset, t, values)
+            self._check_stuck(asset, t, values[:, self._watched])
             if self._step:
                 self._check_steps(asset, t, values)
         return t, values
 
-    def _flag(self, asset: str, t: np.ndarray, j: int, channel: str, bad: np.ndarray,
-              detector: str, what: str) -> None:
-        key = (asset, channel, detector)
+    def _flag(self, asset: str, t: np.ndarray, channel: str, bad: np.ndarray, detector: str,
+              what: str) -> None:
         if bad.any():
             first = int(np.argmax(bad))
-            self._start(key, Event(asset, float(t[first]), channel, detector, None,
-                                   f"{what} in {channel}; sample skipped", signal="channel",
-                                   channels=(channel,), since_s=float(t[first])))
+            self._start(asset, channel, detector, Event(
+                asset, float(t[first]), channel, detector, None,
+                f"{what} in {channel}; sample skipped", signal="channel", channels=(channel,),
+                since_s=float(t[first])))
             if not bad[-1]:
-                self._end(key, float(t[-1]), f"{channel} reads valid values again")
-        elif key in self._active:
-            self._end(key, float(t[0]), f"{channel} reads valid values again")
+                self._end(asset, channel, detector, float(t[-1]),
+                          f"{channel} reads valid values again")
+        else:
+            self._end(asset, channel, detector, float(t[0]), f"{channel} reads valid values again")
 
     def _check_gaps(self, asset: str, t: np.ndarray) -> None:
         last = self._last_t.get(asset)
         steps = np.diff(np.r_[t[0] if last is None else last, t])
         recent = self._intervals.setdefault(asset, deque(maxlen=16))
         for i, dt in enumerate(steps.tolist()):
-            if len(recent) >= 8:
+            # The median is at least the shortest interval: most samples need no median.
+            if len(recent) >= 8 and dt > self.gap_factor * min(recent):
                 usual = float(np.median(recent))
                 if usual > 0 and dt > self.gap_factor * usual:
-                    since = float(t[i] - dt)
                     self._pending.append(Event(
                         asset, float(t[i]), "samples", "gap", dt,
                         f"no samples for {dt:.6g} s (usually every {usual:.6g} s)",
-                        signal="asset", since_s=since))
+                        signal="asset", since_s=float(t[i] - dt)))
             if dt > 0:
                 recent.append(dt)
         self._last_t[asset] = float(t[-1])
 
-    def _check_stuck(self, asset: str, t: np.ndarray, values: np.ndarray) -> None:
-        n = len(t)
-        pos = np.arange(n)
-        for j in self._watched:
-            limit = self.limits[self.channels[j]].stuck_samples
-            if limit is None:
-                continue
-            col = values[:, j]
-            last, run, run_t0 = self._runs.get((asset, j), (np.nan, 0, float(t[0])))
-            starts = np.diff(np.r_[last, col]) != 0  # True where a new run begins
-            begun = np.maximum.accumulate(np.where(starts, pos, -1))
-            # Length of the run each sample belongs to, up to and including it, and when
-            # that run began.
-            run_at = np.where(begun >= 0, pos - begun + 1, run + pos + 1)
-            began_t = np.where(begun >= 0, t[np.maximum(begun, 0)], run_t0)
-            self._runs[(asset, j)] = (float(col[-1]), int(run_at[-1]), float(began_t[-1]))
-            channel = self.channels[j]
-            longest = self.limits[channel].longest_run
-            seen = f" (at most {longest} in training)" if longest else ""
-            key = (asset, channel, "stuck")
-            before = np.r_[run, run_at[:-1]]  # length of the run the previous sample ended
-            ends = np.flatnonzero(starts & (before >= limit))
-            for p in sorted([*np.flatnonzero(run_at == limit), *ends]):
-                if run_at[p] == limit:
-                    self._start(key, Event(
-                        asset, float(t[p]), channel, "stuck", float(col[p]),
-                        f"{channel} has read {col[p]:.6g} for {limit} samples in a row{seen}",
-                        signal="channel", channels=(channel,), since_s=float(began_t[p]),
-                        threshold=float(limit)))
-                else:
-                    self._end(key, float(t[p]), f"{channel} changes again")
+    def _check_stuck(self, asset: str, t: np.ndarray, x: np.ndarray) -> None:
+        """Runs of identical samples, every watched channel at once (x: (n, m))."""
+        n, m = x.shape
+        state = self._runs.get(asset)
+        last, run, began = state if state is not None else (
+            np.full(m, np.nan), np.zeros(m), np.full(m, float(t[0])))
+        starts = np.vstack([last, x[:-1]]) != x  # True where a new run begins
+        pos = np.arange(n)[:, None]
+        begun = np.maximum.accumulate(np.where(starts, pos, -1), axis=0)
+        # Length of the run each sample belongs to, up to and including it; when it began.
+        run_at = np.where(begun >= 0, pos - begun + 1, run + pos + 1)
+        began_t = np.where(begun >= 0, t[np.maximum(begun, 0)], began)
+        before = np.vstack([run, run_at[:-1]])  # length of the run the previous sample ended
+        hits = run_at == self._stuck_limit
+        ends = starts & (before >= self._stuck_limit)
+        self._runs[asset] = (x[-1].copy(), run_at[-1].astype(np.float64), began_t[-1].copy())
+        if not (hits.any() or ends.any()):
+            return
+        for p, i in sorted(zip(*np.nonzero(hits | ends), strict=True)):
+            channel = self.channels[self._watched[i]]
+            if hits[p, i]:
+                lm = self.limits[channel]
+                seen = f" (at most {lm.longest_run} in training)" if lm.longest_run else ""
+                self._start(asset, channel, "stuck", Event(
+                    asset, float(t[p]), channel, "stuck", float(x[p, i]),
+                    f"{channel} has read {x[p, i]:.6g} for {lm.stuck_samples} samples in a "
+                    f"row{seen}", signal="channel", channels=(channel,),
+                    since_s=float(began_t[p, i]), threshold=float(self._stuck_limit[i])))
+            else:
+                self._end(asset, channel, "stuck", float(t[p]), f"{channel} changes again")
 
     def _check_steps(self, asset: str, t: np.ndarray, values: np.ndarray) -> None:
         w = self.step_window
@@ -237,41 +254,39 @@ class QualityMonitor:
         end = np.arange(2 * w, len(x) + 1)  # comparisons that end at each new sample
         recent = (c[end] - c[end - w]) / w
         before = (c[end - w] - c[end - 2 * w]) / w
-        for k, i in enumerate(self._step):
-            lm = self.limits[self.channels[self._watched[i]]]
-            z = np.abs(recent[:, k] - before[:, k]) / (lm.noise * np.sqrt(2.0 / w))
-            self._steps(asset, k, i, lm, z, recent[:, k], before[:, k], tt, end)
+        z = np.abs(recent - before) / (self._step_noise * np.sqrt(2.0 / w))
+        armed = self._armed.get(asset)
+        if armed is None:
+            armed = self._armed[asset] = np.ones(len(self._step), dtype=bool)
+        busy = ((z > self._step_h).any(axis=0) | ~armed)
+        for k in np.flatnonzero(busy).tolist():  # the rest stayed armed and below threshold
+            for p in range(len(z)):
+                if armed[k] and z[p, k] > self._step_h[k]:
+                    armed[k] = False
+                    self._stepped(asset, k, float(z[p, k]), float(recent[p, k]),
+                                  float(before[p, k]), float(tt[end[p] - 1]),
+                                  float(tt[end[p] - 2 * w]))
+                elif not armed[k] and z[p, k] < self._step_u[k]:
+                    armed[k] = True
 
-    def _steps(self, asset: str, k: int, i: int, lm: ChannelLimits, z: np.ndarray,
-               recent: np.ndarray, before: np.ndarray, tt: np.ndarray, end: np.ndarray) -> None:
-        assert lm.step_threshold is not None
-        channel = self.channels[self._watched[i]]
-        key = (asset, i)
-        armed = self._armed.get(key, True)
-        for p in range(len(z)):
-            if armed and z[p] > lm.step_threshold:
-                armed = False
-                at, since = float(tt[end[p] - 1]), float(tt[end[p] - 2 * self.step_window])
-                delta = float(recent[p] - before[p])
-                event = Event(
-                    asset, at, channel, "step", float(z[p]),
-                    f"{channel} stepped from {before[p]:.6g} to {recent[p]:.6g} {lm.unit} "
-                    f"({delta:+.4g}, {z[p]:.1f} times the noise of a {self.step_window}-sample "
-                    "mean) within the last "
-                    f"{2 * self.step_window} samples".replace("  ", " "),
-                    signal="channel", channels=(channel,), since_s=since,
-                    reference=(lm.low, lm.high, float(before[p])), current=float(recent[p]),
-                    threshold=lm.step_threshold)
-                self._pending.append(event)
-                logger.warning("step %s on %s: %s", channel, asset, event.detail)
-            elif not armed and z[p] < lm.step_rearm:
-                armed = True
-        self._armed[key] = armed
+    def _stepped(self, asset: str, k: int, z: float, recent: float, before: float, at: float,
+                 since: float) -> None:
+        channel = self.channels[self._watched[self._step[k]]]
+        lm = self.limits[channel]
+        event = Event(
+            asset, at, channel, "step", z,
+            f"{channel} stepped from {before:.6g} to {recent:.6g} {lm.unit} "
+            f"({recent - before:+.4g}, {z:.1f} times the noise of a {self.step_window}-sample "
+            "mean) within the last "
+            f"{2 * self.step_window} samples".replace("  ", " "),
+            signal="channel", channels=(channel,), since_s=since,
+            reference=(lm.low, lm.high, before), current=recent, threshold=lm.step_threshold)
+        self._pending.append(event)
+        logger.warning("step %s on %s: %s", channel, asset, event.detail)
 
     def active(self, asset: str) -> list[tuple[str, str]]:
         """(channel, detector) conditions of the asset that are on now."""
-        return sorted((c, d) for a, c, d in self._active if a == asset)
-
+        return sorted(self._active.get(asset, ()))
     def events(self) -> list[Event]:
         """Conditions started or ended since the last call."""
         out, self._pending = self._pending, []

@@ -9,11 +9,15 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import OperationalError
 
-from aggregator.api.routes import agents, drift, health, tickets
+from aggregator.api.routes import agents, docs, drift, health, tickets
+from aggregator.api.schemas import ErrorOut
 from aggregator.broker import EmbeddedBroker
 from aggregator.db import open_engine, open_sessions
 from aggregator.errors import TicketNotFoundError, TicketStateError, UnavailableError
@@ -23,7 +27,7 @@ from aggregator.series import open_series
 from aggregator.settings import Settings
 from aggregator.subscriber import Subscriber
 
-__all__ = ["create_app"]
+__all__ = ["STATIC_DIR", "create_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,27 +67,52 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.info("aggregator shutting down")
 
 
+# Every handler answers ErrorOut, the body the routes declare for these statuses.
+def _error(status: int, detail: str) -> JSONResponse:
+    return JSONResponse(ErrorOut(detail=detail).model_dump(), status_code=status)
+
+
 async def _not_found(_request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=404)
+    return _error(404, str(exc))
 
 
 async def _conflict(_request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=409)
+    return _error(409, str(exc))
 
 
 async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=503)
+    return _error(503, str(exc))
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # Connection refused, database gone, SQLite locked: transient, like UnavailableError.
+    # The driver's text stays in the log; it may name hosts and users.
+    logger.warning("%s %s: SQL database unavailable: %s", request.method, request.url.path, exc)
+    return _error(503, "the SQL database cannot be reached right now; retry later")
+
+
+STATIC_DIR = Path(__file__).parent / "static"
 
 
 def create_app(settings: Settings) -> FastAPI:
     """The aggregator as an ASGI app; nothing starts until its lifespan runs."""
-    app = FastAPI(title="linewatch aggregator", version="0.1.0", lifespan=_lifespan)
+    app = FastAPI(
+        title="linewatch aggregator",
+        version="0.1.0",
+        lifespan=_lifespan,
+        # Served by routes/docs.py from STATIC_DIR instead of FastAPI's CDN-backed pages.
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.include_router(health.router)
     app.include_router(agents.router)
     app.include_router(drift.router)
     app.include_router(tickets.router)
+    app.include_router(docs.router)
+    app.mount(docs.STATIC_PREFIX, StaticFiles(directory=STATIC_DIR), name="static")
     app.add_exception_handler(TicketNotFoundError, _not_found)
     app.add_exception_handler(TicketStateError, _conflict)
     app.add_exception_handler(UnavailableError, _unavailable)
+    app.add_exception_handler(OperationalError, _database_unavailable)
     return app

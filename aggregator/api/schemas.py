@@ -12,6 +12,7 @@ __all__ = [
     "AgentOut",
     "CountsOut",
     "DriftOut",
+    "ErrorOut",
     "EvidenceOut",
     "HealthOut",
     "MqttHealthOut",
@@ -24,6 +25,13 @@ __all__ = [
 
 class _Out(BaseModel):
     model_config = ConfigDict(from_attributes=True, frozen=True)
+
+
+class ErrorOut(_Out):
+    """The body of every error the API answers itself (404, 409, 400, 503); a request that
+    fails validation gets FastAPI's 422 body instead (``detail`` is a list there)."""
+
+    detail: str = Field(description="what went wrong, for a person to read")
 
 
 class ScoreOut(_Out):
@@ -80,7 +88,13 @@ class ResolveIn(BaseModel):
     outcome: Literal["confirmed_failure", "no_fault_found", "other"] = Field(
         description="ground truth for model health: was there a real fault?"
     )
-    note: str | None = Field(None, max_length=4000)
+    note: str | None = Field(
+        None,
+        max_length=4000,
+        # PostgreSQL text cannot hold a NUL; no other control character belongs in a note.
+        pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$",
+        description="free text: tabs and line breaks allowed, other control characters not",
+    )
 
 
 class AgentHealthOut(_Out):

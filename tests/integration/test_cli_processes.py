@@ -105,9 +105,17 @@ def test_agent_killed_mid_run_loses_nothing(tmp_path: Path, mosquitto, aggregato
         finally:
             box.close()
 
-    # Everything is scored within a second or two; the agent then waits for the broker.
+    # The agent scores everything into its outbox, then waits for the broker: kill it once
+    # the outbox has stopped growing (how long scoring takes depends on the machine's load).
     wait_until(lambda: buffered() >= 1 and first.poll() is None, 30, what="a filled outbox")
-    time.sleep(1.0)
+    depths = [buffered()]
+
+    def settled() -> bool:
+        time.sleep(1.5)  # longer than the agent's flush interval (1 s)
+        depths.append(buffered())
+        return depths[-1] == depths[-2]
+
+    wait_until(settled, 60, what="the outbox to stop growing")
     first.send_signal(signal.SIGKILL)
     first.communicate(timeout=10)
     left = buffered()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,3 +62,53 @@ def test_demo_uses_a_configured_mosquitto_and_influxdb(
     (row,) = influxd.query("SELECT COUNT(score) FROM prediction", "linewatch_demo")
     assert row["count"] == scored
     influxd.drop_database("linewatch_demo")
+
+
+def test_demo_ends_without_pointing_at_a_stopped_api_and_counts_what_it_lists(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    from agent.datasets import read_recordings
+    from linewatch import scenarios
+
+    data = ROOT / "models" / "data" / "cmapss_fd001" / "test_FD001.txt.gz"
+    recordings = read_recordings(data, "cmapss")[:4]
+    faulty = scenarios.stuck(recordings, "sensor_11", assets=["engine-001", "engine-002"])
+    path = scenarios.write_cmapss(faulty.recordings, tmp_path / "test_stuck.txt")
+    monkeypatch.chdir(ROOT)
+    demo = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    demo.update(state_dir=str(tmp_path / "state"), speed=0)
+    (tmp_path / "demo.yaml").write_text(yaml.safe_dump(demo))
+    assert main(["demo", "-c", str(tmp_path / "demo.yaml"), "--data", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "\nAPI: http" not in out and "The API has stopped with the demo" in out
+    said = int(re.search(r"reported by the agents: (\d+)", out).group(1))
+    listed = out.split("reported by the agents:")[1].split("\n\n")[0].count("\n  ")
+    assert said > 5 and listed == 5 and f"{said} (the newest 5 below)" in out
+    assert "Sensor tickets (check the sensor):" in out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_demo_serve_shuts_down_cleanly_on_a_signal(tmp_path: Path, sig: int) -> None:
+    demo = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    demo.update(state_dir=str(tmp_path / "state"), speed=0, agents=[
+        {"id": "gw-a", "line": "line1", "assets": ["engine-001"]}])
+    (tmp_path / "demo.yaml").write_text(yaml.safe_dump(demo))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "linewatch.cli", "demo", "-c", str(tmp_path / "demo.yaml"),
+         "--serve"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "serving until" in line:
+                break
+        proc.send_signal(sig)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    name = "SIGTERM" if sig == signal.SIGTERM else "Ctrl-C"
+    assert proc.returncode == 0, "".join(lines) + rest
+    assert f"{name}: stopping the agents and the aggregator" in rest
+    assert "demo stopped" in rest and "Traceback" not in rest

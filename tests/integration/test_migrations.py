@@ -44,6 +44,8 @@ from aggregator.db import (
 )
 from aggregator.errors import SchemaError
 
+HEAD = migrations.head_revision()
+
 pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -220,7 +222,8 @@ def test_previous_release_database_upgrades_at_start_and_keeps_its_data(url: str
         # The code of this release works on the migrated rows: the open ticket escalates.
         with sessions() as session, session.begin():
             ticket, opened = tickets.open_or_escalate(
-                session, "pump-1", "maintenance", EVIDENCE, site="plant1", now=NOW, **TICKET
+                session, tickets.Subject("pump-1", site="plant1", **TICKET), "maintenance",
+                EVIDENCE, now=NOW,
             )
             assert ticket is not None and not opened
             assert (ticket.id, ticket.escalations) == (rows["pump-1"].id, 3)
@@ -292,14 +295,17 @@ def test_fresh_database_migrated_to_head_matches_the_models(url: str) -> None:
 
 
 def test_create_all_database_of_the_current_schema_is_stamped_not_altered(url: str) -> None:
-    """Between the re-key and migrations, create_all made head's schema with no history."""
+    """Between the re-key and migrations, create_all made revision 0002's schema with no
+    history: the same tables as 0002 builds, without an alembic_version."""
     engine = _raw(url)
     try:
-        Base.metadata.create_all(engine)
+        with engine.begin() as conn:
+            command.upgrade(migrations.alembic_config(conn), "0002")
+            conn.execute(text("DROP TABLE alembic_version"))
         _insert_plant_rows(engine)
         result = migrations.upgrade(engine)
-        assert (result.before, result.stamped, result.after) == (None, "0002", "0002")
-        assert migrations.current_revision(engine) == "0002"
+        assert (result.before, result.stamped, result.after) == (None, "0002", HEAD)
+        assert migrations.current_revision(engine) == HEAD
         assert schema_differences(engine) == []
         with open_sessions(engine)() as session:
             assert session.scalar(select(Ticket.status).where(Ticket.asset == "pump-1")) == "open"
@@ -314,9 +320,9 @@ def test_previous_release_database_is_stamped_0001_then_upgraded(url: str) -> No
     try:
         assert migrations.current_revision(engine) is None
         result = migrations.upgrade(engine)
-        assert (result.before, result.stamped, result.after) == (None, "0001", "0002")
+        assert (result.before, result.stamped, result.after) == (None, "0001", HEAD)
         again = migrations.upgrade(engine)  # a second start has nothing to do
-        assert (again.before, again.stamped, again.after) == ("0002", None, "0002")
+        assert (again.before, again.stamped, again.after) == (HEAD, None, HEAD)
     finally:
         engine.dispose()
 
@@ -371,30 +377,31 @@ FAILING_REVISION = """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0099"
+down_revision = "{head}"
 
 
 def upgrade():
     op.add_column("agents", sa.Column("retired_at", sa.DateTime(timezone=True)))
     op.execute("UPDATE tickets SET status = 'resolved'")
-    raise RuntimeError("revision 0003 failed halfway")
+    raise RuntimeError("revision 0099 failed halfway")
 """
 
 
 def test_failed_upgrade_leaves_the_database_as_it_was(
     url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Stamp, 0002 and a failing 0003 run in one transaction: all or nothing."""
+    """Stamp, every revision and a failing one after them run in one transaction: all or
+    nothing."""
     scripts = tmp_path / "migrations"
     shutil.copytree(Path(migrations.__file__).parent, scripts)
-    (scripts / "versions" / "0003_fails.py").write_text(FAILING_REVISION)
+    (scripts / "versions" / "0099_fails.py").write_text(FAILING_REVISION.format(head=HEAD))
     monkeypatch.setattr(migrations, "HERE", scripts)
     create_previous_release_db(url)
     engine = _raw(url)
     try:
         before = _shape(engine)
-        with pytest.raises(RuntimeError, match="0003 failed halfway"):
+        with pytest.raises(RuntimeError, match="0099 failed halfway"):
             migrations.upgrade(engine)
         assert _shape(engine) == before
         assert "alembic_version" not in inspect(engine).get_table_names()
@@ -427,7 +434,7 @@ def test_other_applications_tables_do_not_count_as_a_schema(url: str) -> None:
         with engine.begin() as conn:
             conn.execute(text("CREATE TABLE someone_elses (id INTEGER PRIMARY KEY)"))
         result = migrations.upgrade(engine)
-        assert (result.before, result.stamped, result.after) == (None, None, "0002")
+        assert (result.before, result.stamped, result.after) == (None, None, HEAD)
         assert schema_differences(engine) != []  # someone_elses is not in our models...
         assert "someone_elses" in inspect(engine).get_table_names()  # ...and stays
     finally:
@@ -478,7 +485,7 @@ def test_two_replicas_starting_together_both_come_up(url: str) -> None:
             replica.kill()
             replica.wait()
     assert [(r.returncode, out) for r, (out, _err) in zip(replicas, outcomes, strict=True)] == [
-        (0, "0002\n"), (0, "0002\n")
+        (0, f"{HEAD}\n"), (0, f"{HEAD}\n")
     ], [err for _out, err in outcomes]
     engine = _raw(url)
     try:

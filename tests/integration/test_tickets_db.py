@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aggregator_support import data_topic, payload, predictions
-from sqlalchemy import Engine, func, select, text
+from aggregator_support import data_topic, drop_schema, payload, predictions
+from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
 
 from aggregator import tickets
 from aggregator.db import (
     AgentRecord,
-    Base,
     QuarantinedMessage,
     RuleState,
     SessionFactory,
@@ -49,12 +48,8 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
         url = request.getfixturevalue("postgres_url")
     engine = open_engine(url)
     yield engine
-    # The PostgreSQL database lives for the whole session: the next test must find it empty,
-    # migration history included (or it would find "at head" and create nothing).
-    Base.metadata.drop_all(engine)
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE alembic_version"))
     engine.dispose()
+    drop_schema(url)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from sqlalchemy import select
 
 from aggregator.api.deps import SeriesDep, SessionDep
+from aggregator.api.responses import DB_DOWN
 from aggregator.api.schemas import AgentHealthOut, AgentOut
 from aggregator.db import AgentRecord
 from aggregator.errors import SeriesUnavailableError
@@ -20,7 +21,7 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/agents", tags=["agents"])
 
 
-@router.get("")
+@router.get("", responses=DB_DOWN)
 def list_agents(session: SessionDep, series: SeriesDep) -> list[AgentOut]:
     """Agents by id. ``health`` is None for an agent that sent no report yet, and for
     every agent while the series store is down (the list itself lives in SQL)."""

@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query
-from pydantic import AwareDatetime
+from fastapi import APIRouter
 
 from aggregator.api.deps import SeriesDep
+from aggregator.api.params import AgentFilter, AssetFilter, DetectorFilter, Limit, Since
+from aggregator.api.responses import SERIES_DOWN
 from aggregator.api.schemas import DriftOut
 
 __all__ = ["list_drift", "router"]
 
-_MAX_LIMIT = 10_000
-
 router = APIRouter(prefix="/drift", tags=["drift"])
 
 
-@router.get("")
+@router.get("", responses=SERIES_DOWN)
 def list_drift(
     series: SeriesDep,
-    agent: str | None = None,
-    asset: str | None = None,
-    detector: str | None = None,
-    since: Annotated[AwareDatetime | None, Query(description="events at or after")] = None,
-    limit: Annotated[int, Query(ge=1, le=_MAX_LIMIT)] = 500,
+    agent: AgentFilter = None,
+    asset: AssetFilter = None,
+    detector: DetectorFilter = None,
+    since: Since = None,
+    limit: Limit = 500,
 ) -> list[DriftOut]:
     """Newest first; every given filter must match. 503 while the series store is down."""
     events = series.drift_events(

@@ -1,0 +1,37 @@
+"""The error responses routes declare in OpenAPI, each with the body the app sends.
+
+``app.py``'s exception handlers answer ``ErrorOut`` (``{"detail": "..."}``) for 404, 409 and
+503, and FastAPI itself does for 400 (a body that cannot be read at all); a request that
+fails validation gets FastAPI's own 422 body, which FastAPI declares by itself on every
+route that takes parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aggregator.api.schemas import ErrorOut
+
+__all__ = [
+    "BAD_BODY",
+    "DB_DOWN",
+    "SERIES_DOWN",
+    "TICKET_CONFLICT",
+    "TICKET_NOT_FOUND",
+    "Responses",
+]
+
+
+Responses = dict[int | str, dict[str, Any]]
+"""What a route's ``responses=`` takes; merge them with ``|``."""
+
+
+def _error(status: int, description: str) -> Responses:
+    return {status: {"model": ErrorOut, "description": description}}
+
+
+TICKET_NOT_FOUND = _error(404, "no ticket has this id")
+TICKET_CONFLICT = _error(409, "the ticket's status does not allow it (it is resolved)")
+BAD_BODY = _error(400, "the body could not be read at all (e.g. not UTF-8)")
+DB_DOWN = _error(503, "the SQL database cannot be reached; retry later")
+SERIES_DOWN = _error(503, "the series store cannot be reached; retry later")

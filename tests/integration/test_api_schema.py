@@ -1,0 +1,142 @@
+"""Property-based run of the REST API over its own OpenAPI schema (schemathesis).
+
+Every operation the schema declares is called with generated requests, valid ones and
+invalid ones, against the aggregator as it runs in production (uvicorn, its lifespan, the
+embedded broker) with agents, tickets and drift events in it: once on the embedded stores
+(SQLite), once on InfluxDB 1.x and PostgreSQL. ``CHECKS`` fail the run on a server error, a
+status the schema does not declare for that operation, a body or content type that does not
+match the declared one, an invalid request (per the schema) that is not refused with a 4xx,
+and a valid one that is refused.
+
+Bounded and deterministic: ``MAX_EXAMPLES`` per operation in the fuzzing phase, plus
+schemathesis' coverage cases (boundaries, wrong types, missing values); Hypothesis
+derandomized, no example database. About 400 requests per store configuration.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from aggregator_support import (
+    MODEL,
+    T0,
+    Publisher,
+    data_topic,
+    drift_events,
+    drop_schema,
+    health_report,
+    payload,
+    predictions,
+    start_service,
+    store_settings,
+    wait_until,
+)
+from hypothesis import HealthCheck, settings
+from servers import InfluxServer, free_port
+
+from aggregator.api.app import create_app
+from aggregator.server import ServerThread
+from contract.wire import Status, encode
+
+pytestmark = pytest.mark.integration
+
+MAX_EXAMPLES = 30
+# Open tickets with small ids, so that generated ids often name a ticket that exists.
+TICKETS = 12
+CHECKS = [
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_schema_conformance",
+    "negative_data_rejection",
+    "positive_data_acceptance",
+]
+
+# The schema the app builds; the test below checks that the running service serves it.
+schema = schemathesis.openapi.from_dict(
+    create_app(store_settings(Path("/nonexistent"))).openapi()
+)
+schema.config.generation.update(max_examples=MAX_EXAMPLES, deterministic=True)
+schema.config.checks.update(included_check_names=CHECKS)
+
+
+def seed(url: str, broker_port: int) -> None:
+    """Give the service at ``url`` (its embedded broker on ``broker_port``) two agents'
+    data: ``TICKETS`` tickets (one acknowledged, one resolved, the rest open), drift events
+    (one fleet-wide), a health report."""
+    with Publisher("127.0.0.1", broker_port, data_topic("gw-1")) as pub:
+        for agent in ("gw-1", "gw-2"):
+            pub.publish(
+                encode(Status(schema=1, agent=agent, state="online", ts=T0, model=MODEL)),
+                data_topic(agent, "status"),
+            )
+        for seq in range(TICKETS):
+            pub.publish(payload("gw-1", seq, predictions(f"pump-{seq}", [0.9, 0.95, 0.99])))
+        events = drift_events("pump-1", 3) + drift_events(
+            None, 1, start=3, detector="ADWIN", monitor="score"
+        )
+        pub.publish(payload("gw-2", 0, events), data_topic("gw-2", "drift"))
+        pub.publish(payload("gw-2", 1, [health_report(5, 40)]), data_topic("gw-2", "health"))
+    with httpx.Client(base_url=url, timeout=10) as http:
+        wait_until(lambda: len(http.get("/tickets").json()) == TICKETS, 10, what="tickets")
+        wait_until(lambda: len(http.get("/drift").json()) == 4, 10, what="4 events")
+        first, second, *_ = http.get("/tickets").json()
+        assert http.post(f"/tickets/{first['id']}/ack").status_code == 200
+        resolved = http.post(
+            f"/tickets/{second['id']}/resolve", json={"outcome": "no_fault_found"}
+        )
+        assert resolved.status_code == 200
+
+
+@pytest.fixture(scope="module", params=["embedded", "influx1+postgresql"])
+def service(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerThread]:
+    """The aggregator on a free port, seeded (see :func:`seed`): once on the embedded
+    stores (SQLite for both), once on the session's InfluxDB 1.x and PostgreSQL."""
+    changes: dict[str, Any] = {}
+    influxd: InfluxServer | None = None
+    if request.param == "influx1+postgresql":
+        influxd = request.getfixturevalue("influxd")
+        changes = {
+            "influx_url": influxd.url,
+            "influx_database": f"api_schema_{uuid.uuid4().hex[:12]}",
+            "db_url": request.getfixturevalue("postgres_url"),
+        }
+        influxd.create_database(changes["influx_database"])
+    port = free_port()
+    tmp = tmp_path_factory.mktemp("api-schema")
+    server = start_service(
+        store_settings(tmp, embedded_broker_port=port, http_port=0, **changes)
+    )
+    try:
+        seed(server.url, port)
+        yield server
+    finally:
+        server.stop()
+        if influxd is not None:
+            influxd.drop_database(changes["influx_database"])
+            drop_schema(changes["db_url"])
+
+
+def test_service_serves_the_schema_under_test(service: ServerThread) -> None:
+    served = httpx.get(f"{service.url}/openapi.json", timeout=10)
+    assert served.status_code == 200
+    assert served.json() == schema.raw_schema
+
+
+@schema.parametrize()
+@settings(
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+def test_every_operation_conforms(case: schemathesis.Case, service: ServerThread) -> None:
+    case.call_and_validate(base_url=service.url, timeout=10)
