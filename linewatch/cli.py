@@ -177,16 +177,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     from contract.errors import ContractError
     from linewatch.evaluate import evaluate, format_report
 
+    alarms, _, days = args.budget.partition("/")
     try:
-        alarms, _, days = args.budget.partition("/")
-        result = evaluate(args.model_dir, args.data_file, truth=args.truth,
-                          budget=(float(alarms), float(days or 1)),
+        budget = (float(alarms), float(days or 1))
+    except ValueError:
+        print(f"error: --budget {args.budget!r}: expected ALARMS/DAYS, e.g. 1/90",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        result = evaluate(args.model_dir, args.data_file, truth=args.truth, budget=budget,
                           windows_per_day=args.windows_per_day, assets=args.assets)
     except (ContractError, DatasetError, OSError):
         raise  # main() reports them: could not start
     except ValueError as exc:
-        # What is left is a bad --budget, or a combination read_recordings refuses (--truth
-        # with AI4I or IMS).
+        # What is left is a combination read_recordings refuses (--truth with AI4I or IMS).
         _report(exc, args)
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
