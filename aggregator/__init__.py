@@ -3,7 +3,8 @@
 It subscribes to every agent's MQTT topics, validates each message against the wire
 contract (``contract.wire``), stores predictions, drift events and health reports in a series
 store (InfluxDB 1.x or an embedded SQLite file), opens and escalates maintenance tickets in
-SQL (SQLite or PostgreSQL), and serves a REST API. ``python -m aggregator serve`` runs it.
+SQL (SQLite or PostgreSQL), and serves a REST API. ``linewatch aggregator`` runs it
+(``python -m aggregator serve`` is the same command; README.md, "Running the parts yourself").
 
 Heavy imports (FastAPI, paho, amqtt, SQLAlchemy) live in the submodules; this package
 only names the public entry points, imported lazily.

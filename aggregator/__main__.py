@@ -1,76 +1,245 @@
-"""``python -m aggregator serve [-c aggregator.env]``, ``python -m aggregator migrate [-c ...]``.
+"""``python -m aggregator serve [-c aggregator.env]``: the same as ``linewatch aggregator``.
+``python -m aggregator migrate [-c aggregator.env]``: upgrade the SQL schema (as ``serve``
+does at start), print the revision before and after, and exit; back the database up first.
 
-``migrate`` upgrades the SQL schema (as ``serve`` does at start) and prints the revision
-before and after; back the database up first.
-
-Exit codes: 0 after a clean shutdown (or migration), 1 when the SQL schema cannot be
-migrated, 2 for unusable settings (each bad key is printed with its value, as
-``LINEWATCH_<KEY>``).
+``linewatch aggregator`` calls ``serve_command`` here, so both commands report a bad
+setting or a failed start the same way: one line per problem naming the ``LINEWATCH_*``
+setting, its value and what to do, and the exit codes of ``aggregator.exits``.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import importlib.metadata
 import logging
+import os
 import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from aggregator import migrations
-from aggregator.db import open_engine
-from aggregator.errors import SchemaError
-from aggregator.server import serve
-from aggregator.settings import load_settings
+from aggregator.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_START
+
+if TYPE_CHECKING:  # pydantic-settings is loaded only when the settings are
+    from aggregator.settings import Settings
+
+__all__ = [
+    "MIGRATE_DESCRIPTION",
+    "MIGRATE_EPILOG",
+    "SERVE_DESCRIPTION",
+    "SERVE_EPILOG",
+    "add_serve_arguments",
+    "explain",
+    "main",
+    "migrate_command",
+    "serve_command",
+]
+
+_EXAMPLE = "configs/aggregator.example.env"
+_PREFIX = "LINEWATCH_"
+
+SERVE_DESCRIPTION = """\
+Run the central aggregator: subscribe to the agents' MQTT topics, store every scored
+window as a time series, open maintenance tickets, and serve the REST API.
+
+Reads:  LINEWATCH_* settings from the env file given with -c and from the environment
+        (the environment wins); every setting is described in
+        configs/aggregator.example.env. Without LINEWATCH_MQTT_URL an embedded MQTT
+        broker is started; without LINEWATCH_INFLUX_URL series go to an SQLite file.
+Writes: LINEWATCH_SERIES_PATH (default var/series.db) and LINEWATCH_DB_URL (default
+        sqlite:///var/linewatch.db); serves http://LINEWATCH_HTTP_HOST:LINEWATCH_HTTP_PORT
+        (default 127.0.0.1:8000; /docs has the OpenAPI page).
+
+Runs until Ctrl-C or SIGTERM.
+
+example:
+  linewatch aggregator -c configs/aggregator.example.env
+  LINEWATCH_HTTP_PORT=8080 python -m aggregator serve -c configs/aggregator.example.env
+"""
+
+SERVE_EPILOG = f"""\
+exit codes (README.md, "Exit codes", has every command's):
+  {EXIT_CONFIG}    bad settings: invalid value, unknown key, missing or unreadable env file
+  {EXIT_START}    could not start: a port in use, the database or the series store unusable
+  {EXIT_INTERRUPTED}  stopped by Ctrl-C, after a clean shutdown
+  143  stopped by SIGTERM, after a clean shutdown (the process ends by the signal, as
+       service managers expect)
+"""
 
 
-def _explain(exc: ValidationError) -> str:
-    lines = ["invalid aggregator settings:"]
+MIGRATE_DESCRIPTION = """\
+Upgrade the aggregator's SQL schema to this release's newest revision, print the revision
+before and after, and exit. serve does the same at every start; run migrate by hand, e.g.
+before starting several replicas. Back the database up first: migrations move data.
+
+Reads:  LINEWATCH_DB_URL (from the env file given with -c, or the environment).
+Writes: the database's schema and its migration history (alembic_version).
+
+example:
+  python -m aggregator migrate -c configs/aggregator.example.env
+"""
+
+MIGRATE_EPILOG = f"""\
+exit codes (README.md, "Exit codes", has every command's):
+  {EXIT_OK}    the schema is at the newest revision
+  {EXIT_FAILED}    the schema cannot be migrated (unknown tables, or a newer release's)
+  {EXIT_CONFIG}    bad settings: invalid value, unknown key, missing or unreadable env file
+  {EXIT_START}    the database cannot be reached or opened
+"""
+
+# For the top level: every subcommand's own --help lists what its codes mean for it.
+_EPILOG = f"""\
+exit codes, the same for every subcommand (README.md, "Exit codes", has the table):
+  {EXIT_OK}    done                      {EXIT_CONFIG}    bad arguments or settings
+  {EXIT_START}    could not start           {EXIT_INTERRUPTED}  stopped by Ctrl-C
+"""
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("linewatch")
+    except importlib.metadata.PackageNotFoundError:  # a checkout run without installing
+        return "unknown (not installed)"
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``serve``, shared with ``linewatch aggregator``."""
+    parser.add_argument("-c", "--config", type=Path, default=None, metavar="FILE",
+                        help="env file with LINEWATCH_* settings (the environment also works, "
+                        "and wins over the file)")
+    # SUPPRESS: given after the subcommand, -v must not reset one given before it.
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log at DEBUG level; show the traceback of a failed start")
+
+
+def _where(key: str, path: Path | None) -> str:
+    if path is None or key.upper() in (k.upper() for k in os.environ):
+        return "the environment"
+    return str(path)
+
+
+def _known_keys() -> list[str]:
+    from aggregator.settings import Settings
+
+    return [_PREFIX + name.upper() for name in Settings.model_fields]
+
+
+def explain(exc: ValidationError, path: Path | None) -> list[str]:
+    """One line per invalid setting: its name, value (passwords masked), what is wrong,
+    and what to do."""
+    lines = []
     for error in exc.errors():
-        loc = error["loc"]
-        key = "LINEWATCH_" + "_".join(str(p) for p in loc).upper() if loc else "settings"
+        msg = str(error["msg"]).removeprefix("Value error, ")
+        if not error["loc"]:
+            # A rule across settings; its message names them.
+            lines.append(f"error: {msg} (in {path or 'the environment'})")
+            continue
+        name = str(error["loc"][0]).upper()
+        key = name if name.startswith(_PREFIX) or error["type"] == "extra_forbidden" \
+            else _PREFIX + name
         value = error.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        lines.append(f"  {key}: {error['msg']}{shown}")
-    return "\n".join(lines) + "\n"
+        shown = "'***'" if "PASSWORD" in key else repr(value)
+        where = _where(key, path)
+        if error["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(key, _known_keys(), n=1)
+            todo = (f"did you mean {close[0]}?" if close
+                    else f"remove it (every setting is listed in {_EXAMPLE})")
+            lines.append(f"error: {key}={shown} in {where}: unknown setting; {todo}")
+        elif value == "":
+            lines.append(f"error: {key} is empty in {where}: {msg}; give it a value, or remove "
+                         "the line to use the default")
+        else:
+            lines.append(f"error: {key}={shown} in {where}: {msg}; fix it in {where}")
+    return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m aggregator")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve_cmd = commands.add_parser("serve", help="run the aggregator (REST API + ingest)")
-    serve_cmd.add_argument("-c", "--config", help="env file with LINEWATCH_* settings")
-    migrate_cmd = commands.add_parser("migrate", help="upgrade the SQL schema, then exit")
-    migrate_cmd.add_argument("-c", "--config", help="env file with LINEWATCH_* settings")
-    args = parser.parse_args(argv)
+def _load(args: argparse.Namespace) -> Settings | None:
+    """The settings, or None after saying on stderr what is wrong with them."""
+    from aggregator.settings import load_settings
+
+    path: Path | None = args.config
+    try:
+        return load_settings(path)
+    except ValidationError as exc:
+        sys.stderr.write("".join(line + "\n" for line in explain(exc, path)))
+    except FileNotFoundError as exc:
+        sys.stderr.write(f"error: {exc}: check the -c path (an example: {_EXAMPLE})\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        sys.stderr.write(f"error: cannot read settings file {str(path)!r} ({reason}): make it "
+                         "a readable UTF-8 text file of LINEWATCH_KEY=value lines\n")
+    return None
+
+
+def _log(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        # At INFO, amqtt logs every connection and state change and alembic every plugin it
+        # loads (at import); their warnings are what matter. Set before the imports.
+        for noisy in ("amqtt", "transitions", "alembic.runtime.plugins"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """Load the settings and run the aggregator; return the exit code (``aggregator.exits``).
+
+    Configures logging unless the caller already did.
+    """
+    verbose = bool(getattr(args, "verbose", False))
+    settings = _load(args)
+    if settings is None:
+        return EXIT_CONFIG
+    _log(verbose)
+    # Imported only now: FastAPI, SQLAlchemy and uvicorn take a second or two to load, and a
+    # bad setting should be reported at once.
+    from aggregator.server import StartError, serve
 
     try:
-        settings = load_settings(args.config)
-    except ValidationError as exc:
-        sys.stderr.write(_explain(exc))
-        return 2
-    except FileNotFoundError as exc:
-        sys.stderr.write(f"{exc}\n")
-        return 2
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # amqtt logs every connection and task at INFO; its warnings are what matter here.
-    for noisy in ("amqtt", "transitions"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    if args.command == "migrate":
-        return _migrate(settings.db_url)
-    serve(settings)
-    return 0
+        serve(settings)
+    except StartError as exc:
+        if verbose:
+            traceback.print_exception(exc)
+        sys.stderr.write(f"error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        # uvicorn re-raises the SIGINT it handled once it has shut down cleanly.
+        return EXIT_INTERRUPTED
+    return EXIT_OK
 
 
-def _migrate(db_url: str) -> int:
-    engine = open_engine(db_url, create=False)
+def migrate_command(args: argparse.Namespace) -> int:
+    """Upgrade the SQL schema and print the revision before and after; return the exit code."""
+    verbose = bool(getattr(args, "verbose", False))
+    settings = _load(args)
+    if settings is None:
+        return EXIT_CONFIG
+    _log(verbose)
+    from aggregator import migrations
+    from aggregator.db import open_engine
+    from aggregator.errors import SchemaError
+    from aggregator.server import StartError, check_database
+
+    try:
+        check_database(settings.db_url)
+    except StartError as exc:
+        if verbose:
+            traceback.print_exception(exc)
+        sys.stderr.write(f"error: {exc}\n")
+        return exc.exit_code
+    engine = open_engine(settings.db_url, create=False)
     try:
         sys.stdout.write(f"database: {engine.url.render_as_string(hide_password=True)}\n")
         result = migrations.upgrade(engine)
     except SchemaError as exc:
-        sys.stderr.write(f"{exc}\n")
-        return 1
+        if verbose:
+            traceback.print_exception(exc)
+        sys.stderr.write(f"error: {exc}\n")
+        return EXIT_FAILED
     finally:
         engine.dispose()
     before = result.before or (
@@ -78,7 +247,38 @@ def _migrate(db_url: str) -> int:
         else "none (empty)"
     )
     sys.stdout.write(f"revision before: {before}\nrevision after:  {result.after}\n")
-    return 0
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m aggregator",
+        description="The linewatch aggregator; 'linewatch aggregator' runs the same code.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"linewatch {_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log at DEBUG level; show the traceback of a failed start")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve_cmd = commands.add_parser(
+        "serve", help="run the aggregator (REST API + MQTT ingest)",
+        description=SERVE_DESCRIPTION, epilog=SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_serve_arguments(serve_cmd)
+    serve_cmd.set_defaults(func=serve_command)
+    migrate_cmd = commands.add_parser(
+        "migrate", help="upgrade the SQL schema, then exit", description=MIGRATE_DESCRIPTION,
+        epilog=MIGRATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_serve_arguments(migrate_cmd)
+    migrate_cmd.set_defaults(func=migrate_command)
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

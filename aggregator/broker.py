@@ -18,6 +18,7 @@ import threading
 from typing import Any
 
 from aggregator.errors import BrokerError
+from aggregator.net import listen
 
 __all__ = ["EmbeddedBroker"]
 
@@ -70,6 +71,16 @@ class EmbeddedBroker:
         """Start the broker and return once its port accepts TCP connections."""
         if self.running:
             return
+        # amqtt logs a failed bind as a traceback at ERROR and hides the OSError behind its
+        # own exception: probe the port first, so the caller gets the OSError as the cause.
+        try:
+            for sock in listen(self.host, self.port):
+                sock.close()
+        except OSError as exc:
+            raise BrokerError(
+                f"embedded broker on {self.host}:{self.port} did not start: "
+                f"{exc.strerror or exc}"
+            ) from exc
         self._started.clear()
         self._error = None
         self._thread = threading.Thread(target=self._run, name="embedded-broker", daemon=True)

@@ -186,7 +186,10 @@ class Settings(BaseSettings):
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise ValueError("expected mqtt://host[:port] or mqtts://host[:port]")
         if parts.path not in ("", "/") or parts.query or parts.username:
-            raise ValueError("no path, query or credentials in the URL; use mqtt_username")
+            raise ValueError(
+                "no path, query or credentials in the URL; use LINEWATCH_MQTT_USERNAME and "
+                "LINEWATCH_MQTT_PASSWORD"
+            )
         _ = parts.port  # raises ValueError for a port outside 0..65535
         return value
 
@@ -199,7 +202,10 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("expected http://host:port or https://host:port")
         if parts.username:
-            raise ValueError("no credentials in the URL; use influx_username/influx_password")
+            raise ValueError(
+                "no credentials in the URL; use LINEWATCH_INFLUX_USERNAME and "
+                "LINEWATCH_INFLUX_PASSWORD"
+            )
         _ = parts.port
         return value.rstrip("/")
 
@@ -213,17 +219,27 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
         if self.rule_k > self.rule_n:
-            raise ValueError(f"rule_k ({self.rule_k}) must be <= rule_n ({self.rule_n})")
+            raise ValueError(
+                f"LINEWATCH_RULE_K ({self.rule_k}) must be <= LINEWATCH_RULE_N ({self.rule_n})"
+            )
         if self.mqtt_url is None:
             # amqtt implements MQTT 3.1.1 only and has no shared subscriptions.
             if self.mqtt_protocol != "3.1.1":
-                raise ValueError("the embedded broker speaks MQTT 3.1.1 only; set mqtt_url")
+                raise ValueError(
+                    f"LINEWATCH_MQTT_PROTOCOL={self.mqtt_protocol!r}: the embedded broker "
+                    "speaks MQTT 3.1.1 only; set LINEWATCH_MQTT_URL to a real broker"
+                )
             if self.mqtt_shared_group is not None:
-                raise ValueError("the embedded broker has no $share subscriptions; set mqtt_url")
+                raise ValueError(
+                    "LINEWATCH_MQTT_SHARED_GROUP: the embedded broker has no $share "
+                    "subscriptions; set LINEWATCH_MQTT_URL to a real broker"
+                )
         if self.mqtt_password is not None and self.mqtt_username is None:
-            raise ValueError("mqtt_password is set but mqtt_username is not")
+            raise ValueError("LINEWATCH_MQTT_PASSWORD is set but LINEWATCH_MQTT_USERNAME is not")
         if self.influx_password is not None and self.influx_username is None:
-            raise ValueError("influx_password is set but influx_username is not")
+            raise ValueError(
+                "LINEWATCH_INFLUX_PASSWORD is set but LINEWATCH_INFLUX_USERNAME is not"
+            )
         self._refuse_placeholder("mqtt_password", self.mqtt_password, self.mqtt.host)
         if self.influx_url is not None:
             host = urllib.parse.urlsplit(self.influx_url).hostname or ""
@@ -233,7 +249,10 @@ class Settings(BaseSettings):
     @staticmethod
     def _refuse_placeholder(name: str, secret: str | None, host: str) -> None:
         if secret is not None and secret.lower() in _PLACEHOLDER_SECRETS and host not in _LOOPBACK:
-            raise ValueError(f"{name} is a placeholder ({secret!r}); set a real secret")
+            raise ValueError(
+                f"LINEWATCH_{name.upper()} is a placeholder ({secret!r}); set a real secret "
+                "(placeholders are accepted only for a server on this machine)"
+            )
 
     @property
     def mqtt(self) -> MqttEndpoint:
@@ -254,6 +273,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
     """
     if path is None:
         return Settings()
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise FileNotFoundError(f"settings file {str(path)!r} does not exist")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"settings file {str(path)!r} is not a file")
     return Settings(_env_file=path)

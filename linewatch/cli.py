@@ -1,17 +1,127 @@
-"""The ``linewatch`` command: agent, aggregator, demo, train, evaluate."""
+"""The ``linewatch`` command: agent, aggregator, demo, train, evaluate.
+
+``agent`` and ``aggregator`` run the code of ``python -m agent run`` and
+``python -m aggregator serve``; every command's exit codes are the constants of
+``agent.exits`` / ``aggregator.exits`` (the same numbers), listed in its ``--help``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
+
+# linewatch's own commands use the agent's names for the shared codes: the agent package
+# is in every install and its exits module imports nothing.
+from agent.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_START
 
 __all__ = ["main"]
 
 logger = logging.getLogger("linewatch")
+
+_RAW = argparse.RawDescriptionHelpFormatter
+
+# Plain text: argparse prints it as it is (the module docstring is reST).
+_DESCRIPTION = """\
+linewatch: predictive-maintenance monitoring for assembly lines. Gateway agents score
+sensor data with ONNX failure models, watch for drift and publish over MQTT; the
+aggregator stores the series, opens maintenance tickets and serves a REST API.
+
+Run 'linewatch COMMAND --help' for what a command reads, writes and returns.
+"""
+
+_EPILOG = f"""\
+examples:
+  linewatch demo                                   the whole loop on one machine
+  linewatch aggregator -c configs/aggregator.example.env
+  linewatch agent -c configs/agent.example.yaml
+
+exit codes, the same for every command (README.md, "Exit codes", has the table):
+  {EXIT_OK}    done
+  {EXIT_FAILED}    ran but did not finish its job (agent: messages left in the outbox)
+  {EXIT_CONFIG}    bad arguments or configuration: nothing was started
+  {EXIT_START}    could not start: a port in use, a file or server the configuration names
+  {EXIT_INTERRUPTED}  stopped by Ctrl-C
+"""
+
+_DEMO_DESCRIPTION = """\
+The whole loop on one machine, with nothing installed: an embedded MQTT broker and
+embedded SQLite stores, the aggregator and its API, and one agent per line replaying the
+C-MAPSS FD001 test engines through the failure model. Prints progress, the maintenance
+tickets raised, and how they compare with the truth file (--json: one JSON object on
+standard output, progress on standard error).
+
+Reads:  the demo YAML file given with -c (default configs/demo.yaml): model, data and
+        truth files (--data and --truth replace them), replay speed, rule, optional
+        real mqtt_url / influx_url.
+Writes: state_dir (default var/demo, wiped at every start): outboxes, ticket database,
+        series store and demo.log. The API listens on http_port (default 8000, or a free
+        port if that one is busy).
+
+example:
+  linewatch demo
+  linewatch demo --speed 0 --serve
+"""
+
+_DEMO_EPILOG = f"""\
+exit codes (README.md, "Exit codes", has every command's):
+  {EXIT_OK}    every scored window reached the aggregator (also: stopped by Ctrl-C)
+  {EXIT_FAILED}    some scored windows were not stored by the aggregator
+  {EXIT_CONFIG}    bad demo configuration, or the file is missing
+  {EXIT_START}    could not start: model, data file, port or state_dir unusable
+"""
+
+_EVALUATE_DESCRIPTION = """\
+Score a recorded data file with a model the way a gateway would (same windows, features
+and ONNX runtime; the model's sha256 and self-test are checked) and print the model
+card's metrics with 95 % confidence intervals, and the drift monitors' thresholds for a
+false-alarm budget (--budget).
+
+Reads:  MODEL_DIR (model.onnx + card.json, e.g. models/cmapss_fd001) and DATA_FILE, in
+        the format the card names (C-MAPSS text, AI4I CSV, IMS snapshots). The truth
+        comes from the file itself, except for a C-MAPSS test file: give its RUL file
+        with --truth. Without truth, only counts and score summaries are printed.
+Writes: nothing; the report goes to standard output (--json: one JSON object).
+
+example:
+  linewatch evaluate models/cmapss_fd001 models/data/cmapss_fd001/test_FD001.txt.gz \\
+      --truth models/data/cmapss_fd001/RUL_FD001.txt
+  linewatch evaluate models/ai4i2020 models/data/ai4i2020/ai4i2020.csv --json
+"""
+
+_EVALUATE_EPILOG = f"""\
+exit codes (README.md, "Exit codes", has every command's):
+  {EXIT_OK}    report printed
+  {EXIT_CONFIG}    bad arguments (e.g. --truth with a file that is not C-MAPSS, --budget x)
+  {EXIT_START}    the model directory, the data file or the truth file is missing or unusable
+"""
+
+
+# One paragraph, wrapped by argparse like calibrate's description.
+_CALIBRATE_EPILOG = (
+    f"exit codes (README.md, \"Exit codes\", has every command's): {EXIT_OK} thresholds "
+    f"printed (and, with --write, stored in card.json); {EXIT_CONFIG} bad arguments; "
+    f"{EXIT_START} the model directory or the data file is missing or unusable; "
+    f"{EXIT_INTERRUPTED} stopped by Ctrl-C."
+)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("linewatch")
+    except importlib.metadata.PackageNotFoundError:  # a checkout run without installing
+        return "unknown (not installed)"
+
+
+def _verbose_flag(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: given after the subcommand, -v must not reset one given before it.
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log at DEBUG level; show the traceback of an error")
 
 
 def _agent(args: argparse.Namespace) -> int:
@@ -21,18 +131,35 @@ def _agent(args: argparse.Namespace) -> int:
 
 
 def _aggregator(args: argparse.Namespace) -> int:
-    from aggregator.server import serve
-    from aggregator.settings import load_settings
+    from aggregator.__main__ import serve_command
 
-    serve(load_settings(args.config))
-    return 0
+    return serve_command(args)
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if not args.config.is_file():
+        print(f"error: demo configuration {str(args.config)!r} does not exist: check the -c "
+              "path (the shipped one is configs/demo.yaml)", file=sys.stderr)
+        return EXIT_CONFIG
+    from pydantic import ValidationError
+
+    from aggregator.errors import AggregatorError
     from linewatch.demo import run_demo
 
-    return run_demo(args.config, serve=args.serve, speed=args.speed, data=args.data,
-                    truth=args.truth, as_json=args.json)
+    try:
+        return run_demo(args.config, serve=args.serve, speed=args.speed, data=args.data,
+                        truth=args.truth, as_json=args.json)
+    except ValidationError as exc:
+        _report(exc, args)
+        for e in exc.errors():
+            loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
+            print(f"error: {args.config}: {loc}: {e['msg']}{got}", file=sys.stderr)
+        return EXIT_CONFIG
+    except AggregatorError as exc:
+        _report(exc, args)
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_START
 
 
 _TRAIN_OUT = Path("var/models")  # relative to the working directory, like var/ of the demo
@@ -72,14 +199,34 @@ def _calibrated(model_dir: Path) -> bool:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from agent.datasets import DatasetError
+    from contract.errors import ContractError
     from linewatch.evaluate import evaluate, format_report
 
     alarms, _, days = args.budget.partition("/")
-    result = evaluate(args.model_dir, args.data_file, truth=args.truth,
-                      budget=(float(alarms), float(days or 1)),
-                      windows_per_day=args.windows_per_day, assets=args.assets)
+    try:
+        budget = (float(alarms), float(days or 1))
+    except ValueError:
+        print(f"error: --budget {args.budget!r}: expected ALARMS/DAYS, e.g. 1/90",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        result = evaluate(args.model_dir, args.data_file, truth=args.truth, budget=budget,
+                          windows_per_day=args.windows_per_day, assets=args.assets)
+    except (ContractError, DatasetError, OSError):
+        raise  # main() reports them: could not start
+    except ValueError as exc:
+        # What is left is a combination read_recordings refuses (--truth with AI4I or IMS).
+        _report(exc, args)
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     print(json.dumps(result, sort_keys=True) if args.json else format_report(result))
-    return 0
+    return EXIT_OK
+
+
+def _report(exc: BaseException, args: argparse.Namespace) -> None:
+    if getattr(args, "verbose", False):
+        traceback.print_exception(exc)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -90,23 +237,32 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="linewatch", description=__doc__)
-    p.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="linewatch", description=_DESCRIPTION, epilog=_EPILOG,
+                                formatter_class=_RAW)
+    p.add_argument("--version", action="version", version=f"linewatch {_version()}")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log at DEBUG level; show the traceback of an error")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    from agent.__main__ import DESCRIPTION as AGENT_DESCRIPTION
+    from agent.__main__ import EPILOG as AGENT_EPILOG
     from agent.__main__ import add_arguments
+    from aggregator.__main__ import SERVE_DESCRIPTION, SERVE_EPILOG, add_serve_arguments
 
-    a = sub.add_parser("agent", help="run a gateway agent")
+    a = sub.add_parser("agent", help="run a gateway agent", description=AGENT_DESCRIPTION,
+                       epilog=AGENT_EPILOG, formatter_class=_RAW)
     add_arguments(a)
     a.set_defaults(func=_agent)
 
-    g = sub.add_parser("aggregator", help="run the central aggregator (API + MQTT ingest)")
-    g.add_argument("-c", "--config", type=Path, default=None,
-                   help="env file with LINEWATCH_* settings (the environment also works)")
+    g = sub.add_parser("aggregator", help="run the central aggregator (API + MQTT ingest)",
+                       description=SERVE_DESCRIPTION, epilog=SERVE_EPILOG, formatter_class=_RAW)
+    add_serve_arguments(g)
     g.set_defaults(func=_aggregator)
 
-    d = sub.add_parser("demo", help="embedded broker + aggregator + agents replaying FD001")
-    d.add_argument("-c", "--config", type=Path, default=Path("configs/demo.yaml"))
+    d = sub.add_parser("demo", help="embedded broker + aggregator + agents replaying FD001",
+                       description=_DEMO_DESCRIPTION, epilog=_DEMO_EPILOG, formatter_class=_RAW)
+    d.add_argument("-c", "--config", type=Path, default=Path("configs/demo.yaml"),
+                   metavar="FILE", help="demo YAML file (default: configs/demo.yaml)")
     d.add_argument("--serve", action="store_true",
                    help="keep the aggregator and its API running after the replay ends")
     d.add_argument("--speed", type=float, default=None,
@@ -120,6 +276,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true",
                    help="print one JSON object on stdout: every ticket (kind, asset or "
                    "assets, opened_at, evidence) and the counts; progress goes to stderr")
+    _verbose_flag(d)
     d.set_defaults(func=_demo)
 
     from linewatch.training import NAMES
@@ -151,18 +308,27 @@ def _parser() -> argparse.ArgumentParser:
         "Prints the thresholds for the default budget (1 false alarm per agent per 90 days, "
         "25 assets); with --write, stores the calibration in the card's reference.monitoring "
         "(model.onnx and its checksum are untouched). Example: linewatch calibrate "
-        "models/cmapss_fd001 models/data/cmapss_fd001/train_FD001.txt.gz --write")
+        "models/cmapss_fd001 models/data/cmapss_fd001/train_FD001.txt.gz --write",
+        epilog=_CALIBRATE_EPILOG)
     c.add_argument("model_dir", type=Path, help="model directory (model.onnx + card.json)")
     c.add_argument("data_file", type=Path,
                    help="in-distribution recordings in the card's input format")
     c.add_argument("--write", action="store_true", help="store the result in card.json")
+    _verbose_flag(c)
     c.set_defaults(func=_calibrate)
 
-    e = sub.add_parser("evaluate", help="score a data file with a model, print metrics")
-    e.add_argument("model_dir", type=Path)
-    e.add_argument("data_file", type=Path)
-    e.add_argument("--truth", type=Path, default=None,
-                   help="RUL file for a C-MAPSS test file")
+    e = sub.add_parser("evaluate", help="score a data file with a model, print metrics",
+                       description=_EVALUATE_DESCRIPTION, epilog=_EVALUATE_EPILOG,
+                       formatter_class=_RAW)
+    e.add_argument("model_dir", type=Path, metavar="MODEL_DIR",
+                   help="model directory with model.onnx and card.json, e.g. models/cmapss_fd001")
+    e.add_argument("data_file", type=Path, metavar="DATA_FILE",
+                   help="recorded data in the card's input format, e.g. "
+                   "models/data/cmapss_fd001/test_FD001.txt.gz")
+    e.add_argument("--truth", type=Path, default=None, metavar="RUL_FILE",
+                   help="only for a C-MAPSS test file (test_*.txt), which stops before "
+                   "failure: its RUL_*.txt, one integer per engine (the cycles it had left "
+                   "after its last row), e.g. models/data/cmapss_fd001/RUL_FD001.txt")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--budget", default="1/90", metavar="ALARMS/DAYS",
                    help="false drift alarms allowed per agent per days, for the monitors' "
@@ -172,6 +338,7 @@ def _parser() -> argparse.ArgumentParser:
                    "10 minutes)")
     e.add_argument("--assets", type=int, default=None,
                    help="assets per agent (default: the file's)")
+    _verbose_flag(e)
     e.set_defaults(func=_evaluate)
     return p
 
@@ -182,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # alembic logs every plugin it loads, at import, at INFO.
+        logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     from agent.errors import AgentError, ConfigError
     from contract.errors import ContractError
 
@@ -189,11 +359,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return func(args)
     except ConfigError as exc:
+        _report(exc, args)
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (AgentError, ContractError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_CONFIG
+    except (AgentError, ContractError, OSError, ValueError) as exc:
+        # Something the arguments name is missing or unusable (model, data file). Of the
+        # ValueErrors, only a data file that does not parse; numpy loads with that class.
+        from agent.datasets import DatasetError
+
+        if isinstance(exc, ValueError) and not isinstance(exc, DatasetError | ContractError):
+            raise
+        _report(exc, args)
+        text = str(exc).strip()
+        print(f"error: {text.splitlines()[0] if text else repr(exc)}", file=sys.stderr)
+        return EXIT_START
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

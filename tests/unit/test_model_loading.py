@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from agent.exits import EXIT_START
 from agent.inference import OnnxModel, SelfTestError
 from contract.card import CardError
 from linewatch.cli import main
@@ -41,12 +42,12 @@ def test_wrong_self_test_expectation_is_refused(model_dir: Path) -> None:
         OnnxModel(model_dir)
 
 
-def test_agent_command_exits_1_with_the_reason(model_dir: Path, tmp_path: Path, capsys) -> None:
+def test_agent_command_exits_3_with_the_reason(model_dir: Path, tmp_path: Path, capsys) -> None:
     (model_dir / "card.json").write_text("{not json")
     cfg = yaml.safe_load((ROOT / "configs" / "agent.example.yaml").read_text())
     cfg["model"]["dir"] = str(model_dir)
     cfg["source"]["path"] = str(ROOT / cfg["source"]["path"])
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    assert main(["agent", "-c", str(path)]) == 1
+    assert main(["agent", "-c", str(path)]) == EXIT_START  # could not start
     assert "not a valid model card" in capsys.readouterr().err

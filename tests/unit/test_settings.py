@@ -40,7 +40,7 @@ def test_mqtt_url_gives_the_endpoint() -> None:
 @pytest.mark.parametrize(
     ("values", "match"),
     [
-        ({"rule_k": 6, "rule_n": 5}, "rule_k"),
+        ({"rule_k": 6, "rule_n": 5}, "LINEWATCH_RULE_K"),
         ({"rule_k": 0}, "greater than or equal to 1"),
         ({"mqtt_url": "http://broker:1883"}, "mqtt://"),
         ({"mqtt_url": "mqtt://broker:99999"}, "[Pp]ort"),
@@ -50,7 +50,7 @@ def test_mqtt_url_gives_the_endpoint() -> None:
         ({"mqtt_protocol": "4"}, "3.1.1"),
         ({"mqtt_shared_group": "aggs"}, "share"),
         ({"mqtt_url": "mqtt://b", "mqtt_shared_group": "a/b"}, "share group"),
-        ({"mqtt_url": "mqtt://b", "mqtt_password": "x"}, "mqtt_username"),
+        ({"mqtt_url": "mqtt://b", "mqtt_password": "x"}, "LINEWATCH_MQTT_USERNAME"),
         (
             {
                 "mqtt_url": "mqtt://broker.plant",
@@ -115,7 +115,7 @@ def test_main_exits_2_on_cross_field_errors(
     env = tmp_path / "aggregator.env"
     env.write_text("LINEWATCH_RULE_K=9\n")
     assert main(["serve", "-c", str(env)]) == 2
-    assert "rule_k (9) must be <= rule_n (5)" in capsys.readouterr().err
+    assert "LINEWATCH_RULE_K (9) must be <= LINEWATCH_RULE_N (5)" in capsys.readouterr().err
 
 
 def test_module_entry_point(tmp_path: Path) -> None:
