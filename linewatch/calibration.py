@@ -24,7 +24,6 @@ are cut into ``folds`` consecutive pieces, each standing in for a life.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,12 +34,12 @@ from agent.features import FeatureExtractor
 from agent.monitors.cusum import excursion_peaks
 from agent.monitors.envelope import exceedance
 from agent.windows import Windower
-from contract.card import CARD_FILE, ChannelReference, ModelCard, Monitoring, Tail
+from contract.card import CARD_FILE, MODEL_FILE, ChannelReference, ModelCard, Monitoring, Tail
 from contract.wire import Thresholds
 
 __all__ = [
-    "ALLOWANCE", "STEP_U", "STEP_WINDOW", "calibrate", "load_lives", "run_peaks", "step_statistic",
-    "report", "run_calibration", "write_card",
+    "ALLOWANCE", "STEP_U", "STEP_WINDOW", "calibrate", "calibrate_trained", "load_lives",
+    "report", "run_calibration", "run_peaks", "step_statistic", "write_card",
 ]
 
 ALLOWANCE = 0.5  # reference standard deviations beyond the training range, per window
@@ -208,11 +207,10 @@ def _r(v: float) -> float:
 def write_card(model_dir: Path, monitoring: Monitoring) -> ModelCard:
     """Put ``monitoring`` into the card's reference and rewrite ``card.json`` (same layout
     as training writes it; the model file and its checksum are untouched)."""
-    path = Path(model_dir) / CARD_FILE
-    data = json.loads(path.read_text())
-    data["reference"]["monitoring"] = monitoring.model_dump(mode="json")
-    card = ModelCard.model_validate(data)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    card = ModelCard.load(model_dir)
+    card = card.model_copy(update={"reference": card.reference.model_copy(
+        update={"monitoring": monitoring})})
+    (Path(model_dir) / CARD_FILE).write_text(card.to_json())
     return card
 
 
@@ -262,6 +260,32 @@ def report(card: ModelCard, t: Thresholds, *, written: bool = False) -> str:
     if written:
         lines.append(f"  written to {card.name}/card.json (reference.monitoring)")
     return "\n".join(lines)
+
+
+# Where each card says its training data is, in the order looked for.
+_DATA_KEYS = ("train", "file", "raw_snapshots")
+
+
+def calibrate_trained(model_dir: Path, data_root: Path) -> ModelCard:
+    """Calibrate a model ``linewatch train`` just wrote, from the training data its card
+    names (under ``data_root``), and write it into its card. Scores come from the ONNX
+    reference evaluator, as in training: no onnxruntime needed."""
+    from linewatch.cards import model_scores
+
+    card = ModelCard.load(model_dir)
+    data = card.training.get("data", {})
+    key = next((k for k in _DATA_KEYS if k in data), None)
+    if key is None:
+        raise ValueError(f"{model_dir}: the card names no training data to calibrate from")
+    lives = load_lives(card, data_root / data[key])
+    fx = FeatureExtractor(card.features, card.channel_names)
+    model = (Path(model_dir) / MODEL_FILE).read_bytes()
+    scores = []
+    for life in lives:
+        x = _features(card, life, fx)
+        scores.append(model_scores(model, x, card.output.name, card.output.index)
+                      if len(x) else np.zeros(0))
+    return write_card(model_dir, calibrate(card, lives, scores))
 
 
 def load_lives(card: ModelCard, data: Path, fmt: str | None = None) -> list[Recording]:

@@ -178,24 +178,17 @@ def _train(args: argparse.Namespace) -> int:
         print(f"error: not replacing {', '.join(map(str, taken))}: pass --overwrite to "
               "replace, or --out DIR to write elsewhere", file=sys.stderr)
         return 1
-    calibrated = [name for name in names if _calibrated(out / name)]
+    from linewatch.calibration import calibrate_trained
+    from linewatch.training.common import data_root
+
     for name in names:
         path = train(name, out, search=not args.no_search)
-        print(f"{name}: wrote {path / MODEL_FILE}, {path / CARD_FILE}, {path / 'CARD.md'}")
-        if name in calibrated:
-            # A calibration describes the model it was run on, so it is not carried over.
-            print(f"{name}: the card it replaced had a monitor calibration; make one for the "
-                  f"new model: linewatch calibrate {path} DATA_FILE --write")
+        # A calibration describes the model it was measured on: the new model gets its own,
+        # from the same training data.
+        calibrate_trained(path, data_root(out))
+        print(f"{name}: wrote {path / MODEL_FILE}, {path / CARD_FILE} (with its monitor "
+              f"calibration), {path / 'CARD.md'}")
     return 0
-
-
-def _calibrated(model_dir: Path) -> bool:
-    from contract.card import CardError, ModelCard
-
-    try:
-        return ModelCard.load(model_dir).reference.monitoring is not None
-    except CardError:
-        return False
 
 
 def _evaluate(args: argparse.Namespace) -> int:
