@@ -159,8 +159,7 @@ class Agent:
             config.mqtt, self.outbox,
             client_id=config.mqtt.client_id or f"linewatch-agent-{a.id}",
             status_topic=status,
-            online=wire.encode(self._status("online")),
-            offline=wire.encode(self._status("offline")),
+            status=lambda state, ts: wire.encode(self._status(state, ts)),
         )
         self.batcher = _Batcher(config, self.outbox, self.model_ref, self.publisher.notify)
         self.progress = Progress(total_ticks=self.source.total_ticks)
@@ -190,8 +189,9 @@ class Agent:
                     float(cal.envelope.min()), float(cal.envelope.max()))
         return cal
 
-    def _status(self, state: str) -> wire.Status:
-        return wire.Status.build(self.config.agent.id, state, self.model_ref)
+    def _status(self, state: str, ts: datetime) -> wire.Status:
+        return wire.Status(schema_=wire.SCHEMA, agent=self.config.agent.id, state=state,
+                           ts=ts, model=self.model_ref)
 
     def stop(self) -> None:
         self._stop.set()

@@ -20,6 +20,8 @@ import queue
 import ssl
 import threading
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
@@ -56,14 +58,13 @@ class Publisher:
         *,
         client_id: str,
         status_topic: str,
-        online: bytes,
-        offline: bytes,
+        status: Callable[[str, datetime], bytes],
     ) -> None:
         self.config = config
         self.outbox = outbox
         self._status_topic = status_topic
-        self._online = online
-        self._offline = offline
+        self._status = status
+        self._online = self._offline = b""
         protocol = mqtt.MQTTv5 if config.protocol == "5" else mqtt.MQTTv311
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol
@@ -75,7 +76,7 @@ class Publisher:
                 ca_certs=str(config.ca_file) if config.ca_file else None,
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
-        self._client.will_set(status_topic, offline, qos=1, retain=True)
+        self._new_session()
         self.link = BrokerLink(
             self._client, logger, host=config.host, port=config.port, client_id=client_id,
             duplicate_advice=_DUPLICATE_ADVICE, retry_min_s=_RETRY_MIN_S,
@@ -100,6 +101,15 @@ class Publisher:
         self.published = 0
         self.refused = 0
         self._publish_log = FailureLog(logger)
+
+    def _new_session(self) -> None:
+        """Stamp the next connection's ``online`` and its last will alike: the aggregator
+        orders an agent's states by these stamps, and at equal stamps the will is the later
+        fact. A will stamped once at start would predate every later reconnection's
+        ``online`` (and say "offline since" a time before the agent connected)."""
+        now = datetime.now(UTC)
+        self._online, self._offline = self._status("online", now), self._status("offline", now)
+        self._client.will_set(self._status_topic, self._offline, qos=1, retain=True)
 
     # --- paho callbacks (network thread) ------------------------------------------------
 
@@ -128,6 +138,7 @@ class Publisher:
         properties: Properties | None,
     ) -> None:
         self._connected.clear()
+        self._new_session()  # paho reconnects with the will set now
         self.link.disconnected(flags, reason_code)
 
     def _on_publish(
@@ -254,7 +265,8 @@ class Publisher:
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self.connected:
-            info = self._client.publish(self._status_topic, self._offline, qos=1, retain=True)
+            goodbye = self._status("offline", datetime.now(UTC))
+            info = self._client.publish(self._status_topic, goodbye, qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout=2)
             except (RuntimeError, ValueError):

@@ -142,8 +142,8 @@ def test_a_tls_client_on_a_plain_port_is_told_as_a_tls_failure(
     caplog.set_level(logging.DEBUG, logger="agent.publisher")
     publisher = AgentPublisher(
         MqttConfig(url=f"mqtts://127.0.0.1:{mosquitto.port}"), Outbox(tmp_path / "outbox.db"),
-        client_id="gw-tls", status_topic="linewatch/v1/p/l/gw-tls/status", online=b"on",
-        offline=b"off",
+        client_id="gw-tls", status_topic="linewatch/v1/p/l/gw-tls/status",
+        status=lambda state, ts: state.encode(),
     )
     publisher.start()
     try:
@@ -167,7 +167,7 @@ def test_two_agents_with_one_client_id_are_told_apart(
         return AgentPublisher(
             MqttConfig(url=mosquitto.url, protocol=protocol), Outbox(tmp_path / f"{name}.db"),
             client_id="linewatch-agent-gw-7", status_topic="linewatch/v1/p/l/gw-7/status",
-            online=b"on", offline=b"off",
+            status=lambda state, ts: state.encode(),
         )
 
     first, second = publisher("first"), publisher("second")
@@ -354,3 +354,31 @@ def test_two_aggregators_with_one_client_id_are_reported(
     finally:
         first.stop()
     assert messages(caplog, "aggregator.subscriber", "is ours alone again")
+
+
+def test_every_connection_stamps_its_online_and_its_last_will_alike(
+    tmp_path: Path, mosquitto: MosquittoServer
+) -> None:
+    """The aggregator orders an agent's states by these stamps (a will at the same stamp ends
+    that session); a will stamped once at start would predate every reconnection's online."""
+    stamped: list[tuple[str, object]] = []
+
+    def status(state: str, ts: object) -> bytes:
+        stamped.append((state, ts))
+        return state.encode()
+
+    publisher = AgentPublisher(
+        MqttConfig(url=mosquitto.url), Outbox(tmp_path / "outbox.db"), client_id="gw-stamps",
+        status_topic="linewatch/v1/p/l/gw-stamps/status", status=status)
+    publisher.start()
+    try:
+        wait_until(lambda: publisher.connected, 10, what="connected")
+        mosquitto.restart()
+        wait_until(lambda: len(stamped) >= 4 and publisher.connected, 30,
+                   what="a new session after the broker restarted")
+    finally:
+        publisher.close()
+        publisher.outbox.close()
+    (on1, t1), (off1, t1b), (on2, t2), (off2, t2b) = stamped[:4]
+    assert (on1, off1, on2, off2) == ("online", "offline", "online", "offline")
+    assert t1 == t1b and t2 == t2b and t2 > t1  # type: ignore[operator]
