@@ -21,7 +21,7 @@ STAMP := $(VENV)/.installed
 help:
 	@echo "make demo    run the demo: $(VENV)/bin/linewatch demo -c configs/demo.yaml \$$DEMO_ARGS"
 	@echo "make test    install test servers if missing, then pytest \$$PYTEST_ARGS"
-	@echo "make lint    ruff check + mypy --strict on agent/ and linewatch/ (first step of make test)"
+	@echo "make lint    ruff check + mypy --strict on contract/, outage/, agent/, aggregator/, linewatch/ (first step of make test)"
 	@echo "make train   retrain every model into var/models (linewatch train all \$$TRAIN_ARGS)"
 	@echo "make bench   run the benchmarks (python -m bench \$$BENCH_ARGS)"
 	@echo "make venv    only build $(VENV) from constraints.txt"
