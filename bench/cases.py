@@ -16,6 +16,7 @@ from agent.features import FeatureExtractor
 from agent.inference import OnnxModel
 from agent.monitors.budget import calibrate
 from agent.monitors.envelope import EnvelopeMonitor
+from agent.monitors.quality import QualityMonitor
 from agent.outbox import Outbox
 from agent.windows import Windower
 from bench.false_alarms import false_alarms
@@ -37,8 +38,17 @@ def _median_s(fn: Callable[[], object], repeats: int) -> float:
 
 
 def agent_compute(repeats: int) -> dict:
-    """Windows -> features -> ONNX -> envelope monitor over all 100 FD001 test engines, one
-    cycle of every engine per tick (how the replay feeds the pipeline)."""
+    with_monitors = _agent_compute(repeats, monitors=True)
+    without = _agent_compute(repeats, monitors=False)
+    return {**with_monitors, "without_monitors": without,
+            "monitors_share_of_time": round(1 - without["median_s"] / with_monitors["median_s"],
+                                            3)}
+
+
+def _agent_compute(repeats: int, *, monitors: bool) -> dict:
+    """Quality checks -> windows -> features -> ONNX -> envelope monitor over all 100 FD001
+    test engines, one cycle of every engine per tick (how the replay feeds the pipeline).
+    ``monitors`` False leaves the quality and envelope monitors out, for their share."""
     model = OnnxModel(MODEL)
     card = model.card
     recs = read_recordings(DATA, "cmapss")
@@ -51,15 +61,24 @@ def agent_compute(repeats: int) -> dict:
         fx = FeatureExtractor(card.features, card.channel_names)
         cal = calibrate(card, wire.Budget(alarms=1, per_days=90, windows_per_day=144), 100)
         envelope = EnvelopeMonitor.from_card(card, cal.envelope, cal.allowance)
+        quality = QualityMonitor(card.channel_names, cal.limits, step_window=cal.step_window)
         scored = 0
         for i in range(max_len):
-            ready = [out for r in recs if i < len(r.t)
-                     for out in [w.update(r.asset, r.t[i:i + 1], r.values[i:i + 1, cols])]
-                     if out is not None]
+            ready = []
+            for r in recs:
+                if i >= len(r.t):
+                    continue
+                t, v = r.t[i:i + 1], r.values[i:i + 1, cols]
+                if monitors:
+                    t, v = quality.clean(r.asset, t, v)
+                out = w.update(r.asset, t, v)
+                if out is not None:
+                    ready.append(out)
             if ready:
                 x = fx.transform(np.concatenate([o.values for o in ready]))
-                envelope.update([o.asset for o in ready for _ in range(len(o))], x,
-                                np.full(len(x), float(i)))
+                if monitors:
+                    envelope.update([o.asset for o in ready for _ in range(len(o))], x,
+                                    np.full(len(x), float(i)))
                 model.run(x)
                 scored += len(x)
         return scored
