@@ -9,7 +9,6 @@ to change) with the exit codes of ``agent.exits``; ``-v`` adds the traceback.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import logging
 import signal
 import sys
@@ -21,6 +20,7 @@ from pydantic import ValidationError
 from agent.errors import AgentError, ConfigError, OutboxError, SourceError
 from agent.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_START
 from contract.errors import CardError, ContractError
+from contract.release import installed_version
 
 __all__ = ["DESCRIPTION", "EPILOG", "add_arguments", "main", "run"]
 
@@ -52,12 +52,6 @@ exit codes (README.md, "Exit codes", has every command's):
   {EXIT_INTERRUPTED}  stopped by Ctrl-C
 """
 
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("linewatch")
-    except importlib.metadata.PackageNotFoundError:  # a checkout run without installing
-        return "unknown (not installed)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -137,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         description="The linewatch gateway agent; 'linewatch agent' runs the same code.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"linewatch {_version()}")
+    parser.add_argument("--version", action="version", version=f"linewatch {installed_version()}")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log at DEBUG level; show the traceback of a failed start")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

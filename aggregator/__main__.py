@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import importlib.metadata
 import logging
 import os
 import sys
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from aggregator.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_START
+from contract.release import installed_version
 
 if TYPE_CHECKING:  # pydantic-settings is loaded only when the settings are
     from aggregator.settings import Settings
@@ -98,12 +98,6 @@ exit codes, the same for every subcommand (README.md, "Exit codes", has the tabl
   {EXIT_START}    could not start           {EXIT_INTERRUPTED}  stopped by Ctrl-C
 """
 
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("linewatch")
-    except importlib.metadata.PackageNotFoundError:  # a checkout run without installing
-        return "unknown (not installed)"
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -256,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         description="The linewatch aggregator; 'linewatch aggregator' runs the same code.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"linewatch {_version()}")
+    parser.add_argument("--version", action="version", version=f"linewatch {installed_version()}")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log at DEBUG level; show the traceback of a failed start")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import logging
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 # linewatch's own commands use the agent's names for the shared codes: the agent package
 # is in every install and its exits module imports nothing.
 from agent.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_START
+from contract.release import installed_version
 
 __all__ = ["main"]
 
@@ -110,12 +110,6 @@ _CALIBRATE_EPILOG = (
     f"{EXIT_INTERRUPTED} stopped by Ctrl-C."
 )
 
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("linewatch")
-    except importlib.metadata.PackageNotFoundError:  # a checkout run without installing
-        return "unknown (not installed)"
 
 
 def _verbose_flag(parser: argparse.ArgumentParser) -> None:
@@ -232,7 +226,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="linewatch", description=_DESCRIPTION, epilog=_EPILOG,
                                 formatter_class=_RAW)
-    p.add_argument("--version", action="version", version=f"linewatch {_version()}")
+    p.add_argument("--version", action="version", version=f"linewatch {installed_version()}")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="log at DEBUG level; show the traceback of an error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
