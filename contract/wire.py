@@ -38,6 +38,7 @@ from pydantic import (
 from contract.errors import WireError
 
 __all__ = [
+    "COMMANDS",
     "ITEM_KINDS",
     "KINDS",
     "MAX_NAME",
@@ -46,6 +47,7 @@ __all__ = [
     "SCHEMA",
     "TOPIC_ROOT",
     "Budget",
+    "Delivery",
     "DriftEvent",
     "Envelope",
     "Health",
@@ -53,11 +55,16 @@ __all__ = [
     "ModelRef",
     "Prediction",
     "Range",
+    "Span",
     "Status",
     "Thresholds",
     "TopicParts",
+    "Undeliverable",
     "WireError",
+    "command_subscription",
+    "command_topic",
     "decode",
+    "decode_delivery",
     "decode_status",
     "encode",
     "parse_topic",
@@ -72,6 +79,9 @@ MAX_NAME = 128
 MAX_SEQ = 2**63 - 1  # a signed 64-bit column holds it everywhere
 TOPIC_ROOT = "linewatch/v1"
 KINDS = ("status", "predictions", "drift", "health")
+# Commands the aggregator sends one agent, under ``.../{agent}/cmd/{command}``.
+COMMANDS = ("delivery",)
+MAX_SPANS = 1000
 # The item kind each data topic carries.
 ITEM_KINDS = {"predictions": "prediction", "drift": "drift", "health": "health"}
 
@@ -124,6 +134,28 @@ def parse_topic(value: str) -> TopicParts:
     for name, segment in zip(("site", "line", "agent"), parts[2:5], strict=True):
         _check_segment(name, segment)
     return TopicParts(site=parts[2], line=parts[3], agent=parts[4], kind=parts[5])
+
+
+def command_topic(site: str, line: str, agent: str, command: str) -> str:
+    """Where the aggregator sends a command to one agent (only that agent may read it).
+
+    >>> command_topic("plant1", "line3", "gw-7", "delivery")
+    'linewatch/v1/plant1/line3/gw-7/cmd/delivery'
+    """
+    if command not in COMMANDS:
+        raise WireError("bad_topic", f"unknown command {command!r}; expected one of {COMMANDS}")
+    parts = [_check_segment(n, v) for n, v in (("site", site), ("line", line), ("agent", agent))]
+    return "/".join([TOPIC_ROOT, *parts, "cmd", command])
+
+
+def command_subscription(site: str, line: str, agent: str) -> str:
+    """The filter an agent subscribes to for its own commands.
+
+    >>> command_subscription("plant1", "line3", "gw-7")
+    'linewatch/v1/plant1/line3/gw-7/cmd/#'
+    """
+    parts = [_check_segment(n, v) for n, v in (("site", site), ("line", line), ("agent", agent))]
+    return "/".join([TOPIC_ROOT, *parts, "cmd", "#"])
 
 
 def subscription(site: str = "+", line: str = "+", agent: str = "+", kind: str = "+") -> str:
@@ -268,10 +300,49 @@ class Thresholds(_Strict):
     alert_rate: FiniteFloat | None = None
 
 
-class Health(_Optional):
-    """Periodic counters of one agent, cumulative since it started."""
+Seq = Annotated[int, Field(ge=0, le=MAX_SEQ)]
 
-    _OMIT_WHEN_NONE = frozenset({"monitoring"})
+
+class Span(_Strict):
+    """The message seqs ``first`` to ``last`` of one agent, both included."""
+
+    first: Seq
+    last: Seq
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Span:
+        if self.first > self.last:
+            raise ValueError("first is after last")
+        return self
+
+
+class Undeliverable(Span):
+    """Messages an agent will never deliver, every seq of the span: ``dropped`` by its
+    outbox's size bound (plain telemetry only, oldest first), or ``gone`` (asked for again
+    but no longer held, e.g. released on a broker's acknowledgement by an older agent).
+    ``windows`` is how many predictions they held and ``first_at``/``last_at`` when they
+    were made (the envelopes' ``ts``), so a receiver can tell which hours they leave
+    incomplete."""
+
+    reason: Literal["dropped", "gone"]
+    windows: Annotated[int, Field(ge=0)] = 0
+    first_at: datetime | None = None
+    last_at: datetime | None = None
+
+    @field_validator("first_at", "last_at")
+    @classmethod
+    def _utc_times(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else _utc(value)
+
+
+class Health(_Optional):
+    """Periodic counters of one agent, cumulative since it started.
+
+    ``undeliverable`` lists the messages the agent knows it will never deliver and has not
+    yet seen the aggregator account for; a health report that carries it is never dropped.
+    """
+
+    _OMIT_WHEN_NONE = frozenset({"monitoring", "undeliverable"})
 
     kind: Literal["health"] = "health"
     at: datetime
@@ -281,6 +352,7 @@ class Health(_Optional):
     rejected_readings: Annotated[int, Field(ge=0)] = 0
     inference_ms_median: FiniteFloat | None = None
     monitoring: Thresholds | None = None
+    undeliverable: Annotated[list[Undeliverable], Field(max_length=MAX_SPANS)] | None = None
 
     _utc_at = field_validator("at")(_utc)
 
@@ -350,7 +422,31 @@ class Status(_Strict):
     _utc_ts = field_validator("ts")(_utc)
 
 
-def encode(message: Envelope | Status) -> bytes:
+class Delivery(_Strict):
+    """What the aggregator has durably stored of one agent's messages: published retained,
+    QoS 1, on ``command_topic(site, line, agent, "delivery")`` after the batches that hold
+    them are committed, and again whenever it changes.
+
+    The agent releases every outbox row up to ``stored_through`` (-1: nothing yet), sends
+    again the seqs of ``missing`` (gaps the aggregator has seen for a while above
+    ``stored_through``) and, once per new ``resend`` id, every row it still holds above
+    ``stored_through`` (the aggregator may have lost messages: a broker that came back
+    without its session). A broker's PUBACK only means the broker has a message; this is
+    the acknowledgement that it reached the aggregator's stores.
+    """
+
+    schema_: Literal[1] = Field(alias="schema")
+    agent: Name
+    ts: datetime
+    stored_through: Annotated[int, Field(ge=-1, le=MAX_SEQ)]
+    missing: Annotated[list[Span], Field(max_length=MAX_SPANS)] = Field(default_factory=list)
+    resend: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    _utc_ts = field_validator("ts")(_utc)
+
+
+def encode(message: Envelope | Status | Delivery) -> bytes:
     """Serialize to compact UTF-8 JSON; refuses to produce an oversized payload."""
     raw = message.model_dump_json(by_alias=True, exclude_none=False).encode()
     if len(raw) > MAX_PAYLOAD_BYTES:
@@ -421,4 +517,15 @@ def _decode(model: type[BaseModel], raw: bytes) -> BaseModel:
 def decode_status(raw: bytes) -> Status:
     """Parse and validate a retained status payload."""
     return _decode(Status, raw)  # type: ignore[return-value]
+
+
+def decode_delivery(raw: bytes) -> Delivery:
+    """Parse and validate a delivery command (what the aggregator has stored).
+
+    >>> d = Delivery(schema_=SCHEMA, agent="gw-1", ts=datetime(2026, 1, 1, tzinfo=UTC),
+    ...              stored_through=41, missing=[Span(first=43, last=44)])
+    >>> decode_delivery(encode(d)) == d
+    True
+    """
+    return _decode(Delivery, raw)  # type: ignore[return-value]
 
