@@ -63,7 +63,9 @@ class ReplaySource:
             float(np.median(steps)) * config.step_s if len(steps) else None
         )
         self._t0 = min(float(r.t[0]) for r in recordings if len(r.t))
-        start = config.start or datetime.now(UTC)
+        # Now, to the whole second: plant times stay exact in floating point (and in a
+        # saved position), as with a configured start.
+        start = config.start or datetime.now(UTC).replace(microsecond=0)
         # Plant time of file time t0 in the first pass; pass p is `p * _span` later.
         self._start_epoch = start.timestamp()
         self._span = (self._schedule[-1][0] + 1) * config.tick * config.step_s
