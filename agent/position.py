@@ -105,8 +105,11 @@ class PositionStore:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            # Only the agent's loop thread uses this connection; the outbox has its own.
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+            # The outbox has a connection of its own. This one is used by one thread at a
+            # time: the one that builds the agent, then the one that runs it (not always
+            # the same, as in the demo).
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0,
+                                       check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
