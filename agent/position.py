@@ -51,7 +51,7 @@ class Position:
     """How far a source got.
 
     ``fingerprint``
-        The source's identity (for a replay: file path, size and mtime, format, assets,
+        The source's identity (for a replay: file path, size and SHA-256, format, assets,
         tick, step_s, configured start); a position applies only to an equal fingerprint.
     ``start_epoch``
         Plant time (UTC epoch seconds) that file time 0 maps to in the first pass: kept so

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import hashlib
 import logging
 import os
 import time
@@ -103,24 +104,30 @@ class ReplaySource:
                 for a, (idx, rs) in found.items()}
 
     def _identity(self, fmt: str) -> dict[str, Any]:
-        """What a saved position must match: the same file, unchanged, replayed the same way."""
+        """What a saved position must match: the same data, replayed the same way.
+
+        A file is known by its content (size and SHA-256: a copy, a checkout or a touch
+        that leaves it as it was still matches); a directory of snapshots (IMS, often a GB)
+        by its files' number, total size and latest mtime."""
         path = self.config.path.resolve()
+        identity: dict[str, Any] = {"source": "replay", "path": str(path)}
         try:
-            if path.is_dir():  # IMS: a directory of snapshot files
+            if path.is_dir():
                 files = [e.stat() for e in os.scandir(path) if e.is_file()]
-                size = sum(s.st_size for s in files)
-                mtime = max((s.st_mtime_ns for s in files), default=0)
-                count: int | None = len(files)
+                identity |= {"files": len(files), "size": sum(s.st_size for s in files),
+                             "mtime_ns": max((s.st_mtime_ns for s in files), default=0)}
             else:
-                st = path.stat()
-                size, mtime, count = st.st_size, st.st_mtime_ns, None
+                digest = hashlib.sha256()
+                with path.open("rb") as f:
+                    while chunk := f.read(1 << 20):
+                        digest.update(chunk)
+                identity |= {"size": path.stat().st_size, "sha256": digest.hexdigest()}
         except OSError as exc:
             raise SourceError(f"cannot read {path}: {exc}") from exc
         start = self.config.start
-        return {"source": "replay", "path": str(path), "size": size, "mtime_ns": mtime,
-                "files": count, "format": fmt, "assets": list(self.assets),
-                "tick": self.config.tick, "step_s": self.config.step_s,
-                "start": None if start is None else start.timestamp()}
+        return identity | {"format": fmt, "assets": list(self.assets),
+                           "tick": self.config.tick, "step_s": self.config.step_s,
+                           "start": None if start is None else start.timestamp()}
 
     # --- resuming --------------------------------------------------------------------------
 

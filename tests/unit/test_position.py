@@ -9,8 +9,11 @@ outbox, which is what is compared.
 from __future__ import annotations
 
 import collections
+import gzip
+import hashlib
 import itertools
 import logging
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,6 +107,7 @@ def test_the_fingerprint_names_the_file_its_state_and_how_it_is_replayed(tmp_pat
     fp = _source().fingerprint()
     assert fp["path"] == str(TEST_FILE.resolve())
     assert fp["size"] == TEST_FILE.stat().st_size
+    assert fp["sha256"] == hashlib.sha256(TEST_FILE.read_bytes()).hexdigest()
     assert fp["assets"] == ASSETS and fp["format"] == "cmapss"
     assert _source(speed=50, loop=True).fingerprint() == fp  # pacing is not identity
     assert differences(fp, _source(assets=ASSETS[:2]).fingerprint()) == ["assets"]
@@ -111,7 +115,13 @@ def test_the_fingerprint_names_the_file_its_state_and_how_it_is_replayed(tmp_pat
     assert differences(fp, _source(start="2026-02-01T00:00:00Z").fingerprint()) == ["start"]
     copy = tmp_path / TEST_FILE.name
     copy.write_bytes(TEST_FILE.read_bytes())
-    assert "path" in differences(fp, _source(path=str(copy)).fingerprint())
+    assert differences(fp, _source(path=str(copy)).fingerprint()) == ["path"]
+    os.utime(copy, ns=(1, 1))  # touched: still the same data
+    assert differences(fp, _source(path=str(copy)).fingerprint()) == ["path"]
+    changed = tmp_path / "changed.txt.gz"
+    lines = gzip.decompress(TEST_FILE.read_bytes()).splitlines(keepends=True)
+    changed.write_bytes(gzip.compress(b"".join(lines[:-1])))  # engine 100 one cycle shorter
+    assert {"sha256", "size"} <= set(differences(fp, _source(path=str(changed)).fingerprint()))
 
 
 def _stream(source: ReplaySource, limit: int) -> Iterator[list]:
