@@ -160,13 +160,5 @@ class PositionStore:
             raise OutboxError(f"cannot save the source position in {self.path}: {exc}") from exc
         self._last = position
 
-    def clear(self) -> None:
-        """Forget the saved position."""
-        try:
-            self._db.execute("DELETE FROM source_position WHERE key = ?", (_KEY,))
-        except sqlite3.Error as exc:
-            raise OutboxError(f"cannot clear the source position in {self.path}: {exc}") from exc
-        self._last = None
-
     def close(self) -> None:
         self._db.close()
