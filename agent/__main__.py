@@ -37,6 +37,9 @@ Writes: the on-disk outbox (outbox.path, default var/agent/<agent id>/outbox.db)
         at exit is sent at the next start. Publishes to mqtt.url.
 
 Ends when the replay is over and the outbox has drained (or after --drain-timeout).
+A restarted agent resumes its replay where the last run stopped, with the same plant
+times (the position is kept in the outbox file); a replay already complete is not
+scored again. --from-start (or source.resume: false) replays from the beginning.
 
 example:
   linewatch agent -c configs/agent.example.yaml
@@ -61,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain-timeout", type=float, default=60.0, metavar="SECONDS",
                         help="seconds to wait for the outbox to empty at the end of a replay "
                         "(default: 60)")
+    parser.add_argument("--from-start", action="store_true",
+                        help="replay from the beginning instead of resuming where the last "
+                        "run stopped (as source.resume: false)")
     # SUPPRESS: given after the subcommand, -v must not reset one given before it.
     parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="log at DEBUG level; show the traceback of a failed start")
@@ -98,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
     verbose = bool(getattr(args, "verbose", False))
     try:
         config = agent_config.load(args.config)
+        if getattr(args, "from_start", False):
+            config = config.model_copy(update={
+                "source": config.source.model_copy(update={"resume": False})})
         # Imported only now: onnxruntime and River take seconds to load on a small gateway,
         # and a bad configuration should be reported at once.
         from agent.pipeline import Agent

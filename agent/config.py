@@ -62,6 +62,10 @@ class ReplaySourceConfig(_Config):
         None, description="plant time of t=0 in the file (UTC); default: when the replay starts"
     )
     loop: bool = Field(False, description="start again at the end instead of stopping")
+    resume: bool = Field(
+        True, description="after a restart, continue where the last run stopped (the "
+        "position is kept in the outbox file); false: replay from the beginning"
+    )
 
 
 class MqttConfig(_Config):

@@ -1,7 +1,9 @@
 """The agent, wired: source -> windows -> features -> model -> monitors -> outbox -> MQTT.
 
 Everything is written to the on-disk outbox before any network call, so a broker outage
-or a killed process loses nothing; the publisher drains it in order.
+or a killed process loses nothing; the publisher drains it in order. Next to the outbox, the
+source's position (``agent.position``) is saved after every flush, so a restarted agent
+resumes its replay where the outputs stop instead of scoring it again.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from agent.monitors.envelope import EnvelopeMonitor
 from agent.monitors.quality import QualityMonitor
 from agent.monitors.score import ScoreMonitor
 from agent.outbox import Outbox
+from agent.position import PositionStore, differences
 from agent.publisher import Publisher
-from agent.sources import Reading, open_source
+from agent.sources import Reading, Resumable, open_source
 from agent.windows import Windower, Windows
 from contract import wire
 
@@ -147,6 +150,8 @@ class Agent:
             threshold=self.threshold,
         )
         self.outbox = Outbox(config.outbox_path, config.outbox.max_rows)
+        self.positions = PositionStore(config.outbox_path)
+        self._resumed_tick = self._seek()
         if config.mqtt.username and config.mqtt.username != config.agent.id:
             # With the shipped ACL (configs/mosquitto/acl) a user may write only under its own
             # name; over MQTT 3.1.1 a refused publish is still acknowledged, so it is lost.
@@ -195,6 +200,82 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
+
+    # --- where the source starts -----------------------------------------------------------
+
+    def _seek(self) -> int:
+        """Continue the source after its saved position if it is the same source (same
+        file, unchanged, same assets, tick, step and start); else start it afresh and save
+        that start at once, so a run killed before its first save resumes with the same
+        plant times. Returns the ticks of the pass already done."""
+        source, cfg = self.source, self.config.source
+        if not isinstance(source, Resumable):
+            return 0
+        saved = self.positions.load()
+        current = source.fingerprint()
+        if saved is not None and not cfg.resume:
+            logger.info("source.resume is false: the saved position (tick %d) is discarded",
+                        saved.tick)
+            saved = None
+        elif saved is not None and saved.fingerprint != current:
+            logger.info("the saved position is for another replay (%s differ): it is "
+                        "discarded", ", ".join(differences(saved.fingerprint, current)))
+            saved = None
+        if saved is None:
+            start = source.start_position()
+            logger.info("starting replay of %s (%s ticks from plant time %s)", cfg.path,
+                        start.total_ticks, _dt(start.start_epoch).isoformat())
+            self.positions.save(start)
+            return 0
+        source.seek(saved)
+        where = f"tick {saved.tick} of {saved.total_ticks}"
+        if saved.loop:
+            where += f" in pass {saved.loop + 1}"
+        if saved.plant_time is not None:
+            where += f" (plant time {_dt(saved.plant_time).isoformat()})"
+        if saved.at_end and not cfg.loop:
+            logger.info("replay already complete at tick %d; nothing to do (to replay %s "
+                        "again: --from-start, or source.resume: false)", saved.tick, cfg.path)
+        else:
+            logger.info("resuming replay of %s at %s", cfg.path, where)
+        return saved.tick
+
+    def _warm_up(self) -> None:
+        """After a resume, refill the windows: the samples just before the resume point go
+        through the quality checks and the windower again, and the windows they complete
+        (all in the outbox before the restart) are dropped, so the first window scored is
+        the first one the last run did not finish. The quality checks' events and log lines
+        for those samples were reported the first time and are dropped too.
+
+        Not restored (a known limit): the drift monitors' statistics (the envelope's and
+        the score's CUSUMs start again from zero, which can only delay an alarm, never
+        invent one), and quality state older than the samples re-fed (a stuck channel is
+        seen stuck again only after ``stuck_samples`` more samples).
+        """
+        if not isinstance(self.source, Resumable):
+            return
+        w = self.windower
+        readings = self.source.warmup(2 * w.size + 2 * self.quality.step_window + 16, w.hop)
+        if not readings:
+            return
+        rejected = self.quality.rejected_readings
+        quality_log = logging.getLogger("agent.monitors.quality")
+        quality_log.addFilter(_drop)
+        try:
+            self._window(readings)
+        finally:
+            quality_log.removeFilter(_drop)
+        self.quality.events()
+        self.quality.rejected_readings = rejected
+
+    def _save_position(self) -> None:
+        # Called right after a full flush: every output of the ticks up to the source's
+        # position is in the outbox. A process killed between that flush and this save
+        # resumes from the position saved before: the ticks in between are scored again,
+        # with the same window_end, and every store keeps such a window once.
+        position = self.source.position if isinstance(self.source, Resumable) else None
+        if position is not None:
+            self.positions.save(position)
 
     # --- one tick --------------------------------------------------------------------------
 
@@ -271,6 +352,8 @@ class Agent:
         """Replay the source, then wait up to ``drain_timeout_s`` for the outbox to empty."""
         self.publisher.start()
         try:
+            self.progress.ticks = self._resumed_tick
+            self._warm_up()
             for readings in self.source.ticks():
                 ready = self._window(readings)
                 if ready:
@@ -279,12 +362,14 @@ class Agent:
                 self._health()
                 if self.batcher.due():
                     self.batcher.flush()
+                    self._save_position()
                 self.progress.ticks += 1
                 self._update_progress()
                 if self._stop.is_set():
                     break
             self._health(force=True)
             self.batcher.flush()
+            self._save_position()
             # Stopped by a signal: do not hold up a service manager; the outbox keeps the rest.
             drained = self.publisher.flush(min(drain_timeout_s, 5.0) if self._stop.is_set()
                                            else drain_timeout_s)
@@ -296,6 +381,11 @@ class Agent:
         finally:
             self.publisher.close()
             self.outbox.close()
+            self.positions.close()
+
+
+def _drop(record: logging.LogRecord) -> bool:
+    return False
 
 
 def _finite(value: float | None) -> float | None:

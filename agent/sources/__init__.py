@@ -1,21 +1,23 @@
 """Where readings come from: a `Source` yields ticks, each a list of per-asset readings.
 
 Sources are chosen by the config's ``type:``. Today: ``replay`` (recorded files); MQTT input
-and OPC UA follow the same protocol.
+and OPC UA follow the same protocol. A source that can be resumed after a restart (a replay;
+not live input, which simply goes on) is also a `Resumable`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from agent.config import ReplaySourceConfig
+from agent.position import Position
 from contract.card import ModelCard
 
-__all__ = ["Reading", "Source", "open_source"]
+__all__ = ["Reading", "Resumable", "Source", "open_source"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,36 @@ class Source(Protocol):
 
     def to_epoch_s(self, t: np.ndarray) -> np.ndarray:
         """Plant time (UTC epoch seconds) of source times."""
+        ...
+
+
+@runtime_checkable
+class Resumable(Protocol):
+    """A source that can continue where an earlier run stopped (see ``agent.position``)."""
+
+    @property
+    def position(self) -> Position | None:
+        """Where the source has got to: the last tick ``ticks()`` handed over (None before
+        the first one, unless ``seek()`` set it)."""
+        ...
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The source's identity: a saved position applies only to an equal one."""
+        ...
+
+    def start_position(self) -> Position:
+        """Where ``ticks()`` will begin: saved at once, so a run killed before its first
+        tick is resumed with the same plant times."""
+        ...
+
+    def seek(self, position: Position) -> None:
+        """Make ``ticks()`` continue after ``position`` (which has this source's
+        fingerprint), with the plant times it had."""
+        ...
+
+    def warmup(self, samples: int, hop: int = 1) -> list[Reading]:
+        """Per asset, at least ``samples`` samples from just before where ``ticks()``
+        begins, for refilling the windows; none when it begins at the start."""
         ...
 
 

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
 from agent.config import ReplaySourceConfig
 from agent.datasets import Recording, read_recordings
 from agent.errors import SourceError
+from agent.position import Position
 from agent.sources import Reading
 from contract.card import ModelCard
 
@@ -26,6 +31,10 @@ class ReplaySource:
 
     Samples are handed over one tick at a time (``tick`` file time units: one C-MAPSS cycle,
     one second of a vibration snapshot), so the pipeline sees what a live gateway would.
+
+    The replay can be resumed: ``position`` is where it has got to (the last tick handed
+    over), ``seek()`` makes ``ticks()`` continue after a saved position with the plant
+    times the first run gave, and ``warmup()`` hands over the samples just before it.
     """
 
     def __init__(self, config: ReplaySourceConfig, card: ModelCard) -> None:
@@ -55,8 +64,17 @@ class ReplaySource:
             float(np.median(steps)) * config.step_s if len(steps) else None
         )
         self._t0 = min(float(r.t[0]) for r in recordings if len(r.t))
-        start = config.start or datetime.now(UTC)
+        # Now, to the whole second: plant times stay exact in floating point (and in a
+        # saved position), as with a configured start.
+        start = config.start or datetime.now(UTC).replace(microsecond=0)
+        # Plant time of file time t0 in the first pass; pass p is `p * _span` later.
         self._start_epoch = start.timestamp()
+        self._span = (self._schedule[-1][0] + 1) * config.tick * config.step_s
+        self._fingerprint = self._identity(fmt)
+        self._index = self._by_asset()
+        self._pass = 0  # where ticks() begins: pass and index into the schedule
+        self._next = 0
+        self.position: Position | None = None
 
     def _plan(self, recordings: list[Recording]) -> list[tuple[int, list[Reading]]]:
         t0 = min(float(r.t[0]) for r in recordings if len(r.t))
@@ -73,21 +91,131 @@ class ReplaySource:
                 by_tick[int(ticks[lo])].append(Reading(rec.asset, rec.t[lo:hi], values[lo:hi]))
         return sorted(by_tick.items())
 
+    def _by_asset(self) -> dict[str, tuple[list[int], list[Reading], np.ndarray]]:
+        """Per asset: the schedule indices holding its readings, the readings, and how many
+        of its samples come before each of them."""
+        found: dict[str, tuple[list[int], list[Reading]]] = {}
+        for i, (_, readings) in enumerate(self._schedule):
+            for r in readings:
+                idx, rs = found.setdefault(r.asset, ([], []))
+                idx.append(i)
+                rs.append(r)
+        return {a: (idx, rs, np.cumsum([0] + [len(r.t) for r in rs]))
+                for a, (idx, rs) in found.items()}
+
+    def _identity(self, fmt: str) -> dict[str, Any]:
+        """What a saved position must match: the same data, replayed the same way.
+
+        A file is known by its content (size and SHA-256: a copy, a checkout or a touch
+        that leaves it as it was still matches); a directory of snapshots (IMS, often a GB)
+        by its files' number, total size and latest mtime."""
+        path = self.config.path.resolve()
+        identity: dict[str, Any] = {"source": "replay", "path": str(path)}
+        try:
+            if path.is_dir():
+                files = [e.stat() for e in os.scandir(path) if e.is_file()]
+                identity |= {"files": len(files), "size": sum(s.st_size for s in files),
+                             "mtime_ns": max((s.st_mtime_ns for s in files), default=0)}
+            else:
+                digest = hashlib.sha256()
+                with path.open("rb") as f:
+                    while chunk := f.read(1 << 20):
+                        digest.update(chunk)
+                identity |= {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+        except OSError as exc:
+            raise SourceError(f"cannot read {path}: {exc}") from exc
+        start = self.config.start
+        return identity | {"format": fmt, "assets": list(self.assets),
+                           "tick": self.config.tick, "step_s": self.config.step_s,
+                           "start": None if start is None else start.timestamp()}
+
+    # --- resuming --------------------------------------------------------------------------
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The replay's identity, as saved with its position."""
+        return dict(self._fingerprint)
+
+    def seek(self, position: Position) -> None:
+        """Continue after ``position`` (saved by an earlier run of this same replay): its
+        plant times, pass and tick. At the end of a pass, a looping replay goes on with the
+        next pass and one that does not loop has nothing left."""
+        self._start_epoch = position.start_epoch
+        self._pass, self._next = position.loop, min(position.tick, self.total_ticks)
+        if self._next >= self.total_ticks and self.config.loop:
+            self._pass, self._next = self._pass + 1, 0
+        self.position = position
+
+    def start_position(self) -> Position:
+        """Where ``ticks()`` begins (nothing done yet in a fresh replay)."""
+        plant_time = None
+        if self._next:
+            _, readings = self._schedule[self._next - 1]
+            plant_time = max(float(r.t[-1]) for r in readings)
+            plant_time = float(self._epoch(self._pass, np.array(plant_time)))
+        return Position(self._fingerprint, self._start_epoch, self._pass, self._next,
+                        self.total_ticks, plant_time)
+
+    def warmup(self, samples: int, hop: int = 1) -> list[Reading]:
+        """Per asset, the last ``samples`` or more samples before where ``ticks()`` begins
+        (across passes when the replay loops), in plant time: to refill the windows. As
+        many more as it takes for the samples before them to be a multiple of ``hop``, so
+        windows start where they started in the first run (exact unless readings were
+        rejected earlier in a replay whose windows hop by more than one sample).
+        Nothing when the replay starts from the beginning or has nothing left."""
+        out: list[Reading] = []
+        if self._next >= self.total_ticks and not self.config.loop:
+            return out
+        for asset, (idx, readings, before) in self._index.items():
+            per_pass = int(before[-1])
+            cut = bisect.bisect_left(idx, self._next)  # its readings before the point
+            have = self._pass * per_pass + int(before[cut])  # its samples before the point
+            first = max(0, have - samples) // hop * hop
+            need = have - first
+            parts: list[tuple[np.ndarray, np.ndarray]] = []
+            p, k = self._pass, cut
+            while need > 0:
+                for r in reversed(readings[:k]):
+                    take = min(need, len(r.t))
+                    parts.append((self._epoch(p, r.t[-take:]), r.values[-take:]))
+                    need -= take
+                    if need == 0:
+                        break
+                p, k = p - 1, len(readings)
+            if parts:
+                parts.reverse()
+                out.append(Reading(asset, np.concatenate([t for t, _ in parts]),
+                                   np.concatenate([v for _, v in parts])))
+        return out
+
+    # --- replaying -------------------------------------------------------------------------
+
+    def _epoch(self, p: int, t: np.ndarray) -> np.ndarray:
+        offset = self._start_epoch + p * self._span
+        return offset + (np.asarray(t, dtype=np.float64) - self._t0) * self.config.step_s
+
     def to_epoch_s(self, t: np.ndarray) -> np.ndarray:
-        return self._start_epoch + (np.asarray(t, dtype=np.float64) - self._t0) * self.config.step_s
+        return self._epoch(self._pass, t)
 
     def ticks(self) -> Iterator[list[Reading]]:
-        while True:
-            began = time.monotonic()
-            for tick, readings in self._schedule:
+        unit = self.config.tick * self.config.step_s
+        while self._next < self.total_ticks:
+            # Paced from the first tick handed over in this pass (the resumed one too).
+            began, offset = time.monotonic(), self._schedule[self._next][0]
+            for i in range(self._next, self.total_ticks):
+                tick, readings = self._schedule[i]
                 if self.config.speed > 0:
-                    due = began + tick * self.config.tick * self.config.step_s / self.config.speed
+                    due = began + (tick - offset) * unit / self.config.speed
                     delay = due - time.monotonic()
                     if delay > 0:
                         time.sleep(delay)
-                yield [Reading(r.asset, self.to_epoch_s(r.t), r.values) for r in readings]
+                out = [Reading(r.asset, self._epoch(self._pass, r.t), r.values)
+                       for r in readings]
+                self.position = Position(self._fingerprint, self._start_epoch, self._pass,
+                                         i + 1, self.total_ticks,
+                                         max(float(r.t[-1]) for r in out))
+                yield out
             if not self.config.loop:
+                self._next = self.total_ticks
                 return
             # A looped replay continues in plant time after the last sample.
-            span = (self._schedule[-1][0] + 1) * self.config.tick * self.config.step_s
-            self._start_epoch += span
+            self._pass, self._next = self._pass + 1, 0
