@@ -85,11 +85,14 @@ class Confirmer:
         The subscriber's paho client; publishes only while it is connected.
     clock
         Monotonic seconds (for the coalescing and the republish schedule).
+    autostart
+        Start the thread at the first thing to do; without it, nothing happens until
+        ``run_due`` is called (tests drive it so, with their own clock).
     """
 
     def __init__(
         self, settings: Settings, session_factory: SessionFactory, client: mqtt.Client,
-        *, clock: Callable[[], float] = time.monotonic,
+        *, clock: Callable[[], float] = time.monotonic, autostart: bool = True,
     ) -> None:
         self.grace_s = settings.delivery_gap_grace_s
         self.republish_s = settings.delivery_republish_s
@@ -102,6 +105,8 @@ class Confirmer:
         self._resend = False
         self._sweep = False
         self._stopping = False
+        self._poked = False
+        self._autostart = autostart
         self._thread: threading.Thread | None = None
         self._failures = FailureLog(logger)
         self._published = 0
@@ -131,6 +136,7 @@ class Confirmer:
         with self._wake:
             self._resend = self._resend or not session_present
             self._sweep = True
+            self._poked = True
             self._wake.notify()
         self._ensure_started()
 
@@ -138,6 +144,7 @@ class Confirmer:
         """End the thread (what is still due is published by the next start, if any)."""
         with self._wake:
             self._stopping = True
+            self._poked = True
             self._wake.notify()
         thread, self._thread = self._thread, None
         if thread is not None:
@@ -148,12 +155,13 @@ class Confirmer:
             for agent in agents:
                 soonest = max(at, self._last.get(agent, -MIN_INTERVAL_S) + MIN_INTERVAL_S)
                 self._due[agent] = min(self._due.get(agent, soonest), soonest)
+            self._poked = True
             self._wake.notify()
         self._ensure_started()
 
     def _ensure_started(self) -> None:
         with self._wake:
-            if self._thread is not None and self._thread.is_alive():
+            if not self._autostart or (self._thread is not None and self._thread.is_alive()):
                 return
             self._stopping = False
             self._thread = threading.Thread(target=self._run, name="delivery-confirm",
@@ -161,46 +169,55 @@ class Confirmer:
             self._thread.start()
 
     # -- the thread ------------------------------------------------------------------------
+    def run_due(self) -> float:
+        """Do what is due now: ask for a resend, find the agents with gaps after a
+        connection, publish the agents whose time has come. Return the seconds until the
+        next thing is due (at most ``IDLE_S``). The thread calls it in a loop."""
+        with self._wake:
+            now = self._clock()
+            if not self.client.is_connected():
+                return IDLE_S  # connected() wakes the thread
+            due = sorted(a for a, at in self._due.items() if at <= now)
+            if not (due or self._resend or self._sweep):
+                upcoming = min(self._due.values(), default=now + IDLE_S)
+                return max(0.0, min(upcoming - now, IDLE_S))
+            resend, sweep = self._resend, self._sweep
+            self._resend = self._sweep = False
+            for agent in due:
+                del self._due[agent]
+                self._last[agent] = now
+        try:
+            if resend:
+                due = sorted(set(due) | self._ask_resend())
+            if sweep:
+                due = sorted(set(due) | self._with_gaps())
+            self._publish(due)
+        except SQLAlchemyError as exc:
+            self._failed += 1
+            self._failures.failed(type(exc).__name__,
+                                  f"cannot read what is stored for {len(due)} agents: {exc}",
+                                  retry_in_s=RETRY_S)
+            self._retry(due, resend, sweep)
+        except Exception as exc:  # a bug: keep confirming the others, loudly
+            self._failed += 1
+            self._failures.failed(f"bug-{type(exc).__name__}",
+                                  f"confirming deliveries failed: {exc!r}",
+                                  retry_in_s=RETRY_S, level=logging.ERROR, exc_info=exc)
+            self._retry(due, resend, sweep)
+        else:
+            self._failures.recovered("confirming deliveries again")
+        return 0.0
+
     def _run(self) -> None:
         while True:
+            wait = self.run_due()
             with self._wake:
                 if self._stopping:
                     return
-                now = self._clock()
-                due = sorted(a for a, at in self._due.items() if at <= now)
-                work = bool(due or self._resend or self._sweep)
-                if not self.client.is_connected():
-                    self._wake.wait(IDLE_S)  # connected() wakes us
-                    continue
-                if not work:
-                    upcoming = min(self._due.values(), default=now + IDLE_S)
-                    self._wake.wait(min(upcoming - now, IDLE_S))
-                    continue
-                resend, sweep = self._resend, self._sweep
-                self._resend = self._sweep = False
-                for agent in due:
-                    del self._due[agent]
-                    self._last[agent] = now
-            try:
-                if resend:
-                    due = sorted(set(due) | self._ask_resend())
-                if sweep:
-                    due = sorted(set(due) | self._with_gaps())
-                self._publish(due)
-            except SQLAlchemyError as exc:
-                self._failed += 1
-                self._failures.failed(type(exc).__name__,
-                                      f"cannot read what is stored for {len(due)} agents: "
-                                      f"{exc}", retry_in_s=RETRY_S)
-                self._retry(due, resend, sweep)
-            except Exception as exc:  # a bug: keep confirming the others, loudly
-                self._failed += 1
-                self._failures.failed(f"bug-{type(exc).__name__}",
-                                      f"confirming deliveries failed: {exc!r}",
-                                      retry_in_s=RETRY_S, level=logging.ERROR, exc_info=exc)
-                self._retry(due, resend, sweep)
-            else:
-                self._failures.recovered("confirming deliveries again")
+                # _poked: something was scheduled while run_due worked; do not sleep on it.
+                if wait > 0 and not self._poked:
+                    self._wake.wait(wait)
+                self._poked = False
 
     def _retry(self, agents: list[str], resend: bool, sweep: bool) -> None:
         with self._wake:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from aggregator_support import MODEL, data_topic, health_report, predictions, store_settings
@@ -17,11 +18,20 @@ from sqlalchemy import select
 
 from aggregator import delivery
 from aggregator.api.routes.agents import agent_completeness, list_agents
+from aggregator.confirm import Confirmer
 from aggregator.db import AgentDelivery, DeliveryHour, SessionFactory, open_engine, open_sessions
 from aggregator.delivery import Arrival, Gap, Ledger, apportion, hour_of, spread
 from aggregator.ingest import Ingestor, RawMessage
 from aggregator.series.sqlite import SqliteSeriesStore
-from contract.wire import Envelope, Undeliverable, encode
+from contract.wire import (
+    Delivery,
+    Envelope,
+    Span,
+    Undeliverable,
+    command_topic,
+    decode_delivery,
+    encode,
+)
 
 T = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 S = timedelta(seconds=1)
@@ -333,3 +343,115 @@ def test_a_new_outbox_restarts_tracking_and_old_copies_are_duplicates(
     loud = [r for r in caplog.records
             if r.name == "aggregator.reactions.delivery" and r.levelno >= logging.WARNING]
     assert len(loud) == 1 and "outbox was replaced" in loud[0].getMessage()
+
+
+# -- confirmations ----------------------------------------------------------------------
+class FakeClient:
+    """What the confirmer uses of paho's client: connected, and publish (kept)."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, Delivery, int, bool]] = []
+
+    def is_connected(self) -> bool:
+        return True
+
+    def publish(self, topic: str, raw: bytes, qos: int, retain: bool) -> Any:
+        self.published.append((topic, decode_delivery(raw), qos, retain))
+        return mock.Mock(rc=0)
+
+    def take(self) -> list[Delivery]:
+        out = [d for _t, d, _q, _r in self.published]
+        self.published.clear()
+        return out
+
+
+@pytest.fixture
+def clock() -> list[float]:
+    return [100.0]
+
+
+@pytest.fixture
+def confirmer(
+    tmp_path: Path, sessions: SessionFactory, clock: list[float]
+) -> tuple[Confirmer, FakeClient]:
+    client = FakeClient()
+    settings = store_settings(tmp_path, delivery_gap_grace_s=0, delivery_republish_s=30)
+    return Confirmer(settings, sessions, client, clock=lambda: clock[0],  # type: ignore[arg-type]
+                     autostart=False), client
+
+
+def test_confirmations_are_coalesced_but_the_latest_state_is_always_sent(
+    ingestor: Ingestor, confirmer: tuple[Confirmer, FakeClient], clock: list[float]
+) -> None:
+    confirm, client = confirmer
+    topic = data_topic(AGENT)
+    ingestor.handle_batch([windows(0)])
+    confirm.stored([topic])
+    confirm.run_due()
+    (first,) = client.published
+    assert first[0] == command_topic("plant1", "line3", AGENT, "delivery")
+    assert (first[1].stored_through, first[2], first[3]) == (0, 1, True)
+    client.take()
+
+    for seq, at in ((1, 100.1), (2, 100.3)):
+        ingestor.handle_batch([windows(seq)])
+        clock[0] = at
+        confirm.stored([topic])
+        assert confirm.run_due() == pytest.approx(100.5 - at)
+        assert client.take() == []
+    clock[0] = 100.5
+    confirm.run_due()
+    assert [d.stored_through for d in client.take()] == [2]
+    clock[0] = 200.0
+    confirm.run_due()
+    assert client.take() == []  # nothing changed, no gap: nothing to repeat
+
+
+def test_gaps_are_asked_for_and_asked_again_until_filled(
+    ingestor: Ingestor, confirmer: tuple[Confirmer, FakeClient], clock: list[float]
+) -> None:
+    confirm, client = confirmer
+    ingestor.handle_batch([windows(0), windows(4)])
+    confirm.stored([data_topic(AGENT), data_topic("gw-other", "status")])
+    confirm.run_due()
+    (asked,) = client.take()
+    assert (asked.stored_through, asked.missing) == (0, [Span(first=1, last=3)])
+    clock[0] += 29
+    confirm.run_due()
+    assert client.take() == []
+    clock[0] += 1
+    confirm.run_due()
+    assert [(d.stored_through, d.missing) for d in client.take()] == [
+        (0, [Span(first=1, last=3)])
+    ]
+    ingestor.handle_batch([windows(s) for s in (1, 2, 3)])
+    confirm.stored([data_topic(AGENT)])
+    clock[0] += 1
+    confirm.run_due()
+    assert [(d.stored_through, d.missing) for d in client.take()] == [(4, [])]
+    clock[0] += 60
+    confirm.run_due()
+    assert client.take() == []
+
+
+def test_a_lost_session_asks_every_known_agent_to_resend(
+    ingestor: Ingestor, sessions: SessionFactory, confirmer: tuple[Confirmer, FakeClient]
+) -> None:
+    confirm, client = confirmer
+    ingestor.handle_batch([windows(0), windows(3)])
+    confirm.connected(session_present=True)
+    confirm.run_due()  # a kept session: only agents with gaps hear again
+    assert [(d.stored_through, d.resend) for d in client.take()] == [(0, None)]
+
+    confirm.connected(session_present=False)
+    confirm.run_due()
+    (delivery,) = client.take()
+    assert delivery.resend is not None and delivery.stored_through == 0
+    assert (state(sessions).resend_requests, state(sessions).resend_id) == (1, delivery.resend)
+    assert confirm.counts.resend_rounds == 1
+    # The id stays in every later delivery until the next lost session.
+    ingestor.handle_batch([windows(1)])
+    confirm.stored([data_topic(AGENT)])
+    confirm.connected(session_present=True)
+    confirm.run_due()
+    assert [d.resend for d in client.take()] == [delivery.resend]
