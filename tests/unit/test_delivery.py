@@ -376,7 +376,7 @@ def confirmer(
 ) -> tuple[Confirmer, FakeClient]:
     client = FakeClient()
     settings = store_settings(tmp_path, delivery_gap_grace_s=0, delivery_republish_s=30)
-    return Confirmer(settings, sessions, client, clock=lambda: clock[0],  # type: ignore[arg-type]
+    return Confirmer(settings, sessions, client, clock=lambda: clock[0],
                      autostart=False), client
 
 
