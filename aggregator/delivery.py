@@ -140,14 +140,15 @@ class Ledger:
         the ledger restarts from that seq (``Arrival.RESET``). A true duplicate (a message
         sent again after its msg_id left the dedupe window) carries its original time.
         """
-        newer = sent_at is not None and (self.latest_sent is None or sent_at > self.latest_sent)
-        if sent_at is not None and newer:
+        known = self.latest_sent
+        if sent_at is not None and (known is None or sent_at > known):
             self.latest_sent = sent_at
         if seq <= self.top and not self._in_gap(seq):
-            if not newer:
+            # With no time known (a ledger an upgrade started at the agent's last seq), a
+            # stored seq proves nothing about the outbox: take it for a duplicate.
+            if known is None or sent_at is None or sent_at <= known:
                 return Received(Arrival.DUPLICATE)
             self._restart(seq)
-            self.latest_sent = sent_at
             return Received(Arrival.RESET)
         self.highest = max(self.highest, seq)
         if seq > self.top:

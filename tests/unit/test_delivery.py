@@ -112,6 +112,15 @@ def test_a_stored_seq_newer_than_anything_the_agent_sent_restarts_tracking() -> 
     assert ledger.stored_through == 1
 
 
+def test_without_a_known_time_a_stored_seq_is_a_duplicate() -> None:
+    """An upgraded database starts agents at their last seq, with no time: a late message
+    below it is no proof of a new outbox."""
+    ledger = Ledger(stored_through=41, top=41, highest=41)
+    assert ledger.receive(40, T, T).arrival is Arrival.DUPLICATE
+    assert ledger.receive(42, T, T).arrival is Arrival.IN_ORDER
+    assert ledger.receive(40, T, T + S).arrival is Arrival.RESET
+
+
 def test_undeliverable_seqs_count_only_where_nothing_was_received() -> None:
     ledger = ledger_of(0, 3, 6)
     assert gaps(ledger) == [(1, 2), (4, 5)]
