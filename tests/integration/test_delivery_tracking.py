@@ -169,6 +169,22 @@ def test_a_broker_that_lost_our_session_makes_every_agent_resend(
     assert resend() == resend_id
 
 
+def test_fleet_figures_in_healthz_survive_a_restart(
+    tmp_path: Path, mosquitto: MosquittoServer, watcher: Watcher
+) -> None:
+    with running_aggregator(tmp_path, mosquitto.url, delivery_gap_grace_s=GRACE_S) as api:
+        publish(mosquitto, [0, 2])
+        wait_until(lambda: says(watcher, 0, [Span(first=1, last=1)]), 15, what="the gap")
+        before = api.get("/healthz").json()
+    assert (before["delivery"]["gaps_opened"], before["delivery"]["outstanding_messages"],
+            before["delivery"]["messages_received"], before["counts"]["accepted"]) == (1, 1, 2, 2)
+
+    with running_aggregator(tmp_path, mosquitto.url, delivery_gap_grace_s=GRACE_S) as api:
+        after = api.get("/healthz").json()
+    assert after["delivery"] == before["delivery"]
+    assert (after["counts"]["accepted"], after["confirmations"]["resend_rounds"]) == (0, 0)
+
+
 def test_two_ingestors_on_one_agent_at_once_keep_exact_counts(
     postgres_url: str, tmp_path: Path
 ) -> None:
