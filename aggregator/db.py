@@ -1,4 +1,5 @@
-"""SQL tables (tickets, agents, quarantine, dedupe, rule state) and the engine that holds them.
+"""SQL tables (tickets, agents, quarantine, dedupe, rule state, delivery) and the engine
+that holds them.
 
 SQLAlchemy 2.0 ORM; the same models run on SQLite (default, one aggregator) and PostgreSQL
 (replicas sharing the work). The schema is kept by Alembic migrations
@@ -48,9 +49,11 @@ __all__ = [
     "QUARANTINE_MAX_BYTES",
     "TICKET_KINDS",
     "TICKET_STATUSES",
+    "AgentDelivery",
     "AgentRecord",
     "AssetCondition",
     "Base",
+    "DeliveryHour",
     "QuarantinedMessage",
     "RuleState",
     "SeenMessage",
@@ -262,6 +265,61 @@ class RuleState(Base):
     # [{"window_end": iso, "score": float, "alert": bool}, ...], oldest first, at most n
     windows: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AgentDelivery(Base):
+    """Which of an agent's messages are stored, by seq (``aggregator.delivery.Ledger``),
+    and what happened to its numbering since the aggregator first heard from it.
+
+    ``stored_through``, ``top_seq`` and ``highest_seq`` are the ledger's seqs; ``ranges``
+    holds its received ranges above ``stored_through`` and its gaps (with the time each
+    opened). ``outstanding`` is the seqs in those gaps, kept beside them so a fleet total
+    needs no JSON. The counters are cumulative; ``resend_id`` is the latest "send
+    everything again" request, repeated in every delivery published until a new one. The
+    row is locked while a batch updates it: replicas share an agent's messages.
+    """
+
+    __tablename__ = "agent_delivery"
+
+    agent_id: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
+    stored_through: Mapped[int] = mapped_column(BigInteger, default=-1)
+    top_seq: Mapped[int] = mapped_column(BigInteger, default=-1)
+    highest_seq: Mapped[int] = mapped_column(BigInteger, default=-1)
+    latest_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # {"received": [[first, last], ...], "gaps": [[first, last, since iso], ...]}
+    ranges: Mapped[dict[str, Any]] = mapped_column(JSON)
+    outstanding: Mapped[int] = mapped_column(BigInteger, default=0)
+    messages: Mapped[int] = mapped_column(BigInteger, default=0)
+    windows: Mapped[int] = mapped_column(BigInteger, default=0)
+    duplicates: Mapped[int] = mapped_column(BigInteger, default=0)
+    gaps_opened: Mapped[int] = mapped_column(BigInteger, default=0)
+    reorders: Mapped[int] = mapped_column(BigInteger, default=0)
+    resets: Mapped[int] = mapped_column(BigInteger, default=0)
+    given_up: Mapped[int] = mapped_column(BigInteger, default=0)
+    dropped_messages: Mapped[int] = mapped_column(BigInteger, default=0)
+    dropped_windows: Mapped[int] = mapped_column(BigInteger, default=0)
+    gone_messages: Mapped[int] = mapped_column(BigInteger, default=0)
+    gone_windows: Mapped[int] = mapped_column(BigInteger, default=0)
+    resend_requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    resend_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class DeliveryHour(Base):
+    """Windows of one agent per hour (by the envelopes' ``ts``): received, and reported
+    undeliverable by the agent. Completeness is ``received / (received +
+    undeliverable)``; messages still missing have unknown windows and are not counted
+    here (``AgentDelivery.outstanding``)."""
+
+    __tablename__ = "delivery_hours"
+
+    agent_id: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    windows_received: Mapped[int] = mapped_column(BigInteger, default=0)
+    windows_undeliverable: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    # The fleet's last 24 h are read across agents by hour.
+    __table_args__ = (Index("ix_delivery_hours_hour", "hour"),)
 
 
 def _sqlite_setup(engine: Engine) -> None:

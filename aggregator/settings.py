@@ -171,6 +171,20 @@ class Settings(BaseSettings):
         "stays bounded.",
     )
 
+    # -- delivery (which of each agent's messages are stored) ----------------------------
+    delivery_gap_grace_s: float = Field(
+        5.0, ge=0, le=86_400,
+        description="A gap in an agent's messages is asked for again only once it has been "
+        "open this long: messages of one agent may arrive out of order (replicas, "
+        "reconnects) and fill it by themselves.",
+    )
+    delivery_republish_s: float = Field(
+        30.0, gt=0, le=86_400,
+        description="While an agent's messages have gaps, what the aggregator has stored of "
+        "them is published to it again this often, so that a request lost with a broker "
+        "is repeated.",
+    )
+
     # -- HTTP ---------------------------------------------------------------------------
     http_host: str = Field(default="127.0.0.1", description="Bind address of the REST API.")
     http_port: int = Field(

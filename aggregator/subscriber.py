@@ -39,6 +39,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from aggregator.confirm import Confirmer
 from aggregator.errors import UnavailableError
 from aggregator.ingest import Ingestor, RawMessage
 from aggregator.settings import Settings
@@ -113,6 +114,8 @@ class Subscriber:
         self._worker: threading.Thread | None = None
         self._counts = {"received": 0, "acked": 0, "batches": 0, "retries": 0, "overflowed": 0}
         self._client = self._make_client()
+        # Tells agents, on our own client, which of their messages are stored.
+        self.confirmer = Confirmer(settings, ingestor.session_factory, self._client)
         endpoint = settings.mqtt
         self.link = BrokerLink(
             self._client, logger, host=endpoint.host, port=endpoint.port,
@@ -211,6 +214,7 @@ class Subscriber:
             if self._worker.is_alive():
                 logger.warning("ingest worker still busy after %.0f s; leaving it", timeout_s)
             self._worker = None
+        self.confirmer.stop()
         self.link.closing()
         self._client.disconnect()
         self._client.loop_stop()
@@ -244,6 +248,8 @@ class Subscriber:
         logger.debug("subscribing to %s (session present: %s)", self.topic,
                      flags.session_present)
         client.subscribe(self.topic, qos=1)
+        # After the SUBSCRIBE: what agents resend on a lost session must find it in place.
+        self.confirmer.connected(flags.session_present)
 
     def _on_subscribe(
         self, _client: mqtt.Client, _userdata: Any, _mid: int, reasons: list[ReasonCode], _p: Any
@@ -340,6 +346,7 @@ class Subscriber:
                 self._store_log.recovered("storing received messages again")
                 self._counts["batches"] += 1
                 self._ack(batch)
+                self.confirmer.stored(r.topic for r in batch)
                 return
             self._counts["retries"] += 1
             if self._stopping.wait(delay):

@@ -46,6 +46,7 @@ __all__ = [
     "StatusFilter",
     "TicketId",
     "Timestamp",
+    "Until",
 ]
 
 # What the tickets.id column holds on every database (an INTEGER is 32-bit on PostgreSQL).
@@ -133,3 +134,7 @@ Since = Annotated[
     Query(description=f"only events at or after this time: {_FORMAT}, in {_RANGE}"),
 ]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="at most this many, newest first")]
+Until = Annotated[
+    Timestamp | None,
+    Query(description=f"only events before this time: {_FORMAT}, in {_RANGE}"),
+]

@@ -10,12 +10,18 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "AgentHealthOut",
     "AgentOut",
+    "CompletenessOut",
+    "ConfirmationsOut",
     "CountsOut",
     "DatabaseHealthOut",
+    "DeliveryHealthOut",
+    "DeliveryOut",
     "DriftOut",
     "ErrorOut",
     "EvidenceOut",
+    "GapOut",
     "HealthOut",
+    "HourOut",
     "MqttHealthOut",
     "ResolveIn",
     "ScoreOut",
@@ -109,6 +115,50 @@ class AgentHealthOut(_Out):
     inference_ms_median: float | None
 
 
+class GapOut(_Out):
+    """Messages ``first`` .. ``last`` (seqs, both included) not received, open ``since``."""
+
+    first: int
+    last: int
+    since: datetime = Field(description="when the aggregator saw the gap open")
+
+
+class DeliveryOut(_Out):
+    """Which of the agent's messages the aggregator holds, by seq. The counters are
+    cumulative since the aggregator first heard from the agent (kept in SQL)."""
+
+    stored_through: int = Field(
+        description="every message up to this seq is stored or reported undeliverable by "
+        "the agent (-1: none yet); what the agent is told it may release")
+    highest_seq: int = Field(description="the highest seq received (-1: none)")
+    outstanding_messages: int = Field(
+        description="messages in open gaps: neither received nor reported undeliverable. "
+        "What they held is unknown, so they do not count as loss (yet)")
+    open_gaps: list[GapOut] = Field(description="the lowest 100 open gaps")
+    gaps_opened: int = Field(description="gaps seen open (most close by themselves)")
+    reorders: int = Field(description="messages that arrived after a later one, into a gap")
+    duplicates: int = Field(
+        description="messages at a seq already stored, under a new msg_id (sent again after "
+        "the dedupe window)")
+    resets: int = Field(
+        description="times the agent numbered from scratch (its outbox was replaced); "
+        "tracking restarted from that seq")
+    resend_requests: int = Field(
+        description="times the agent was asked to send again everything not confirmed "
+        "(after the broker lost our session)")
+    messages_received: int
+    windows_received: int = Field(description="predictions received")
+    dropped_messages: int = Field(
+        description="messages the agent dropped under its outbox bound (as it reported)")
+    dropped_windows: int = Field(description="predictions those messages held")
+    gone_messages: int = Field(
+        description="messages asked for again that the agent no longer held")
+    gone_windows: int = Field(description="predictions those messages held")
+    completeness_24h: float | None = Field(
+        description="percent of the last 24 h's windows (by when the agent sent them) that "
+        "were received, of those received or reported undeliverable; None without any")
+
+
 class AgentOut(_Out):
     agent: str = Field(validation_alias="agent_id")
     site: str
@@ -123,6 +173,36 @@ class AgentOut(_Out):
     health: AgentHealthOut | None = Field(
         None, description="the agent's latest health report, if it sent one"
     )
+    delivery: DeliveryOut | None = Field(
+        None, description="which of its messages are stored; None before its first data "
+        "message")
+
+
+class HourOut(_Out):
+    """One hour of an agent's windows, by when the agent sent them (the envelopes' ts)."""
+
+    hour: datetime = Field(description="the hour's start (UTC)")
+    windows_received: int
+    windows_undeliverable: int = Field(
+        description="windows in messages the agent reported it will never deliver")
+    completeness: float | None = Field(
+        description="percent received of received + undeliverable; None when both are 0")
+
+
+class CompletenessOut(_Out):
+    """An agent's windows per hour between ``since`` and ``until``, and their totals."""
+
+    agent: str
+    since: datetime
+    until: datetime
+    windows_received: int = Field(description="in the hours between since and until")
+    windows_undeliverable: int = Field(description="in the hours between since and until")
+    completeness: float | None = Field(
+        description="percent received of received + undeliverable; None when both are 0")
+    outstanding_messages: int = Field(
+        description="messages missing right now (open gaps, any hour): their windows are "
+        "unknown and not counted above")
+    hours: list[HourOut] = Field(description="hours holding any window, newest first")
 
 
 class DriftOut(_Out):
@@ -178,6 +258,9 @@ class DatabaseHealthOut(_Out):
 
 
 class CountsOut(_Out):
+    """What this process handled since it started (they restart at 0, and each replica
+    counts its own); the fleet's cumulative figures are in ``delivery``."""
+
     accepted: int = Field(description="messages accepted (data and status)")
     predictions_stored: int = Field(description="predictions written to the series store")
     drift_events_stored: int = Field(description="drift events written to the series store")
@@ -185,6 +268,35 @@ class CountsOut(_Out):
     duplicates: int = Field(description="messages dropped as already seen (msg_id)")
     statuses: int
     rejected: dict[str, int] = Field(description="rejected messages by reason")
+
+
+class DeliveryHealthOut(_Out):
+    """The agents' messages by seq: fleet totals read from SQL, cumulative since each
+    agent was first heard (they survive restarts and are shared by replicas)."""
+
+    agents: int
+    agents_with_gaps: int
+    outstanding_messages: int = Field(description="messages in open gaps right now")
+    messages_received: int
+    windows_received: int
+    gaps_opened: int
+    reorders: int
+    duplicates: int
+    resets: int
+    resend_requests: int = Field(description="agents asked to send everything again")
+    dropped_messages: int
+    gone_messages: int
+
+
+class ConfirmationsOut(_Out):
+    """Deliveries (which messages are stored) published to agents by this process since
+    it started."""
+
+    published: int
+    failures: int = Field(description="rounds that could not read SQL or publish")
+    resend_rounds: int = Field(
+        description="connections on which the broker kept no session for us, so every "
+        "agent was asked to send again")
 
 
 class HealthOut(_Out):
@@ -198,3 +310,6 @@ class HealthOut(_Out):
     series: SeriesHealthOut
     database: DatabaseHealthOut
     counts: CountsOut
+    delivery: DeliveryHealthOut | None = Field(
+        description="None while the SQL database does not answer")
+    confirmations: ConfirmationsOut

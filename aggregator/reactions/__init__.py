@@ -51,12 +51,14 @@ class Reaction(Protocol):
 def standard(settings: Settings) -> list[Reaction]:
     """The aggregator's reactions, in the order they run."""
     from aggregator.reactions.agents import AgentRegistry
+    from aggregator.reactions.delivery import DeliveryTracking
     from aggregator.reactions.maintenance import MaintenanceReaction
     from aggregator.reactions.retraining import RetrainingReaction
     from aggregator.reactions.triage import TriageReaction
 
     return [
         AgentRegistry(),  # first: later reactions may look agents up
+        DeliveryTracking(settings),  # which seqs are stored; what to ask the agent again
         TriageReaction(settings),  # records conditions; sensor and inspect tickets
         MaintenanceReaction(settings),  # trusts a risk only on known inputs
         RetrainingReaction(settings),  # the model itself, per version and site

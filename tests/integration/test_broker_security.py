@@ -36,7 +36,7 @@ from servers import MosquittoServer, ServerError, find_binary
 from agent import config as agent_config
 from agent.outbox import Outbox
 from agent.pipeline import Agent
-from contract.wire import decode
+from contract.wire import decode, subscription
 
 pytestmark = pytest.mark.integration
 
@@ -324,7 +324,8 @@ def test_an_agent_cannot_publish_under_another_agents_id(
         _Probe(broker.port, AGGREGATOR, site.passwords[AGGREGATOR]) as watcher,
         _Probe(broker.port, "gw-a", site.passwords["gw-a"], protocol=protocol) as gw_a,
     ):
-        watcher.subscribe("linewatch/v1/#")
+        # Data topics only: the aggregator's delivery commands to gw-a come under cmd/.
+        watcher.subscribe(subscription())
         refused = gw_a.publish(data_topic("gw-b"), forged)
         accepted = gw_a.publish(data_topic("gw-a"), own)
         wait_until(lambda: _health(api)["counts"]["predictions_stored"] >= 3 and watcher.received,

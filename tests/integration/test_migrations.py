@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError
 
 from aggregator import migrations, tickets
 from aggregator.db import (
+    AgentDelivery,
     AgentRecord,
     Base,
     QuarantinedMessage,
@@ -323,6 +324,31 @@ def test_previous_release_database_is_stamped_0001_then_upgraded(url: str) -> No
         assert (result.before, result.stamped, result.after) == (None, "0001", HEAD)
         again = migrations.upgrade(engine)  # a second start has nothing to do
         assert (again.before, again.stamped, again.after) == (HEAD, None, HEAD)
+    finally:
+        engine.dispose()
+
+
+def test_known_agents_start_delivery_tracking_at_their_last_seq(url: str) -> None:
+    """What an earlier release stored is taken as stored: no agent is asked for all it
+    ever sent."""
+    engine = _raw(url)
+    with engine.begin() as conn:
+        command.upgrade(migrations.alembic_config(conn), "0003")
+    _insert(engine, "agents",
+            dict(agent_id="gw-1", site="plant1", line="line3", state="online", last_seq=41,
+                 predictions_count=1234),
+            dict(agent_id="gw-2", site="plant1", line="line3", state="unknown", last_seq=None,
+                 predictions_count=0))
+    engine.dispose()
+
+    engine = open_engine(url)
+    try:
+        with open_sessions(engine)() as session:
+            (row,) = session.scalars(select(AgentDelivery))
+        assert (row.agent_id, row.stored_through, row.top_seq, row.highest_seq) == (
+            "gw-1", 41, 41, 41)
+        assert (row.ranges, row.outstanding, row.messages, row.resend_id) == (
+            {"received": [], "gaps": []}, 0, 0, None)
     finally:
         engine.dispose()
 

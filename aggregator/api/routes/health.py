@@ -11,24 +11,31 @@ notices.
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Response
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from aggregator.api.deps import IngestorDep, SeriesDep, SessionDep, SettingsDep, SubscriberDep
 from aggregator.api.schemas import (
+    ConfirmationsOut,
     CountsOut,
     DatabaseHealthOut,
+    DeliveryHealthOut,
     HealthOut,
     MqttHealthOut,
     SeriesHealthOut,
 )
+from aggregator.db import AgentDelivery
 from aggregator.ingest import Ingestor
 from aggregator.series import SeriesStore
 from aggregator.settings import Settings
 from aggregator.subscriber import Subscriber
 
 __all__ = ["healthz", "readyz", "router"]
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
 
@@ -55,6 +62,49 @@ def _database_error(session: Session) -> str | None:
     return None
 
 
+def _engine(session: Session) -> Engine:
+    bind = session.get_bind()
+    return bind if isinstance(bind, Engine) else bind.engine
+
+
+# Summed in Python, not SQL: an agent that jumped its seqs far ahead may hold an
+# outstanding count near 2**63, and SQLite's SUM raises on overflow.
+_FLEET = select(
+    AgentDelivery.outstanding, AgentDelivery.messages, AgentDelivery.windows,
+    AgentDelivery.gaps_opened, AgentDelivery.reorders, AgentDelivery.duplicates,
+    AgentDelivery.resets, AgentDelivery.resend_requests, AgentDelivery.dropped_messages,
+    AgentDelivery.gone_messages,
+)
+
+
+def _fleet_delivery(session: Session) -> DeliveryHealthOut | None:
+    """The fleet's delivery totals from SQL; None if the database does not answer.
+
+    Read on the raw DBAPI connection, like ``_database_error``: a probe must not queue
+    for SQLite's write lock behind an ingest transaction.
+    """
+    try:
+        engine = _engine(session)
+        raw = engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute(str(_FLEET.compile(dialect=engine.dialect)))
+            rows = cursor.fetchall()
+            cursor.close()
+        finally:
+            raw.close()
+    except Exception as exc:  # a probe reports every failure, it never raises
+        logger.debug("no delivery totals: %s", exc)
+        return None
+    sums = [sum(int(row[i]) for row in rows) for i in range(len(_FLEET.selected_columns))]
+    return DeliveryHealthOut(
+        agents=len(rows), agents_with_gaps=sum(1 for row in rows if row[0]),
+        outstanding_messages=sums[0], messages_received=sums[1], windows_received=sums[2],
+        gaps_opened=sums[3], reorders=sums[4], duplicates=sums[5], resets=sums[6],
+        resend_requests=sums[7], dropped_messages=sums[8], gone_messages=sums[9],
+    )
+
+
 def _report(
     settings: Settings, series: SeriesStore, subscriber: Subscriber, ingestor: Ingestor,
     session: Session,
@@ -68,6 +118,7 @@ def _report(
     if db_error is not None:
         problems.append(f"the SQL database does not answer: {db_error}")
     counts = ingestor.counts
+    confirmed = subscriber.confirmer.counts
     return HealthOut(
         status="degraded" if problems else "ok",
         problems=problems,
@@ -100,6 +151,11 @@ def _report(
             duplicates=counts.duplicates,
             statuses=counts.statuses,
             rejected=counts.rejected,
+        ),
+        delivery=_fleet_delivery(session) if db_error is None else None,
+        confirmations=ConfirmationsOut(
+            published=confirmed.published, failures=confirmed.failures,
+            resend_rounds=confirmed.resend_rounds,
         ),
     )
 
