@@ -35,13 +35,20 @@ Acks: a mid belongs to one connection. ``_live`` is the generation of the connec
 is up (None while down), set by ``on_connect``/``on_disconnect`` under ``_ack_lock``; the
 worker acks only messages of that generation, under the same lock, so no ack is queued
 between a loss and the next CONNACK, and after a reconnect nothing is sent before the
-SUBSCRIBE.
+SUBSCRIBE. Acks go out in the order the messages came, which matters: Mosquitto 2.0.11
+numbers messages in flight in 16 bits without checking for one still in flight, so with
+more than 65535 of them (a burst, pushed at once, see above) two share a mid, and a PUBACK
+deletes the older of the two. Acked in order, that is the one acked. (Before, a message
+that overflowed the queue stayed unacked while later ones were acked, and the PUBACK of a
+later one with its mid deleted it unstored: the loss of issue #9.)
 
-Failures are told through ``outage``: the broker link by ``BrokerLink`` (each kind of
-connection failure at WARNING with the reason and when paho retries, then DEBUG, a summary
-every 5 min, one INFO line when it is back; another client using our client id at ERROR),
-a batch that cannot be stored by a ``FailureLog`` (the same rules, with the retry loop's
-delay). ``problems()`` says what keeps the service from doing its job, for ``/readyz``.
+Failures are told through ``outage``: the broker link by ``BrokerLink`` (a lost connection
+with its reason in words, reconnect attempts 1, 2, 4, 8, ... at WARNING with when paho
+retries, the others at DEBUG, a summary every 5 min, one INFO line with the time and the
+attempts when it is back; another client using our client id at ERROR), a batch that
+cannot be stored by a ``FailureLog`` (first of a kind at WARNING, then DEBUG and a summary
+every 5 min, with the retry loop's delay). A broker that lost our session is told at
+WARNING. ``problems()`` says what keeps the service from doing its job, for ``/readyz``.
 """
 
 from __future__ import annotations
@@ -291,10 +298,9 @@ class Subscriber:
             client.subscribe(self.topic, qos=1)
         self._connected.set()
         had_session, self._had_session = self._had_session, True
-        if flags.session_present or not had_session:
-            logger.debug("subscribing to %s (session present: %s)", self.topic,
-                         flags.session_present)
-        else:
+        logger.debug("subscribing to %s (session present: %s)", self.topic,
+                     flags.session_present)
+        if not flags.session_present and had_session:
             logger.warning(
                 "broker %s has no session for us (restarted without persistence?): "
                 "resubscribed; messages published meanwhile may be lost upstream",
@@ -431,9 +437,8 @@ class Subscriber:
 
     def _ack(self, batch: list[_Received]) -> None:
         # A mid belongs to the connection that delivered it; after a reconnect the broker
-        # resends under the same or a new mid, and the dedupe acks that copy. In order:
-        # Mosquitto 2.0.11 can have one mid on two messages in flight (more than 65535 of
-        # them, module docstring), and deletes the older one on its PUBACK.
+        # resends under the same or a new mid, and the dedupe acks that copy. In the order
+        # received: one mid may be on two messages in flight (module docstring, acks).
         acked = 0
         with self._ack_lock:
             live = self._live

@@ -32,8 +32,9 @@ after 37 s, 9 attempts".
 When paho tries again: ``loop_start`` sleeps the ``reconnect_delay_set`` backoff before each
 new attempt (min, doubled up to max, back to min after an accepted CONNACK), and after the
 very first failed attempt it sleeps twice (its first-connection loop, then its main loop),
-so with min 1 s the attempts come at 0, 3, 7, 15, ... s. The link sets the backoff and
-mirrors that arithmetic (paho 2.2.0), so "retrying in N s" is when the next attempt comes.
+so with min 1 s and max 5 s the attempts come at 0, 3, 7, 12, 17, ... s. The link sets the
+backoff and mirrors that arithmetic (paho 2.2.0), so "retrying in N s" is when the next
+attempt comes.
 
 Duplicate client id: a broker keeps one connection per client id, so a second client with
 the same id makes it close the first, which reconnects a second later and closes the
@@ -147,6 +148,8 @@ def _why(
     value = None if reason is None else reason.value
     if value == _KEEPALIVE_TIMEOUT:
         return f"keepalive timeout: no answer from the broker to a ping within {keepalive_s} s"
+    if isinstance(socket_error, ssl.SSLError):
+        return f"socket error: TLS ({socket_error})"
     if socket_error is not None:
         return f"socket error: {_describe(socket_error)[1]}"
     if value == _NORMAL:
@@ -169,7 +172,8 @@ class _PahoErrors(logging.Handler):
         found = next((a for a in args if isinstance(a, OSError)), None)
         if found is not None and "on socket" in str(record.msg):
             self._link._socket_error = found
-        else:
+        elif not str(record.msg).startswith("Client is not connected"):
+            # (that one comes with every reconnect attempt: paho's loop without a socket)
             self._link._logger.debug("paho: %s", record.getMessage())
 
 
@@ -207,7 +211,7 @@ class BrokerLink:
         client_id: str,
         duplicate_advice: str,
         retry_min_s: int = 1,
-        retry_max_s: int = 30,
+        retry_max_s: int = 5,
         summary_every_s: float = SUMMARY_EVERY_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
