@@ -148,6 +148,8 @@ def _why(
     value = None if reason is None else reason.value
     if value == _KEEPALIVE_TIMEOUT:
         return f"keepalive timeout: no answer from the broker to a ping within {keepalive_s} s"
+    if isinstance(socket_error, BrokenPipeError):
+        return "the broker had closed the connection (broken pipe on sending)"
     if isinstance(socket_error, ssl.SSLError):
         return f"socket error: TLS ({socket_error})"
     if socket_error is not None:

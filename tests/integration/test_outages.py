@@ -380,6 +380,36 @@ def test_influxdb_down_makes_readyz_503_and_the_write_failure_is_logged_once(
                         back[0].getMessage())
 
 
+def test_stopping_while_the_queue_is_full_and_the_store_down_loses_nothing(
+    tmp_path: Path, mosquitto: MosquittoServer, influxdb,  # type: ignore[no-untyped-def]
+) -> None:
+    # on_message waits for room while the worker retries; stop() must end both, and what
+    # was received but not stored comes again from the broker to the next start.
+    settings = broker_settings(tmp_path, mosquitto, ingest_queue_size=5, ingest_batch_size=5,
+                               influx_url=influxdb.url, influx_database=influxdb.database)
+    server = start_service(settings)
+    influxdb.server.stop()
+    with Publisher(mosquitto.host, mosquitto.port, data_topic("gw-1")) as pub:
+        for i in range(30):
+            pub.publish(payload("gw-1", i, predictions("pump-1", [0.5], start=i)))
+    subscriber = server.app.state.subscriber
+    wait_until(lambda: subscriber.counts.waits > 0 and subscriber.counts.retries > 0, 30,
+               what="a full queue and a failing store")
+    stopper = threading.Thread(target=server.stop)
+    stopper.start()
+    stopper.join(60)
+    assert not stopper.is_alive(), "stop() hangs with on_message waiting for room"
+    assert subscriber.counts.acked == 0
+    influxdb.server.start()
+    server = start_service(settings)
+    try:
+        ingestor = server.app.state.ingestor
+        wait_until(lambda: ingestor.counts.accepted == 30, 60, what="all 30 stored")
+        assert server.app.state.series.count() == 30
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 def test_two_aggregators_with_one_client_id_are_reported(
     tmp_path: Path, mosquitto: MosquittoServer, caplog: pytest.LogCaptureFixture,
