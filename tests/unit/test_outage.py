@@ -342,6 +342,7 @@ def test_a_long_outage_is_summarised_between_the_powers_of_two(
 @pytest.mark.parametrize(("how", "why"), [
     ("eof", "the broker closed the connection (socket EOF)"),
     ("reset", "socket error: connection reset by the peer"),
+    ("pipe", "the broker had closed the connection (broken pipe on sending)"),
     ("keepalive", "keepalive timeout: no answer from the broker to a ping within 45 s"),
     ("mqtt5", "the broker sent DISCONNECT: Server shutting down (going down for maintenance)"),
 ])
@@ -353,10 +354,11 @@ def test_a_lost_connection_is_told_in_words(
     client.on_pre_connect(client, None)  # type: ignore[misc]
     connack(client)
     clock.now += 30
-    if how == "reset":
-        # What paho 2.2 does when recv() raises, right before on_disconnect.
-        client._easy_log(mqtt.MQTT_LOG_ERR, "failed to receive on socket: %s",
-                         ConnectionResetError(104, "Connection reset by peer"))
+    if how in ("reset", "pipe"):
+        # What paho 2.2 logs when recv() or send() raises, right before on_disconnect.
+        error = (ConnectionResetError(104, "Connection reset by peer") if how == "reset"
+                 else BrokenPipeError(32, "Broken pipe"))
+        client._easy_log(mqtt.MQTT_LOG_ERR, "failed to receive on socket: %s", error)
     if how == "mqtt5":
         properties = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
         properties.ReasonString = "going down for maintenance"
