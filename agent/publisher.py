@@ -42,7 +42,10 @@ logger = logging.getLogger(__name__)
 
 _QUEUED = (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)
 _REFUSED_RETRY_S = 30.0
-_RETRY_MIN_S, _RETRY_MAX_S = 1, 10  # paho's reconnect backoff
+# paho's reconnect backoff, 1, 2, 4, 5, 5, ... s: the plant's broker is on the local
+# network, an attempt is one TCP handshake, and at most 5 s after the broker is back the
+# agent is publishing again (aggregator.subscriber uses the same, see there).
+_RETRY_MIN_S, _RETRY_MAX_S = 1, 5
 _DRAIN_WAIT_S = 0.2
 _DUPLICATE_ADVICE = ("every agent needs its own agent.id, or its own mqtt.client_id if that "
                      "is set (see README)")

@@ -172,6 +172,11 @@ def _load(args: argparse.Namespace) -> Settings | None:
 def _log(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request at INFO ("HTTP Request: POST http://.../write ...": one line
+    # per batch written to InfluxDB) and httpcore every connection step at DEBUG; their
+    # failures reach us as exceptions, told by the series store. Even with -v.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     if not verbose:
         # At INFO, amqtt logs every connection and state change and alembic every plugin it
         # loads (at import); their warnings are what matter. Set before the imports.

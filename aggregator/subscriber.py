@@ -6,30 +6,58 @@ are manual, so a QoS 1 message is acknowledged only after ``Ingestor.handle_batc
 returned; until then the broker keeps it and redelivers it after a reconnect (MQTT 3.1.1
 §4.4, 5.0 §4.4). Redeliveries are dropped by the ingestor's msg_id dedupe.
 
-Threads: paho's network thread runs ``on_message``, which only enqueues (a slow callback
-blocks keepalive and gets the client disconnected, paho.mqtt.python#379); one worker
-thread forms batches, calls the ingestor and acks.
+Threads: paho's network thread runs ``on_message``, which puts the message on a bounded
+queue; one worker thread forms batches, calls the ingestor and acks.
 
-Flow control: the queue holds received, unacked messages only, so the broker's in-flight
-window bounds it. With MQTT 5 we announce ``receive-maximum`` = queue size; with 3.1.1 the
-broker's ``max_inflight_messages`` should stay below it. If the queue ever overflows
-anyway, the message is left unacked and, once the queue has drained, the connection is
-dropped so that the broker sends it again after paho's automatic reconnect.
+Flow control (backpressure, never loss): when the queue is full, ``on_message`` waits for
+room. paho's network thread then stops reading the socket, TCP's window closes and the
+broker holds everything else back, unacked in our session. Nothing received is ever
+dropped: a message leaves the queue only into a batch, and is acked only after that batch
+was handled. The broker's own limits do not suffice: Mosquitto up to 2.0.12 (Debian 12 and
+Ubuntu 22.04 ship 2.0.11) lets a PUBACK release up to ``max_inflight_messages`` (or our
+``receive-maximum``) more messages at once (eclipse/mosquitto#2301, fixed in 2.0.13 by
+#2306), so under a burst it pushes everything it has at the subscriber. We still announce
+``receive-maximum`` = queue size (MQTT 5) for brokers that honour it, with which the queue
+never fills; for 3.1.1 the broker's ``max_inflight_messages`` plays that part.
 
-Failures are told through ``outage``: the broker link by ``BrokerLink`` (each kind of
-connection failure at WARNING with the reason and when paho retries, then DEBUG, a summary
-every 5 min, one INFO line when it is back; another client using our client id at ERROR),
-a batch that cannot be stored by a ``FailureLog`` (the same rules, with the retry loop's
-delay). ``problems()`` says what keeps the service from doing its job, for ``/readyz``.
+Waiting in ``on_message`` cannot deadlock: the worker never waits for the network thread
+(``Client.ack`` only appends to paho's outgoing deque and pokes its wake-up socket pair,
+both non-blocking), and ``stop()`` sets ``_stopping`` first, which ends the wait. Nothing
+that runs on the worker thread may wait for the network thread (``wait_for_publish``,
+``MQTTMessageInfo.wait_for_publish``): it may be the one waiting for room. While the queue
+drains, paho reads one packet per loop and writes our acks and its pings in between, so
+keepalive carries on. Only if storing fails long enough for the queue to stay full past
+the keepalive does the broker close the connection (nothing read from us for 1.5 x
+keepalive): that is logged, shown by ``problems()``, and costs nothing, since everything
+unacked is sent again after the reconnect and the msg_id dedupe drops what was stored.
+
+Acks: a mid belongs to one connection. ``_live`` is the generation of the connection that
+is up (None while down), set by ``on_connect``/``on_disconnect`` under ``_ack_lock``; the
+worker acks only messages of that generation, under the same lock, so no ack is queued
+between a loss and the next CONNACK, and after a reconnect nothing is sent before the
+SUBSCRIBE. Acks go out in the order the messages came, which matters: Mosquitto 2.0.11
+numbers messages in flight in 16 bits without checking for one still in flight, so with
+more than 65535 of them (a burst, pushed at once, see above) two share a mid, and a PUBACK
+deletes the older of the two. Acked in order, that is the one acked. (Before, a message
+that overflowed the queue stayed unacked while later ones were acked, and the PUBACK of a
+later one with its mid deleted it unstored: the loss of issue #9.)
+
+Failures are told through ``outage``: the broker link by ``BrokerLink`` (a lost connection
+with its reason in words, reconnect attempts 1, 2, 4, 8, ... at WARNING with when paho
+retries, the others at DEBUG, a summary every 5 min, one INFO line with the time and the
+attempts when it is back; another client using our client id at ERROR), a batch that
+cannot be stored by a ``FailureLog`` (first of a kind at WARNING, then DEBUG and a summary
+every 5 min, with the retry loop's delay). A broker that lost our session is told at
+WARNING. ``problems()`` says what keeps the service from doing its job, for ``/readyz``.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,9 +81,14 @@ logger = logging.getLogger(__name__)
 
 KEEPALIVE_S = 30
 BATCH_WAIT_S = 0.2
+ROOM_WAIT_S = 0.5  # on_message looks at _stopping this often while it waits for room
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 10.0
-RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 30  # paho's reconnect backoff
+# paho's reconnect backoff: 1, 2, 4, 5, 5, ... s. A plant's broker is on the local network,
+# so an attempt costs one TCP handshake: even a hundred clients trying every 5 s are no load
+# for Mosquitto, and once the broker is back the aggregator follows within 5 s (it was 30 s,
+# and the agents, back within 10 s, had flushed long before: issue #9).
+RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 5
 DUPLICATE_ADVICE = "every aggregator replica needs its own LINEWATCH_MQTT_CLIENT_ID (see README)"
 
 
@@ -70,6 +103,10 @@ class _Received:
 
 @dataclass(frozen=True, slots=True)
 class SubscriberCounts:
+    """Counters since start. ``waits``: times ``on_message`` waited for room in the queue
+    (the broker was held back). ``overflowed``: received messages that were not queued but
+    left unacked for the broker to send again; only while stopping, never under load."""
+
     connected: bool
     subscribed: bool
     received: int
@@ -77,6 +114,7 @@ class SubscriberCounts:
     batches: int
     retries: int
     overflowed: int
+    waits: int
     queued: int
     connect_failures: int
     disconnects: int
@@ -107,12 +145,16 @@ class Subscriber:
         self._connected = threading.Event()
         self._subscribed = threading.Event()
         self._stopping = threading.Event()
-        self._generation = 0
-        self._resync_needed = False
+        self._generation = 0  # connections accepted so far
+        self._live: int | None = None  # generation of the connection that is up
+        self._ack_lock = threading.Lock()
+        self._had_session = False  # an earlier connection made the broker keep a session
+        self._waiting_since: float | None = None  # on_message waiting for room since
         self._subscription_refused: str | None = None
         self._store_log = FailureLog(logger)
         self._worker: threading.Thread | None = None
-        self._counts = {"received": 0, "acked": 0, "batches": 0, "retries": 0, "overflowed": 0}
+        self._counts = {"received": 0, "acked": 0, "batches": 0, "retries": 0, "overflowed": 0,
+                        "waits": 0}
         self._client = self._make_client()
         # Tells agents, on our own client, which of their messages are stored.
         self.confirmer = Confirmer(settings, ingestor.session_factory, self._client)
@@ -187,6 +229,13 @@ class Subscriber:
             found.append(self._subscription_refused)
         elif not self.ready:
             found.append(f"connected to broker {self.link.broker}, not subscribed yet")
+        waiting = self._waiting_since
+        if waiting is not None and time.monotonic() - waiting >= KEEPALIVE_S:
+            found.append(
+                f"not reading from broker {self.link.broker} for "
+                f"{span(time.monotonic() - waiting)}: the ingest queue is full "
+                f"({self._queue.maxsize} messages); the broker holds the rest"
+            )
         if self._store_log.failing:
             found.append(
                 f"cannot store received messages for {span(self._store_log.failing_for_s)} "
@@ -207,6 +256,8 @@ class Subscriber:
         """Finish the batch in hand (acking it if handled), disconnect cleanly, join threads.
 
         Messages still queued are not acked: a persistent session gets them back later.
+        ``_stopping`` is set first: it ends a wait for room in ``on_message``, so that
+        paho's network thread can finish.
         """
         self._stopping.set()
         if self._worker is not None:
@@ -243,11 +294,22 @@ class Subscriber:
             self._connected.clear()
             self._subscribed.clear()
             return
-        self._generation += 1
+        with self._ack_lock:
+            self._generation += 1
+            self._live = self._generation
+            # First thing on the new connection (no ack can be queued before it): with
+            # its session gone the broker would deliver nothing; with it, SUBACK is cheap.
+            client.subscribe(self.topic, qos=1)
         self._connected.set()
+        had_session, self._had_session = self._had_session, True
         logger.debug("subscribing to %s (session present: %s)", self.topic,
                      flags.session_present)
-        client.subscribe(self.topic, qos=1)
+        if not flags.session_present and had_session:
+            logger.warning(
+                "broker %s has no session for us (restarted without persistence?): "
+                "resubscribed; every agent is asked to resend what we have not confirmed",
+                self.link.broker,
+            )
         # After the SUBSCRIBE: what agents resend on a lost session must find it in place.
         self.confirmer.connected(flags.session_present)
 
@@ -266,11 +328,13 @@ class Subscriber:
             self._subscribed.set()
 
     def _on_disconnect(
-        self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _p: Any
+        self, _client: mqtt.Client, _userdata: Any, flags: Any, reason: ReasonCode, props: Any
     ) -> None:
+        with self._ack_lock:
+            self._live = None
         self._connected.clear()
         self._subscribed.clear()
-        self.link.disconnected(_flags, reason)
+        self.link.disconnected(flags, reason, props)
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
@@ -280,17 +344,43 @@ class Subscriber:
         raw = bytes(message.payload)
         item = _Received(topic, raw, message.mid, message.qos, self._generation)
         self._counts["received"] += 1
+        if not self._enqueue(item):
+            # Stopping: not queued, not acked, so the broker still owes it to us.
+            self._counts["overflowed"] += 1
+
+    def _enqueue(self, item: _Received) -> bool:
+        """Put ``item`` on the queue, waiting for room as long as it takes (module
+        docstring, flow control); False only if ``stop()`` came first."""
         try:
             self._queue.put_nowait(item)
+            return True
         except queue.Full:
-            # Not acked, so the broker still owes it to us; a reconnect makes it resend.
-            if not self._resync_needed:
-                logger.warning(
-                    "ingest queue full (%d): leaving messages unacked until a reconnect",
-                    self._queue.maxsize,
-                )
-            self._counts["overflowed"] += 1
-            self._resync_needed = True
+            pass
+        self._counts["waits"] += 1
+        since = self._waiting_since = time.monotonic()
+        told = False
+        try:
+            while not self._stopping.is_set():
+                try:
+                    self._queue.put(item, timeout=ROOM_WAIT_S)
+                    return True
+                except queue.Full:
+                    pass
+                if not told and time.monotonic() - since >= KEEPALIVE_S:
+                    told = True
+                    logger.warning(
+                        "ingest queue full (%d messages) for %s, nothing stored meanwhile: "
+                        "not reading from broker %s, which holds the rest (and may drop "
+                        "the connection: the keepalive is %d s; nothing is lost)",
+                        self._queue.maxsize, span(time.monotonic() - since),
+                        self.link.broker, KEEPALIVE_S,
+                    )
+            return False
+        finally:
+            self._waiting_since = None
+            if told:
+                logger.info("reading from broker %s again after %s", self.link.broker,
+                            span(time.monotonic() - since))
 
     # -- worker thread ------------------------------------------------------------------
     def _work(self) -> None:
@@ -298,17 +388,15 @@ class Subscriber:
             batch = self._next_batch()
             if batch:
                 self._handle_until_done(batch)
-            if self._resync_needed and self._queue.empty() and not self._stopping.is_set():
-                self._resync()
             self.link.tick()
 
     def _next_batch(self) -> list[_Received]:
         """Wait up to BATCH_WAIT_S for a first message, then take what is already queued.
 
-        No lingering for a fuller batch: with the broker's in-flight window (20 by default
-        on Mosquitto) no more messages come until these are acked, so waiting would only
-        add latency. Under load the queue fills while the previous batch is handled, and
-        batches grow by themselves up to ``ingest_batch_size``.
+        No lingering for a fuller batch: with a broker that keeps to its in-flight window
+        (20 by default on Mosquitto) no more messages come until these are acked, so
+        waiting would only add latency. Under load the queue fills while the previous
+        batch is handled, and batches grow by themselves up to ``ingest_batch_size``.
         """
         try:
             batch = [self._queue.get(timeout=BATCH_WAIT_S)]
@@ -355,30 +443,14 @@ class Subscriber:
             delay = min(delay * 2, RETRY_MAX_S)
 
     def _ack(self, batch: list[_Received]) -> None:
-        for r in batch:
-            # A mid belongs to the connection that delivered it; after a reconnect the
-            # broker resends under the same or a new mid, and the dedupe acks that copy.
-            if r.qos > 0 and r.generation == self._generation:
-                if self._client.ack(r.mid, r.qos) == mqtt.MQTT_ERR_SUCCESS:
-                    self._counts["acked"] += 1
-
-    def _resync(self) -> None:
-        """Drop the connection so the broker resends what overflowed (unacked QoS 1).
-
-        Shutting the socket down (not closing it: paho owns the descriptor) makes paho's
-        network thread see a lost connection and run its own reconnect; no second loop is
-        started and no paho internals are touched.
-        """
-        self._resync_needed = False
-        sock = self._client.socket()
-        if not isinstance(sock, socket.socket):
-            return  # already disconnected: the reconnect will bring the messages back
-        logger.warning(
-            "reconnecting to get overflowed messages resent (%d so far)",
-            self._counts["overflowed"],
-        )
-        self.link.closing()  # a deliberate disconnect, not a failure of the link
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # closed meanwhile: same outcome
+        # A mid belongs to the connection that delivered it; after a reconnect the broker
+        # resends under the same or a new mid, and the dedupe acks that copy. In the order
+        # received: one mid may be on two messages in flight (module docstring, acks).
+        acked = 0
+        with self._ack_lock:
+            live = self._live
+            for r in batch:
+                if r.qos > 0 and r.generation == live:
+                    if self._client.ack(r.mid, r.qos) == mqtt.MQTT_ERR_SUCCESS:
+                        acked += 1
+        self._counts["acked"] += acked

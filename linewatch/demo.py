@@ -74,7 +74,7 @@ def _log_to_file(path: Path) -> Path:
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     # Per-request and per-state-change lines from libraries drown everything else.
-    for name in ("httpx", "transitions", "amqtt"):
+    for name in ("httpx", "httpcore", "transitions", "amqtt"):
         logging.getLogger(name).setLevel(logging.WARNING)
     return path
 

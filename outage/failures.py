@@ -12,10 +12,15 @@ One instance per thing that can fail (the broker link, the series-store writes, 
   ``summary_every_s`` (5 min), as a summary: ``still failing after 5 min, 37 failures:
   ...``, or, for a kind that keeps coming back in short episodes (a link that drops every
   second), how often it came back since the last loud line;
+- a caller that numbers its attempts (``attempt=n``, the broker link's reconnects) gets
+  attempts 1, 2, 4, 8, ... of an episode loud as well, at a falling rate, the others at
+  DEBUG, and the summary every ``summary_every_s`` on top: ``cannot connect to broker
+  127.0.0.1:1883: connection refused (attempt 8, failing for 25 s); retrying in 5 s``;
 - the first success ends the episode with one line at INFO: ``connected to broker
-  127.0.0.1:1883 again after 42 s, 37 failures``. An episode whose failures all stayed at
-  DEBUG (a repeat within the quiet period) ends at DEBUG too, so a flapping link does not
-  flood the log through its recoveries; the next loud line counts what was not shown.
+  127.0.0.1:1883 again after 42 s, 37 failures`` (or ``..., 9 attempts`` when the caller
+  counts attempts). An episode whose failures all stayed at DEBUG (a repeat within the
+  quiet period) ends at DEBUG too, so a flapping link does not flood the log through its
+  recoveries; the next loud line counts what was not shown.
 
 Standard library only; thread-safe (paho's network thread and a worker thread may report
 to the same instance).
@@ -126,11 +131,13 @@ class FailureLog:
         retry_in_s: float | None = None,
         level: int = logging.WARNING,
         exc_info: BaseException | None = None,
+        attempt: int | None = None,
     ) -> bool:
         """Record one failure of ``kind``; return True if it was logged at ``level``.
 
         ``message`` says what failed and why, ``retry_in_s`` when the next try comes;
-        ``exc_info`` adds a traceback to loud lines only.
+        ``exc_info`` adds a traceback to loud lines only. ``attempt`` numbers the attempt
+        within the episode (1 for the first): attempts 1, 2, 4, 8, ... are loud too.
         """
         with self._lock:
             now = self._clock()
@@ -142,20 +149,27 @@ class FailureLog:
             retry = "" if retry_in_s is None else f"; retrying in {seconds(retry_in_s)}"
             seen = self._kinds.get(kind)
             lasting = now - self._since
-            if seen is None:
-                loud, text = True, f"{message}{retry}"
+            if attempt is None:
+                count = f"failure {self._failures} in {span(lasting)}"
+            else:
+                count = f"attempt {attempt}, failing for {span(lasting)}"
+            if seen is None or (attempt is not None and _power_of_two(attempt)):
+                loud = True
+                plain = attempt is None or attempt == 1
+                text = f"{message}{retry}" if plain else f"{message} ({count}){retry}"
             elif now - seen.loud_at >= self.summary_every_s:
                 loud = True
                 if lasting >= self.summary_every_s:
-                    text = (f"still failing after {span(lasting)}, {self._failures} failures: "
-                            f"{message}{retry}")
+                    what = (f"{self._failures} failures" if attempt is None
+                            else f"attempt {attempt}")
+                    text = f"still failing after {span(lasting)}, {what}: {message}{retry}"
                 else:
                     text = (f"{message}{retry} ({seen.quiet + 1} times in the last "
                             f"{span(now - seen.loud_at)})")
             else:
                 seen.quiet += 1
                 loud = False
-                text = f"{message} (failure {self._failures} in {span(lasting)}){retry}"
+                text = f"{message} ({count}){retry}"
             if loud:
                 self._kinds[kind] = _Kind(loud_at=now)
                 self._loud = True
@@ -163,16 +177,24 @@ class FailureLog:
                          exc_info=exc_info if loud else None)
         return loud
 
-    def recovered(self, message: str) -> bool:
+    def recovered(self, message: str, *, attempts: int | None = None) -> bool:
         """End the current episode, if any, with ``"<message> after N s, M failures"``
-        (``message`` like "connected to broker H:P again"); return True if that line was
-        logged at INFO."""
+        (``message`` like "connected to broker H:P again"), or ``"..., M attempts"`` when
+        the caller counted them; return True if that line was logged at INFO."""
         with self._lock:
             if self._since is None:
                 return False
             lasted, failures, loud = self._clock() - self._since, self._failures, self._loud
             self._since, self._failures, self._loud = None, 0, False
-        plural = "" if failures == 1 else "s"
-        self._logger.log(logging.INFO if loud else logging.DEBUG, "%s after %s, %d failure%s",
-                         message, span(lasted), failures, plural)
+        count, unit = (failures, "failure") if attempts is None else (attempts, "attempt")
+        self._logger.log(logging.INFO if loud else logging.DEBUG, "%s after %s, %d %s%s",
+                         message, span(lasted), count, unit, "" if count == 1 else "s")
         return loud
+
+
+def _power_of_two(n: int) -> bool:
+    """
+    >>> [n for n in range(1, 20) if _power_of_two(n)]
+    [1, 2, 4, 8, 16]
+    """
+    return n > 0 and n & (n - 1) == 0

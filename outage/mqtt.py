@@ -17,11 +17,24 @@ The owner's ``on_connect`` / ``on_disconnect`` callbacks call :meth:`BrokerLink.
 and :meth:`BrokerLink.disconnected` first; ``start()``, ``closing()`` and ``tick()`` come
 from its own lifecycle and worker thread.
 
+Why a connection ended, in words: paho reports every lost connection as "Unspecified
+error" (0x80). The link gives paho a private logger (``enable_logger``, at ERROR) to catch
+the socket error paho logs just before it calls ``on_disconnect``, and tells: "the broker
+closed the connection (socket EOF)" when there was none, "socket error: connection reset by
+the peer", "keepalive timeout: no answer from the broker to a ping within 30 s", or, when
+an MQTT 5 broker sent DISCONNECT, its reason code and reason string.
+
+Reconnect attempts are numbered per episode (from the lost connection, or from ``start()``):
+attempts 1, 2, 4, 8, ... are logged at WARNING, the others at DEBUG, with a summary every 5
+min (``FailureLog``), and the episode ends with one INFO line "connected to broker H:P again
+after 37 s, 9 attempts".
+
 When paho tries again: ``loop_start`` sleeps the ``reconnect_delay_set`` backoff before each
 new attempt (min, doubled up to max, back to min after an accepted CONNACK), and after the
 very first failed attempt it sleeps twice (its first-connection loop, then its main loop),
-so with min 1 s the attempts come at 0, 3, 7, 15, ... s. The link sets the backoff and
-mirrors that arithmetic (paho 2.2.0), so "retrying in N s" is when the next attempt comes.
+so with min 1 s and max 5 s the attempts come at 0, 3, 7, 12, 17, ... s. The link sets the
+backoff and mirrors that arithmetic (paho 2.2.0), so "retrying in N s" is when the next
+attempt comes.
 
 Duplicate client id: a broker keeps one connection per client id, so a second client with
 the same id makes it close the first, which reconnects a second later and closes the
@@ -56,6 +69,8 @@ SHORT_SESSION_S = 5.0
 SHORT_SESSIONS = 3
 STABLE_S = 10.0
 _UNSPECIFIED = 0x80  # paho's reason for a connection that simply went away
+_KEEPALIVE_TIMEOUT = 0x8D  # paho's reason when the broker did not answer its ping
+_NORMAL = 0x00
 
 
 def describe_error(exc: BaseException | None) -> tuple[str, str]:
@@ -109,14 +124,59 @@ def _describe(exc: BaseException) -> tuple[str, str]:
     return type(exc).__name__, f"{type(exc).__name__}: {exc}"
 
 
-def _why(flags: Any, reason: ReasonCode | None) -> str:
-    """Why a connection ended, from on_disconnect's arguments."""
-    from_broker = bool(getattr(flags, "is_disconnect_packet_from_server", False))
-    if from_broker:
-        return f"the broker sent DISCONNECT: {reason}"
-    if reason is None or reason.value == _UNSPECIFIED:
-        return "connection closed"
-    return str(reason)
+def _why(
+    flags: Any, reason: ReasonCode | None, properties: Any, socket_error: BaseException | None,
+    keepalive_s: int,
+) -> str:
+    """Why a connection ended, in words, from on_disconnect's arguments and the socket error
+    paho logged just before (if any).
+
+    >>> from paho.mqtt.packettypes import PacketTypes
+    >>> lost = ReasonCode(PacketTypes.DISCONNECT, identifier=_UNSPECIFIED)
+    >>> _why(None, lost, None, None, 30)
+    'the broker closed the connection (socket EOF)'
+    >>> _why(None, lost, None, ConnectionResetError(104, "Connection reset by peer"), 30)
+    'socket error: connection reset by the peer'
+    >>> _why(None, ReasonCode(PacketTypes.DISCONNECT, identifier=_KEEPALIVE_TIMEOUT), None,
+    ...      None, 30)
+    'keepalive timeout: no answer from the broker to a ping within 30 s'
+    """
+    if bool(getattr(flags, "is_disconnect_packet_from_server", False)):
+        said = f"the broker sent DISCONNECT: {reason}"
+        reason_string = getattr(properties, "ReasonString", None)
+        return f"{said} ({reason_string})" if reason_string else said
+    value = None if reason is None else reason.value
+    if value == _KEEPALIVE_TIMEOUT:
+        return f"keepalive timeout: no answer from the broker to a ping within {keepalive_s} s"
+    if isinstance(socket_error, BrokenPipeError):
+        return "the broker had closed the connection (broken pipe on sending)"
+    if isinstance(socket_error, ssl.SSLError):
+        return f"socket error: TLS ({socket_error})"
+    if socket_error is not None:
+        return f"socket error: {_describe(socket_error)[1]}"
+    if value == _NORMAL:
+        return "the connection was closed normally"
+    if value is None or value == _UNSPECIFIED:
+        return "the broker closed the connection (socket EOF)"
+    return f"paho reported: {reason}"
+
+
+class _PahoErrors(logging.Handler):
+    """Receives paho's own ERROR lines (``Client.enable_logger``): keeps the socket error that
+    precedes a lost connection for the link, and passes the rest on at DEBUG."""
+
+    def __init__(self, link: BrokerLink) -> None:
+        super().__init__(logging.ERROR)
+        self._link = link
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args if isinstance(record.args, tuple) else ()
+        found = next((a for a in args if isinstance(a, OSError)), None)
+        if found is not None and "on socket" in str(record.msg):
+            self._link._socket_error = found
+        elif not str(record.msg).startswith("Client is not connected"):
+            # (that one comes with every reconnect attempt: paho's loop without a socket)
+            self._link._logger.debug("paho: %s", record.getMessage())
 
 
 class BrokerLink:
@@ -138,6 +198,9 @@ class BrokerLink:
         replica needs its own LINEWATCH_MQTT_CLIENT_ID (see README)".
     retry_min_s, retry_max_s
         paho's reconnect backoff.
+
+    The link also takes paho's ``on_pre_connect``, ``on_connect_fail`` and its logger
+    (``enable_logger``); the owner must not set them.
     """
 
     def __init__(
@@ -150,7 +213,7 @@ class BrokerLink:
         client_id: str,
         duplicate_advice: str,
         retry_min_s: int = 1,
-        retry_max_s: int = 30,
+        retry_max_s: int = 5,
         summary_every_s: float = SUMMARY_EVERY_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -163,11 +226,18 @@ class BrokerLink:
         client.reconnect_delay_set(min_delay=retry_min_s, max_delay=retry_max_s)
         client.on_pre_connect = self._on_pre_connect
         client.on_connect_fail = self._on_connect_fail
+        self._client = client
+        # Not registered with logging.getLogger: private to this client, never propagated.
+        paho_logger = logging.Logger(f"paho.{client_id}", logging.ERROR)
+        paho_logger.addHandler(_PahoErrors(self))
+        client.enable_logger(paho_logger)
+        self._socket_error: BaseException | None = None  # set by _PahoErrors
         self._log = FailureLog(logger, summary_every_s=summary_every_s, clock=clock)
         self._taken = FailureLog(logger, summary_every_s=summary_every_s, clock=clock)
         self._lock = threading.Lock()
         self._delay: float | None = None  # paho's last backoff sleep; None after a CONNACK
         self._attempts = 0  # since start()
+        self._tries = 0  # attempts in the current episode (since start() or the last loss)
         self._up_since: float | None = None
         self._ever_up = False
         self._closing = False  # the owner is closing the connection itself
@@ -191,7 +261,7 @@ class BrokerLink:
     def start(self) -> None:
         """Call right before ``connect_async``: paho's backoff starts over."""
         with self._lock:
-            self._delay, self._attempts, self._closing = None, 0, False
+            self._delay, self._attempts, self._tries, self._closing = None, 0, 0, False
 
     def closing(self) -> None:
         """Call right before closing the connection on purpose (shutdown, a deliberate
@@ -200,7 +270,10 @@ class BrokerLink:
 
     # -- paho callbacks (network thread) -------------------------------------------------
     def _on_pre_connect(self, _client: mqtt.Client, _userdata: Any) -> None:
-        self._attempts += 1
+        with self._lock:
+            self._attempts += 1
+            self._tries += 1
+            self._socket_error = None
 
     def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
         # Called from paho's `except OSError:` block: the exception is still current.
@@ -211,8 +284,9 @@ class BrokerLink:
                 wait += self._sleep()  # the first-connection loop's extra sleep
             self._streak = 0
             self.connect_failures += 1
+            tries = self._tries
         self._log.failed(kind, f"cannot connect to broker {self.broker}: {reason}",
-                         retry_in_s=wait)
+                         retry_in_s=wait, attempt=tries)
 
     def connected(self, reason: ReasonCode) -> bool:
         """From the owner's ``on_connect``: True if the broker accepted the connection."""
@@ -222,10 +296,11 @@ class BrokerLink:
                 self._streak = 0
                 self.connect_failures += 1
                 wait = self._peek()  # paho sleeps after the disconnect that follows
+                tries = self._tries
             # Credentials or ACLs: an operator must act, so ERROR; retried all the same.
             self._log.failed(f"connack-{reason.value}",
                              f"broker {self.broker} refused the connection: {reason}",
-                             retry_in_s=wait, level=logging.ERROR)
+                             retry_in_s=wait, level=logging.ERROR, attempt=tries)
             return False
         with self._lock:
             self._delay = None
@@ -233,18 +308,23 @@ class BrokerLink:
             self._closing = False
             first = not self._ever_up
             self._ever_up = True
+            tries, self._tries = self._tries, 0
         connected = f"connected to broker {self.broker}{'' if first else ' again'}"
-        if not self._log.recovered(connected) and first:
+        if not self._log.recovered(connected, attempts=tries) and first:
             self._logger.info("%s as client id %r", connected, self.client_id)
         return True
 
-    def disconnected(self, flags: Any, reason: ReasonCode | None) -> None:
-        """From the owner's ``on_disconnect``."""
+    def disconnected(self, flags: Any, reason: ReasonCode | None, properties: Any = None) -> None:
+        """From the owner's ``on_disconnect``; pass its ``properties`` too, for the reason
+        string of an MQTT 5 broker's DISCONNECT."""
         with self._lock:
             wait = self._sleep()  # paho sleeps after every disconnect it did not ask for
             now = self._clock()
             lived = None if self._up_since is None else now - self._up_since
             self._up_since = None
+            socket_error, self._socket_error = self._socket_error, None
+            if lived is not None:
+                self._tries = 0  # a new episode: its attempts are counted from 1
             if self._closing:
                 self._closing = False
                 return
@@ -264,14 +344,14 @@ class BrokerLink:
                     self.takeovers += self._streak if self._duplicate_since is None else 1
                     if self._duplicate_since is None:
                         self._duplicate_since = now
-            streak = self._streak
-        why = _why(flags, reason)
+            streak, tries = self._streak, self._tries
+        why = _why(flags, reason, properties, socket_error, self._client.keepalive)
         if lived is None:
             self._log.failed("closed-early", f"broker {self.broker} closed the connection "
-                             f"before accepting it ({why})", retry_in_s=wait)
+                             f"before accepting it ({why})", retry_in_s=wait, attempt=tries)
             return
         self._log.failed("lost", f"lost the connection to broker {self.broker} after "
-                         f"{span(lived)} ({why})", retry_in_s=wait)
+                         f"{span(lived)}: {why}", retry_in_s=wait)
         if taken:
             how = ("the broker said the session was taken over" if explicit else
                    f"inferred: the broker closed {streak} connections in a row within "

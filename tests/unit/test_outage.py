@@ -9,11 +9,14 @@ does is in ``tests/integration/test_outages.py``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
+import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from outage.failures import FailureLog
@@ -122,7 +125,8 @@ def link(clock: Clock, protocol: int = mqtt.MQTTv311) -> tuple[mqtt.Client, Brok
                          retry_min_s=1, retry_max_s=10, clock=clock)
     # What an owner's callbacks do first (agent.publisher, aggregator.subscriber).
     client.on_connect = lambda _c, _u, _f, reason, _p: watched.connected(reason)
-    client.on_disconnect = lambda _c, _u, flags, reason, _p: watched.disconnected(flags, reason)
+    client.on_disconnect = lambda _c, _u, flags, reason, props: watched.disconnected(
+        flags, reason, props)
     watched.start()
     return client, watched
 
@@ -168,8 +172,10 @@ def test_connection_failures_are_named_by_kind(
         ("WARNING", "cannot connect to broker broker.test:1883: cannot resolve the host name "
                     "(Name or service not known); retrying in 3 s"),
         ("WARNING", "cannot connect to broker broker.test:1883: TLS handshake failed "
-                    "([SSL: WRONG_VERSION_NUMBER] wrong version number); retrying in 4 s"),
-        ("WARNING", "cannot connect to broker broker.test:1883: timed out; retrying in 8 s"),
+                    "([SSL: WRONG_VERSION_NUMBER] wrong version number) (attempt 2, failing "
+                    "for 0.0 s); retrying in 4 s"),
+        ("WARNING", "cannot connect to broker broker.test:1883: timed out (attempt 3, failing "
+                    "for 0.0 s); retrying in 8 s"),
     ]
 
 
@@ -185,8 +191,8 @@ def test_a_refused_connack_is_an_error_and_its_disconnect_is_not_news(
     assert lines(caplog) == [
         ("ERROR", "broker broker.test:1883 refused the connection: Not authorized; "
                   "retrying in 1 s"),
-        ("DEBUG", "broker broker.test:1883 refused the connection: Not authorized "
-                  "(failure 2 in 0.0 s); retrying in 2 s"),
+        ("ERROR", "broker broker.test:1883 refused the connection: Not authorized "
+                  "(attempt 2, failing for 0.0 s); retrying in 2 s"),
     ]
     assert watched.connect_failures == 2 and watched.disconnects == 0
 
@@ -202,20 +208,21 @@ def test_mqtt5_session_taken_over_is_a_duplicate_client_id_at_once(
                          ReasonCode(PacketTypes.DISCONNECT, identifier=0x8E), None)
     assert lines(caplog) == [
         ("INFO", "connected to broker broker.test:1883 as client id 'gw-1'"),
-        ("WARNING", "lost the connection to broker broker.test:1883 after 60 s (the broker "
-                    "sent DISCONNECT: Session taken over); retrying in 1 s"),
+        ("WARNING", "lost the connection to broker broker.test:1883 after 60 s: the broker "
+                    "sent DISCONNECT: Session taken over; retrying in 1 s"),
         ("ERROR", "another client is using the client id 'gw-1' on broker broker.test:1883: "
                   "give each its own id (the broker said the session was taken over)"),
     ]
     assert watched.duplicate_client_id and watched.takeovers == 1
     assert watched.problem is not None and "give each its own id" in watched.problem
 
+    client.on_pre_connect(client, None)  # type: ignore[misc]
     connack(client)
     clock.now += STABLE_S
     watched.tick()
     assert not watched.duplicate_client_id and watched.problem is None
     assert lines(caplog) == [
-        ("INFO", "connected to broker broker.test:1883 again after 0.0 s, 1 failure"),
+        ("INFO", "connected to broker broker.test:1883 again after 0.0 s, 1 attempt"),
         ("INFO", "client id 'gw-1' on broker broker.test:1883 is ours alone again after 10 s,"
                  " 1 failure"),
     ]
@@ -266,3 +273,139 @@ def test_a_disconnect_asked_for_is_not_a_failure(
     assert lines(caplog) == [("INFO", "connected to broker broker.test:1883 as client id "
                                       "'gw-1'")]
     assert watched.disconnects == 0 and watched.last_error is None
+
+
+def lost(client: mqtt.Client, value: int = 0x80, *, from_broker: bool = False,
+         properties: Properties | None = None) -> None:
+    client.on_disconnect(client, None, mqtt.DisconnectFlags(from_broker),  # type: ignore[misc]
+                         ReasonCode(PacketTypes.DISCONNECT, identifier=value), properties)
+
+
+def test_reconnect_attempts_are_told_at_a_falling_rate_and_the_return_with_its_time(
+    caplog: pytest.LogCaptureFixture, clock: Clock
+) -> None:
+    client, watched = link(clock)
+    client.on_pre_connect(client, None)  # type: ignore[misc]
+    connack(client)
+    clock.now += 600
+    lost(client)
+    for _ in range(70):  # the broker is down for about six minutes
+        clock.now += 5
+        fail_attempt(client, ConnectionRefusedError(111, "Connection refused"))
+    clock.now += 5
+    client.on_pre_connect(client, None)  # type: ignore[misc]
+    connack(client)
+    logged = lines(caplog)
+    loud = [text for level, text in logged if level != "DEBUG"]
+    assert loud == [
+        "connected to broker broker.test:1883 as client id 'gw-1'",
+        "lost the connection to broker broker.test:1883 after 10 min: the broker closed the "
+        "connection (socket EOF); retrying in 1 s",
+        "cannot connect to broker broker.test:1883: connection refused; retrying in 2 s",
+        *[f"cannot connect to broker broker.test:1883: connection refused (attempt {n}, "
+          f"failing for {took}); retrying in {wait} s"
+          for n, took, wait in [(2, "10 s", 4), (4, "20 s", 10), (8, "40 s", 10),
+                                (16, "80 s", 10), (32, "3 min", 10), (64, "5 min", 10)]],
+        "connected to broker broker.test:1883 again after 6 min, 71 attempts",
+    ]
+    quiet = [text for level, text in logged if level == "DEBUG"]
+    assert len(quiet) == 70 - 7
+    assert quiet[0] == ("cannot connect to broker broker.test:1883: connection refused "
+                        "(attempt 3, failing for 15 s); retrying in 8 s")
+    assert watched.connect_failures == 70 and watched.disconnects == 1
+
+
+def test_a_long_outage_is_summarised_between_the_powers_of_two(
+    caplog: pytest.LogCaptureFixture, clock: Clock
+) -> None:
+    client, _ = link(clock)
+    client.on_pre_connect(client, None)  # type: ignore[misc]
+    connack(client)
+    lost(client)
+    for _ in range(200):
+        clock.now += 10
+        fail_attempt(client, ConnectionRefusedError(111, "Connection refused"))
+    loud = [text for level, text in lines(caplog) if level == "WARNING"]
+    told = [text.split(": cannot connect")[0] if text.startswith("still") else
+            text.split("refused (")[1].split(")")[0] for text in loud[2:]]
+    # Attempts 1, 2, 4, 8, ..., and a summary when 5 min went by without a loud line.
+    assert told == [
+        "attempt 2, failing for 20 s", "attempt 4, failing for 40 s",
+        "attempt 8, failing for 80 s", "attempt 16, failing for 3 min",
+        "attempt 32, failing for 5 min", "still failing after 10 min, attempt 62",
+        "attempt 64, failing for 11 min", "still failing after 16 min, attempt 94",
+        "still failing after 21 min, attempt 124", "attempt 128, failing for 21 min",
+        "still failing after 26 min, attempt 158", "still failing after 31 min, attempt 188",
+    ]
+
+
+@pytest.mark.parametrize(("how", "why"), [
+    ("eof", "the broker closed the connection (socket EOF)"),
+    ("reset", "socket error: connection reset by the peer"),
+    ("pipe", "the broker had closed the connection (broken pipe on sending)"),
+    ("keepalive", "keepalive timeout: no answer from the broker to a ping within 45 s"),
+    ("mqtt5", "the broker sent DISCONNECT: Server shutting down (going down for maintenance)"),
+])
+def test_a_lost_connection_is_told_in_words(
+    caplog: pytest.LogCaptureFixture, clock: Clock, how: str, why: str
+) -> None:
+    client, _ = link(clock, mqtt.MQTTv5)
+    client.keepalive = 45
+    client.on_pre_connect(client, None)  # type: ignore[misc]
+    connack(client)
+    clock.now += 30
+    if how in ("reset", "pipe"):
+        # What paho 2.2 logs when recv() or send() raises, right before on_disconnect.
+        error = (ConnectionResetError(104, "Connection reset by peer") if how == "reset"
+                 else BrokenPipeError(32, "Broken pipe"))
+        client._easy_log(mqtt.MQTT_LOG_ERR, "failed to receive on socket: %s", error)
+    if how == "mqtt5":
+        properties = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+        properties.ReasonString = "going down for maintenance"
+        lost(client, 0x8B, from_broker=True, properties=properties)
+    else:
+        lost(client, 0x8D if how == "keepalive" else 0x80)
+    assert lines(caplog)[-1] == (
+        "WARNING", f"lost the connection to broker broker.test:1883 after 30 s: {why}; "
+                   "retrying in 1 s")
+
+
+def test_paho_errors_other_than_the_socket_go_to_debug(
+    caplog: pytest.LogCaptureFixture, clock: Clock
+) -> None:
+    client, _ = link(clock)
+    client._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_message: %s", ValueError("x"))
+    client._easy_log(mqtt.MQTT_LOG_DEBUG, "Received PUBLISH (d0, q1, r0, m1), ...")
+    assert lines(caplog) == [("DEBUG", "paho: Caught exception in on_message: x")]
+
+
+# -- the aggregator's logging ---------------------------------------------------------------
+@pytest.fixture
+def logger_levels() -> Iterator[None]:
+    """Logger levels are global: put back what a test changes."""
+    names = ["httpx", "httpcore", "amqtt", "transitions", "alembic.runtime.plugins"]
+    saved = {name: logging.getLogger(name).level for name in names}
+    yield
+    for name, level in saved.items():
+        logging.getLogger(name).setLevel(level)
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+@pytest.mark.usefixtures("logger_levels")
+def test_the_aggregator_log_has_no_line_per_http_request(
+    caplog: pytest.LogCaptureFixture, verbose: bool
+) -> None:
+    from aggregator.__main__ import _log
+
+    caplog.set_level(logging.DEBUG)  # the root: everything that is not filtered shows
+    transport = httpx.MockTransport(lambda request: httpx.Response(204))
+    with httpx.Client(transport=transport, base_url="http://influx.test") as http:
+        logging.getLogger("httpx").setLevel(logging.NOTSET)
+        http.post("/write")
+        assert any(r.name == "httpx" and "HTTP Request" in r.getMessage()
+                   for r in caplog.records), "the test must be able to see the line"
+        caplog.clear()
+        _log(verbose)  # what `python -m aggregator serve` and `linewatch aggregator` run
+        http.post("/write")
+        http.post("/write")
+    assert [r for r in caplog.records if r.name.startswith(("httpx", "httpcore"))] == []
