@@ -1,4 +1,4 @@
-"""``GET /agents``: every agent the aggregator has heard from, with its latest health."""
+"""``GET /agents``: every agent the aggregator has heard from, with its latest health (read)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from fastapi import APIRouter
 from sqlalchemy import select
 
 from aggregator.api.deps import SeriesDep, SessionDep
-from aggregator.api.responses import DB_DOWN
+from aggregator.api.responses import AUTH, DB_DOWN
 from aggregator.api.schemas import AgentHealthOut, AgentOut
+from aggregator.api.security import READ
 from aggregator.db import AgentRecord
 from aggregator.errors import SeriesUnavailableError
 from aggregator.series import HealthPoint, SeriesStore
@@ -18,10 +19,10 @@ __all__ = ["list_agents", "router"]
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/agents", tags=["agents"])
+router = APIRouter(prefix="/agents", tags=["agents"], responses=AUTH | DB_DOWN)
 
 
-@router.get("", responses=DB_DOWN)
+@router.get("", dependencies=[READ])
 def list_agents(session: SessionDep, series: SeriesDep) -> list[AgentOut]:
     """Agents by id. ``health`` is None for an agent that sent no report yet, and for
     every agent while the series store is down (the list itself lives in SQL)."""
