@@ -13,6 +13,8 @@ Answers: 401 with ``WWW-Authenticate: Bearer`` without a token or with a malform
 unknown or revoked one; 403 with a token whose scope is too low; both with the ``ErrorOut``
 body (``responses.AUTH`` declares them). The scheme is declared in the OpenAPI schema
 (``HTTPBearer``), with each operation's scope, so Swagger UI's "Authorize" button works.
+(FastAPI reads a request's body before it runs any dependency: a body that cannot be read
+at all is refused with 400 before the token is looked at. Nothing is done with it.)
 
 Public, on purpose: ``/healthz`` and ``/readyz`` (probes carry no token), the docs pages
 ``/docs`` and ``/redoc`` and their vendored assets under ``/static``, and
