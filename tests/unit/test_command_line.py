@@ -118,8 +118,8 @@ def test_readme_documents_every_command_and_code_once() -> None:
     ]
     for command in ("linewatch agent", "python -m agent run", "linewatch aggregator",
                     "python -m aggregator serve", "python -m aggregator migrate",
-                    "linewatch token", "python -m aggregator token", "linewatch demo", "linewatch train", "linewatch calibrate",
-                    "linewatch evaluate"):
+                    "linewatch token", "python -m aggregator token", "linewatch demo",
+                    "linewatch train", "linewatch calibrate", "linewatch evaluate"):
         assert f"`{command}`" in section, command
     for name in CODES:
         assert f"`{name}`" in section, name
