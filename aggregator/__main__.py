@@ -1,6 +1,8 @@
 """``python -m aggregator serve [-c aggregator.env]``: the same as ``linewatch aggregator``.
 ``python -m aggregator migrate [-c aggregator.env]``: upgrade the SQL schema (as ``serve``
 does at start), print the revision before and after, and exit; back the database up first.
+``python -m aggregator token create|list|revoke [-c aggregator.env]``: the API tokens, the
+same as ``linewatch token``.
 
 ``linewatch aggregator`` calls ``serve_command`` here, so both commands report a bad
 setting or a failed start the same way: one line per problem naming the ``LINEWATCH_*``
@@ -11,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +29,10 @@ from pydantic import ValidationError
 from aggregator.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_START
 from contract.release import installed_version
 
-if TYPE_CHECKING:  # pydantic-settings is loaded only when the settings are
+if TYPE_CHECKING:  # pydantic-settings and SQLAlchemy are loaded only when needed
+    from sqlalchemy.orm import Session
+
+    from aggregator.db import ApiToken
     from aggregator.settings import Settings
 
 __all__ = [
@@ -32,11 +40,15 @@ __all__ = [
     "MIGRATE_EPILOG",
     "SERVE_DESCRIPTION",
     "SERVE_EPILOG",
+    "TOKEN_DESCRIPTION",
+    "TOKEN_EPILOG",
     "add_serve_arguments",
+    "add_token_arguments",
     "explain",
     "main",
     "migrate_command",
     "serve_command",
+    "token_command",
 ]
 
 _EXAMPLE = "configs/aggregator.example.env"
@@ -89,6 +101,37 @@ exit codes (README.md, "Exit codes", has every command's):
   {EXIT_FAILED}    the schema cannot be migrated (unknown tables, or a newer release's)
   {EXIT_CONFIG}    bad settings: invalid value, unknown key, missing or unreadable env file
   {EXIT_START}    the database cannot be reached or opened
+"""
+
+TOKEN_DESCRIPTION = """\
+Manage the REST API's tokens. Every route but /healthz, /readyz and the docs needs one,
+sent as 'Authorization: Bearer <token>'. Scopes: read (every GET), write (also acknowledge
+and resolve tickets), admin (also manage tokens, also with POST/GET/DELETE /tokens).
+
+  create --scope read|write|admin --name NAME
+         prints the new token on standard output, once: it is stored only as a hash.
+         NAME (a letter first, then letters, digits and . _ @ + -) is recorded as the
+         actor of every change the token makes.
+  list   every token: id, name, scope, prefix, when created and by whom, last used,
+         revoked; never a secret (--json: one JSON array).
+  revoke NAME|ID
+         the token is refused from its next request on.
+
+Reads:  LINEWATCH_DB_URL (from the env file given with -c, or the environment): the
+        aggregator's own database, migrated to this release's schema first if needed.
+Writes: the tokens, and an entry in the audit log for each one created or revoked.
+
+example:
+  linewatch token create --scope admin --name alice -c configs/aggregator.example.env
+  python -m aggregator token revoke alice -c configs/aggregator.example.env
+"""
+
+TOKEN_EPILOG = f"""\
+exit codes (README.md, "Exit codes", has every command's):
+  {EXIT_OK}    done
+  {EXIT_FAILED}    refused: the name is taken by an active token, or no such token to revoke
+  {EXIT_CONFIG}    bad arguments or settings (a name outside the rules, a bad env file)
+  {EXIT_START}    the database cannot be reached, opened or migrated
 """
 
 # For the top level: every subcommand's own --help lists what its codes mean for it.
@@ -249,6 +292,136 @@ def migrate_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def add_token_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``create``, ``list`` and ``revoke`` subcommands, shared with ``linewatch token``."""
+    actions = parser.add_subparsers(dest="token_action", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="create a token; prints it once",
+                                description="Create an API token and print it, once.")
+    create.add_argument("--scope", required=True, choices=("read", "write", "admin"),
+                        help="read: every GET; write: also change tickets; admin: also tokens")
+    create.add_argument("--name", required=True,
+                        help="who or what uses it; recorded as the actor of its changes")
+    add_serve_arguments(create)
+    listing = actions.add_parser("list", help="list the tokens (never a secret)",
+                                 description="List every API token; never a secret.")
+    listing.add_argument("--json", action="store_true", help="print one JSON array")
+    add_serve_arguments(listing)
+    revoke = actions.add_parser("revoke", help="revoke a token by name or id",
+                                description="Revoke an API token: refused from now on.")
+    revoke.add_argument("token", metavar="NAME|ID",
+                        help="the name of an active token, or a token's id (token list)")
+    add_serve_arguments(revoke)
+
+
+def _when(value: datetime | None) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M")
+
+
+def _token_rows(rows: list[ApiToken]) -> str:
+    header = ("id", "name", "scope", "prefix", "created (UTC)", "created by", "last used",
+              "revoked")
+    table = [header] + [
+        (str(r.id), r.name, r.scope, f"{r.prefix}...", _when(r.created_at), r.created_by,
+         _when(r.last_used_at), _when(r.revoked_at))
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return "".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                   + "\n" for row in table)
+
+
+def _token_json(row: ApiToken) -> dict[str, object]:
+    return {"id": row.id, "name": row.name, "scope": row.scope, "prefix": row.prefix,
+            "created_at": row.created_at.isoformat(), "created_by": row.created_by,
+            "last_used_at": None if row.last_used_at is None else row.last_used_at.isoformat(),
+            "revoked_at": None if row.revoked_at is None else row.revoked_at.isoformat()}
+
+
+def _token_action(session: Session, args: argparse.Namespace) -> int:
+    from aggregator import audit, auth
+
+    if args.token_action == "create":
+        row, secret = auth.create_token(session, args.name, args.scope, audit.cli_actor())
+        session.commit()
+        # The token alone on stdout (for a script to capture); the rest on stderr.
+        sys.stdout.write(secret + "\n")
+        sys.stdout.flush()
+        sys.stderr.write(
+            f"created {row.scope} token {row.id} {row.name!r} ({row.prefix}...). It is shown "
+            "only this once: keep it safe. Send it as 'Authorization: Bearer <token>'.\n")
+    elif args.token_action == "list":
+        rows = auth.list_tokens(session)
+        if args.json:
+            sys.stdout.write(json.dumps([_token_json(r) for r in rows]) + "\n")
+        elif rows:
+            sys.stdout.write(_token_rows(rows))
+        else:
+            sys.stderr.write("no API token yet: create one with `linewatch token create "
+                             "--scope admin --name you`\n")
+    else:
+        row, now = auth.revoke_token(session, args.token, audit.cli_actor())
+        session.commit()
+        if now:
+            sys.stdout.write(f"revoked token {row.id} {row.name!r} ({row.prefix}...)\n")
+        else:
+            sys.stdout.write(f"token {row.id} {row.name!r} ({row.prefix}...) was already "
+                             f"revoked at {_when(row.revoked_at)} UTC\n")
+    return EXIT_OK
+
+
+def token_command(args: argparse.Namespace) -> int:
+    """``token create|list|revoke`` on the database of the settings; return the exit code."""
+    verbose = bool(getattr(args, "verbose", False))
+    if args.token_action == "create":
+        from aggregator.auth import NAME_PATTERN
+
+        if not re.fullmatch(NAME_PATTERN, args.name):
+            sys.stderr.write(f"error: --name {args.name!r}: 1 to 64 characters, a letter "
+                             "first, then letters, digits and . _ @ + -\n")
+            return EXIT_CONFIG
+    settings = _load(args)
+    if settings is None:
+        return EXIT_CONFIG
+    _log(verbose)
+    # A command that prints its answer: the libraries' INFO lines (alembic's every step)
+    # would bury it. A schema upgrade is said in one line below.
+    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.WARNING)
+    from aggregator import migrations
+    from aggregator.auth import AuthError
+    from aggregator.db import open_engine, open_sessions
+    from aggregator.errors import SchemaError
+    from aggregator.server import StartError, check_database
+
+    try:
+        check_database(settings.db_url)
+    except StartError as exc:
+        if verbose:
+            traceback.print_exception(exc)
+        sys.stderr.write(f"error: {exc}\n")
+        return exc.exit_code
+    engine = open_engine(settings.db_url, create=False)
+    try:
+        result = migrations.upgrade(engine)
+    except SchemaError as exc:
+        engine.dispose()
+        if verbose:
+            traceback.print_exception(exc)
+        sys.stderr.write(f"error: the database cannot be migrated ({exc}): see README.md, "
+                         "\"Upgrading\", or set LINEWATCH_DB_URL\n")
+        return EXIT_START
+    if result.before != result.after:
+        sys.stderr.write(f"database schema upgraded from {result.before or 'empty'} to "
+                         f"{result.after}\n")
+    try:
+        with open_sessions(engine)() as session:
+            return _token_action(session, args)
+    except AuthError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return EXIT_FAILED
+    finally:
+        engine.dispose()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m aggregator",
@@ -272,6 +445,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_serve_arguments(migrate_cmd)
     migrate_cmd.set_defaults(func=migrate_command)
+    token_cmd = commands.add_parser(
+        "token", help="create, list or revoke API tokens", description=TOKEN_DESCRIPTION,
+        epilog=TOKEN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_token_arguments(token_cmd)
+    token_cmd.set_defaults(func=token_command)
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:

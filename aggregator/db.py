@@ -1,5 +1,5 @@
-"""SQL tables (tickets, agents, quarantine, dedupe, rule state, delivery) and the engine
-that holds them.
+"""SQL tables (tickets, agents, quarantine, dedupe, rule state, delivery, API tokens, audit
+log) and the engine that holds them.
 
 SQLAlchemy 2.0 ORM; the same models run on SQLite (default, one aggregator) and PostgreSQL
 (replicas sharing the work). The schema is kept by Alembic migrations
@@ -50,8 +50,12 @@ __all__ = [
     "TICKET_KINDS",
     "TICKET_STATUSES",
     "AgentDelivery",
+    "TOKEN_NAME_LENGTH",
+    "TOKEN_SCOPES",
     "AgentRecord",
+    "ApiToken",
     "AssetCondition",
+    "AuditEntry",
     "Base",
     "DeliveryHour",
     "QuarantinedMessage",
@@ -78,6 +82,9 @@ AGENT_STATES = ("online", "offline", "unknown")
 # garbage fill the database; the original length is kept next to it.
 QUARANTINE_MAX_BYTES = 64 * 1024
 NAME_LENGTH = 128  # contract.wire.Name max_length; ingest rejects longer topic segments
+# API token scopes, weakest first: each one allows what the ones before it allow.
+TOKEN_SCOPES = ("read", "write", "admin")
+TOKEN_NAME_LENGTH = 64
 
 SessionFactory = sessionmaker[Session]
 
@@ -320,6 +327,63 @@ class DeliveryHour(Base):
 
     # The fleet's last 24 h are read across agents by hour.
     __table_args__ = (Index("ix_delivery_hours_hour", "hour"),)
+class ApiToken(Base):
+    """An API token: who may call the REST API, and with which scope (``auth``).
+
+    Only the SHA-256 of the token is kept (a token is 256 random bits, so a plain hash is
+    enough: nothing to brute-force), with its first characters in ``prefix``: not secret,
+    shown in listings and used to find the row. ``name`` is what the audit log records as
+    the actor; at most one active (not revoked) token has a name, so a revoked token's
+    name can be given to its replacement.
+    """
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(TOKEN_NAME_LENGTH))
+    scope: Mapped[str] = mapped_column(String(8))
+    prefix: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+    __table_args__ = (
+        CheckConstraint(_in("scope", TOKEN_SCOPES), name="ck_api_tokens_scope"),
+        Index("ix_api_tokens_prefix", "prefix"),
+        Index(
+            "uq_api_tokens_active_name",
+            "name",
+            unique=True,
+            sqlite_where=text("revoked_at IS NULL"),
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
+    )
+
+
+class AuditEntry(Base):
+    """Who changed what, when: one row per change made through the API or a command,
+    written in the same transaction as the change itself.
+
+    ``actor`` is the name of the API token that made it (``token_id`` says which one, as
+    a name can be reused once its token is revoked), or ``cli:<user>`` for a command;
+    ``subject_type``/``subject_id`` name what changed (``ticket``/``17``, ``token``/``3``);
+    ``detail`` holds what the change was (an outcome, a note, a scope).
+    """
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    token_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    action: Mapped[str] = mapped_column(String(32))
+    subject_type: Mapped[str] = mapped_column(String(16))
+    subject_id: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+    __table_args__ = (Index("ix_audit_log_subject", "subject_type", "subject_id"),)
 
 
 def _sqlite_setup(engine: Engine) -> None:

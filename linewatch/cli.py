@@ -1,8 +1,9 @@
-"""The ``linewatch`` command: agent, aggregator, demo, train, evaluate.
+"""The ``linewatch`` command: agent, aggregator, token, demo, train, evaluate.
 
-``agent`` and ``aggregator`` run the code of ``python -m agent run`` and
-``python -m aggregator serve``; every command's exit codes are the constants of
-``agent.exits`` / ``aggregator.exits`` (the same numbers), listed in its ``--help``.
+``agent``, ``aggregator`` and ``token`` run the code of ``python -m agent run``,
+``python -m aggregator serve`` and ``python -m aggregator token``; every command's exit
+codes are the constants of ``agent.exits`` / ``aggregator.exits`` (the same numbers),
+listed in its ``--help``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ _EPILOG = f"""\
 examples:
   linewatch demo                                   the whole loop on one machine
   linewatch aggregator -c configs/aggregator.example.env
+  linewatch token create --scope admin --name you -c configs/aggregator.example.env
   linewatch agent -c configs/agent.example.yaml
 
 exit codes, the same for every command (README.md, "Exit codes", has the table):
@@ -128,6 +130,12 @@ def _aggregator(args: argparse.Namespace) -> int:
     from aggregator.__main__ import serve_command
 
     return serve_command(args)
+
+
+def _token(args: argparse.Namespace) -> int:
+    from aggregator.__main__ import token_command
+
+    return token_command(args)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -234,7 +242,14 @@ def _parser() -> argparse.ArgumentParser:
     from agent.__main__ import DESCRIPTION as AGENT_DESCRIPTION
     from agent.__main__ import EPILOG as AGENT_EPILOG
     from agent.__main__ import add_arguments
-    from aggregator.__main__ import SERVE_DESCRIPTION, SERVE_EPILOG, add_serve_arguments
+    from aggregator.__main__ import (
+        SERVE_DESCRIPTION,
+        SERVE_EPILOG,
+        TOKEN_DESCRIPTION,
+        TOKEN_EPILOG,
+        add_serve_arguments,
+        add_token_arguments,
+    )
 
     a = sub.add_parser("agent", help="run a gateway agent", description=AGENT_DESCRIPTION,
                        epilog=AGENT_EPILOG, formatter_class=_RAW)
@@ -245,6 +260,11 @@ def _parser() -> argparse.ArgumentParser:
                        description=SERVE_DESCRIPTION, epilog=SERVE_EPILOG, formatter_class=_RAW)
     add_serve_arguments(g)
     g.set_defaults(func=_aggregator)
+
+    k = sub.add_parser("token", help="create, list or revoke the aggregator's API tokens",
+                       description=TOKEN_DESCRIPTION, epilog=TOKEN_EPILOG, formatter_class=_RAW)
+    add_token_arguments(k)
+    k.set_defaults(func=_token)
 
     d = sub.add_parser("demo", help="embedded broker + aggregator + agents replaying FD001",
                        description=_DEMO_DESCRIPTION, epilog=_DEMO_EPILOG, formatter_class=_RAW)

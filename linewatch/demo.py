@@ -121,6 +121,22 @@ def _settings(demo: DemoConfig, broker_port: int, http_port: int) -> Settings:
     )
 
 
+def _demo_token(settings: Settings) -> str:
+    """An admin token in the demo's own (fresh) database, made before the aggregator starts
+    so that it does not warn that there is none."""
+    from aggregator import audit, auth
+    from aggregator.db import open_engine, open_sessions
+
+    engine = open_engine(settings.db_url)
+    try:
+        with open_sessions(engine)() as session:
+            _, token = auth.create_token(session, "demo", "admin", audit.Actor("demo"))
+            session.commit()
+    finally:
+        engine.dispose()
+    return token
+
+
 def _line(agents: list[Agent], api: httpx.Client) -> str:
     ticks = sum(a.progress.ticks for a in agents)
     total = sum(a.progress.total_ticks or 0 for a in agents) or 1
@@ -306,11 +322,14 @@ def run_demo(
     print(f"log: {log_path} (warnings also here)", file=out)
     print(f"broker: {mqtt_url} ({'configured' if demo.mqtt_url else 'embedded amqtt'}); "
           f"series: {demo.influx_url or f'embedded SQLite {settings.series_path}'}", file=out)
+    token = _demo_token(settings)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     server = ServerThread(settings)
     server.start()
     base = f"http://127.0.0.1:{http_port}"
-    print(f"aggregator API: {base}  (OpenAPI docs at {base}/docs)", file=out)
+    # The token is printed here, once; the log file never sees it.
+    print(f"aggregator API: {base} (token: {token}; send it as 'Authorization: Bearer "
+          f"<token>'; OpenAPI docs at {base}/docs, where \"Authorize\" takes it)", file=out)
     agents: list[Agent] = []
     try:
         agents = [Agent(_agent_config(demo, a, mqtt_url)) for a in demo.agents]
@@ -322,7 +341,8 @@ def run_demo(
         for t in threads:
             t.start()
         tty = out.isatty()
-        with httpx.Client(base_url=base, timeout=10) as api:
+        auth = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=base, timeout=10, headers=auth) as api:
             while any(t.is_alive() for t in threads):
                 # On a terminal the progress line rewrites itself; in a log, one line a second.
                 print(_line(agents, api), end="\r" if tty else "\n", flush=True, file=out)
@@ -342,7 +362,9 @@ def run_demo(
                 _drift(api, out)
             if serve:
                 print(f"\nAPI: {base}/tickets  {base}/agents  {base}/drift  {base}/healthz  "
-                      f"{base}/docs\nserving until Ctrl-C (or SIGTERM)", file=out)
+                      f"{base}/docs\n(with the token printed at the start, e.g. curl -H "
+                      f"'Authorization: Bearer lw_...' {base}/tickets)\nserving until Ctrl-C "
+                      "(or SIGTERM)", file=out)
                 while True:
                     time.sleep(3600)
             print(f"\nThe API has stopped with the demo; `make demo DEMO_ARGS=--serve` keeps it "

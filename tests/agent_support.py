@@ -54,7 +54,10 @@ def running_aggregator(
     """The real aggregator (ServerThread) on the given broker; InfluxDB when given.
 
     ``extra`` are further ``Settings`` fields, e.g. ``mqtt_username`` and ``mqtt_password``.
+    The client sends an admin token.
     """
+    from aggregator_support import api_token, bearer
+
     from aggregator.server import ServerThread
     from aggregator.settings import Settings
 
@@ -69,7 +72,9 @@ def running_aggregator(
     server = ServerThread(settings)
     server.start()
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as api:
+        token = api_token(server, "admin")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10,
+                          headers=bearer(token)) as api:
             yield api
     finally:
         server.stop()

@@ -8,6 +8,7 @@ Importable as ``aggregator_support`` because pytest puts ``tests/`` on ``sys.pat
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -34,6 +35,8 @@ __all__ = [
     "T0",
     "MODEL",
     "Publisher",
+    "api_token",
+    "bearer",
     "broker_settings",
     "data_topic",
     "drop_schema",
@@ -184,6 +187,40 @@ def stored_health(
         if isinstance(h, Health)
     ]
     return sorted(points, key=health_order)
+
+
+# -- API tokens -----------------------------------------------------------------------------
+_TOKEN_NAMES = itertools.count(1)
+
+
+def api_token(where: Any, scope: str = "write", name: str | None = None) -> str:
+    """A new API token of ``scope`` in an aggregator's database: ``where`` is a running
+    ``ServerThread``, an app (``TestClient(...).app``), a session factory or a database URL.
+    Named ``test-<scope>-<n>`` unless ``name`` is given."""
+    from aggregator import audit, auth
+    from aggregator.db import open_engine, open_sessions
+
+    name = name or f"test-{scope}-{next(_TOKEN_NAMES)}"
+    engine = None
+    if isinstance(where, str):
+        engine = open_engine(where)
+        sessions = open_sessions(engine)
+    else:
+        app = getattr(where, "app", where)
+        sessions = app.state.session_factory if hasattr(app, "state") else where
+    try:
+        with sessions() as session:
+            _, token = auth.create_token(session, name, scope, audit.Actor("tests"))
+            session.commit()
+    finally:
+        if engine is not None:
+            engine.dispose()
+    return token
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The header that carries ``token``."""
+    return {"Authorization": f"Bearer {token}"}
 
 
 # -- a running aggregator and a publisher -------------------------------------------------

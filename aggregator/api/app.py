@@ -1,7 +1,8 @@
 """``create_app(settings)``: the one function that wires the aggregator together.
 
 Read top to bottom, the lifespan is the whole service: series store, SQL, (embedded)
-broker, ingestor, subscriber; shutdown runs the same steps in reverse.
+broker, ingestor, subscriber; shutdown runs the same steps in reverse. Every route but
+the probes and the docs needs an API token (``api/security.py`` says who may do what).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import OperationalError
 
-from aggregator.api.routes import agents, docs, drift, health, tickets
+from aggregator import auth
+from aggregator.api.routes import agents, docs, drift, health, tickets, tokens
 from aggregator.api.schemas import ErrorOut
+from aggregator.auth import TokenNameTakenError, TokenNotFoundError
 from aggregator.broker import EmbeddedBroker
 from aggregator.db import open_engine, open_sessions
 from aggregator.errors import TicketNotFoundError, TicketStateError, UnavailableError
@@ -30,6 +33,9 @@ from aggregator.subscriber import Subscriber
 __all__ = ["STATIC_DIR", "create_app"]
 
 logger = logging.getLogger(__name__)
+
+_NO_TOKEN = ("no API token yet: create one with `linewatch token create --scope admin --name "
+             "you` (every route but /healthz, /readyz and the docs needs one)")
 
 
 @asynccontextmanager
@@ -54,6 +60,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         subscriber.start()
         stack.callback(subscriber.stop)
 
+        with ingestor.session_factory() as session:
+            if not auth.count_active(session):
+                logger.warning(_NO_TOKEN)
         app.state.series = series
         app.state.session_factory = ingestor.session_factory
         app.state.ingestor = ingestor
@@ -109,10 +118,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(agents.router)
     app.include_router(drift.router)
     app.include_router(tickets.router)
+    app.include_router(tokens.router)
     app.include_router(docs.router)
     app.mount(docs.STATIC_PREFIX, StaticFiles(directory=STATIC_DIR), name="static")
     app.add_exception_handler(TicketNotFoundError, _not_found)
     app.add_exception_handler(TicketStateError, _conflict)
+    app.add_exception_handler(TokenNotFoundError, _not_found)
+    app.add_exception_handler(TokenNameTakenError, _conflict)
     app.add_exception_handler(UnavailableError, _unavailable)
     app.add_exception_handler(OperationalError, _database_unavailable)
     return app

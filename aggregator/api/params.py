@@ -47,6 +47,7 @@ __all__ = [
     "TicketId",
     "Timestamp",
     "Until",
+    "TokenId",
 ]
 
 # What the tickets.id column holds on every database (an INTEGER is 32-bit on PostgreSQL).
@@ -115,6 +116,10 @@ Timestamp = Annotated[
 
 TicketId = Annotated[
     int, Path(ge=1, le=MAX_TICKET_ID, description=f"a ticket id, 1 .. {MAX_TICKET_ID}")
+]
+# api_tokens.id is an INTEGER too: the same range.
+TokenId = Annotated[
+    int, Path(ge=1, le=MAX_TICKET_ID, description=f"a token id, 1 .. {MAX_TICKET_ID}")
 ]
 StatusFilter = Annotated[tickets.Status | None, Query(description="only tickets in this status")]
 KindFilter = Annotated[tickets.Kind | None, Query(description="only tickets of this kind")]

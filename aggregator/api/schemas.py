@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from aggregator.auth import NAME_PATTERN
+from aggregator.db import TOKEN_NAME_LENGTH
 
 __all__ = [
     "AgentHealthOut",
     "AgentOut",
     "CompletenessOut",
     "ConfirmationsOut",
+    "AuditOut",
     "CountsOut",
     "DatabaseHealthOut",
     "DeliveryHealthOut",
@@ -27,6 +31,9 @@ __all__ = [
     "ScoreOut",
     "SeriesHealthOut",
     "TicketOut",
+    "TokenCreatedOut",
+    "TokenIn",
+    "TokenOut",
 ]
 
 
@@ -35,8 +42,9 @@ class _Out(BaseModel):
 
 
 class ErrorOut(_Out):
-    """The body of every error the API answers itself (404, 409, 400, 503); a request that
-    fails validation gets FastAPI's 422 body instead (``detail`` is a list there)."""
+    """The body of every error the API answers itself (400, 401, 403, 404, 409, 503); a
+    request that fails validation gets FastAPI's 422 body instead (``detail`` is a list
+    there)."""
 
     detail: str = Field(description="what went wrong, for a person to read")
 
@@ -313,3 +321,52 @@ class HealthOut(_Out):
     delivery: DeliveryHealthOut | None = Field(
         description="None while the SQL database does not answer")
     confirmations: ConfirmationsOut
+
+
+class AuditOut(_Out):
+    """One change, who made it and when (the audit log)."""
+
+    at: datetime
+    actor: str = Field(description="the name of the API token that made the change, or "
+                       "cli:<user> for a command")
+    action: str = Field(description="e.g. acknowledge, resolve; create, revoke (tokens)")
+    subject_type: str = Field(description="what changed: ticket, token")
+    subject_id: str
+    detail: dict[str, Any] = Field(description="what the change was, e.g. the outcome and "
+                                   "note of a resolution, the status before it")
+
+
+Scope = Literal["read", "write", "admin"]
+
+
+class TokenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        min_length=1, max_length=TOKEN_NAME_LENGTH, pattern=NAME_PATTERN,
+        description="who or what uses it, recorded as the actor of every change it makes; "
+        "unique among active tokens: a letter first, then letters, digits and . _ @ + -",
+    )
+    scope: Scope = Field(
+        description="read: every GET; write: also acknowledge and resolve tickets; admin: "
+        "also manage tokens"
+    )
+
+
+class TokenOut(_Out):
+    """An API token without its secret (which is shown once, when it is created)."""
+
+    id: int
+    name: str
+    scope: Scope
+    prefix: str = Field(description="the token's first characters: not secret, they tell "
+                        "tokens apart")
+    created_at: datetime
+    created_by: str
+    last_used_at: datetime | None = Field(description="to the minute")
+    revoked_at: datetime | None
+
+
+class TokenCreatedOut(TokenOut):
+    token: str = Field(description="the token itself: shown this once, never again; send it "
+                       "as 'Authorization: Bearer <token>'")

@@ -23,6 +23,8 @@ from aggregator_support import (
     MODEL,
     T0,
     Publisher,
+    api_token,
+    bearer,
     broker_settings,
     data_topic,
     drift_events,
@@ -85,6 +87,7 @@ def api(tmp_path: Path) -> Iterator[tuple[TestClient, int]]:
     settings = store_settings(tmp_path, embedded_broker_port=port)
     with TestClient(create_app(settings)) as client:
         assert client.app.state.subscriber.wait_ready(10)  # type: ignore[attr-defined]
+        client.headers.update(bearer(api_token(client.app, "write", "technician")))
         yield client, port
 
 

@@ -18,6 +18,8 @@ import pytest
 from aggregator_support import (
     T0,
     Publisher,
+    api_token,
+    bearer,
     data_topic,
     drift_events,
     drop_schema,
@@ -39,14 +41,15 @@ RANGE = f"{MIN_YEAR}-01-01T00:00:00Z .. {MAX_YEAR}-12-31T23:59:59.999999Z"
 
 
 class Service:
-    """A running aggregator (embedded broker) and an HTTP client to it."""
+    """A running aggregator (embedded broker) and an HTTP client to it, with a write token."""
 
     def __init__(self, tmp_path: Path, **changes: Any) -> None:
         self.broker_port = free_port()
         self.server: ServerThread = start_service(
             store_settings(tmp_path, embedded_broker_port=self.broker_port, http_port=0, **changes)
         )
-        self.http = httpx.Client(base_url=self.server.url, timeout=10)
+        self.http = httpx.Client(base_url=self.server.url, timeout=10,
+                                 headers=bearer(api_token(self.server, "write")))
 
     def publish(self, agent: str, kind: str, raw: bytes) -> None:
         with Publisher("127.0.0.1", self.broker_port, data_topic(agent, kind)) as pub:
@@ -248,8 +251,8 @@ def test_sql_database_down_is_503_with_the_error_body(
     postgres_url: str, tmp_path: Path
 ) -> None:
     """The aggregator's own PostgreSQL database disappears under it (dropped, its
-    connections ended): every route that reads SQL answers 503, and says nothing about
-    hosts or users."""
+    connections ended): every route that reads SQL, or needs a token, answers 503, and
+    says nothing about hosts or users."""
     admin = postgres_url.replace("postgresql+psycopg://", "postgresql://", 1)
     name = f"{admin.rsplit('/', 1)[1]}_down"
     with psycopg.connect(admin, autocommit=True) as conn:
@@ -259,9 +262,11 @@ def test_sql_database_down_is_503_with_the_error_body(
         assert service.http.get("/tickets").status_code == 200
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        # Tokens live in SQL too: every route that needs one answers 503 the same way.
         for method, url in (
             ("GET", "/tickets"), ("GET", "/tickets/1"), ("POST", "/tickets/1/ack"),
-            ("GET", "/agents"),
+            ("GET", "/agents"), ("GET", "/drift"), ("GET", "/tokens"),
+            ("GET", "/tickets/1/history"),
         ):
             response = service.http.request(method, url)
             assert response.status_code == 503, (url, response.text)

@@ -8,9 +8,19 @@ status the schema does not declare for that operation, a body or content type th
 match the declared one, an invalid request (per the schema) that is not refused with a 4xx,
 and a valid one that is refused.
 
+Authenticated: every case carries a fresh token of exactly the scope its operation asks
+for (read, write, admin: a fresh one, since ``DELETE /tokens/{id}`` may revoke any
+token), so a valid request refused with 401 or 403 fails ``positive_data_acceptance``.
+The token goes through a schemathesis auth provider, not headers given to the call:
+schemathesis then leaves it out of the negative cases that drop the ``Authorization``
+header on purpose, which must be refused. (The provider runs when a case is generated,
+for some cases at collection, before the service runs: it writes the scope, and the test
+sends a fresh token of that scope in its place.) ``ignored_auth`` sends each operation again
+without the token and with a wrong one, and fails unless it is refused.
+
 Bounded and deterministic: ``MAX_EXAMPLES`` per operation in the fuzzing phase, plus
 schemathesis' coverage cases (boundaries, wrong types, missing values); Hypothesis
-derandomized, no example database. About 400 requests per store configuration.
+derandomized, no example database. About 500 requests per store configuration.
 """
 
 from __future__ import annotations
@@ -27,6 +37,8 @@ from aggregator_support import (
     MODEL,
     T0,
     Publisher,
+    api_token,
+    bearer,
     data_topic,
     drift_events,
     drop_schema,
@@ -37,10 +49,12 @@ from aggregator_support import (
     store_settings,
     wait_until,
 )
+from fastapi.routing import iter_route_contexts
 from hypothesis import HealthCheck, settings
 from servers import InfluxServer, free_port
 
 from aggregator.api.app import create_app
+from aggregator.api.security import required_scope
 from aggregator.server import ServerThread
 from contract.wire import Status, encode
 
@@ -56,20 +70,44 @@ CHECKS = [
     "response_schema_conformance",
     "negative_data_rejection",
     "positive_data_acceptance",
+    "ignored_auth",
 ]
 
+APP = create_app(store_settings(Path("/nonexistent")))
+# (METHOD, path template) -> the scope the operation asks for
+SCOPES = {
+    (method, context.path): required_scope(context)
+    for context in iter_route_contexts(APP.routes)
+    for method in context.methods or ()
+}
+
 # The schema the app builds; the test below checks that the running service serves it.
-schema = schemathesis.openapi.from_dict(
-    create_app(store_settings(Path("/nonexistent"))).openapi()
-)
+schema = schemathesis.openapi.from_dict(APP.openapi())
 schema.config.generation.update(max_examples=MAX_EXAMPLES, deterministic=True)
 schema.config.checks.update(included_check_names=CHECKS)
+# A valid request with a token of the right scope is accepted: not 401 or 403 (which
+# schemathesis would let pass by default), nor 5xx.
+schema.config.checks.positive_data_acceptance.expected_statuses = ["2xx", "404", "409"]
+PLACEHOLDER = "scope:"
 
 
-def seed(url: str, broker_port: int) -> None:
+@schema.auth(refresh_interval=None)  # no caching: asked for every case
+class ScopedToken:
+    """Marks a case as carrying a token of the scope its operation asks for; none for the
+    probes and for methods a path does not have (schemathesis tries TRACE and the like)."""
+
+    def get(self, case: schemathesis.Case, context: Any) -> str | None:
+        scope = SCOPES.get((case.method.upper(), case.path))
+        return None if scope is None else PLACEHOLDER + scope
+
+    def set(self, case: schemathesis.Case, data: str, context: Any) -> None:
+        case.headers = {**(case.headers or {}), "Authorization": data}
+
+
+def seed(url: str, broker_port: int, token: str) -> None:
     """Give the service at ``url`` (its embedded broker on ``broker_port``) two agents'
-    data: ``TICKETS`` tickets (one acknowledged, one resolved, the rest open), drift events
-    (one fleet-wide), a health report."""
+    data: ``TICKETS`` tickets (one acknowledged, one resolved, the rest open, with an
+    audit history), drift events (one fleet-wide), a health report; ``token`` may write."""
     with Publisher("127.0.0.1", broker_port, data_topic("gw-1")) as pub:
         for agent in ("gw-1", "gw-2"):
             pub.publish(
@@ -83,7 +121,7 @@ def seed(url: str, broker_port: int) -> None:
         )
         pub.publish(payload("gw-2", 0, events), data_topic("gw-2", "drift"))
         pub.publish(payload("gw-2", 1, [health_report(5, 40)]), data_topic("gw-2", "health"))
-    with httpx.Client(base_url=url, timeout=10) as http:
+    with httpx.Client(base_url=url, timeout=10, headers=bearer(token)) as http:
         wait_until(lambda: len(http.get("/tickets").json()) == TICKETS, 10, what="tickets")
         wait_until(lambda: len(http.get("/drift").json()) == 4, 10, what="4 events")
         first, second, *_ = http.get("/tickets").json()
@@ -116,7 +154,7 @@ def service(
         store_settings(tmp, embedded_broker_port=port, http_port=0, **changes)
     )
     try:
-        seed(server.url, port)
+        seed(server.url, port, api_token(server, "write", "seeder"))
         yield server
     finally:
         server.stop()
@@ -139,4 +177,22 @@ def test_service_serves_the_schema_under_test(service: ServerThread) -> None:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 def test_every_operation_conforms(case: schemathesis.Case, service: ServerThread) -> None:
-    case.call_and_validate(base_url=service.url, timeout=10)
+    marked = (case.headers or {}).get("Authorization", "")
+    headers = None
+    if marked.startswith(PLACEHOLDER):
+        # A fresh token each time: DELETE /tokens/{id} may have revoked any earlier one.
+        # Given to the call, not written into the case: a case may be run again, against
+        # the other store configuration's service.
+        headers = bearer(api_token(service, marked.removeprefix(PLACEHOLDER)))
+    case.call_and_validate(base_url=service.url, headers=headers, timeout=10)
+
+
+def test_every_operation_asks_for_a_scope_but_the_probes() -> None:
+    """The table the run above relies on: a scope for every operation in the schema but
+    the two probes."""
+    operations = {(m.upper(), p) for p, ops in schema.raw_schema["paths"].items() for m in ops}
+    public = {op for op in operations if SCOPES[op] is None}
+    assert public == {("GET", "/healthz"), ("GET", "/readyz")}
+    for method, path in operations - public:
+        declared = schema.raw_schema["paths"][path][method.lower()]["security"]
+        assert declared == [{"APIToken": [SCOPES[(method, path)]]}], (method, path)

@@ -45,8 +45,15 @@ def aggregator_process(tmp_path: Path, mosquitto):
         f"LINEWATCH_HTTP_PORT={port}\n"
         "LINEWATCH_MQTT_CLIENT_ID=agg-cli-test\n"
     )
+    # A token as a user makes one: the command, on the aggregator's settings (before its
+    # first start: the command creates the schema).
+    made = subprocess.run(
+        [sys.executable, "-m", "linewatch.cli", "token", "create", "--scope", "read", "--name",
+         "cli-test", "-c", str(env_file)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
     proc = linewatch("aggregator", "-c", str(env_file))
-    api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5)
+    api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5,
+                       headers={"Authorization": f"Bearer {made.stdout.strip()}"})
     try:
         wait_until(lambda: up(api), 30, what="the aggregator to come up")
         yield api

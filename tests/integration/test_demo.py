@@ -46,6 +46,11 @@ def test_demo_replays_stores_everything_and_reports_tickets_against_truth(
 ) -> None:
     out, _ = run_demo(tmp_path, capsys, monkeypatch)
     assert "embedded amqtt" in out and "aggregator API: http://127.0.0.1:" in out
+    # An admin token of the demo's own, printed once, next to the address; never logged.
+    (token,) = re.findall(r"aggregator API: http://127\.0\.0\.1:\d+ \(token: (lw_\S{43}); send it "
+                          r"as 'Authorization: Bearer <token>'", out)
+    assert out.count(token) == 1
+    assert token not in (tmp_path / "state" / "demo.log").read_text()
     tickets = re.findall(r"^\s+\d+\s+(engine-\d{3})\s+(gw-\w)", out, flags=re.M)
     assert sorted(a for a, _ in tickets) == ["engine-031", "engine-034"]
     assert re.search(r"2 engines were within 30 cycles of failure .* and 2 of them got a ticket "

@@ -520,3 +520,31 @@ def test_two_replicas_starting_together_both_come_up(url: str) -> None:
         assert sites == ["plant1"]  # migrated once: neither copied twice nor lost
     finally:
         engine.dispose()
+
+
+def test_api_tokens_revision_goes_back_only_without_an_audit_trail(url: str) -> None:
+    """Revision 0005 (API tokens, audit log) downgrades to the revision before it, but not
+    while the audit log holds a record nobody could rebuild: then nothing changes."""
+    from aggregator import audit, auth
+
+    engine = open_engine(url)
+    try:
+        with open_sessions(engine)() as session:
+            _, token = auth.create_token(session, "alice", "admin", audit.Actor("tests"))
+            session.commit()
+        before = _shape(engine)
+        with pytest.raises(RuntimeError, match="audit log holds 1 entries"), \
+                engine.begin() as conn:
+            command.downgrade(migrations.alembic_config(conn), "-1")
+        assert _shape(engine) == before and migrations.current_revision(engine) == HEAD
+        with open_sessions(engine)() as session:
+            assert auth.verify(session, token).name == "alice"
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM audit_log"))
+            command.downgrade(migrations.alembic_config(conn), "-1")
+        assert not {"api_tokens", "audit_log"} & set(inspect(engine).get_table_names())
+        with engine.begin() as conn:
+            command.upgrade(migrations.alembic_config(conn), "head")
+        assert schema_differences(engine) == []
+    finally:
+        engine.dispose()

@@ -1,6 +1,6 @@
 """``GET /agents``: every agent the aggregator has heard from, with its latest health and
 which of its messages are stored; ``GET /agents/{agent_id}/completeness``: its windows
-per hour, received against reported undeliverable."""
+per hour, received against reported undeliverable. Both need a read token."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from aggregator.api.deps import SeriesDep, SessionDep
 from aggregator.api.params import Limit, Since, Until
-from aggregator.api.responses import DB_DOWN, Responses
+from aggregator.api.responses import AUTH, DB_DOWN, Responses
 from aggregator.api.schemas import (
     AgentHealthOut,
     AgentOut,
@@ -24,6 +24,7 @@ from aggregator.api.schemas import (
     GapOut,
     HourOut,
 )
+from aggregator.api.security import READ
 from aggregator.db import AgentDelivery, AgentRecord, DeliveryHour
 from aggregator.errors import SeriesUnavailableError
 from aggregator.reactions.delivery import ledger_of
@@ -34,7 +35,7 @@ __all__ = ["agent_completeness", "list_agents", "router"]
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/agents", tags=["agents"])
+router = APIRouter(prefix="/agents", tags=["agents"], responses=AUTH | DB_DOWN)
 
 AGENT_NOT_FOUND: Responses = {404: {"model": ErrorOut, "description": "no agent has this id"}}
 AgentId = Annotated[Name, Path(description=f"an agent's id (1 .. {MAX_NAME} characters)")]
@@ -43,7 +44,7 @@ _HOUR = timedelta(hours=1)
 _DAY = timedelta(hours=24)
 
 
-@router.get("", responses=DB_DOWN)
+@router.get("", dependencies=[READ])
 def list_agents(session: SessionDep, series: SeriesDep) -> list[AgentOut]:
     """Agents by id. ``health`` is None for an agent that sent no report yet, and for
     every agent while the series store is down (the list itself lives in SQL)."""
@@ -58,7 +59,8 @@ def list_agents(session: SessionDep, series: SeriesDep) -> list[AgentOut]:
     ]
 
 
-@router.get("/{agent_id}/completeness", responses=DB_DOWN | AGENT_NOT_FOUND)
+@router.get("/{agent_id}/completeness", dependencies=[READ],
+            responses=DB_DOWN | AGENT_NOT_FOUND)
 def agent_completeness(
     agent_id: AgentId,
     session: SessionDep,

@@ -1,4 +1,4 @@
-"""``GET /drift``: drift and data-quality events the agents reported, newest first."""
+"""``GET /drift``: drift and data-quality events the agents reported, newest first (read)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,16 @@ from fastapi import APIRouter
 
 from aggregator.api.deps import SeriesDep
 from aggregator.api.params import AgentFilter, AssetFilter, DetectorFilter, Limit, Since
-from aggregator.api.responses import SERIES_DOWN
+from aggregator.api.responses import AUTH, SERIES_OR_DB_DOWN
 from aggregator.api.schemas import DriftOut
+from aggregator.api.security import READ
 
 __all__ = ["list_drift", "router"]
 
-router = APIRouter(prefix="/drift", tags=["drift"])
+router = APIRouter(prefix="/drift", tags=["drift"], responses=AUTH | SERIES_OR_DB_DOWN)
 
 
-@router.get("", responses=SERIES_DOWN)
+@router.get("", dependencies=[READ])
 def list_drift(
     series: SeriesDep,
     agent: AgentFilter = None,
