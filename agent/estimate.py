@@ -43,6 +43,8 @@ numpy only.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from contract import wire
@@ -155,6 +157,9 @@ def _interval(num: float, den: float, num_d: np.ndarray,
     value = min(1.0, max(0.0, num / den))
     if not len(ratios):
         return wire.Interval(value=round(value, 4), low=0.0, high=1.0)
-    low, high = np.percentile(ratios, [2.5, 97.5])
-    return wire.Interval(value=round(value, 4), low=round(float(low), 4),
-                         high=round(float(high), 4))
+    # The draws' own values at 2.5 % and 97.5 % (not interpolated between two of them), and
+    # rounded outwards: a realised figure equal to a bound is inside.
+    low = float(np.percentile(ratios, 2.5, method="lower"))
+    high = float(np.percentile(ratios, 97.5, method="higher"))
+    return wire.Interval(value=round(value, 4), low=math.floor(low * 1e4) / 1e4,
+                         high=min(1.0, math.ceil(high * 1e4) / 1e4))
