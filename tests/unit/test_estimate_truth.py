@@ -20,7 +20,7 @@ within the 0.05 tolerance) the estimate is precision 0.7761 [0.7408, 0.8085], re
 0.8365 [0.8048, 0.8696], F1 0.8052 [0.7759, 0.8327]: all three realised figures fall
 outside, by 0.008, 0.004 and 0.012. That is why ``linewatch.probabilities`` fits a map
 whenever the out-of-fold ECE exceeds what chance explains, not only beyond the tolerance
-(a rule set on the training folds; these test figures only confirm it).
+(the rule looks at the out-of-fold scores only, never at these test figures).
 
 **Over the agent's sliding window** (its default, the last 2,000 windows, looked at every
 250 windows as health reports would) the realised figures are *not* always inside: the
