@@ -74,14 +74,16 @@ _QUANTILES = {"p01": 1, "p05": 5, "p25": 25, "p50": 50, "p75": 75, "p95": 95, "p
 # then round the other way, one unit of 1e-4 (the half is room for the subtraction's error).
 REL_TOLERANCE = 1e-4
 ABS_TOLERANCE = 1.5e-4
+# A calibration map is an isotonic fit through data points: float noise can move a knot, or
+# merge two, so maps are compared as functions (mean absolute difference over [0, 1]).
+MAP_TOLERANCE = 1e-3
 # Fields that say when and where a card was made, or that come after training, not what
 # training made of the data: left out of :func:`card_differences` by default.
 # ``sha256.model`` follows the weights' last bits; which rows the self-test picks is a
 # tie-break on scores (the agent checks the self-test against the file);
-# ``reference.monitoring`` is added after training, by ``linewatch calibrate``.
-# A calibration map is an isotonic fit through data points: float noise can move a knot, or
-# merge two, so maps are compared as functions (mean absolute difference over [0, 1]).
-MAP_TOLERANCE = 1e-3
+# ``reference.monitoring`` is added after training, by ``linewatch calibrate``. The
+# probabilities' ``calibration`` is compared: training measures it (``linewatch
+# calibrate`` rebuilds the same numbers for cards made before it existed).
 NOT_COMPARED = ("created", "sha256.model", "self_test", "reference.monitoring",
                 "training.duration_s", "training.packages", "training.search_run")
 
