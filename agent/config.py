@@ -21,6 +21,7 @@ __all__ = [
     "AgentConfig",
     "AgentIdConfig",
     "BudgetConfig",
+    "EstimateConfig",
     "ModelConfig",
     "MonitorConfig",
     "MqttConfig",
@@ -147,6 +148,15 @@ class MonitorConfig(_Config):
     )
 
 
+class EstimateConfig(_Config):
+    """The label-free estimate of the alerts' precision and recall in every health report
+    (``agent.estimate``): over the last ``window`` scored windows of all assets."""
+
+    window: int = Field(2000, ge=1, description="scored windows the estimate is over")
+    draws: int = Field(400, ge=20, le=10_000,
+                       description="simulated label sets for its 95 % intervals")
+
+
 class AgentConfig(_Config):
     agent: AgentIdConfig
     model: ModelConfig
@@ -155,6 +165,7 @@ class AgentConfig(_Config):
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     monitors: MonitorConfig = Field(default_factory=MonitorConfig)
+    estimate: EstimateConfig = Field(default_factory=EstimateConfig)
 
     @property
     def outbox_path(self) -> Path:

@@ -21,6 +21,7 @@ from typing import cast
 import numpy as np
 
 from agent.config import AgentConfig
+from agent.estimate import PerformanceEstimator
 from agent.features import FeatureExtractor
 from agent.inference import OnnxModel
 from agent.monitors import Event
@@ -145,6 +146,8 @@ class Agent:
         self.envelope = EnvelopeMonitor.from_card(card, cal.envelope, cal.allowance)
         self.score_monitor = None if cal.score is None else ScoreMonitor(*cal.score)
         self.threshold = card.threshold.value
+        self.estimator = PerformanceEstimator(card, window=config.estimate.window,
+                                              draws=config.estimate.draws)
         self.model_ref = wire.ModelRef(
             name=card.name, version=card.version, sha256=card.sha256.model,
             threshold=self.threshold,
@@ -300,6 +303,7 @@ class Agent:
         scores = self.model.run(x)
         self._latency_ms.append((time.perf_counter() - began) * 1e3)
         alerts = scores >= self.threshold
+        self.estimator.update(scores)
         if self.score_monitor is not None:
             order = np.argsort(ends, kind="stable")
             self.score_monitor.update(alerts[order], ends[order])
@@ -337,6 +341,7 @@ class Agent:
             outbox_depth=self.outbox.depth, outbox_dropped=self.outbox.dropped,
             rejected_readings=self.quality.rejected_readings, inference_ms_median=median,
             monitoring=self.calibration.report,
+            estimate=self.estimator.estimate(),
         )])
 
     def _update_progress(self) -> None:

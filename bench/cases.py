@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.datasets import read_recordings
+from agent.estimate import DRAWS, WINDOW, PerformanceEstimator
 from agent.features import FeatureExtractor
 from agent.inference import OnnxModel
 from agent.monitors.budget import calibrate
@@ -180,10 +181,45 @@ def ingest(repeats: int) -> dict:
     return out
 
 
+def estimate(repeats: int) -> dict:
+    """The label-free performance estimate (``agent.estimate``), once per health report,
+    over the default window of 2000 scored windows and 400 draws: the shipped FD001 model's
+    last 2000 test windows in replay order (through its calibration map, whose many exact
+    zeros are not drawn), and the worst case, every window's probability strictly between
+    0 and 1; plus the cost of feeding it, per window."""
+    from contract.card import ModelCard
+
+    card = ModelCard.load(MODEL)
+    model = OnnxModel(MODEL)
+    recs = read_recordings(DATA, "cmapss")
+    cols = [recs[0].channels.index(c) for c in card.channel_names]
+    fx = FeatureExtractor(card.features, card.channel_names)
+    parts = []
+    for r in recs:
+        out = Windower(card.window.size, card.window.hop, len(cols)).update(
+            r.asset, r.t, r.values[:, cols])
+        if out is not None:
+            parts.append((out.end, model.run(fx.transform(out.values))))
+    ends = np.concatenate([e for e, _ in parts])
+    scores = np.concatenate([s for _, s in parts])[np.argsort(ends, kind="stable")]
+    worst = np.random.default_rng(0).uniform(0.01, 0.99, WINDOW)
+    out = {"window": WINDOW, "draws": DRAWS}
+    for name, s in (("fd001_replay", scores), ("worst_case", worst)):
+        est = PerformanceEstimator(card, window=WINDOW, draws=DRAWS)
+        est.update(s)
+        out[f"{name}_ms_per_estimate"] = round(_median_s(est.estimate, repeats) * 1e3, 3)
+    feed = PerformanceEstimator(card, window=WINDOW)
+    per = _median_s(lambda: [feed.update(scores[i:i + 100])
+                             for i in range(0, len(scores), 100)], repeats)
+    out["update_us_per_window"] = round(per / len(scores) * 1e6, 3)
+    return out
+
+
 ALL: dict[str, Callable[[int], dict]] = {
     "ingest": ingest,
     "agent_compute": agent_compute,
     "wire_codec": wire_codec,
     "outbox": outbox,
     "false_alarms": false_alarms,
+    "estimate": estimate,
 }

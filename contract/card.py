@@ -2,8 +2,9 @@
 
 ``card.json`` sits beside ``model.onnx``. The agent takes the input channels, the window
 size and hop, the feature names and order, the output to read, the alert threshold, the
-self-test cases and the drift monitors' reference statistics from it. Nothing about a
-model is hard-coded in the agent.
+self-test cases, the drift monitors' reference statistics and, for a classifier, how far
+its scores can be read as probabilities (``calibration``) from it. Nothing about a model is
+hard-coded in the agent.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +23,7 @@ from contract.errors import CardError
 __all__ = [
     "CARD_FILE",
     "MODEL_FILE",
+    "CalibrationMap",
     "CardError",
     "ChannelReference",
     "ChannelSpec",
@@ -30,7 +33,9 @@ __all__ = [
     "ModelCard",
     "Monitoring",
     "OutputSpec",
+    "ProbabilityCalibration",
     "Reference",
+    "ReliabilityBin",
     "SelfTest",
     "Sha256Spec",
     "Stats",
@@ -188,6 +193,71 @@ class Reference(_Card):
         "without it run the monitors on fixed, documented rules and say so")
 
 
+class ReliabilityBin(_Card):
+    """One row of a reliability table: windows whose scores fell in one equal-mass bin."""
+
+    predicted: float = Field(ge=0, le=1, description="mean score of the bin's windows")
+    observed: float = Field(ge=0, le=1, description="share of them that were positive")
+    n: int = Field(ge=1, description="windows in the bin")
+
+
+class CalibrationMap(_Card):
+    """A monotone map from the model's score to a calibrated probability, piecewise linear
+    through the points (``x``, ``y``) and constant beyond the ends (``numpy.interp``)."""
+
+    x: list[float] = Field(min_length=2, description="scores, strictly increasing")
+    y: list[float] = Field(min_length=2, description="probabilities, non-decreasing")
+
+    @model_validator(mode="after")
+    def _monotone(self) -> CalibrationMap:
+        if len(self.x) != len(self.y):
+            raise ValueError("calibration map: x and y differ in length")
+        if any(b <= a for a, b in pairwise(self.x)):
+            raise ValueError("calibration map: x must be strictly increasing")
+        if any(b < a for a, b in pairwise(self.y)):
+            raise ValueError("calibration map: y must be non-decreasing (a monotone map)")
+        if not all(0.0 <= v <= 1.0 for v in self.y):
+            raise ValueError("calibration map: y must lie in [0, 1]")
+        return self
+
+
+class ProbabilityCalibration(_Card):
+    """How far a classifier's scores can be read as probabilities, measured on held-out
+    predictions (out-of-fold, or a split the model did not train on; ``evaluated_on``).
+
+    ``ece_before``: expected calibration error of the scores over equal-mass bins
+    (``bins``), ``ece_chance`` what perfectly calibrated scores would show by chance on as
+    many windows (95th percentile). ``method`` ``isotonic``: the scores are read through
+    ``map`` (the model file is unchanged); ``ece_after`` and ``bins_after`` are measured on
+    windows the map was not fitted on. ``calibrated``: the probabilities the agent uses
+    (mapped or not) have an ECE within ``tolerance``; an agent estimates its alerts'
+    precision and recall from them only then (``linewatch.probabilities`` writes it).
+    """
+
+    method: Literal["none", "isotonic"]
+    calibrated: bool
+    tolerance: float = Field(gt=0, le=1, description="largest ECE still called calibrated")
+    evaluated_on: str = Field(description="which predictions were measured, in words")
+    note: str = Field("", description="why this method, in words")
+    n: int = Field(ge=1, description="windows measured")
+    ece_before: float = Field(ge=0, le=1)
+    ece_chance: float = Field(ge=0, le=1)
+    brier_before: float = Field(ge=0, le=1)
+    bins: list[ReliabilityBin] = Field(min_length=1)
+    map: CalibrationMap | None = None
+    ece_after: float | None = Field(None, ge=0, le=1)
+    brier_after: float | None = Field(None, ge=0, le=1)
+    bins_after: list[ReliabilityBin] | None = None
+
+    @model_validator(mode="after")
+    def _map_with_method(self) -> ProbabilityCalibration:
+        if (self.method == "isotonic") != (self.map is not None):
+            raise ValueError("calibration: a map goes with method isotonic, and only with it")
+        if self.map is not None and self.ece_after is None:
+            raise ValueError("calibration: a map needs its held-out ece_after")
+        return self
+
+
 class ModelCard(_Card):
     name: str
     version: str
@@ -205,6 +275,9 @@ class ModelCard(_Card):
     training: dict[str, Any] = Field(
         default_factory=dict, description="data, seeds, hyper-parameters"
     )
+    calibration: ProbabilityCalibration | None = Field(
+        None, description="a classifier's scores as probabilities; cards without it (and "
+        "regressors) make no performance estimate")
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelCard:
@@ -224,8 +297,11 @@ class ModelCard(_Card):
         return value.isoformat()
 
     def to_json(self) -> str:
-        """The text of ``card.json``: sorted keys, indented, no NaN (a ``ValueError``)."""
+        """The text of ``card.json``: sorted keys, indented, no NaN (a ``ValueError``).
+        A card without ``calibration`` is written without the key, as before it existed."""
         data = self.model_dump(mode="json")
+        if data.get("calibration", 0) is None:
+            del data["calibration"]
         return json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
 
     @property

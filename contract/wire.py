@@ -50,7 +50,9 @@ __all__ = [
     "Delivery",
     "DriftEvent",
     "Envelope",
+    "Estimate",
     "Health",
+    "Interval",
     "Item",
     "ModelRef",
     "Prediction",
@@ -335,14 +337,59 @@ class Undeliverable(Span):
         return None if value is None else _utc(value)
 
 
+class Interval(_Strict):
+    """An estimated proportion and the range its realised value is expected in (95 %)."""
+
+    value: Probability
+    low: Probability
+    high: Probability
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Interval:
+        if self.low > self.high:
+            raise ValueError("low is above high")
+        return self
+
+
+class Estimate(_Optional):
+    """The agent's estimate, without labels, of how good its alerts are over its last
+    ``windows`` scored windows (all its assets): confidence-based performance estimation
+    from the model's calibrated probabilities (``agent.estimate`` says how, and what it
+    assumes). ``alerts`` of those windows were at or above the threshold;
+    ``expected_positives`` is how many are expected to be truly positive. ``precision``,
+    ``recall`` and ``f1`` are absent when undefined (no alerts, no expected positive).
+    ``calibrated`` false: the model card does not vouch for its probabilities, and the
+    agent gives no numbers rather than wrong ones."""
+
+    _OMIT_WHEN_NONE = frozenset({"expected_positives", "precision", "recall", "f1"})
+
+    windows: Annotated[int, Field(ge=0)]
+    calibrated: bool
+    alerts: Annotated[int, Field(ge=0)]
+    expected_positives: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    precision: Interval | None = None
+    recall: Interval | None = None
+    f1: Interval | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Estimate:
+        if self.alerts > self.windows:
+            raise ValueError("more alerts than windows")
+        numbers = (self.expected_positives, self.precision, self.recall, self.f1)
+        if not self.calibrated and any(v is not None for v in numbers):
+            raise ValueError("an estimate from uncalibrated probabilities carries no numbers")
+        return self
+
+
 class Health(_Optional):
     """Periodic counters of one agent, cumulative since it started.
 
     ``undeliverable`` lists the messages the agent knows it will never deliver and has not
     yet seen the aggregator account for; a health report that carries it is never dropped.
+    ``estimate`` is the agent's label-free estimate of its alerts' precision and recall.
     """
 
-    _OMIT_WHEN_NONE = frozenset({"monitoring", "undeliverable"})
+    _OMIT_WHEN_NONE = frozenset({"monitoring", "undeliverable", "estimate"})
 
     kind: Literal["health"] = "health"
     at: datetime
@@ -353,6 +400,7 @@ class Health(_Optional):
     inference_ms_median: FiniteFloat | None = None
     monitoring: Thresholds | None = None
     undeliverable: Annotated[list[Undeliverable], Field(max_length=MAX_SPANS)] | None = None
+    estimate: Estimate | None = None
 
     _utc_at = field_validator("at")(_utc)
 

@@ -20,10 +20,18 @@ training recordings:
 It also records each channel's noise and longest run of identical samples, the reference
 alert rate and the mean length of an alert run. Recordings with fewer than ``folds`` assets
 are cut into ``folds`` consecutive pieces, each standing in for a life.
+
+**Probabilities** (:func:`probability_step`). For a classifier of the factory given its
+own training data, ``linewatch calibrate`` also rebuilds the out-of-fold scores its
+training validated on (recorded hyper-parameters, same folds: the numbers training wrote)
+and measures how far they are probabilities (:mod:`linewatch.probabilities`), for the
+card's ``calibration`` and its CARD.md section: how the cards shipped before training
+measured it got theirs. The model file is never touched.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,12 +42,22 @@ from agent.features import FeatureExtractor
 from agent.monitors.cusum import excursion_peaks
 from agent.monitors.envelope import exceedance
 from agent.windows import Windower
-from contract.card import CARD_FILE, MODEL_FILE, ChannelReference, ModelCard, Monitoring, Tail
+from contract.card import (
+    CARD_FILE,
+    MODEL_FILE,
+    ChannelReference,
+    ModelCard,
+    Monitoring,
+    ProbabilityCalibration,
+    Tail,
+    sha256_file,
+)
 from contract.wire import Thresholds
 
 __all__ = [
     "ALLOWANCE", "STEP_U", "STEP_WINDOW", "calibrate", "calibrate_trained", "load_lives",
-    "report", "run_calibration", "run_peaks", "step_statistic", "write_card",
+    "probability_step", "report", "run_calibration", "run_peaks", "step_statistic",
+    "write_card",
 ]
 
 ALLOWANCE = 0.5  # reference standard deviations beyond the training range, per window
@@ -204,19 +222,31 @@ def _r(v: float) -> float:
     return float(f"{float(v):.8g}")
 
 
-def write_card(model_dir: Path, monitoring: Monitoring) -> ModelCard:
-    """Put ``monitoring`` into the card's reference and rewrite ``card.json`` (same layout
-    as training writes it; the model file and its checksum are untouched)."""
+def write_card(model_dir: Path, monitoring: Monitoring,
+               calibration: ProbabilityCalibration | None = None) -> ModelCard:
+    """Put ``monitoring`` into the card's reference (and ``calibration``, when given, into
+    its ``calibration``, and CARD.md's section on it) and rewrite ``card.json`` (same
+    layout as training writes it; the model file and its checksum are untouched)."""
     card = ModelCard.load(model_dir)
-    card = card.model_copy(update={"reference": card.reference.model_copy(
-        update={"monitoring": monitoring})})
+    update: dict[str, object] = {"reference": card.reference.model_copy(
+        update={"monitoring": monitoring})}
+    if calibration is not None:
+        update["calibration"] = calibration
+    card = card.model_copy(update=update)
     (Path(model_dir) / CARD_FILE).write_text(card.to_json())
+    md = Path(model_dir) / "CARD.md"
+    if calibration is not None and md.is_file():
+        from linewatch.probabilities import with_section
+
+        md.write_text(with_section(md.read_text(), calibration))
     return card
 
 
 def run_calibration(model_dir: Path, data: Path, *, write: bool = False) -> str:
     """``linewatch calibrate``: calibrate from ``data`` (scored by the model itself for the
-    alert runs), optionally write the card, and return a report for people."""
+    alert runs) and, when ``data`` is a factory classifier's training data, its
+    probabilities (:func:`probability_step`); optionally write the card, and return a
+    report for people."""
     from agent.inference import OnnxModel
     from agent.monitors.budget import calibrate as thresholds
     from contract.wire import Budget
@@ -228,13 +258,80 @@ def run_calibration(model_dir: Path, data: Path, *, write: bool = False) -> str:
     scores = [model.run(x) if len(x) else np.zeros(0)
               for x in (_features(card, life, fx) for life in lives)]
     monitoring = calibrate(card, lives, scores)
+    probabilities, why_not = probability_step(card, data)
     if write:
-        card = write_card(model_dir, monitoring)
+        card = write_card(model_dir, monitoring, probabilities)
     else:
-        card = card.model_copy(update={
-            "reference": card.reference.model_copy(update={"monitoring": monitoring})})
+        update: dict[str, object] = {"reference": card.reference.model_copy(
+            update={"monitoring": monitoring})}
+        if probabilities is not None:
+            update["calibration"] = probabilities
+        card = card.model_copy(update=update)
     budget = Budget(alarms=1.0, per_days=90.0, windows_per_day=144.0)
-    return report(card, thresholds(card, budget, 25).report, written=write)
+    text = report(card, thresholds(card, budget, 25).report, written=write)
+    return text + "\n" + _probability_report(card, probabilities, why_not, written=write)
+
+
+def probability_step(card: ModelCard, data: Path) -> tuple[ProbabilityCalibration | None,
+                                                            str]:
+    """The card's ``calibration``, rebuilt from the out-of-fold scores of its training, or
+    None and the reason it cannot be: not a factory classifier, ``data`` is not the
+    training data the card names (or differs from it), or scikit-learn is missing."""
+    from linewatch.training import NAMES
+
+    if card.name not in NAMES:
+        return None, ("not a model of linewatch's factory: measure held-out predictions with "
+                      "linewatch.probabilities.measure and give them to build_card")
+    try:
+        module = importlib.import_module(f"linewatch.training.{card.name}")
+        from threadpoolctl import threadpool_limits
+
+        from linewatch.training.common import probability_calibration
+    except ImportError as exc:
+        return None, f"needs the train extra (pip install linewatch[train]): {exc}"
+    if not hasattr(module, "out_of_fold"):
+        return None, "a regressor: its score is not a probability"
+    root = _training_root(card, data)
+    if root is None:
+        return None, (f"{data} is not the training data the card names "
+                      f"({', '.join(sorted(card.sha256.data))[:120]})")
+    changed = [f for f, digest in card.sha256.data.items()
+               if not (root / f).is_file() or sha256_file(root / f) != digest]
+    if changed:
+        return None, f"the training data under {root} differ from the card's: {changed[0]}"
+    with threadpool_limits(limits=1):  # as in training: the same sums, the same numbers
+        return probability_calibration(module.out_of_fold(card, root)), ""
+
+
+def _training_root(card: ModelCard, data: Path) -> Path | None:
+    """The data root ``data`` sits in when it is the card's training data."""
+    named = card.training.get("data", {})
+    rel = next((named[k] for k in _DATA_KEYS if k in named), None)
+    if not isinstance(rel, str):
+        return None
+    parts, want = Path(data).resolve().parts, Path(rel).parts
+    if parts[-len(want):] != want:
+        return None
+    return Path(*parts[:-len(want)])
+
+
+def _probability_report(card: ModelCard, cal: ProbabilityCalibration | None, why_not: str,
+                        *, written: bool) -> str:
+    if cal is None:
+        return f"  probabilities: not measured ({why_not})"
+    lines = [f"  probabilities: {cal.evaluated_on}", f"  {cal.note}",
+             f"  ECE {cal.ece_before:.4f} (chance level {cal.ece_chance:.4f}), Brier "
+             f"{cal.brier_before:.4f}"]
+    if cal.map is not None:
+        lines.append(f"  isotonic map ({len(cal.map.x)} points): ECE {cal.ece_after:.4f}, "
+                     f"Brier {cal.brier_after:.4f} held out")
+    lines.append(f"  {'calibrated' if cal.calibrated else 'NOT calibrated'} (ECE tolerance "
+                 f"{cal.tolerance:g}): the agent "
+                 + ("estimates its alerts' precision and recall" if cal.calibrated
+                    else "makes no performance estimate"))
+    if written:
+        lines.append(f"  written to {card.name}/card.json (calibration) and CARD.md")
+    return "\n".join(lines)
 
 
 def report(card: ModelCard, t: Thresholds, *, written: bool = False) -> str:

@@ -36,6 +36,7 @@ from contract.card import (
     ModelCard,
     Monitoring,
     OutputSpec,
+    ProbabilityCalibration,
     Reference,
     SelfTest,
     Sha256Spec,
@@ -47,12 +48,14 @@ from contract.card import (
 __all__ = [
     "ABS_TOLERANCE",
     "INPUT_NAME",
+    "MAP_TOLERANCE",
     "NOT_COMPARED",
     "REL_TOLERANCE",
     "SCORE_TOLERANCE",
     "SELF_TEST_ROWS",
     "build_card",
     "card_differences",
+    "map_distance",
     "model_scores",
     "select_self_test",
     "stats",
@@ -71,11 +74,16 @@ _QUANTILES = {"p01": 1, "p05": 5, "p25": 25, "p50": 50, "p75": 75, "p95": 95, "p
 # then round the other way, one unit of 1e-4 (the half is room for the subtraction's error).
 REL_TOLERANCE = 1e-4
 ABS_TOLERANCE = 1.5e-4
+# A calibration map is an isotonic fit through data points: float noise can move a knot, or
+# merge two, so maps are compared as functions (mean absolute difference over [0, 1]).
+MAP_TOLERANCE = 1e-3
 # Fields that say when and where a card was made, or that come after training, not what
 # training made of the data: left out of :func:`card_differences` by default.
 # ``sha256.model`` follows the weights' last bits; which rows the self-test picks is a
 # tie-break on scores (the agent checks the self-test against the file);
-# ``reference.monitoring`` is added after training, by ``linewatch calibrate``.
+# ``reference.monitoring`` is added after training, by ``linewatch calibrate``. The
+# probabilities' ``calibration`` is compared: training measures it (``linewatch
+# calibrate`` rebuilds the same numbers for cards made before it existed).
 NOT_COMPARED = ("created", "sha256.model", "self_test", "reference.monitoring",
                 "training.duration_s", "training.packages", "training.search_run")
 
@@ -97,6 +105,7 @@ def build_card(
     metrics: Mapping[str, Metric] | None = None,
     training: Mapping[str, Any] | None = None,
     monitoring: Monitoring | None = None,
+    calibration: ProbabilityCalibration | None = None,
     created: datetime | None = None,
     self_test_rows: int = SELF_TEST_ROWS,
 ) -> ModelCard:
@@ -116,10 +125,11 @@ def build_card(
     ``scores`` are the model's scores on ``X`` as the training library computed them
     (faster than running the file on every row); they must agree with the file's outputs
     on the self-test rows to :data:`SCORE_TOLERANCE`. Without them the file scores every
-    row. ``data_sha256``: training data file -> sha256. ``metrics``, ``training`` and
+    row. ``data_sha256``: training data file -> sha256. ``metrics``, ``training``,
     ``monitoring`` (the monitors' calibration, ``reference.monitoring``; usually added later
-    by ``linewatch calibrate``) go into the card as given; ``created`` defaults to now (UTC,
-    whole seconds).
+    by ``linewatch calibrate``) and ``calibration`` (a classifier's scores as probabilities,
+    measured on held-out predictions: :func:`linewatch.probabilities.measure`) go into the
+    card as given; ``created`` defaults to now (UTC, whole seconds).
 
     Raises :class:`contract.card.CardError` when the parts do not fit together (and
     pydantic's ``ValidationError``, a ``ValueError``, for an invalid part).
@@ -166,6 +176,7 @@ def build_card(
         reference=Reference(features={s.name: stats(X[:, j]) for j, s in enumerate(features)},
                             score=stats(scores), monitoring=monitoring),
         training=dict(training or {}),
+        calibration=calibration,
     )
 
 
@@ -219,16 +230,44 @@ def select_self_test(p: np.ndarray, k: int = SELF_TEST_ROWS) -> np.ndarray:
 def card_differences(a: ModelCard, b: ModelCard, *, skip: Sequence[str] = NOT_COMPARED,
                      rel: float = REL_TOLERANCE, abs_: float = ABS_TOLERANCE) -> list[str]:
     """Where cards ``a`` and ``b`` differ by more than float noise, one line per place
-    (``[]``: the same model). Fields in ``skip`` (dotted paths) are left out; the rest is
-    compared by :func:`value_differences`."""
+    (``[]``: the same model). Fields in ``skip`` (dotted paths) are left out; the
+    calibration maps are compared by :func:`map_distance` (up to :data:`MAP_TOLERANCE`),
+    the rest by :func:`value_differences`."""
     da, db = a.model_dump(mode="json"), b.model_dump(mode="json")
     for path in skip:
         for d in (da, db):
             *parents, leaf = path.split(".")
             for key in parents:
-                d = d.get(key, {})
+                d = d.get(key) or {}
             d.pop(leaf, None)
-    return value_differences(da, db, rel=rel, abs_=abs_)
+    out = []
+    ma, mb = _pop_map(da), _pop_map(db)
+    if (ma is None) != (mb is None):
+        out.append(f"calibration.map: only in the {'first' if mb is None else 'second'}")
+    elif ma is not None and mb is not None:
+        distance = map_distance(ma, mb)
+        if distance > MAP_TOLERANCE:
+            out.append(f"calibration.map: mean |difference| {distance:.3g} over [0, 1]")
+    return out + value_differences(da, db, rel=rel, abs_=abs_)
+
+
+def _pop_map(card: dict[str, Any]) -> dict[str, list[float]] | None:
+    cal = card.get("calibration")
+    return cal.pop("map", None) if isinstance(cal, dict) else None
+
+
+def map_distance(a: Mapping[str, Sequence[float]], b: Mapping[str, Sequence[float]]) -> float:
+    """Mean absolute difference over scores 0 to 1 of two calibration maps (``x``, ``y``
+    points, read as ``numpy.interp`` reads them).
+
+    >>> map_distance({"x": [0, 1], "y": [0, 1]}, {"x": [0, 0.5, 1], "y": [0, 0.5, 1]})
+    0.0
+    >>> map_distance({"x": [0, 1], "y": [0, 1]}, {"x": [0, 1], "y": [0.1, 1.1]})
+    0.1
+    """
+    x = np.unique(np.concatenate([[0.0, 1.0], a["x"], b["x"]]).clip(0.0, 1.0))
+    gap = np.abs(np.interp(x, a["x"], a["y"]) - np.interp(x, b["x"], b["y"]))
+    return round(float(np.sum((gap[1:] + gap[:-1]) / 2 * np.diff(x))), 12)
 
 
 # A number standing on its own in a text: not part of a name ("sensor_2") or a hex digest,

@@ -307,20 +307,26 @@ def _parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_train)
 
     c = sub.add_parser(
-        "calibrate", help="measure how the drift monitors behave on in-distribution data",
+        "calibrate", help="measure how the drift monitors behave on in-distribution data, "
+        "and how far a classifier's scores are probabilities",
         description="Run the agent's drift and data-quality detectors over in-distribution "
         "recordings (the model's training data, or data from machines known to be healthy "
         "and run the same way), cross-fitted by asset, and record how far they wander: the "
         "null every agent calibrates its thresholds against, for its own false-alarm budget. "
         "Prints the thresholds for the default budget (1 false alarm per agent per 90 days, "
-        "25 assets); with --write, stores the calibration in the card's reference.monitoring "
-        "(model.onnx and its checksum are untouched). Example: linewatch calibrate "
+        "25 assets). When DATA_FILE is the training data of one of linewatch's classifiers, "
+        "also rebuilds the out-of-fold scores its training validated on and measures how far "
+        "they are probabilities (ECE, Brier, reliability table, and an isotonic map when it "
+        "helps on held-out folds; needs the train extra). With --write, stores the "
+        "calibrations in the card (reference.monitoring, calibration) and CARD.md; "
+        "model.onnx and its checksum are untouched. Example: linewatch calibrate "
         "models/cmapss_fd001 models/data/cmapss_fd001/train_FD001.txt.gz --write",
         epilog=_CALIBRATE_EPILOG)
     c.add_argument("model_dir", type=Path, help="model directory (model.onnx + card.json)")
     c.add_argument("data_file", type=Path,
                    help="in-distribution recordings in the card's input format")
-    c.add_argument("--write", action="store_true", help="store the result in card.json")
+    c.add_argument("--write", action="store_true",
+                   help="store the results in card.json (and CARD.md)")
     _verbose_flag(c)
     c.set_defaults(func=_calibrate)
 

@@ -36,10 +36,10 @@ from contract.card import (
     WindowSpec,
 )
 from linewatch.training import common as c
-from linewatch.training.frames import featurize
+from linewatch.training.frames import Frames, featurize
 from linewatch.training.metrics import binary_metrics, report_metrics
 
-__all__ = ["NAME", "feature_specs", "fit", "make_estimator"]
+__all__ = ["NAME", "feature_specs", "fit", "make_estimator", "out_of_fold"]
 
 NAME = "ai4i2020"
 VERSION = "1.0.0"
@@ -48,6 +48,7 @@ TRAIN_SHARE = 0.8
 FOLDS = 5
 TARGET_PRECISION = 0.9
 MODES = ("twf", "hdf", "pwf", "osf", "rnf")
+VALIDATION = f"{FOLDS} contiguous UDI blocks of the training rows"
 
 CHANNELS: dict[str, tuple[str, str]] = {
     "air_temp_k": ("K", "air temperature"),
@@ -99,13 +100,11 @@ def make_estimator(hp: dict[str, Any]) -> Any:
     raise ValueError(f"unknown learner {hp['learner']!r}")
 
 
-def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
-    started = time.perf_counter()
-    root = Path(models_root) if models_root is not None else c.default_models_root()
-    data_root = c.data_root(root)
+def _data(data_root: Path) -> tuple[Frames, Frames, float, np.ndarray,
+                                    list[tuple[np.ndarray, np.ndarray]]]:
+    """Training and test rows, where the test rows start, labels and validation folds."""
     recs = read_recordings(data_root / DATA_FILE, "ai4i")
-    specs = feature_specs()
-    frames = featurize(recs, specs, size=1, hop=1)  # one recording, rows in UDI order
+    frames = featurize(recs, feature_specs(), size=1, hop=1)  # one recording, UDI order
     n_train = int(round(TRAIN_SHARE * len(frames)))
     t_from = float(frames.end[n_train])
     tr = frames.select(frames.end < t_from)
@@ -113,6 +112,23 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
     y = tr.labels["failure"].astype(np.int64)
     # Contiguous blocks, not shuffled: neighbouring rows share the temperature random walk.
     folds = list(KFold(n_splits=FOLDS).split(tr.X))
+    return tr, te, t_from, y, folds
+
+
+def out_of_fold(card: ModelCard, data_root: Path) -> c.OutOfFold:
+    """The out-of-fold scores ``fit`` computed for ``card`` (its recorded hyper-parameters,
+    the same folds), rebuilt from the data under ``data_root``."""
+    tr, _, _, y, folds = _data(data_root)
+    make = partial(make_estimator, card.training["hyperparameters"])
+    return c.OutOfFold(y, c.grouped_oof(make, tr.X, y, folds), folds, VALIDATION)
+
+
+def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
+    started = time.perf_counter()
+    root = Path(models_root) if models_root is not None else c.default_models_root()
+    data_root = c.data_root(root)
+    specs = feature_specs()
+    tr, te, t_from, y, folds = _data(data_root)
 
     results: Any
     if search:
@@ -121,7 +137,7 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
     else:
         hp, results = c.recorded_search(NAME, default=dict(CANDIDATES[1]))
     fitted = c.fit_classifier(partial(make_estimator, hp), tr.X, y, folds,
-                              target_precision=TARGET_PRECISION)
+                              validation=VALIDATION, target_precision=TARGET_PRECISION)
     threshold, at_threshold = fitted.threshold, fitted.at_threshold
     # Test metrics from the exported file itself (what `linewatch evaluate` runs).
     p_test = fitted.scores(te.X)

@@ -37,7 +37,7 @@ from linewatch.training import common as c
 from linewatch.training.frames import Frames, featurize
 from linewatch.training.metrics import MetricValue, binary_metrics, report_metrics
 
-__all__ = ["NAME", "feature_specs", "fit", "make_estimator", "select_channels"]
+__all__ = ["NAME", "feature_specs", "fit", "make_estimator", "out_of_fold", "select_channels"]
 
 NAME = "cmapss_fd001"
 VERSION = "1.0.0"
@@ -53,6 +53,7 @@ TARGET_PRECISION = 0.9
 RUL_CAP = 125  # the usual C-MAPSS convention, only for the correlation rule below
 MIN_DISTINCT = 3  # fewer distinct values = constant or flickering in the last digit
 MIN_ABS_CORR = 0.05  # |corr(channel, capped RUL)| below this = noise
+VALIDATION = f"{FOLDS}-fold cross-validation grouped by engine unit on train_FD001"
 
 CANDIDATES: tuple[dict[str, Any], ...] = (
     {"learner": "logreg", "C": 0.01},
@@ -140,19 +141,35 @@ def make_estimator(hp: dict[str, Any]) -> Any:
     raise ValueError(f"unknown learner {hp['learner']!r}")
 
 
+def _training_set(data_root: Path) -> tuple[list[FeatureSpec], dict[str, str], Frames,
+                                             np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """Features, dropped channels, training windows, labels and validation folds."""
+    train_recs = read_recordings(data_root / TRAIN_FILE, "cmapss")
+    kept, dropped = select_channels(train_recs)
+    specs = feature_specs(kept)
+    tr = featurize(train_recs, specs, size=WINDOW, hop=HOP)
+    y = (tr.labels["rul"] <= HORIZON).astype(np.int64)
+    folds = list(GroupKFold(n_splits=FOLDS).split(tr.X, y, groups=tr.asset))
+    return specs, dropped, tr, y, folds
+
+
+def out_of_fold(card: ModelCard, data_root: Path) -> c.OutOfFold:
+    """The out-of-fold scores ``fit`` computed for ``card`` (its recorded hyper-parameters,
+    the same folds), rebuilt from the training data under ``data_root``."""
+    specs, _, tr, y, folds = _training_set(data_root)
+    if [s.name for s in specs] != card.feature_names:
+        raise ValueError(f"{card.name}: the training data give other features than the card")
+    make = partial(make_estimator, card.training["hyperparameters"])
+    return c.OutOfFold(y, c.grouped_oof(make, tr.X, y, folds), folds, VALIDATION)
+
+
 def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
     started = time.perf_counter()
     root = Path(models_root) if models_root is not None else c.default_models_root()
     data_root = c.data_root(root)
-    train_recs = read_recordings(data_root / TRAIN_FILE, "cmapss")
     test_recs = read_recordings(data_root / TEST_FILE, "cmapss", truth=data_root / TRUTH_FILE)
-
-    kept, dropped = select_channels(train_recs)
-    specs = feature_specs(kept)
-    tr = featurize(train_recs, specs, size=WINDOW, hop=HOP)
+    specs, dropped, tr, y, folds = _training_set(data_root)
     te = featurize(test_recs, specs, size=WINDOW, hop=HOP)
-    y = (tr.labels["rul"] <= HORIZON).astype(np.int64)
-    folds = list(GroupKFold(n_splits=FOLDS).split(tr.X, y, groups=tr.asset))
 
     search_results: Any
     if search:
@@ -161,7 +178,7 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
     else:
         hp, search_results = c.recorded_search(NAME, default=dict(CANDIDATES[1]))
     fitted = c.fit_classifier(partial(make_estimator, hp), tr.X, y, folds,
-                              target_precision=TARGET_PRECISION)
+                              validation=VALIDATION, target_precision=TARGET_PRECISION)
     threshold, at_threshold, oof = fitted.threshold, fitted.at_threshold, fitted.oof
     # Test metrics from the exported file itself (what `linewatch evaluate` runs).
     p_test = fitted.scores(te.X)

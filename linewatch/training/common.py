@@ -18,6 +18,7 @@ onnxruntime: the card's expected self-test outputs and its metrics come from
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -46,11 +47,13 @@ from contract.card import (
     Metric,
     ModelCard,
     OutputSpec,
+    ProbabilityCalibration,
     ThresholdSpec,
     WindowSpec,
     sha256_file,
 )
 from linewatch.cards import INPUT_NAME, build_card, model_scores
+from linewatch.probabilities import card_section, measure
 from linewatch.training.metrics import MetricValue
 
 __all__ = [
@@ -60,6 +63,7 @@ __all__ = [
     "SEED",
     "TARGET_OPSET",
     "Fitted",
+    "OutOfFold",
     "Trained",
     "choose_threshold",
     "data_root",
@@ -73,6 +77,7 @@ __all__ = [
     "metrics_dict",
     "metrics_table",
     "package_versions",
+    "probability_calibration",
     "recorded_search",
     "render_card_md",
     "save_model",
@@ -179,6 +184,8 @@ class Fitted:
     achieved there, empty for a threshold set by definition). ``train_scores``: the
     learner's own scores on the training rows, or ``None`` when the card is to take them
     from the exported file (:func:`linewatch.cards.build_card`'s ``scores``).
+    ``calibration``: how far a classifier's out-of-fold scores are probabilities (the
+    card's ``calibration``; ``None`` for a regressor).
     """
 
     estimator: Any
@@ -189,6 +196,7 @@ class Fitted:
     at_threshold: dict[str, Any]
     oof: np.ndarray
     train_scores: np.ndarray | None
+    calibration: ProbabilityCalibration | None = None
 
     def scores(self, X: np.ndarray) -> np.ndarray:
         """The exported file's scores for rows ``X`` (ONNX reference evaluator)."""
@@ -230,15 +238,41 @@ def fit_classifier(
     y: np.ndarray,
     folds: Sequence[tuple[np.ndarray, np.ndarray]],
     *,
+    validation: str,
     target_precision: float | None = None,
     onnx_train_scores: bool = False,
 ) -> Fitted:
     """Grouped out-of-fold predictions, the alert threshold they give
-    (:func:`choose_threshold`), then :func:`fit_export`."""
+    (:func:`choose_threshold`), how far they are probabilities
+    (:func:`probability_calibration`; ``validation`` names the folds in words), then
+    :func:`fit_export`."""
     oof = grouped_oof(make, X, y, folds)
     threshold, at_threshold = choose_threshold(y, oof, target_precision=target_precision)
-    return fit_export(make, X, y, oof=oof, threshold=threshold, at_threshold=at_threshold,
-                      onnx_train_scores=onnx_train_scores)
+    fitted = fit_export(make, X, y, oof=oof, threshold=threshold, at_threshold=at_threshold,
+                        onnx_train_scores=onnx_train_scores)
+    calibration = probability_calibration(OutOfFold(y, oof, list(folds), validation))
+    return dataclasses.replace(fitted, calibration=calibration)
+
+
+@dataclass(frozen=True)
+class OutOfFold:
+    """A classifier's out-of-fold scores ``oof`` of its training rows (labels ``y``), from
+    the validation ``folds`` (train indices, held-out indices) named in words by
+    ``validation``: what its threshold and its probability calibration are measured on.
+    Each classifier's module rebuilds them for a shipped card with ``out_of_fold``."""
+
+    y: np.ndarray
+    oof: np.ndarray
+    folds: list[tuple[np.ndarray, np.ndarray]]
+    validation: str
+
+
+def probability_calibration(oof: OutOfFold) -> ProbabilityCalibration:
+    """The card's ``calibration`` from out-of-fold scores
+    (:func:`linewatch.probabilities.measure`; a map is cross-fitted over the same folds)."""
+    return measure(oof.y, oof.oof, oof.folds,
+                   evaluated_on=f"out-of-fold predictions of {oof.validation} "
+                                f"({len(oof.y)} windows)")
 
 
 def export_onnx(estimator: Any, n_features: int, *, classifier: bool = True) -> bytes:
@@ -357,6 +391,7 @@ def make_card(
         fitted.model, name=name, version=version, description=description, input=input,
         window=window, features=features, output=output, threshold=threshold, X=X,
         scores=fitted.train_scores, data_sha256=data_sha256, metrics=metrics,
+        calibration=fitted.calibration,
         training={**training, "seed": SEED, "packages": package_versions(),
                   "duration_s": round(time.perf_counter() - started, 1)},
     )
@@ -473,6 +508,8 @@ def render_card_md(card: ModelCard, *, summary: str, performance: str, limits: s
     ]
     if extra:
         parts += [extra.strip(), ""]
+    if card.calibration is not None:
+        parts += [card_section(card.calibration), ""]
     parts += [
         "## How it was built",
         "",

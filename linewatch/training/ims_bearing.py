@@ -43,7 +43,7 @@ from linewatch.training import common as c
 from linewatch.training.frames import Frames, featurize
 from linewatch.training.metrics import binary_metrics, report_metrics
 
-__all__ = ["NAME", "feature_specs", "fit", "make_estimator"]
+__all__ = ["NAME", "feature_specs", "fit", "make_estimator", "out_of_fold"]
 
 NAME = "ims_bearing"
 VERSION = "1.0.0"
@@ -57,6 +57,7 @@ CANDIDATES: tuple[dict[str, Any], ...] = tuple(
 )
 DEAD_ROWS = (982, 983)  # README: all channels ~0, the rig had stopped
 CONSECUTIVE = 3  # snapshots (30 min) above the healthy reference before the trend "fires"
+VALIDATION = "leave-one-snapshot-time-out cross-validation, all four bearings at a time"
 
 
 def feature_specs() -> list[FeatureSpec]:
@@ -87,20 +88,35 @@ def _snapshot_minute(frames: Frames) -> np.ndarray:
     return np.floor(frames.end / 60.0).astype(np.int64)
 
 
-def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
-    started = time.perf_counter()
-    root = Path(models_root) if models_root is not None else c.default_models_root()
-    data_root = c.data_root(root)
-    raw_files = sorted(p for p in (data_root / RAW_DIR).iterdir() if p.is_file())
+def _data(data_root: Path) -> tuple[Frames, Frames, np.ndarray, np.ndarray,
+                                    list[tuple[np.ndarray, np.ndarray]]]:
+    """Every window, the labelled ones, their labels, snapshot groups and folds."""
     recs = read_recordings(data_root / RAW_DIR, "ims")
-    specs = feature_specs()
-    every = featurize(recs, specs, size=WINDOW, hop=HOP)
+    every = featurize(recs, feature_specs(), size=WINDOW, hop=HOP)
     known = ~np.isnan(every.labels["degraded"])
     tr = every.select(known)
     y = tr.labels["degraded"].astype(np.int64)
     # Leave one snapshot time out: its four bearings' windows are never on both sides.
     groups = _snapshot_minute(tr)
     folds = list(LeaveOneGroupOut().split(tr.X, y, groups))
+    return every, tr, y, groups, folds
+
+
+def out_of_fold(card: ModelCard, data_root: Path) -> c.OutOfFold:
+    """The out-of-fold scores ``fit`` computed for ``card`` (its recorded hyper-parameters,
+    the same folds), rebuilt from the snapshots under ``data_root``."""
+    _, tr, y, _, folds = _data(data_root)
+    make = partial(make_estimator, card.training["hyperparameters"])
+    return c.OutOfFold(y, c.grouped_oof(make, tr.X, y, folds), folds, VALIDATION)
+
+
+def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
+    started = time.perf_counter()
+    root = Path(models_root) if models_root is not None else c.default_models_root()
+    data_root = c.data_root(root)
+    raw_files = sorted(p for p in (data_root / RAW_DIR).iterdir() if p.is_file())
+    specs = feature_specs()
+    every, tr, y, groups, folds = _data(data_root)
 
     results: Any
     if search:
@@ -110,7 +126,7 @@ def fit(models_root: Path | None = None, *, search: bool = True) -> c.Trained:
         hp, results = c.recorded_search(NAME, default=dict(CANDIDATES[1]))
     # F1-best threshold; every score (training ones included) from the exported file.
     fitted = c.fit_classifier(partial(make_estimator, hp), tr.X, y, folds,
-                              onnx_train_scores=True)
+                              validation=VALIDATION, onnx_train_scores=True)
     threshold, at_threshold = fitted.threshold, fitted.at_threshold
     p_all = fitted.scores(every.X)
 
