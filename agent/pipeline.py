@@ -1,7 +1,8 @@
 """The agent, wired: source -> windows -> features -> model -> monitors -> outbox -> MQTT.
 
 Everything is written to the on-disk outbox before any network call, so a broker outage
-or a killed process loses nothing; the publisher drains it in order.
+or a killed process loses nothing; the publisher drains it in order, and a row leaves the
+outbox when the aggregator confirms it stored it (``publish.confirm``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import cast
 import numpy as np
 
 from agent.config import AgentConfig
+from agent.delivery import Confirmation
 from agent.features import FeatureExtractor
 from agent.inference import OnnxModel
 from agent.monitors import Event
@@ -55,7 +57,10 @@ class Progress:
     events_sent: int = 0
     rejected_readings: int = 0
     outbox_depth: int = 0
-    published: int = 0
+    published: int = 0  # acknowledged by the broker
+    confirmed: int = 0  # confirmed stored by the aggregator
+    unconfirmed: int = 0  # acknowledged by the broker, not yet confirmed
+    unsent: int = 0  # not yet acknowledged by the broker
     connected: bool = False
 
 
@@ -117,12 +122,16 @@ class _Batcher:
             self._write(kind, items[:half])
             self._write(kind, items[half:])
             return
-        # Alerts and drift events must survive a full outbox; plain telemetry may not.
-        droppable = kind == "health" or (
+        # Alerts, drift events and the health reports that tell the aggregator which
+        # messages it will never get must survive a full outbox; plain telemetry may not.
+        droppable = (
+            kind == "health" and not any(cast(wire.Health, i).undeliverable for i in items)
+        ) or (
             kind == "predictions" and not any(cast(wire.Prediction, i).alert for i in items)
         )
         self._outbox.put(seq, str(env.msg_id), self._topics[kind], kind, payload,
-                         droppable=droppable)
+                         droppable=droppable,
+                         windows=len(items) if kind == "predictions" else 0, ts=env.ts)
 
 
 class Agent:
@@ -153,13 +162,15 @@ class Agent:
             logger.warning("mqtt.username %r differs from agent.id %r: the shipped broker ACL "
                            "will refuse this agent's messages", config.mqtt.username,
                            config.agent.id)
-        a = config.agent
+        a, pub = config.agent, config.publish
         status = wire.topic(a.site, a.line, a.id, "status")
         self.publisher = Publisher(
             config.mqtt, self.outbox,
             client_id=config.mqtt.client_id or f"linewatch-agent-{a.id}",
             status_topic=status,
             status=lambda state, ts: wire.encode(self._status(state, ts)),
+            confirmation=None if pub.confirm == "broker" else Confirmation(
+                site=a.site, line=a.line, agent=a.id, timeout_s=pub.confirm_timeout_s),
         )
         self.batcher = _Batcher(config, self.outbox, self.model_ref, self.publisher.notify)
         self.progress = Progress(total_ticks=self.source.total_ticks)
@@ -168,6 +179,7 @@ class Agent:
         self._latency_ms: deque[float] = deque(maxlen=500)
         self._stop = threading.Event()
         self._last_health = time.monotonic()
+        self._spans_told = 0  # the outbox's spans_made in the last health report
 
     def _calibrate(self) -> Calibration:
         card, mon = self.model.card, self.config.monitors
@@ -246,16 +258,22 @@ class Agent:
             self.batcher.add("drift", items)
 
     def _health(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_health < self.config.publish.health_interval_s:
+        now, pub = time.monotonic(), self.config.publish
+        since = now - self._last_health
+        # Messages newly known lost are told within a flush interval, not a health interval:
+        # the aggregator waits for that report before it moves past the gap.
+        news = self.outbox.spans_made != self._spans_told and since >= pub.flush_interval_s
+        if not force and not news and since < pub.health_interval_s:
             return
         self._last_health = now
+        self._spans_told = self.outbox.spans_made
         median = statistics.median(self._latency_ms) if self._latency_ms else None
         self.batcher.add("health", [wire.Health(
             at=datetime.now(UTC), windows_scored=self.progress.windows_scored,
             outbox_depth=self.outbox.depth, outbox_dropped=self.outbox.dropped,
             rejected_readings=self.quality.rejected_readings, inference_ms_median=median,
             monitoring=self.calibration.report,
+            undeliverable=self.outbox.undeliverable() or None,
         )])
 
     def _update_progress(self) -> None:
@@ -263,12 +281,17 @@ class Agent:
         p.rejected_readings = self.quality.rejected_readings
         p.outbox_depth = self.outbox.depth
         p.published = self.publisher.published
+        p.confirmed = self.publisher.confirmed
+        p.unconfirmed = self.outbox.unconfirmed
+        p.unsent = self.outbox.unsent
         p.connected = self.publisher.connected
 
     # --- the loop --------------------------------------------------------------------------
 
     def run(self, *, drain_timeout_s: float = 60.0) -> RunReport:
-        """Replay the source, then wait up to ``drain_timeout_s`` for the outbox to empty."""
+        """Replay the source, then wait up to ``drain_timeout_s`` for the outbox to empty:
+        every message confirmed by the aggregator (``publish.confirm: aggregator``) or
+        acknowledged by the broker (``broker``)."""
         self.publisher.start()
         try:
             for readings in self.source.ticks():
@@ -290,8 +313,12 @@ class Agent:
                                            else drain_timeout_s)
             self._update_progress()
             if not drained:
-                logger.warning("%d messages still in the outbox after %.0f s; they are kept "
-                               "for the next start", self.outbox.depth, drain_timeout_s)
+                waiting = ("" if self.publisher.confirmation is None else
+                           f" ({self.outbox.unconfirmed} handed to the broker but not "
+                           "confirmed by the aggregator)")
+                logger.warning("%d messages still in the outbox after %.0f s%s; they are "
+                               "kept for the next start", self.outbox.depth, drain_timeout_s,
+                               waiting)
             return RunReport(self.progress, drained, self._scored)
         finally:
             self.publisher.close()
