@@ -184,13 +184,16 @@ class Outbox:
     def put(
         self, seq: int, msg_id: str, topic: str, kind: str, payload: bytes, *,
         droppable: bool, windows: int = 0, ts: datetime | None = None,
+        make_room: bool = True,
     ) -> None:
         """Store one message; ``windows`` (predictions it holds) and ``ts`` (its envelope's)
-        describe it if it is ever dropped."""
+        describe it if it is ever dropped. ``make_room=False`` stores it past the bound
+        rather than drop another row: for the report of what was dropped, which would
+        otherwise cause a loss it does not tell."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                if self._depth >= self.max_rows:
+                if make_room and self._depth >= self.max_rows:
                     self._drop_oldest(self._depth - self.max_rows + 1)
                 self._db.execute(
                     "INSERT INTO outbox (seq, msg_id, topic, kind, droppable, payload, windows, "

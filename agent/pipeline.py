@@ -129,8 +129,9 @@ class _Batcher:
         ) or (
             kind == "predictions" and not any(cast(wire.Prediction, i).alert for i in items)
         )
+        tells_losses = kind == "health" and not droppable
         self._outbox.put(seq, str(env.msg_id), self._topics[kind], kind, payload,
-                         droppable=droppable,
+                         droppable=droppable, make_room=not tells_losses,
                          windows=len(items) if kind == "predictions" else 0, ts=env.ts)
 
 
@@ -288,6 +289,20 @@ class Agent:
 
     # --- the loop --------------------------------------------------------------------------
 
+    def _drain(self, timeout_s: float) -> bool:
+        """Wait until every message left the outbox. Seqs the aggregator asks for that this
+        agent no longer holds are told at once in a health report: it waits for that report
+        to move past them."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.outbox.spans_made != self._spans_told:
+                self._health(force=True)
+                self.batcher.flush()
+            drained = self.publisher.flush(max(0.0, deadline - time.monotonic()))
+            if (drained or time.monotonic() >= deadline
+                    or self.outbox.spans_made == self._spans_told):
+                return drained
+
     def run(self, *, drain_timeout_s: float = 60.0) -> RunReport:
         """Replay the source, then wait up to ``drain_timeout_s`` for the outbox to empty:
         every message confirmed by the aggregator (``publish.confirm: aggregator``) or
@@ -306,11 +321,14 @@ class Agent:
                 self._update_progress()
                 if self._stop.is_set():
                     break
+            # Everything scored goes in first, so that the last health report counts it and
+            # names every message dropped to make room for it.
+            self.batcher.flush()
             self._health(force=True)
             self.batcher.flush()
             # Stopped by a signal: do not hold up a service manager; the outbox keeps the rest.
-            drained = self.publisher.flush(min(drain_timeout_s, 5.0) if self._stop.is_set()
-                                           else drain_timeout_s)
+            drained = self._drain(min(drain_timeout_s, 5.0) if self._stop.is_set()
+                                  else drain_timeout_s)
             self._update_progress()
             if not drained:
                 waiting = ("" if self.publisher.confirmation is None else

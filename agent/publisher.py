@@ -390,11 +390,15 @@ class Publisher:
     def flush(self, timeout_s: float) -> bool:
         """Wait until the outbox is empty (every row confirmed by the aggregator, or, with
         ``confirm: broker``, acknowledged by the broker); False if it is not by the
-        deadline."""
+        deadline, or as soon as rows are newly known undeliverable (the caller tells the
+        aggregator, which waits for that, and then waits on)."""
         deadline = time.monotonic() + timeout_s
+        spans = self.outbox.spans_made
         while time.monotonic() < deadline:
             if self.outbox.depth == 0 and not self._inflight:
                 return True
+            if self.outbox.spans_made != spans:
+                return False
             self._wake.set()
             time.sleep(0.02)
         return self.outbox.depth == 0 and not self._inflight
