@@ -53,11 +53,12 @@ CREATE TABLE IF NOT EXISTS undeliverable (
     last_at TEXT
 );
 """
-# Added after the first release: an outbox file written by it gets them by ALTER TABLE.
-# sent_at is the publisher's clock when the broker acknowledged the row or it was last
-# scheduled to go again; NULL until the broker acknowledged it once.
+# Added after the first release: an outbox file written by it gets them by ALTER TABLE, and
+# its rows NULL windows (read from the payload if they are ever dropped). sent_at is the
+# publisher's clock when the broker acknowledged the row or it was last scheduled to go
+# again; NULL until the broker acknowledged it once.
 _COLUMNS = {
-    "windows": "INTEGER NOT NULL DEFAULT 0",
+    "windows": "INTEGER",
     "ts": "TEXT",
     "sent_at": "REAL",
 }
@@ -216,14 +217,14 @@ class Outbox:
     def _drop_oldest(self, n: int) -> None:
         rows = self._db.execute(
             "SELECT seq, windows, ts, sent_at IS NOT NULL, "
-            "CASE WHEN ts IS NULL THEN payload END "
+            "CASE WHEN windows IS NULL THEN payload END "
             "FROM outbox WHERE droppable = 1 ORDER BY seq LIMIT ?", (n,)).fetchall()
         if not rows:
             return
         self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(r[0],) for r in rows])
         runs: list[_Run] = []
         for seq, windows, ts, sent, payload in rows:
-            if ts is None:  # written by the first release, which did not keep them aside
+            if windows is None:  # written by the first release, which did not keep them aside
                 windows, ts = _described(payload)
             if runs and runs[-1].last == seq - 1:
                 run = runs[-1]
