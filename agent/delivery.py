@@ -83,16 +83,15 @@ class Tracker:
         self._unconfirmed = FailureLog(log, clock=clock)
         self._advanced_since_round = False
         self._heard = False
-        self.confirmed = 0  # rows released by a confirmation, this process
         self.resent = 0  # rows scheduled to go again, this process
 
     def apply(self, delivery: wire.Delivery, busy: Collection[int] = ()) -> list[int]:
         """Release what ``delivery`` confirms; return the seqs to send again, in order."""
-        before = self.outbox.confirmed_through
-        self.confirmed += self.outbox.confirm(delivery.stored_through)
+        if delivery.stored_through > self.outbox.confirmed_through:
+            # Told before the rows go, so whoever sees them gone sees it told.
+            self._advanced(delivery.stored_through)
+        self.outbox.confirm(delivery.stored_through)
         through = self.outbox.confirmed_through
-        if through > before:
-            self._advanced(through)
         now = self._clock()
         again: set[int] = set()
         for gap in delivery.missing:
@@ -134,6 +133,11 @@ class Tracker:
             f"{len(late)} messages handed to broker {self._broker} but not confirmed by the "
             f"aggregator for {span(waited)}; resending")
         return late
+
+    @property
+    def confirmed(self) -> int:
+        """Rows released by a confirmation, this process."""
+        return self.outbox.confirmed
 
     @property
     def next_due_s(self) -> float:

@@ -135,6 +135,7 @@ class Outbox:
         self.dropped = self._meta("dropped")
         self._through = self._meta("stored_through", -1)
         self.spans_made = 0  # new undeliverable spans since this process opened the outbox
+        self.confirmed = 0  # rows released by confirm() since then
 
     def _upgrade(self) -> None:
         have = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
@@ -365,9 +366,11 @@ class Outbox:
             except sqlite3.Error as exc:
                 self._db.execute("ROLLBACK")
                 raise OutboxError(f"cannot write to outbox {self.path}: {exc}") from exc
+            # Counted before the depth drops: whoever sees the rows gone sees them counted.
+            self.confirmed += n
             self._through = stored_through
-            self._depth -= n
             self._sent -= sent
+            self._depth -= n
         return int(n)
 
     def note_gone(self, first: int, last: int) -> list[tuple[int, int]]:

@@ -281,8 +281,8 @@ class Publisher:
                 self._retry_at[seq] = time.monotonic() + _REFUSED_RETRY_S
         if done:
             if self.tracker is None:
+                self.published += len(done)  # first: whoever sees the rows gone sees them
                 self.outbox.ack(done)
-                self.published += len(done)
             else:
                 self.published += self.outbox.mark_sent(done, self._clock())
             self._publish_log.recovered(f"broker {self.link.broker} accepts messages again")
