@@ -81,12 +81,23 @@ class Tracker:
         self._logger = log
         self._clock = clock
         self._unconfirmed = FailureLog(log, clock=clock)
+        self._ahead = FailureLog(log, clock=clock)
         self._advanced_since_round = False
         self._heard = False
         self.resent = 0  # rows scheduled to go again, this process
 
     def apply(self, delivery: wire.Delivery, busy: Collection[int] = ()) -> list[int]:
         """Release what ``delivery`` confirms; return the seqs to send again, in order."""
+        if delivery.stored_through > self.outbox.last_seq:
+            # It cannot have stored what this outbox never wrote: a retained Delivery about
+            # an outbox that was replaced, or another gateway with this agent id. Obeyed, it
+            # would release rows nobody has.
+            self._ahead.failed(
+                "ahead", f"ignored a delivery command that says seq {delivery.stored_through} "
+                f"is stored: this outbox has written only up to seq {self.outbox.last_seq} "
+                "(was it replaced, or does another gateway use this agent id?)")
+            return []
+        self._ahead.recovered("the aggregator's delivery commands match this outbox again")
         if delivery.stored_through > self.outbox.confirmed_through:
             # Told before the rows go, so whoever sees them gone sees it told.
             self._advanced(delivery.stored_through)

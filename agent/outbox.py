@@ -301,19 +301,27 @@ class Outbox:
 
     def mark_sent(self, seqs: Iterable[int], at: float) -> int:
         """Stamp rows as acknowledged by the broker, or scheduled to go again, at ``at``
-        (the publisher's clock); return how many had never been acknowledged before."""
+        (the publisher's clock); return how many had never been acknowledged before.
+
+        A row the aggregator already confirmed leaves now: its acknowledgement was lost
+        with a connection, or came after the confirmation."""
         params = [(at, s) for s in seqs]
         if not params:
             return 0
         with self._lock:
             self._db.execute("BEGIN")
-            new = self._db.executemany(
+            new = max(self._db.executemany(
                 "UPDATE outbox SET sent_at = ? WHERE seq = ? AND sent_at IS NULL", params
-            ).rowcount
+            ).rowcount, 0)
             self._db.executemany("UPDATE outbox SET sent_at = ? WHERE seq = ?", params)
+            stored = max(self._db.executemany(
+                "DELETE FROM outbox WHERE seq = ? AND seq <= ?",
+                [(s, self._through) for _, s in params]).rowcount, 0)
             self._db.execute("COMMIT")
-            self._sent += max(new, 0)
-        return max(new, 0)
+            self._sent += new - stored
+            self.confirmed += stored
+            self._depth -= stored
+        return new
 
     def restamp_sent(self, at: float) -> None:
         """Start every sent row's confirmation wait over at ``at``: the stamps of an earlier
@@ -350,16 +358,22 @@ class Outbox:
     def confirm(self, stored_through: int) -> int:
         """The aggregator stored every seq up to ``stored_through``: delete those rows and
         forget the undeliverable spans it has passed; return how many rows left. A value
-        lower than one seen before changes nothing."""
+        lower than one seen before changes nothing.
+
+        Only rows the broker acknowledged leave: the aggregator cannot have stored a row
+        that never reached the broker, so a confirmation that covers one speaks of another
+        message with that seq (a stale one, for an outbox that was replaced). A row whose
+        acknowledgement is still to come leaves with it (``mark_sent``)."""
         with self._lock:
             if stored_through <= self._through:
                 return 0
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                n, sent = self._db.execute(
-                    "SELECT COUNT(*), COALESCE(SUM(sent_at IS NOT NULL), 0) FROM outbox "
-                    "WHERE seq <= ?", (stored_through,)).fetchone()
-                self._db.execute("DELETE FROM outbox WHERE seq <= ?", (stored_through,))
+                (n,) = self._db.execute(
+                    "SELECT COUNT(*) FROM outbox WHERE seq <= ? AND sent_at IS NOT NULL",
+                    (stored_through,)).fetchone()
+                self._db.execute("DELETE FROM outbox WHERE seq <= ? AND sent_at IS NOT NULL",
+                                 (stored_through,))
                 self._db.execute("DELETE FROM undeliverable WHERE last <= ?", (stored_through,))
                 self._set_meta("stored_through", stored_through)
                 self._db.execute("COMMIT")
@@ -369,7 +383,7 @@ class Outbox:
             # Counted before the depth drops: whoever sees the rows gone sees them counted.
             self.confirmed += n
             self._through = stored_through
-            self._sent -= sent
+            self._sent -= n
             self._depth -= n
         return int(n)
 

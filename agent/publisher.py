@@ -382,8 +382,9 @@ class Publisher:
             self._settle_acks()
             if self.tracker is not None:
                 self._read_commands()
-                busy = self._resending | set(self._inflight.values())
-                self._queue_again(self.tracker.due(busy))
+                if self.tracker.next_due_s == 0:
+                    busy = self._resending | set(self._inflight.values())
+                    self._queue_again(self.tracker.due(busy))
             self._hand_over()
             self.link.tick()
 

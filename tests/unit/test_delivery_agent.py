@@ -60,6 +60,21 @@ def test_a_delivery_releases_what_it_confirms_and_nothing_else(tmp_path: Path) -
     assert tracker.apply(delivery(2)) == [] and box.depth == 4  # stale: nothing comes back
 
 
+def test_a_delivery_about_seqs_this_outbox_never_wrote_is_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A retained Delivery about an outbox that was replaced (a new gateway, a wiped
+    state directory) must not release the new outbox's rows."""
+    clock = Clock()
+    box = sent_outbox(tmp_path, 3, clock)
+    tracker = Tracker(box, CONFIRMATION, clock=clock)
+    assert tracker.apply(delivery(500, missing=((501, 510),), resend="old")) == []
+    assert box.depth == 3 and box.confirmed_through == -1 and box.resend_id is None
+    assert box.undeliverable() == []
+    assert "this outbox has written only up to seq 2" in caplog.text
+    assert tracker.apply(delivery(1)) == [] and box.depth == 1
+
+
 def test_a_missing_span_resends_exactly_its_held_rows_once_per_request(tmp_path: Path) -> None:
     clock = Clock()
     box = sent_outbox(tmp_path, 10, clock)

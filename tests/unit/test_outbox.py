@@ -108,6 +108,21 @@ def test_a_broker_acknowledgement_keeps_the_row_until_the_aggregator_confirms_it
     assert box.confirmed_through == seqs[1]
 
 
+def test_only_rows_the_broker_took_are_released_the_others_on_their_acknowledgement(
+    tmp_path: Path,
+) -> None:
+    box = Outbox(tmp_path / "o.db")
+    seqs = _fill(box, 4)
+    box.mark_sent(seqs[:2], at=0.0)
+    # 2 and 3 never reached the broker as far as this outbox knows: the aggregator cannot
+    # have them, unless their acknowledgement was lost on the way back.
+    assert box.confirm(3) == 2
+    assert [r.seq for r in box.pending(-1, 10)] == [2, 3] and box.confirmed == 2
+    assert box.mark_sent([2], at=1.0) == 1  # the acknowledgement, late: it leaves now
+    assert (box.depth, box.unconfirmed, box.confirmed) == (1, 0, 3)
+    assert [r.seq for r in box.pending(-1, 10)] == [3]
+
+
 def test_a_stale_lower_stored_through_changes_nothing(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.db")
     seqs = _fill(box, 6)
@@ -193,6 +208,7 @@ def test_seqs_asked_for_but_no_longer_held_are_gone(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.db", max_rows=100)
     seqs = _fill(box, 12)                 # 0-11
     box.ack([3, 4, 7])                    # released on PUBACK (confirm: broker)
+    box.mark_sent([0, 1], at=0.0)
     box.confirm(1)                        # 0-1 stored
     box._db.execute("INSERT INTO undeliverable VALUES (9, 10, 'dropped', 5, NULL, NULL)")
     box._db.execute("DELETE FROM outbox WHERE seq IN (9, 10)")
@@ -236,6 +252,7 @@ def test_an_outbox_of_the_first_release_opens_and_keeps_working(tmp_path: Path) 
     assert _put(box) == 3
     assert _spans(box) == [(0, 0, "dropped", 1)]
     assert box.undeliverable()[0].first_at == old[0].ts
+    box.mark_sent([1, 2, 3], at=2.0)
     assert box.confirm(3) == 3 and box.depth == 0
     box.close()
     columns = {r[1] for r in sqlite3.connect(tmp_path / "o.db").execute(
