@@ -379,9 +379,13 @@ class Publisher:
         while not self._stop.is_set():
             self._wake.wait(_DRAIN_WAIT_S)
             self._wake.clear()
+            if self.tracker is not None:
+                # Before the acks: a PUBACK that came after a Delivery must not make the
+                # Delivery release a row it never saw (a stale retained one, at connection).
+                # A row a Delivery did confirm before its PUBACK leaves with it (mark_sent).
+                self._read_commands()
             self._settle_acks()
             if self.tracker is not None:
-                self._read_commands()
                 if self.tracker.next_due_s == 0:
                     busy = self._resending | set(self._inflight.values())
                     self._queue_again(self.tracker.due(busy))
