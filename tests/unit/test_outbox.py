@@ -156,7 +156,7 @@ def test_a_drop_is_recorded_as_exact_spans_with_windows_and_times(tmp_path: Path
     _put(box, windows=20)                         # 1 dropped
     _put(box, droppable=False, kind="drift")      # 2 kept
     _put(box, windows=30)                         # 3 dropped
-    _put(box, windows=40)                         # 4 kept: the bound is reached first
+    _put(box, windows=40)                         # 4 kept: only three puts go past the bound
     _put(box, windows=50)                         # 5
     box.mark_sent([0, 1, 2], at=0.0)              # sent rows count toward the bound too
     for _ in range(3):
