@@ -14,6 +14,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -22,7 +23,10 @@ from agent.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXI
 from contract.errors import CardError, ContractError
 from contract.release import installed_version
 
-__all__ = ["DESCRIPTION", "EPILOG", "add_arguments", "main", "run"]
+if TYPE_CHECKING:
+    from agent.pipeline import RunReport
+
+__all__ = ["DESCRIPTION", "EPILOG", "add_arguments", "main", "run", "summary"]
 
 DESCRIPTION = """\
 Run one gateway agent: replay a recorded data file as if live, score every window with
@@ -33,8 +37,9 @@ Reads:  the agent YAML file given with -c (every key is described in
         configs/agent.example.yaml), the model directory it names (model.onnx +
         card.json) and the data file it names.
 Writes: the on-disk outbox (outbox.path, default var/agent/<agent id>/outbox.db): every
-        message waits there until the broker acknowledges it, and a message still there
-        at exit is sent at the next start. Publishes to mqtt.url.
+        message waits there until the aggregator confirms it stored it (or, with
+        publish.confirm: broker, until the broker acknowledges it), and a message still
+        there at exit is sent at the next start. Publishes to mqtt.url.
 
 Ends when the replay is over and the outbox has drained (or after --drain-timeout).
 A restarted agent resumes its replay where the last run stopped, with the same plant
@@ -48,7 +53,7 @@ example:
 
 EPILOG = f"""\
 exit codes (README.md, "Exit codes", has every command's):
-  {EXIT_OK}    the replay ended and every message was acknowledged
+  {EXIT_OK}    the replay ended and every message was confirmed
   {EXIT_FAILED}    messages are still in the outbox (kept: they are sent at the next start)
   {EXIT_CONFIG}    bad configuration: the key path and value are printed
   {EXIT_START}    could not start: model directory, model card, data file or outbox unusable
@@ -62,8 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", required=True, type=Path, metavar="FILE",
                         help="agent YAML file (see configs/agent.example.yaml)")
     parser.add_argument("--drain-timeout", type=float, default=60.0, metavar="SECONDS",
-                        help="seconds to wait for the outbox to empty at the end of a replay "
-                        "(default: 60)")
+                        help="seconds to wait at the end of a replay for every message to be "
+                        "confirmed (default: 60)")
     parser.add_argument("--from-start", action="store_true",
                         help="replay from the beginning instead of resuming where the last "
                         "run stopped (as source.resume: false)")
@@ -127,11 +132,35 @@ def run(args: argparse.Namespace) -> int:
         report = agent.run(drain_timeout_s=args.drain_timeout)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    p = report.progress
-    sys.stdout.write(f"scored {p.windows_scored} windows, {p.alerts} above threshold; "
-                     f"{p.published} messages acknowledged, {p.outbox_depth} left in the "
-                     "outbox\n")
+    sys.stdout.write(summary(report, agent.config.publish.confirm) + "\n")
     return EXIT_OK if report.drained else EXIT_FAILED
+
+
+def summary(report: RunReport, confirm: str) -> str:
+    """The agent's last line: what it scored and what it knows of where the messages are.
+
+    >>> from agent.pipeline import Progress, RunReport
+    >>> p = Progress(windows_scored=1234, alerts=17, published=250, confirmed=250)
+    >>> summary(RunReport(p, drained=True), "aggregator")  # doctest: +NORMALIZE_WHITESPACE
+    'scored 1234 windows, 17 above threshold; 250 messages stored by the aggregator
+     (confirmed), 0 handed to the broker but not yet confirmed, 0 not yet sent'
+    >>> p = Progress(windows_scored=5, published=3, outbox_depth=2, unsent=2)
+    >>> summary(RunReport(p, drained=False), "broker")  # doctest: +NORMALIZE_WHITESPACE
+    'scored 5 windows, 0 above threshold; 3 messages acknowledged by the broker
+     (publish.confirm: broker), 2 not yet sent; 2 left in the outbox for the next start'
+    """
+    p = report.progress
+    line = f"scored {p.windows_scored} windows, {p.alerts} above threshold; "
+    if confirm == "broker":
+        line += (f"{p.published} messages acknowledged by the broker (publish.confirm: "
+                 f"broker), {p.unsent} not yet sent")
+    else:
+        line += (f"{p.confirmed} messages stored by the aggregator (confirmed), "
+                 f"{p.unconfirmed} handed to the broker but not yet confirmed, "
+                 f"{p.unsent} not yet sent")
+    if p.outbox_depth:
+        line += f"; {p.outbox_depth} left in the outbox for the next start"
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:

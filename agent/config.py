@@ -126,6 +126,17 @@ class PublishConfig(_Config):
     max_items: int = Field(500, ge=1, le=5000, description="items per MQTT message at most")
     flush_interval_s: float = Field(1.0, gt=0, description="longest wait before a partial batch")
     health_interval_s: float = Field(30.0, gt=0)
+    confirm: Literal["aggregator", "broker"] = Field(
+        "aggregator", description="when a message leaves the outbox: once the linewatch "
+        "aggregator confirms it stored it, or on the broker's acknowledgement (only for a "
+        "broker with no linewatch aggregator behind it: a broker that loses its session "
+        "loses those messages)",
+    )
+    confirm_timeout_s: float = Field(
+        60.0, gt=0, description="send a message again when the aggregator has not confirmed "
+        "it this long after the broker took it; doubled while nothing gets confirmed, up to "
+        "15 min",
+    )
 
 
 class BudgetConfig(_Config):

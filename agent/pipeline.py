@@ -1,8 +1,9 @@
 """The agent, wired: source -> windows -> features -> model -> monitors -> outbox -> MQTT.
 
 Everything is written to the on-disk outbox before any network call, so a broker outage
-or a killed process loses nothing; the publisher drains it in order. Next to the outbox, the
-source's position (``agent.position``) is saved after every flush, so a restarted agent
+or a killed process loses nothing; the publisher drains it in order, and a row leaves the
+outbox when the aggregator confirms it stored it (``publish.confirm``). Next to the outbox,
+the source's position (``agent.position``) is saved after every flush, so a restarted agent
 resumes its replay where the outputs stop instead of scoring it again.
 """
 
@@ -21,6 +22,7 @@ from typing import cast
 import numpy as np
 
 from agent.config import AgentConfig
+from agent.delivery import Confirmation
 from agent.estimate import PerformanceEstimator
 from agent.features import FeatureExtractor
 from agent.inference import OnnxModel
@@ -59,7 +61,10 @@ class Progress:
     events_sent: int = 0
     rejected_readings: int = 0
     outbox_depth: int = 0
-    published: int = 0
+    published: int = 0  # acknowledged by the broker
+    confirmed: int = 0  # confirmed stored by the aggregator
+    unconfirmed: int = 0  # acknowledged by the broker, not yet confirmed
+    unsent: int = 0  # not yet acknowledged by the broker
     connected: bool = False
 
 
@@ -121,12 +126,17 @@ class _Batcher:
             self._write(kind, items[:half])
             self._write(kind, items[half:])
             return
-        # Alerts and drift events must survive a full outbox; plain telemetry may not.
-        droppable = kind == "health" or (
+        # Alerts, drift events and the health reports that tell the aggregator which
+        # messages it will never get must survive a full outbox; plain telemetry may not.
+        droppable = (
+            kind == "health" and not any(cast(wire.Health, i).undeliverable for i in items)
+        ) or (
             kind == "predictions" and not any(cast(wire.Prediction, i).alert for i in items)
         )
+        tells_losses = kind == "health" and not droppable
         self._outbox.put(seq, str(env.msg_id), self._topics[kind], kind, payload,
-                         droppable=droppable)
+                         droppable=droppable, make_room=not tells_losses,
+                         windows=len(items) if kind == "predictions" else 0, ts=env.ts)
 
 
 class Agent:
@@ -161,13 +171,15 @@ class Agent:
             logger.warning("mqtt.username %r differs from agent.id %r: the shipped broker ACL "
                            "will refuse this agent's messages", config.mqtt.username,
                            config.agent.id)
-        a = config.agent
+        a, pub = config.agent, config.publish
         status = wire.topic(a.site, a.line, a.id, "status")
         self.publisher = Publisher(
             config.mqtt, self.outbox,
             client_id=config.mqtt.client_id or f"linewatch-agent-{a.id}",
             status_topic=status,
             status=lambda state, ts: wire.encode(self._status(state, ts)),
+            confirmation=None if pub.confirm == "broker" else Confirmation(
+                site=a.site, line=a.line, agent=a.id, timeout_s=pub.confirm_timeout_s),
         )
         self.batcher = _Batcher(config, self.outbox, self.model_ref, self.publisher.notify)
         self.progress = Progress(total_ticks=self.source.total_ticks)
@@ -176,6 +188,7 @@ class Agent:
         self._latency_ms: deque[float] = deque(maxlen=500)
         self._stop = threading.Event()
         self._last_health = time.monotonic()
+        self._spans_told = 0  # the outbox's spans_made in the last health report
 
     def _calibrate(self) -> Calibration:
         card, mon = self.model.card, self.config.monitors
@@ -331,10 +344,15 @@ class Agent:
             self.batcher.add("drift", items)
 
     def _health(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_health < self.config.publish.health_interval_s:
+        now, pub = time.monotonic(), self.config.publish
+        since = now - self._last_health
+        # Messages newly known lost are told within a flush interval, not a health interval:
+        # the aggregator waits for that report before it moves past the gap.
+        news = self.outbox.spans_made != self._spans_told and since >= pub.flush_interval_s
+        if not force and not news and since < pub.health_interval_s:
             return
         self._last_health = now
+        self._spans_told = self.outbox.spans_made
         median = statistics.median(self._latency_ms) if self._latency_ms else None
         self.batcher.add("health", [wire.Health(
             at=datetime.now(UTC), windows_scored=self.progress.windows_scored,
@@ -342,6 +360,7 @@ class Agent:
             rejected_readings=self.quality.rejected_readings, inference_ms_median=median,
             monitoring=self.calibration.report,
             estimate=self.estimator.estimate(),
+            undeliverable=self.outbox.undeliverable() or None,
         )])
 
     def _update_progress(self) -> None:
@@ -349,12 +368,31 @@ class Agent:
         p.rejected_readings = self.quality.rejected_readings
         p.outbox_depth = self.outbox.depth
         p.published = self.publisher.published
+        p.confirmed = self.publisher.confirmed
+        p.unconfirmed = self.outbox.unconfirmed
+        p.unsent = self.outbox.unsent
         p.connected = self.publisher.connected
 
     # --- the loop --------------------------------------------------------------------------
 
+    def _drain(self, timeout_s: float) -> bool:
+        """Wait until every message left the outbox. Seqs the aggregator asks for that this
+        agent no longer holds are told at once in a health report: it waits for that report
+        to move past them."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.outbox.spans_made != self._spans_told:
+                self._health(force=True)
+                self.batcher.flush()
+            drained = self.publisher.flush(max(0.0, deadline - time.monotonic()))
+            if (drained or time.monotonic() >= deadline
+                    or self.outbox.spans_made == self._spans_told):
+                return drained
+
     def run(self, *, drain_timeout_s: float = 60.0) -> RunReport:
-        """Replay the source, then wait up to ``drain_timeout_s`` for the outbox to empty."""
+        """Replay the source, then wait up to ``drain_timeout_s`` for the outbox to empty:
+        every message confirmed by the aggregator (``publish.confirm: aggregator``) or
+        acknowledged by the broker (``broker``)."""
         self.publisher.start()
         try:
             self.progress.ticks = self._resumed_tick
@@ -372,16 +410,23 @@ class Agent:
                 self._update_progress()
                 if self._stop.is_set():
                     break
+            # Everything scored goes in first, so that the last health report counts it and
+            # names every message dropped to make room for it.
+            self.batcher.flush()
             self._health(force=True)
             self.batcher.flush()
             self._save_position()
             # Stopped by a signal: do not hold up a service manager; the outbox keeps the rest.
-            drained = self.publisher.flush(min(drain_timeout_s, 5.0) if self._stop.is_set()
-                                           else drain_timeout_s)
+            drained = self._drain(min(drain_timeout_s, 5.0) if self._stop.is_set()
+                                  else drain_timeout_s)
             self._update_progress()
             if not drained:
-                logger.warning("%d messages still in the outbox after %.0f s; they are kept "
-                               "for the next start", self.outbox.depth, drain_timeout_s)
+                waiting = ("" if self.publisher.confirmation is None else
+                           f" ({self.outbox.unconfirmed} handed to the broker but not "
+                           "confirmed by the aggregator)")
+                logger.warning("%d messages still in the outbox after %.0f s%s; they are "
+                               "kept for the next start", self.outbox.depth, drain_timeout_s,
+                               waiting)
             return RunReport(self.progress, drained, self._scored)
         finally:
             self.publisher.close()

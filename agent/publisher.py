@@ -1,20 +1,26 @@
 """Drain the outbox to the broker with paho-mqtt: QoS 1, in seq order, a bounded window.
 
-"Sent" means the broker acknowledged it: a row leaves the outbox only when paho reports
-the PUBACK for that message's mid. While the connection is down, paho keeps the messages
-already handed to it and resends them after reconnecting (MQTT 3.1.1 §4.4); the outbox
-keeps everything else, and keeps it across a restart of the process too.
+A broker's PUBACK marks a row sent; it leaves the outbox when the aggregator confirms it
+stored it: the retained ``Delivery`` on this agent's ``cmd/delivery`` topic, to which the
+publisher subscribes at every connection (``agent.delivery``). That message also asks for
+rows again (gaps, or everything after a broker lost its session), and rows left unconfirmed
+for too long go again on their own. With ``publish.confirm: broker`` (no linewatch
+aggregator behind the broker) a row leaves on its PUBACK, as in the first release. While the
+connection is down, paho keeps the messages already handed to it and resends them after
+reconnecting (MQTT 3.1.1 §4.4); the outbox keeps everything else, across restarts too.
 
 Failures are told through ``outage``: every failed connection attempt, refused CONNACK and
 lost connection by ``BrokerLink`` (first of each kind at WARNING with the reason and when
 paho retries, repeats at DEBUG, a summary every 5 min, one line when it is back, and an
-ERROR when another client uses this agent's client id); refused publishes by a
-``FailureLog``. The agent has no HTTP server: those lines and the retained ``status`` topic
-are how an operator sees that it cannot deliver.
+ERROR when another client uses this agent's client id); refused publishes, unreadable
+commands and rows the aggregator does not confirm by a ``FailureLog`` each. The agent has
+no HTTP server: those lines and the retained ``status`` topic are how an operator sees that
+it cannot deliver.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import queue
 import ssl
@@ -28,7 +34,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import MqttConfig
+from agent.delivery import Confirmation, Tracker
 from agent.outbox import Outbox
+from contract import wire
 from outage.failures import FailureLog
 from outage.mqtt import BrokerLink
 
@@ -52,7 +60,11 @@ _DUPLICATE_ADVICE = ("every agent needs its own agent.id, or its own mqtt.client
 
 
 class Publisher:
-    """Publish outbox rows and a retained presence status with a last will."""
+    """Publish outbox rows and a retained presence status with a last will.
+
+    ``confirmation`` given: rows leave the outbox when the aggregator confirms them (and go
+    again when it asks, or after its timeout); None: on the broker's PUBACK.
+    """
 
     def __init__(
         self,
@@ -62,9 +74,13 @@ class Publisher:
         client_id: str,
         status_topic: str,
         status: Callable[[str, datetime], bytes],
+        confirmation: Confirmation | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.outbox = outbox
+        self.confirmation = confirmation
+        self._clock = clock
         self._status_topic = status_topic
         self._status = status
         self._online = self._offline = b""
@@ -88,6 +104,8 @@ class Publisher:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
         # on_publish runs on paho's network thread while paho holds its own locks; it only
         # enqueues, and the drain thread does the bookkeeping, so the two never deadlock.
         self._acks: queue.SimpleQueue[tuple[int, ReasonCode]] = queue.SimpleQueue()
@@ -101,9 +119,18 @@ class Publisher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.published = 0
+        self.published = 0  # rows the broker acknowledged (the first time)
         self.refused = 0
         self._publish_log = FailureLog(logger)
+        # Commands from the aggregator, read on paho's thread, applied on the drain thread.
+        self._commands: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+        self._command_log = FailureLog(logger)
+        self._subscribe_log = FailureLog(logger)
+        self.bad_commands = 0
+        self._resend: list[int] = []  # heap of seqs to hand over again
+        self._resending: set[int] = set()
+        self.tracker = None if confirmation is None else Tracker(
+            outbox, confirmation, broker=self.link.broker, log=logger, clock=clock)
 
     def _new_session(self) -> None:
         """Stamp the next connection's ``online`` and its last will alike: the aggregator
@@ -129,6 +156,10 @@ class Publisher:
         info = client.publish(self._status_topic, self._online, qos=1, retain=True)
         # Its PUBACK is handled on this thread after we return, so the mid is known by then.
         self._status_mids.add(info.mid)
+        if self.confirmation is not None:
+            # Every connection: a clean session forgets subscriptions; the retained Delivery
+            # comes again right after, so nothing is missed while disconnected.
+            client.subscribe(self.confirmation.subscription, qos=1)
         self._connected.set()
         self._wake.set()
 
@@ -155,6 +186,31 @@ class Publisher:
         self._acks.put((mid, reason_code))
         self._wake.set()
 
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        refused = [r for r in reason_codes if r.is_failure]
+        if refused:
+            # Without its commands the agent keeps every row until the confirmation timeout
+            # and resends: an operator must fix the broker's ACL.
+            self._subscribe_log.failed(
+                "refused", f"broker {self.link.broker} refused the subscription to "
+                f"{self.confirmation.subscription if self.confirmation else '?'}: "
+                f"{refused[0]}; rows stay in the outbox until the aggregator confirms them",
+                level=logging.ERROR)
+        else:
+            self._subscribe_log.recovered(f"subscribed to the aggregator's commands on "
+                                          f"broker {self.link.broker} again")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self._commands.put((msg.topic, bytes(msg.payload)))
+        self._wake.set()
+
     # --- drain thread --------------------------------------------------------------------
 
     @property
@@ -166,11 +222,27 @@ class Publisher:
         return len(self._inflight)
 
     @property
+    def confirmed(self) -> int:
+        """Rows the aggregator confirmed, this process (0 with ``confirm: broker``)."""
+        return 0 if self.tracker is None else self.tracker.confirmed
+
+    @property
+    def resent(self) -> int:
+        """Rows scheduled to go to the broker again, this process."""
+        return 0 if self.tracker is None else self.tracker.resent
+
+    @property
     def problem(self) -> str | None:
         """Why messages cannot be delivered right now (None: connected)."""
         return self.link.problem
 
     def start(self) -> None:
+        if self.confirmation is None:
+            # Acknowledged by the broker under `confirm: aggregator` in an earlier run: under
+            # `confirm: broker` that is their release.
+            self.outbox.release_sent()
+        else:
+            self.outbox.restamp_sent(self._clock())
         self.link.start()
         self._client.connect_async(self.config.host, self.config.port, self.config.keepalive_s)
         self._client.loop_start()
@@ -211,17 +283,62 @@ class Publisher:
                 )
                 self._retry_at[seq] = time.monotonic() + _REFUSED_RETRY_S
         if done:
-            self.outbox.ack(done)
-            self.published += len(done)
+            if self.tracker is None:
+                self.published += len(done)  # first: whoever sees the rows gone sees them
+                self.outbox.ack(done)
+            else:
+                self.published += self.outbox.mark_sent(done, self._clock())
             self._publish_log.recovered(f"broker {self.link.broker} accepts messages again")
         if self._inflight or self._early:
             return
         # Nothing in flight: rows refused earlier (seq <= last handed) get another chance.
         self._last_handed = -1
 
+    def _read_commands(self) -> None:
+        while True:
+            try:
+                topic, raw = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            delivery = self._delivery(topic, raw)
+            if delivery is not None and self.tracker is not None:
+                busy = self._resending | set(self._inflight.values())
+                self._queue_again(self.tracker.apply(delivery, busy))
+
+    def _delivery(self, topic: str, raw: bytes) -> wire.Delivery | None:
+        """The Delivery in a command message, or None (counted and logged) if it is not one
+        for this agent."""
+        assert self.confirmation is not None  # only subscribed with a confirmation
+        if topic != self.confirmation.topic:
+            problem, kind = f"an unknown command on {topic}", "unknown"
+        else:
+            try:
+                delivery = wire.decode_delivery(raw)
+            except wire.WireError as exc:
+                problem, kind = f"an unreadable delivery command ({exc})", f"bad-{exc.reason}"
+            else:
+                if delivery.agent == self.confirmation.agent:
+                    self._command_log.recovered("the aggregator's delivery commands are "
+                                                "readable again")
+                    return delivery
+                problem, kind = (f"a delivery command for agent {delivery.agent!r} on "
+                                 f"{topic}"), "other-agent"
+        self.bad_commands += 1
+        self._command_log.failed(kind, f"ignored {problem}")
+        return None
+
+    def _queue_again(self, seqs: list[int]) -> None:
+        for seq in seqs:
+            if seq not in self._resending:
+                self._resending.add(seq)
+                heapq.heappush(self._resend, seq)
+
     def _hand_over(self) -> None:
         room = self.config.max_inflight - len(self._inflight)
         if room <= 0 or not self.connected:
+            return
+        room -= self._hand_over_again(room)
+        if room <= 0:
             return
         now = time.monotonic()
         for row in self.outbox.pending(self._last_handed, room):
@@ -242,27 +359,61 @@ class Publisher:
             self._inflight[info.mid] = row.seq
             self._last_handed = row.seq
 
+    def _hand_over_again(self, room: int) -> int:
+        """Hand over rows queued to go again, oldest first; return how many."""
+        seqs = [heapq.heappop(self._resend) for _ in range(min(room, len(self._resend)))]
+        self._resending.difference_update(seqs)
+        rows, handed = self.outbox.rows(seqs), 0
+        for n, row in enumerate(rows):
+            info = self._client.publish(row.topic, row.payload, qos=1)
+            if info.rc not in _QUEUED:
+                self._publish_log.failed(
+                    f"queue-{info.rc}",
+                    f"paho refused to queue seq {row.seq}: {mqtt.error_string(info.rc)}",
+                    retry_in_s=_DRAIN_WAIT_S,
+                )
+                self._queue_again([r.seq for r in rows[n:]])
+                break
+            self._inflight[info.mid] = row.seq
+            handed += 1
+        return handed
+
     def _drain(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(_DRAIN_WAIT_S)
             self._wake.clear()
+            if self.tracker is not None:
+                # Before the acks: a PUBACK that came after a Delivery must not make the
+                # Delivery release a row it never saw (a stale retained one, at connection).
+                # A row a Delivery did confirm before its PUBACK leaves with it (mark_sent).
+                self._read_commands()
             self._settle_acks()
+            if self.tracker is not None:
+                if self.tracker.next_due_s == 0:
+                    busy = self._resending | set(self._inflight.values())
+                    self._queue_again(self.tracker.due(busy))
             self._hand_over()
             self.link.tick()
 
     def flush(self, timeout_s: float) -> bool:
-        """Wait until the outbox is empty; False if it is not by the deadline."""
+        """Wait until the outbox is empty (every row confirmed by the aggregator, or, with
+        ``confirm: broker``, acknowledged by the broker); False if it is not by the
+        deadline, or as soon as rows are newly known undeliverable (the caller tells the
+        aggregator, which waits for that, and then waits on)."""
         deadline = time.monotonic() + timeout_s
+        spans = self.outbox.spans_made
         while time.monotonic() < deadline:
             if self.outbox.depth == 0 and not self._inflight:
                 return True
+            if self.outbox.spans_made != spans:
+                return False
             self._wake.set()
             time.sleep(0.02)
         return self.outbox.depth == 0 and not self._inflight
 
     def close(self) -> None:
         """Say goodbye (retained offline status), disconnect, stop the threads. Rows not yet
-        acknowledged stay in the outbox for the next start."""
+        confirmed stay in the outbox for the next start."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:

@@ -17,20 +17,28 @@ from servers import free_port
 from agent import config as agent_config
 from agent.pipeline import Scored
 
-__all__ = ["MODEL", "ROOT", "TEST_FILE", "agent_cfg", "as_key", "free_port",
-           "running_aggregator"]
+__all__ = ["MODEL", "ROOT", "TEST_FILE", "WITH_AGGREGATOR", "agent_cfg", "as_key",
+           "free_port", "running_aggregator"]
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "cmapss_fd001"
 TEST_FILE = ROOT / "models" / "data" / "cmapss_fd001" / "test_FD001.txt.gz"
 # Engines 31 and 34 end 8 and 7 cycles before failure; engine 1 ends 112 cycles before.
 ASSETS = ["engine-001", "engine-031", "engine-034"]
+# publish.confirm for an agent next to `running_aggregator`. The aggregator's confirmations
+# (retained Delivery, issue #9) are built on another branch; until it publishes them such an
+# agent is released on the broker's PUBACK. Set it to "aggregator" once it does.
+WITH_AGGREGATOR = "aggregator"
 
 
 def agent_cfg(
-    tmp_path: Path, mqtt_url: str, agent_id: str = "gw-e2e", **source
+    tmp_path: Path, mqtt_url: str, agent_id: str = "gw-e2e", *, confirm: str = "aggregator",
+    **source
 ) -> agent_config.AgentConfig:
-    """A replay of `ASSETS` from the FD001 test file, as fast as possible unless told."""
+    """A replay of `ASSETS` from the FD001 test file, as fast as possible unless told.
+
+    ``confirm`` is ``publish.confirm``: "broker" for an agent with no aggregator to confirm
+    its messages, `WITH_AGGREGATOR` for one next to the real aggregator."""
     return agent_config.parse({
         "agent": {"id": agent_id, "site": "plant1", "line": "line1"},
         "model": {"dir": str(MODEL)},
@@ -38,7 +46,8 @@ def agent_cfg(
                    "step_s": 600, "start": "2026-01-01T00:00:00Z", **source},
         "mqtt": {"url": mqtt_url},
         "outbox": {"path": str(tmp_path / agent_id / "outbox.db")},
-        "publish": {"max_items": 100, "flush_interval_s": 0.2, "health_interval_s": 1},
+        "publish": {"max_items": 100, "flush_interval_s": 0.2, "health_interval_s": 1,
+                    "confirm": confirm},
     })
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from agent_support import ROOT, TEST_FILE, agent_cfg, running_aggregator
+from agent_support import ROOT, TEST_FILE, WITH_AGGREGATOR, agent_cfg, running_aggregator
 from aggregator_support import wait_until
 
 from agent import config as agent_config
@@ -39,7 +39,7 @@ def test_nan_readings_are_skipped_counted_reported_and_the_rest_is_scored(
     path = tmp_path / "test_with_nan.txt"
     path.write_text("\n".join(lines) + "\n")
 
-    cfg = agent_cfg(tmp_path, mosquitto.url, agent_id="gw-nan")
+    cfg = agent_cfg(tmp_path, mosquitto.url, agent_id="gw-nan", confirm=WITH_AGGREGATOR)
     cfg = agent_config.parse({**cfg.model_dump(mode="json"),
                               "source": {**cfg.source.model_dump(mode="json"),
                                          "path": str(path), "assets": ["engine-034"]}})
@@ -60,7 +60,8 @@ def test_nan_readings_are_skipped_counted_reported_and_the_rest_is_scored(
 def test_agent_killed_while_connected_is_reported_offline_by_its_last_will(
     tmp_path: Path, mosquitto, aggregator
 ) -> None:
-    cfg = agent_cfg(tmp_path, mosquitto.url, agent_id="gw-will", speed=60)
+    cfg = agent_cfg(tmp_path, mosquitto.url, agent_id="gw-will", confirm=WITH_AGGREGATOR,
+                    speed=60)
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     proc = subprocess.Popen([sys.executable, "-m", "linewatch.cli", "agent", "-c", str(path)],

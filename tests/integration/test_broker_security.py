@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
-from agent_support import ROOT, agent_cfg, running_aggregator
+from agent_support import ROOT, WITH_AGGREGATOR, agent_cfg, running_aggregator
 from aggregator_support import data_topic, payload, predictions, wait_until
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
@@ -223,7 +223,7 @@ def _health(api: httpx.Client) -> dict[str, Any]:
 
 def _agent(tmp_path: Path, url: str, agent_id: str, **mqtt_settings: Any) -> Agent:
     """A real agent replaying 3 FD001 engines, with these ``mqtt:`` settings."""
-    cfg = agent_cfg(tmp_path, url, agent_id).model_dump(mode="json")
+    cfg = agent_cfg(tmp_path, url, agent_id, confirm=WITH_AGGREGATOR).model_dump(mode="json")
     return Agent(agent_config.parse({**cfg, "mqtt": {**cfg["mqtt"], **mqtt_settings}}))
 
 

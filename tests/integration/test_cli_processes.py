@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from agent_support import ROOT, TEST_FILE, free_port
+from agent_support import ROOT, TEST_FILE, WITH_AGGREGATOR, free_port
 from aggregator_support import wait_until
 
 from agent.outbox import Outbox
@@ -75,6 +75,7 @@ def agent_yaml(tmp_path: Path, mqtt_url: str, assets: list[str]) -> Path:
                    "step_s": 600, "start": "2026-01-01T00:00:00Z"},
         "mqtt": {"url": mqtt_url},
         "outbox": {"path": str(tmp_path / "outbox.db")},
+        "publish": {"confirm": WITH_AGGREGATOR},
     }))
     return path
 

@@ -11,7 +11,7 @@ from collections import deque
 from pathlib import Path
 
 import pytest
-from agent_support import agent_cfg, as_key, running_aggregator
+from agent_support import WITH_AGGREGATOR, agent_cfg, as_key, running_aggregator
 from aggregator_support import wait_until
 
 from agent.pipeline import Agent, Scored
@@ -48,7 +48,7 @@ def stored_scores(influxdb, agent_id: str) -> dict[tuple[str, int], float]:
 def test_every_scored_window_is_stored_once_and_the_failing_engines_get_tickets(
     tmp_path: Path, mosquitto, influxdb, aggregator
 ) -> None:
-    agent = Agent(agent_cfg(tmp_path, mosquitto.url), record=True)
+    agent = Agent(agent_cfg(tmp_path, mosquitto.url, confirm=WITH_AGGREGATOR), record=True)
     threshold = agent.threshold
     report = agent.run(drain_timeout_s=30)
     assert report.drained
@@ -105,7 +105,8 @@ def test_broker_outage_during_replay_loses_nothing_and_doubles_nothing(
 ) -> None:
     """The broker is down when the agent starts and comes back mid-replay."""
     mosquitto.stop()
-    cfg = agent_cfg(tmp_path, mosquitto.url, agent_id="gw-outage", speed=30000)
+    cfg = agent_cfg(tmp_path, mosquitto.url, agent_id="gw-outage", confirm=WITH_AGGREGATOR,
+                    speed=30000)
     agent = Agent(cfg, record=True)
 
     runner = threading.Thread(target=lambda: setattr(agent, "report", agent.run(

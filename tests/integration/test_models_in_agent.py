@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from agent_support import ROOT, running_aggregator
+from agent_support import ROOT, WITH_AGGREGATOR, running_aggregator
 from aggregator_support import wait_until
 
 from agent import config as agent_config
@@ -36,6 +36,7 @@ def test_model_runs_in_the_agent_and_everything_is_stored(
                    "speed": 0, "step_s": step_s, "start": "2026-01-01T00:00:00Z"},
         "mqtt": {"url": mosquitto.url},
         "outbox": {"path": str(tmp_path / "outbox.db")},
+        "publish": {"confirm": WITH_AGGREGATOR},
     })
     with running_aggregator(tmp_path, mosquitto.url) as api:
         report = Agent(cfg).run(drain_timeout_s=60)

@@ -83,7 +83,8 @@ def test_the_agent_tells_once_that_the_broker_is_down_and_when_it_is_back(
     caplog.set_level(logging.DEBUG, logger="agent.publisher")
     address = f"127.0.0.1:{mosquitto.port}"
     mosquitto.stop()
-    agent = Agent(agent_cfg(tmp_path, mosquitto.url))
+    # No aggregator: the broker's acknowledgement is all there is.
+    agent = Agent(agent_cfg(tmp_path, mosquitto.url, confirm="broker"))
     reports: list[RunReport] = []
     runner = threading.Thread(target=lambda: reports.append(agent.run(drain_timeout_s=60)))
     runner.start()
