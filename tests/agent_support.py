@@ -25,9 +25,8 @@ MODEL = ROOT / "models" / "cmapss_fd001"
 TEST_FILE = ROOT / "models" / "data" / "cmapss_fd001" / "test_FD001.txt.gz"
 # Engines 31 and 34 end 8 and 7 cycles before failure; engine 1 ends 112 cycles before.
 ASSETS = ["engine-001", "engine-031", "engine-034"]
-# publish.confirm for an agent next to `running_aggregator`. The aggregator's confirmations
-# (retained Delivery, issue #9) are built on another branch; until it publishes them such an
-# agent is released on the broker's PUBACK. Set it to "aggregator" once it does.
+# publish.confirm for an agent next to `running_aggregator`: released only by the
+# aggregator's confirmation (a retained Delivery on the agent's cmd/delivery topic).
 WITH_AGGREGATOR = "aggregator"
 
 
