@@ -84,6 +84,10 @@ class Tracker:
         self._ahead = FailureLog(log, clock=clock)
         self._advanced_since_round = False
         self._heard = False
+        # Gaps asked for while their rows had only just gone (a restart restamps every sent
+        # row): sent again once the guard is over, not at the aggregator's next repeat.
+        self._deferred: list[tuple[int, int]] = []
+        self._deferred_at = math.inf
         self.resent = 0  # rows scheduled to go again, this process
 
     def apply(self, delivery: wire.Delivery, busy: Collection[int] = ()) -> list[int]:
@@ -110,6 +114,10 @@ class Tracker:
                 continue  # a stale request: those are stored
             again.update(self.outbox.resendable(gap.first, gap.last,
                                                 sent_before=now - PING_PONG_S))
+            if len(self.outbox.resendable(gap.first, gap.last)) > len(
+                    self.outbox.resendable(gap.first, gap.last, sent_before=now - PING_PONG_S)):
+                self._deferred.append((gap.first, gap.last))
+                self._deferred_at = min(self._deferred_at, now + PING_PONG_S)
             gone = self.outbox.note_gone(gap.first, gap.last)
             if gone:
                 self._logger.warning(
@@ -125,8 +133,15 @@ class Tracker:
         return self._schedule(again, busy, now)
 
     def due(self, busy: Collection[int] = ()) -> list[int]:
-        """The rows left unconfirmed for ``timeout_s``, to send again (one round)."""
+        """The rows left unconfirmed for ``timeout_s``, and those of gaps asked for while
+        they had only just gone, to send again (one round)."""
         now = self._clock()
+        if self._deferred and now >= self._deferred_at:
+            spans, self._deferred, self._deferred_at = self._deferred, [], math.inf
+            through = self.outbox.confirmed_through
+            asked = {s for first, last in spans if last > through
+                     for s in self.outbox.resendable(first, last, sent_before=now - PING_PONG_S)}
+            return self._schedule(asked, busy, now)
         oldest = self.outbox.oldest_sent()
         if oldest is None or oldest > now - self.timeout_s:
             return []
@@ -152,11 +167,12 @@ class Tracker:
 
     @property
     def next_due_s(self) -> float:
-        """Seconds until the oldest unconfirmed row is due (inf: none awaits)."""
+        """Seconds until the oldest unconfirmed row, or a deferred gap, is due (inf: none
+        awaits)."""
+        now = self._clock()
         oldest = self.outbox.oldest_sent()
-        if oldest is None:
-            return math.inf
-        return max(0.0, oldest + self.timeout_s - self._clock())
+        timeout = math.inf if oldest is None else oldest + self.timeout_s
+        return max(0.0, min(timeout, self._deferred_at) - now)
 
     def _schedule(self, seqs: set[int], busy: Collection[int], now: float) -> list[int]:
         picked = sorted(s for s in seqs if s not in busy)

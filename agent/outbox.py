@@ -28,6 +28,7 @@ from pathlib import Path
 
 from agent.errors import OutboxError
 from contract import wire
+from outage.failures import FailureLog
 
 __all__ = ["Outbox", "Row"]
 
@@ -50,7 +51,8 @@ CREATE TABLE IF NOT EXISTS undeliverable (
     reason TEXT NOT NULL,
     windows INTEGER NOT NULL,
     first_at TEXT,
-    last_at TEXT
+    last_at TEXT,
+    told INTEGER NOT NULL DEFAULT 0
 );
 """
 # Added after the first release: an outbox file written by it gets them by ALTER TABLE, and
@@ -75,6 +77,10 @@ class Row:
     topic: str
     kind: str
     payload: bytes
+
+
+# The reason kept for dropped rows the broker had acknowledged; told as "dropped".
+_SENT_DROPPED = "dropped-sent"
 
 
 @dataclass
@@ -122,6 +128,11 @@ class Outbox:
         except (OSError, sqlite3.Error) as exc:  # OSError: its directory cannot be made
             raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
         self._lock = threading.Lock()
+        # Rows handed to paho and not yet acknowledged: the broker may be storing them right
+        # now, so they are never dropped; a row both delivered and reported dropped would
+        # leave the aggregator unable to count the windows of either exactly.
+        self._held: set[int] = set()
+        self._full_log = FailureLog(logger)
         (last,) = self._db.execute(
             "SELECT MAX(v) FROM (SELECT MAX(seq) AS v FROM outbox "
             "UNION ALL SELECT value FROM meta WHERE key = 'last_seq')"
@@ -215,43 +226,62 @@ class Outbox:
             self._depth += 1
             self._last_seq = max(self._last_seq, seq)
 
+    def hold(self, seq: int) -> None:
+        """``seq`` is on its way to the broker: not to be dropped until ``let_go``."""
+        with self._lock:
+            self._held.add(seq)
+
+    def let_go(self, seq: int) -> None:
+        with self._lock:
+            self._held.discard(seq)
+
     def _drop_oldest(self, n: int) -> None:
-        rows = self._db.execute(
+        rows = [r for r in self._db.execute(
             "SELECT seq, windows, ts, sent_at IS NOT NULL, "
             "CASE WHEN windows IS NULL THEN payload END "
-            "FROM outbox WHERE droppable = 1 ORDER BY seq LIMIT ?", (n,)).fetchall()
+            "FROM outbox WHERE droppable = 1 ORDER BY seq LIMIT ?",
+            (n + len(self._held),)).fetchall() if r[0] not in self._held][:n]
         if not rows:
             return
         self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(r[0],) for r in rows])
-        runs: list[_Run] = []
+        # Rows the broker took may have reached the aggregator and rows it never took have
+        # not: their spans never merge, so a span is either all unseen there (its windows
+        # count exactly) or all probably seen (the aggregator counts only those it lacks).
+        runs: list[tuple[_Run, bool]] = []
         for seq, windows, ts, sent, payload in rows:
             if windows is None:  # written by the first release, which did not keep them aside
                 windows, ts = _described(payload)
-            if runs and runs[-1].last == seq - 1:
-                run = runs[-1]
+            if runs and runs[-1][0].last == seq - 1 and runs[-1][1] == bool(sent):
+                run = runs[-1][0]
                 run.last, run.windows, run.last_at = seq, run.windows + windows, ts or run.last_at
             else:
-                runs.append(_Run(seq, seq, windows, ts, ts))
+                runs.append((_Run(seq, seq, windows, ts, ts), bool(sent)))
             self._sent -= bool(sent)
-        for run in runs:
-            self._record("dropped", run)
+        for run, sent in runs:
+            self._record(_SENT_DROPPED if sent else "dropped", run)
         self._depth -= len(rows)
         self.dropped += len(rows)
         self._set_meta("dropped", self.dropped)
-        logger.warning("outbox full (%d rows): dropped %d oldest telemetry messages (seq %s)",
-                       self.max_rows, len(rows),
-                       ", ".join(f"{r.first}-{r.last}" if r.last > r.first else str(r.first)
-                                 for r in runs))
+        # Once per episode at WARNING, then DEBUG with a summary every 5 min: a long outage
+        # drops a row on every write.
+        self._full_log.failed(
+            "full", f"outbox full ({self.max_rows} rows): dropping the oldest telemetry "
+            f"(health reports, predictions without alerts) to make room; alerts and drift "
+            f"events are kept, and every drop is reported to the aggregator ({self.dropped} "
+            "dropped so far, latest seq " + ", ".join(
+                f"{r.first}-{r.last}" if r.last > r.first else str(r.first) for r, _ in runs)
+            + ")")
 
     def _record(self, reason: str, run: _Run) -> None:
         """Add a span of undeliverable seqs, merged with a neighbour of the same reason
         (a long outage drops thousands of rows one at a time)."""
         before = self._db.execute(
-            "SELECT first, windows, first_at FROM undeliverable WHERE last = ? AND reason = ?",
+            "SELECT first, windows, first_at FROM undeliverable WHERE last = ? AND reason = ? "
+            "AND told = 0",
             (run.first - 1, reason)).fetchone()
         after = self._db.execute(
             "SELECT first, last, windows, last_at FROM undeliverable "
-            "WHERE first = ? AND reason = ?", (run.last + 1, reason)).fetchone()
+            "WHERE first = ? AND reason = ? AND told = 0", (run.last + 1, reason)).fetchone()
         first, last, windows = run.first, run.last, run.windows
         first_at, last_at = run.first_at, run.last_at
         if before is not None:
@@ -385,6 +415,9 @@ class Outbox:
             self._through = stored_through
             self._sent -= n
             self._depth -= n
+        if n and self._depth < self.max_rows:
+            self._full_log.recovered(f"outbox has room again ({self._depth} of "
+                                     f"{self.max_rows} rows; {self.dropped} dropped in all)")
         return int(n)
 
     def note_gone(self, first: int, last: int) -> list[tuple[int, int]]:
@@ -415,13 +448,22 @@ class Outbox:
                 self._db.execute("COMMIT")
         return gaps
 
-    def undeliverable(self, limit: int = wire.MAX_SPANS) -> list[wire.Undeliverable]:
-        """The spans the aggregator has not passed yet, oldest first."""
+    def undeliverable(self, limit: int = wire.MAX_SPANS, *, tell: bool = False
+                      ) -> list[wire.Undeliverable]:
+        """The spans the aggregator has not passed yet, oldest first. ``tell``: they go in a
+        report now, and from then on never grow: a later drop next to one makes a span of
+        its own, so the aggregator, which counts a span's windows once, never meets a span
+        overlapping one it has counted."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT first, last, reason, windows, first_at, last_at FROM undeliverable "
                 "WHERE last > ? ORDER BY first LIMIT ?", (self._through, limit)).fetchall()
-        return [wire.Undeliverable(first=a, last=b, reason=reason, windows=windows,
+            if tell and rows:
+                self._db.executemany("UPDATE undeliverable SET told = 1 WHERE first = ?",
+                                     [(r[0],) for r in rows])
+        return [wire.Undeliverable(first=a, last=b,
+                                   reason="dropped" if reason == _SENT_DROPPED else reason,
+                                   windows=windows,
                                    first_at=_when(first_at), last_at=_when(last_at))
                 for a, b, reason, windows, first_at, last_at in rows]
 

@@ -360,7 +360,7 @@ class Agent:
             rejected_readings=self.quality.rejected_readings, inference_ms_median=median,
             monitoring=self.calibration.report,
             estimate=self.estimator.estimate(),
-            undeliverable=self.outbox.undeliverable() or None,
+            undeliverable=self.outbox.undeliverable(tell=True) or None,
         )])
 
     def _update_progress(self) -> None:

@@ -268,6 +268,7 @@ class Publisher:
         for mid in [m for m in self._early if m in self._inflight]:
             reason = self._early.pop(mid)
             seq = self._inflight.pop(mid)
+            self.outbox.let_go(seq)
             if not reason.is_failure:
                 done.append(seq)
                 self._retry_at.pop(seq, None)
@@ -357,6 +358,7 @@ class Publisher:
                 )
                 return
             self._inflight[info.mid] = row.seq
+            self.outbox.hold(row.seq)
             self._last_handed = row.seq
 
     def _hand_over_again(self, room: int) -> int:
@@ -375,6 +377,7 @@ class Publisher:
                 self._queue_again([r.seq for r in rows[n:]])
                 break
             self._inflight[info.mid] = row.seq
+            self.outbox.hold(row.seq)
             handed += 1
         return handed
 

@@ -17,6 +17,8 @@ the real agent and the real aggregator; nothing of ours is replaced.
 from __future__ import annotations
 
 import threading
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,12 @@ from agent_support import agent_cfg, as_key, running_aggregator
 from aggregator_support import wait_until
 from test_end_to_end import expected_ticket_assets, stored_scores
 
+from agent.config import MqttConfig
+from agent.delivery import Confirmation
+from agent.outbox import Outbox
 from agent.pipeline import Agent, RunReport
+from agent.publisher import Publisher
+from contract import wire
 
 pytestmark = pytest.mark.integration
 
@@ -82,3 +89,98 @@ def test_a_broker_killed_before_its_autosave_loses_nothing(
         # Brought back by the restarted aggregator's request, not by the agent's timeout.
         assert delivery["resend_requests"] >= 1
         assert agent.publisher.resent > 0
+
+
+# -- a gap and a reorder, filled by the agent itself -------------------------------------------
+SITE, LINE = "plant1", "line1"
+
+
+def _put(box: Outbox, agent: str, n: int) -> list[str]:
+    """``n`` one-prediction messages as the agent writes them; their msg_ids."""
+    ids = []
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    for _ in range(n):
+        seq = box.allocate_seq()
+        env = wire.Envelope.build(agent, seq, MODEL_REF, [wire.Prediction(
+            asset="pump-1", window_start=t0, window_end=t0 + timedelta(minutes=seq),
+            score=0.1, alert=False)])
+        box.put(seq, str(env.msg_id), wire.topic(SITE, LINE, agent, "predictions"),
+                "predictions", wire.encode(env), droppable=True, windows=1, ts=env.ts)
+        ids.append(str(env.msg_id))
+    return ids
+
+
+MODEL_REF = wire.ModelRef(name="m", version="1", sha256="0" * 64, threshold=0.5)
+
+
+def test_a_gap_and_a_reorder_are_counted_and_the_gap_is_refilled_by_the_agent(
+    tmp_path: Path, mosquitto
+) -> None:
+    """Seqs 1-6 were handed to a broker that lost them (marked sent, never received): the
+    aggregator sees 0, then 7 (a gap), asks for 1-6 once its grace has passed, and the
+    agent's own outbox sends them again, each arriving below the highest seq seen (a
+    reorder). Nothing is timed out: the agent's confirmation timeout is an hour."""
+    agent = "gw-gap"
+    box = Outbox(tmp_path / "outbox.db")
+    _put(box, agent, 10)
+    box.mark_sent(range(1, 7), at=time.monotonic() - 60)
+    publisher = Publisher(
+        MqttConfig(url=mosquitto.url), box, client_id=f"linewatch-agent-{agent}",
+        status_topic=wire.topic(SITE, LINE, agent, "status"),
+        status=lambda state, ts: wire.encode(wire.Status.build(agent, state)),
+        confirmation=Confirmation(site=SITE, line=LINE, agent=agent, timeout_s=3600))
+    with running_aggregator(tmp_path, mosquitto.url, delivery_gap_grace_s=0.5) as api:
+        publisher.start()
+        try:
+            assert publisher.flush(60), "every message confirmed"
+            assert publisher.resent == 6
+            delivery = {a["agent"]: a for a in api.get("/agents").json()}[agent]["delivery"]
+            assert delivery["stored_through"] == 9
+            assert delivery["gaps_opened"] == 1
+            assert delivery["reorders"] == 6
+            assert delivery["outstanding_messages"] == 0
+            assert delivery["messages_received"] == 10
+            health = api.get("/healthz").json()
+            assert health["counts"]["duplicates"] == 0
+        finally:
+            publisher.close()
+            box.close()
+
+
+# -- an outbox too small for the outage --------------------------------------------------------
+def test_an_overflowing_outbox_shows_as_completeness_with_the_exact_dropped_count(
+    tmp_path: Path, mosquitto
+) -> None:
+    mosquitto.stop()
+    cfg = agent_cfg(tmp_path, mosquitto.url, agent_id="gw-small").model_copy(deep=True)
+    cfg.outbox.max_rows = 100
+    cfg.publish.max_items = 2  # about 220 prediction messages: more than the outbox holds
+    agent = Agent(cfg, record=True)
+    with running_aggregator(tmp_path, mosquitto.url) as api:
+        runner, reports = _run_in_background(agent, drain_timeout_s=120)
+        wait_until(lambda: agent.progress.ticks == agent.progress.total_ticks, 60,
+                   what="the replay to end with the broker down")
+        dropped = agent.outbox.dropped
+        assert dropped > 0
+        mosquitto.start()
+        runner.join(150)
+        assert reports and reports[0].drained
+        scored = reports[0].scored
+
+        def delivery() -> dict:
+            return {a["agent"]: a for a in api.get("/agents").json()}["gw-small"]["delivery"]
+
+        wait_until(lambda: delivery()["dropped_messages"] == dropped, 30,
+                   what="the agent's report of what it dropped")
+        stored = api.get("/healthz").json()["counts"]["predictions_stored"]
+        d = delivery()
+        assert 0 < stored < len(scored)
+        # Every window scored is either stored or reported dropped, none both, none neither.
+        assert d["dropped_windows"] == len(scored) - stored
+        assert d["windows_received"] == stored
+        assert d["outstanding_messages"] == 0
+        assert d["completeness_24h"] == pytest.approx(100 * stored / len(scored), abs=0.01)
+        hours = api.get("/agents/gw-small/completeness").json()
+        assert hours["windows_undeliverable"] == len(scored) - stored
+        assert hours["windows_received"] == stored
+        assert sum(h["windows_received"] for h in hours["hours"]) == stored

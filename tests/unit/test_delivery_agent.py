@@ -91,6 +91,30 @@ def test_a_missing_span_resends_exactly_its_held_rows_once_per_request(tmp_path:
     assert tracker.resent == 5
 
 
+def test_a_gap_asked_for_while_its_rows_had_just_gone_is_sent_when_the_guard_ends(
+    tmp_path: Path
+) -> None:
+    """A restarted agent restamps every sent row, so the aggregator's first request for a
+    gap may come inside the guard; the agent keeps it, instead of waiting for the
+    aggregator to ask again (every delivery_republish_s, 30 s by default)."""
+    clock = Clock()
+    box = sent_outbox(tmp_path, 10, clock)
+    tracker = Tracker(box, CONFIRMATION, clock=clock)
+    assert tracker.apply(delivery(2, missing=((4, 5),))) == []
+    assert tracker.next_due_s == pytest.approx(PING_PONG_S)
+    clock.now += PING_PONG_S / 2
+    assert tracker.due() == []
+    clock.now += PING_PONG_S / 2
+    assert tracker.next_due_s == 0
+    assert tracker.due() == [4, 5]
+    assert tracker.due() == [] and tracker.resent == 2
+    # Asked again at once, then confirmed: nothing goes for a request no longer needed.
+    assert tracker.apply(delivery(2, missing=((4, 5),))) == []
+    tracker.apply(delivery(9))
+    clock.now += PING_PONG_S
+    assert tracker.due() == [] and tracker.resent == 2
+
+
 def test_rows_on_their_way_are_not_timed_out_again(tmp_path: Path) -> None:
     clock = Clock()
     box = sent_outbox(tmp_path, 3, clock)

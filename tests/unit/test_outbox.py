@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -175,6 +176,48 @@ def test_a_drop_is_recorded_as_exact_spans_with_windows_and_times(tmp_path: Path
         (0, 1, 30), (3, 3, 30)]
 
 
+def test_a_span_once_reported_never_grows(tmp_path: Path) -> None:
+    """The aggregator counts a span's windows once; a span that grew after it was told
+    would overlap one counted already, and its windows could no longer be split exactly."""
+    box = Outbox(tmp_path / "o.db", max_rows=2)
+    for _ in range(4):
+        _put(box, windows=2)  # 0, 1 dropped
+    assert [(u.first, u.last, u.windows) for u in box.undeliverable(tell=True)] == [(0, 1, 4)]
+    for _ in range(2):
+        _put(box, windows=3)  # 2, 3 dropped: next to 0-1, but in a span of their own
+    assert _spans(box) == [(0, 1, "dropped", 4), (2, 3, "dropped", 4)]
+
+
+def test_rows_on_their_way_to_the_broker_are_never_dropped(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", max_rows=3)
+    for _ in range(3):
+        _put(box, windows=1)  # 0, 1, 2
+    box.hold(0)
+    box.hold(1)
+    _put(box, windows=1)  # 3: makes room by dropping 2, the oldest not on its way
+    assert sorted(r.seq for r in box.rows(range(4))) == [0, 1, 3]
+    box.let_go(0)
+    _put(box, windows=1)  # 4: 0 is no longer held
+    assert sorted(r.seq for r in box.rows(range(5))) == [1, 3, 4]
+    assert _spans(box) == [(0, 0, "dropped", 1), (2, 2, "dropped", 1)]
+
+
+def test_a_full_outbox_says_so_once_and_when_it_has_room_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="agent.outbox")
+    box = Outbox(tmp_path / "o.db", max_rows=2)
+    for _ in range(50):
+        _put(box, windows=1)
+    loud = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(loud) == 1 and loud[0].startswith("outbox full (2 rows): dropping the oldest")
+    box.mark_sent([48, 49], at=0.0)
+    box.confirm(48)
+    back = [r.getMessage() for r in caplog.records if "room again" in r.getMessage()]
+    assert back == ["outbox has room again (1 of 2 rows; 48 dropped in all) after 0.0 s, "
+                    "48 failures"]
+
+
 def test_drops_one_after_another_extend_one_span(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.db", max_rows=3)
     for _ in range(8):
@@ -210,7 +253,7 @@ def test_seqs_asked_for_but_no_longer_held_are_gone(tmp_path: Path) -> None:
     box.ack([3, 4, 7])                    # released on PUBACK (confirm: broker)
     box.mark_sent([0, 1], at=0.0)
     box.confirm(1)                        # 0-1 stored
-    box._db.execute("INSERT INTO undeliverable VALUES (9, 10, 'dropped', 5, NULL, NULL)")
+    box._db.execute("INSERT INTO undeliverable VALUES (9, 10, 'dropped', 5, NULL, NULL, 0)")
     box._db.execute("DELETE FROM outbox WHERE seq IN (9, 10)")
     # 0-1 confirmed, 2 held, 3-4 gone, 5-6 held, 7 gone, 8 held, 9-10 dropped, 11 held;
     # 12-20 were never written.
