@@ -16,14 +16,18 @@ the real agent and the real aggregator; nothing of ours is replaced.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
-from agent_support import agent_cfg, as_key, running_aggregator
-from aggregator_support import wait_until
+from agent_support import ROOT, agent_cfg, as_key, free_port, running_aggregator
+from aggregator_support import api_token, bearer, drop_schema, wait_until
 from test_end_to_end import expected_ticket_assets, stored_scores
 
 from agent.config import MqttConfig
@@ -184,3 +188,74 @@ def test_an_overflowing_outbox_shows_as_completeness_with_the_exact_dropped_coun
         assert hours["windows_undeliverable"] == len(scored) - stored
         assert hours["windows_received"] == stored
         assert sum(h["windows_received"] for h in hours["hours"]) == stored
+
+
+# -- two replicas in a shared group, one SIGKILLed -----------------------------------------------
+def _replica(tmp_path: Path, name: str, mosquitto, influxdb, postgres_url: str
+             ) -> tuple[subprocess.Popen[str], int]:
+    port = free_port()
+    env = tmp_path / f"{name}.env"
+    env.write_text(
+        f"LINEWATCH_MQTT_URL={mosquitto.url}\n"
+        "LINEWATCH_MQTT_PROTOCOL=5\n"
+        "LINEWATCH_MQTT_SHARED_GROUP=aggregators\n"
+        f"LINEWATCH_MQTT_CLIENT_ID={name}\n"
+        f"LINEWATCH_DB_URL={postgres_url}\n"
+        f"LINEWATCH_INFLUX_URL={influxdb.url}\n"
+        f"LINEWATCH_INFLUX_DATABASE={influxdb.database}\n"
+        f"LINEWATCH_HTTP_PORT={port}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "aggregator", "serve", "-c", str(env)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            text=True)
+    return proc, port
+
+
+def _subscribed(port: int) -> bool:
+    try:
+        return bool(httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200)
+    except httpx.TransportError:
+        return False
+
+
+def test_two_replicas_one_sigkilled_mid_stream_lose_nothing_and_double_nothing(
+    tmp_path: Path, mosquitto, influxdb, postgres_url: str
+) -> None:
+    """The killed replica's session keeps what the broker had handed it; the agent, never
+    told those were stored, sends them again after its confirmation timeout, and the
+    survivor stores them once."""
+    drop_schema(postgres_url)
+    procs = [_replica(tmp_path, f"agg-{i}", mosquitto, influxdb, postgres_url)
+             for i in range(2)]
+    try:
+        for _, port in procs:
+            wait_until(lambda port=port: _subscribed(port), 60, what="a replica subscribed")
+        cfg = agent_cfg(tmp_path, mosquitto.url, agent_id="gw-pair", speed=20000)
+        cfg.publish.confirm_timeout_s = 3
+        agent = Agent(cfg, record=True)
+        runner, reports = _run_in_background(agent, drain_timeout_s=120)
+        wait_until(lambda: len(stored_scores(influxdb, "gw-pair")) > 50, 60,
+                   what="the first windows stored")
+        procs[0][0].kill()  # SIGKILL: no goodbye, no ack of what it holds
+        procs[0][0].wait()
+        runner.join(150)
+        assert reports and reports[0].drained, "every message confirmed by the survivor"
+        scored = reports[0].scored
+        wait_until(lambda: len(stored_scores(influxdb, "gw-pair")) >= len(scored), 30,
+                   what="every window stored")
+        assert sorted(stored_scores(influxdb, "gw-pair")) == sorted(as_key(s) for s in scored)
+        count = influxdb.server.query(
+            "SELECT COUNT(score) FROM prediction WHERE agent = 'gw-pair'", influxdb.database)
+        assert count[0]["count"] == len(scored)
+        token = api_token(postgres_url, "read")
+        with httpx.Client(base_url=f"http://127.0.0.1:{procs[1][1]}", headers=bearer(token),
+                          timeout=10) as api:
+            want = expected_ticket_assets(scored, agent.threshold, k=3, n=5)
+            tickets = api.get("/tickets", params={"kind": "maintenance"}).json()
+            assert sorted(t["asset"] for t in tickets) == sorted(want)
+            d = {a["agent"]: a for a in api.get("/agents").json()}["gw-pair"]["delivery"]
+            assert d["outstanding_messages"] == 0 and d["dropped_messages"] == 0
+    finally:
+        for proc, _ in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
