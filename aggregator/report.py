@@ -410,9 +410,13 @@ _MD_SPECIAL = re.compile(r"([\\`*\[\]<>|&#!~])|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]
 _MD_LINE_START = re.compile(r"^(\s*)([-+=>]|\d+[.)])")
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _md(text: str) -> str:
-    """Text shown as itself inside a Markdown line (a table cell, a heading)."""
-    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), text)
+    """Text shown as itself inside a Markdown line (a table cell, a heading); a line break
+    in a name must not end the line."""
+    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), _CONTROL.sub(" ", text))
 
 
 def _md_para(text: str) -> str:

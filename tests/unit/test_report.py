@@ -214,10 +214,11 @@ HOSTILE = "<script>alert('x')</script>"
 
 
 def hostile() -> HealthFigures:
-    tickets = [fact(i, "confirmed_failure") for i in range(1, 6)]
+    tickets = [fact(i, "confirmed_failure") for i in range(1, 21)]
     missed = [MissedFailure(HOSTILE, "<b>site</b>", "l1", SINCE + timedelta(days=2),
                             "cmapss_fd001", "1.0.0"),
-              MissedFailure("pump|*x*", "plant1", "l1", SINCE + timedelta(days=3))]
+              MissedFailure("pump|*x*", "plant1", "l1", SINCE + timedelta(days=3)),
+              MissedFailure("two\n# lines", "plant1", "l1", SINCE + timedelta(days=4))]
     return compute(tickets, missed, since=SINCE, until=UNTIL, target_f1=0.8)
 
 
@@ -238,6 +239,7 @@ def test_markdown_escapes_names() -> None:
     assert "<" not in md.replace("\\<", "")
     assert "\\<script\\>alert('x')\\</script\\>" in md
     assert "pump\\|\\*x\\*" in md
+    assert "two \\# lines" in md
 
 
 def test_html_says_what_markdown_says() -> None:
