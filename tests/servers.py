@@ -206,6 +206,16 @@ class _ServerProcess:
             self._signal(proc, signal.SIGKILL)
             proc.wait()
 
+    def kill(self) -> None:
+        """SIGKILL the server: no shutdown, so nothing it kept in memory is saved (a broker
+        killed before its first autosave comes back without any session). Idempotent."""
+        proc, self._proc = self._proc, None
+        _LIVE.discard(self)
+        if proc is None or proc.poll() is not None:
+            return
+        self._signal(proc, signal.SIGKILL)
+        proc.wait()
+
     def restart(self) -> None:
         """Stop, then start again on the same port(s) with the same data."""
         self.stop()
