@@ -20,6 +20,7 @@ resolves with any other (``PERSON_OUTCOMES``), and gives ``failed_at`` only with
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -66,6 +67,7 @@ Status = Literal["open", "acknowledged", "resolved"]
 # What a person may resolve a ticket with: every outcome but the aggregator's own.
 PERSON_OUTCOMES: tuple[Outcome, ...] = tuple(o for o in OUTCOMES if o != "superseded")
 
+_VISIBLE = re.compile(r"[^\x00-\x20\x7f]")  # what a note needs one of (the API's pattern)
 # A ticket escalated for weeks must not grow without bound; the newest scores matter most.
 MAX_EVIDENCE_SCORES = 200
 
@@ -306,8 +308,8 @@ def assign(session: Session, ticket_id: int, assignee: str | None, *,
 def add_note(session: Session, ticket_id: int, text: str, author: str, *,
              now: datetime | None = None) -> TicketNote:
     """Add a note to the ticket, in any status (a resolved ticket may still need one)."""
-    if not text.strip():
-        raise ValueError("a note needs some text")
+    if not _VISIBLE.search(text):
+        raise ValueError("a note needs a visible character")
     ticket = get(session, ticket_id, for_update=True)
     now = _now(now)
     note = TicketNote(at=now, author=author, text=text)
