@@ -169,8 +169,10 @@ def _conditions(session: Session, since: datetime, until: datetime
                  for c in session.scalars(query))
 
 
-def _assets(series: SeriesStore, since: datetime, until: datetime
+def _assets(series: SeriesStore | None, since: datetime, until: datetime
             ) -> tuple[AssetCount, ...]:
+    if series is None:
+        return ()
     try:
         seen = series.asset_counts(clamp_time(since), clamp_time(until))
     except SeriesUnavailableError as exc:
@@ -181,7 +183,7 @@ def _assets(series: SeriesStore, since: datetime, until: datetime
                             model_version=s.model_version) for s in seen)
 
 
-def gateway_estimates(session: Session, series: SeriesStore, since: datetime,
+def gateway_estimates(session: Session, series: SeriesStore | None, since: datetime,
                       until: datetime) -> tuple[GatewayEstimate, ...]:
     """The agents' label-free precision / recall / F1 estimates for the period, at most one
     per group (``figures.Group``), shown next to the realised figures.
@@ -195,9 +197,10 @@ def gateway_estimates(session: Session, series: SeriesStore, since: datetime,
     return ()
 
 
-def load_facts(session: Session, series: SeriesStore, since: datetime, until: datetime
-               ) -> Facts:
-    """Every fact model health needs for [since, until), read now."""
+def load_facts(session: Session, series: SeriesStore | None, since: datetime,
+               until: datetime) -> Facts:
+    """Every fact model health needs for [since, until), read now (no asset counts without
+    a series store)."""
     return Facts(
         tickets=_tickets(session, since, until),
         missed=_missed(session, since, until),
@@ -261,9 +264,10 @@ def target_f1(settings: Settings, models: Iterable[tuple[str, str]]) -> Target:
     return Target(settings.target_f1, configured)
 
 
-def model_health(session: Session, series: SeriesStore, settings: Settings, *,
+def model_health(session: Session, series: SeriesStore | None, settings: Settings, *,
                  since: datetime, until: datetime) -> HealthFigures:
-    """Model health over [since, until) from what the stores hold now."""
+    """Model health over [since, until) from what the stores hold now; ``series`` None:
+    without asset counts."""
     facts = load_facts(session, series, since, until)
     target = target_f1(settings, facts.model_versions)
     return compute(
