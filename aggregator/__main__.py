@@ -111,8 +111,8 @@ exit codes (README.md, "Exit codes", has every command's):
 
 TOKEN_DESCRIPTION = """\
 Manage the REST API's tokens. Every route but /healthz, /readyz and the docs needs one,
-sent as 'Authorization: Bearer <token>'. Scopes: read (every GET), write (also acknowledge
-and resolve tickets), admin (also manage tokens, also with POST/GET/DELETE /tokens).
+sent as 'Authorization: Bearer <token>'. Scopes: read (every GET), write (also change
+tickets and report failures), admin (also manage tokens, also with POST/GET/DELETE /tokens).
 
   create --scope read|write|admin --name NAME
          prints the new token on standard output, once: it is stored only as a hash.

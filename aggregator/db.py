@@ -381,8 +381,8 @@ class AuditEntry(Base):
 
     ``actor`` is the name of the API token that made it (``token_id`` says which one, as
     a name can be reused once its token is revoked), or ``cli:<user>`` for a command;
-    ``subject_type``/``subject_id`` name what changed (``ticket``/``17``, ``token``/``3``);
-    ``detail`` holds what the change was (an outcome, a note, a scope).
+    ``subject_type``/``subject_id`` name what changed (``ticket``/``17``, ``failure``/``5``,
+    ``token``/``3``); ``detail`` holds what the change was (an outcome, a note, a scope).
     """
 
     __tablename__ = "audit_log"

@@ -372,8 +372,9 @@ class AuditOut(_Out):
     at: datetime
     actor: str = Field(description="the name of the API token that made the change, or "
                        "cli:<user> for a command")
-    action: str = Field(description="e.g. acknowledge, resolve; create, revoke (tokens)")
-    subject_type: str = Field(description="what changed: ticket, token")
+    action: str = Field(description="tickets: acknowledge, assign, note, resolve, reopen; "
+                        "failures: report; tokens: create, revoke")
+    subject_type: str = Field(description="what changed: ticket, failure, token")
     subject_id: str
     detail: dict[str, Any] = Field(description="what the change was, e.g. the outcome and "
                                    "note of a resolution, the status before it")
@@ -391,7 +392,7 @@ class TokenIn(BaseModel):
         "unique among active tokens: a letter first, then letters, digits and . _ @ + -",
     )
     scope: Scope = Field(
-        description="read: every GET; write: also acknowledge and resolve tickets; admin: "
+        description="read: every GET; write: also change tickets and report failures; admin: "
         "also manage tokens"
     )
 
