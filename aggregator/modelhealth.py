@@ -186,13 +186,19 @@ def _assets(series: SeriesStore | None, since: datetime, until: datetime
 def gateway_estimates(session: Session, series: SeriesStore | None, since: datetime,
                       until: datetime) -> tuple[GatewayEstimate, ...]:
     """The agents' label-free precision / recall / F1 estimates for the period, at most one
-    per group (``figures.Group``), shown next to the realised figures.
+    per group (``figures.Group``), which ``figures.compute`` checks against the realised
+    figures and the report shows next to them ("The gateways' own estimate").
 
-    None yet: the agents' health reports do not carry an estimate. When the wire contract
-    has ``Health.estimate`` (and the series store keeps it), read the newest estimate of
-    each agent in the period here and combine them per model version, site and line (by
-    the scored windows each rests on); ``figures.compute`` and the report already show
-    them.
+    None yet: this is the hook. Once the wire contract carries ``Health.estimate`` (an
+    ``Estimate`` over the agent's last ``windows`` scored windows, with ``precision``,
+    ``recall`` and ``f1`` as value/low/high intervals, absent when undefined or
+    uncalibrated), the series store must keep it with each health report (``HealthPoint``
+    and both backends, in the contract test); then read here each agent's newest
+    estimate in [since, until), map the agent to its site, line and model version
+    (``HealthPoint`` has them), and combine the estimates of each group (all, model
+    version, site, line) weighted by ``windows`` into one ``GatewayEstimate`` (``at``: the
+    newest, ``windows``: the sum). Mind that the agents estimate per scored window while
+    tickets judge whole machines: say so where the two are compared.
     """
     return ()
 
