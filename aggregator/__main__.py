@@ -495,6 +495,8 @@ def report_command(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     _log(verbose)
     logging.getLogger().setLevel(logging.DEBUG if verbose else logging.WARNING)
+    from sqlalchemy.engine import make_url
+
     from aggregator import migrations
     from aggregator.db import open_engine, open_sessions
     from aggregator.modelhealth import model_health, parse_period, period_ending
@@ -502,6 +504,11 @@ def report_command(args: argparse.Namespace) -> int:
     from aggregator.series import open_series
     from aggregator.server import StartError, check_database
 
+    url = make_url(settings.db_url)
+    if url.get_backend_name() == "sqlite" and not Path(url.database or ":memory:").exists():
+        # Connecting would create the file: a report changes nothing.
+        sys.stderr.write(f"error: no database file at {url.database}: check LINEWATCH_DB_URL\n")
+        return EXIT_START
     try:
         check_database(settings.db_url)
     except StartError as exc:
@@ -521,12 +528,19 @@ def report_command(args: argparse.Namespace) -> int:
                              "`python -m aggregator migrate`, first") + "\n")
             return EXIT_START
         since, until = period_ending(args.until, parse_period(args.period))
-        series = open_series(settings)
+        series = None
+        if settings.influx_url is None and not settings.series_path.exists():
+            sys.stderr.write(f"warning: no series store at {settings.series_path} (check "
+                             "LINEWATCH_SERIES_PATH): the report counts no assets, so no "
+                             "false alarms per machine\n")
+        else:
+            series = open_series(settings)
         try:
             with open_sessions(engine)() as session:
                 figures = model_health(session, series, settings, since=since, until=until)
         finally:
-            series.close()
+            if series is not None:
+                series.close()
     finally:
         engine.dispose()
     text = render_html(figures) if args.format == "html" else render_markdown(figures)

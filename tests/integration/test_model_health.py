@@ -302,3 +302,39 @@ def test_period_and_format_outside_the_contract_are_422(
     for params in ({"period": "9999d"}, {"period": "99999h", "until": "1678-01-01T00:00:00Z"},
                    {"period": "999w", "until": "2261-12-31T23:59:59Z"}):
         assert read.get("/health/models", params=params).status_code == 200, params
+
+
+def test_report_command_changes_nothing_and_says_what_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    env = tmp_path / "aggregator.env"
+    db = tmp_path / "linewatch.db"
+    env.write_text(f"LINEWATCH_DB_URL=sqlite:///{db}\n"
+                   f"LINEWATCH_SERIES_PATH={tmp_path / 'series.db'}\n")
+    assert main(["report", "-c", str(env)]) == 3
+    assert "no database file at" in capsys.readouterr().err
+    assert not db.exists()  # not created by asking
+    for bad in (["--period", "30"], ["--until", "2026-03-01T00:00:00"]):
+        with pytest.raises(SystemExit) as usage:  # argparse's usage error
+            main(["report", *bad, "-c", str(env)])
+        assert usage.value.code == 2
+    assert "has no time zone" in capsys.readouterr().err
+
+    from sqlalchemy import text
+
+    from aggregator.db import open_engine
+
+    engine = open_engine(f"sqlite:///{db}", create=False)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32))"))
+        conn.execute(text("INSERT INTO alembic_version VALUES ('0005')"))
+    engine.dispose()
+    assert main(["report", "-c", str(env)]) == 3
+    assert "schema revision 0005" in capsys.readouterr().err
+
+    db.unlink()
+    open_engine(f"sqlite:///{db}").dispose()  # a fresh database at this release's schema
+    assert main(["report", "--format", "markdown", "-c", str(env)]) == 0
+    out, err = capsys.readouterr()
+    assert "Too early to say: not enough outcomes yet." in out
+    assert "no series store at" in err and not (tmp_path / "series.db").exists()
