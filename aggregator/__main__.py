@@ -3,6 +3,8 @@
 does at start), print the revision before and after, and exit; back the database up first.
 ``python -m aggregator token create|list|revoke [-c aggregator.env]``: the API tokens, the
 same as ``linewatch token``.
+``python -m aggregator report [--period 30d] [--format markdown|html] [--out FILE]``: the
+model health report, the same as ``linewatch report`` and ``GET /reports/model-health``.
 
 ``linewatch aggregator`` calls ``serve_command`` here, so both commands report a bad
 setting or a failed start the same way: one line per problem naming the ``LINEWATCH_*``
@@ -38,15 +40,19 @@ if TYPE_CHECKING:  # pydantic-settings and SQLAlchemy are loaded only when neede
 __all__ = [
     "MIGRATE_DESCRIPTION",
     "MIGRATE_EPILOG",
+    "REPORT_DESCRIPTION",
+    "REPORT_EPILOG",
     "SERVE_DESCRIPTION",
     "SERVE_EPILOG",
     "TOKEN_DESCRIPTION",
     "TOKEN_EPILOG",
+    "add_report_arguments",
     "add_serve_arguments",
     "add_token_arguments",
     "explain",
     "main",
     "migrate_command",
+    "report_command",
     "serve_command",
     "token_command",
 ]
@@ -105,8 +111,8 @@ exit codes (README.md, "Exit codes", has every command's):
 
 TOKEN_DESCRIPTION = """\
 Manage the REST API's tokens. Every route but /healthz, /readyz and the docs needs one,
-sent as 'Authorization: Bearer <token>'. Scopes: read (every GET), write (also acknowledge
-and resolve tickets), admin (also manage tokens, also with POST/GET/DELETE /tokens).
+sent as 'Authorization: Bearer <token>'. Scopes: read (every GET), write (also change
+tickets and report failures), admin (also manage tokens, also with POST/GET/DELETE /tokens).
 
   create --scope read|write|admin --name NAME
          prints the new token on standard output, once: it is stored only as a hash.
@@ -132,6 +138,33 @@ exit codes (README.md, "Exit codes", has every command's):
   {EXIT_FAILED}    refused: the name is taken by an active token, or no such token to revoke
   {EXIT_CONFIG}    bad arguments or settings (a name outside the rules, a bad env file)
   {EXIT_START}    the database cannot be reached, opened or migrated
+"""
+
+REPORT_DESCRIPTION = """\
+The model health report, for people who want a yes or a no: does the model still work,
+are its alerts right, does it catch the failures, how much warning it gives, what it
+costs, whether it drifts, what to do next. The same figures, from the same computation,
+as GET /health/models and GET /reports/model-health.
+
+Reads:  the aggregator's SQL database (LINEWATCH_DB_URL: tickets, their outcomes, reported
+        failures, drift conditions) and its series store (LINEWATCH_INFLUX_URL or
+        LINEWATCH_SERIES_PATH: which assets were scored; without it, no false alarms per
+        machine), from the env file given with -c or the environment; LINEWATCH_TARGET_F1,
+        LINEWATCH_MODELS_DIR, LINEWATCH_VISIT_COST and LINEWATCH_CURRENCY. Changes
+        nothing: a database this release has not migrated is refused.
+Writes: the report (Markdown by default) to standard output, or to --out FILE.
+
+example:
+  linewatch report --period 30d -c configs/aggregator.example.env
+  linewatch report --period 12w --format html --out health.html -c configs/aggregator.example.env
+"""
+
+REPORT_EPILOG = f"""\
+exit codes (README.md, "Exit codes", has every command's):
+  {EXIT_OK}    report written
+  {EXIT_CONFIG}    bad arguments or settings (a period or time that does not parse, a bad env file)
+  {EXIT_START}    the database cannot be reached, has no aggregator schema, or is not migrated
+       to this release; or --out cannot be written
 """
 
 # For the top level: every subcommand's own --help lists what its codes mean for it.
@@ -422,6 +455,112 @@ def token_command(args: argparse.Namespace) -> int:
         engine.dispose()
 
 
+def _period(text: str) -> str:
+    from aggregator.modelhealth import parse_period
+
+    try:
+        parse_period(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
+
+
+def _until(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: an ISO-8601 date-time with a time zone, e.g. 2026-03-01T00:00:00Z"
+        ) from exc
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no time zone: add Z or +HH:MM")
+    return value
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``report``, shared with ``linewatch report``."""
+    parser.add_argument("--period", type=_period, default="30d", metavar="LENGTH",
+                        help="how long the period is, ending at --until: a whole number and "
+                        "h, d or w, e.g. 30d (the default), 12w, 36h")
+    parser.add_argument("--until", type=_until, default=None, metavar="TIME",
+                        help="when the period ends (excluded), ISO-8601 with a time zone; "
+                        "default: now")
+    parser.add_argument("--format", choices=("markdown", "html"), default="markdown",
+                        help="markdown (the default) or html (one self-contained page)")
+    parser.add_argument("--out", type=Path, default=None, metavar="FILE",
+                        help="write the report to FILE instead of standard output")
+    add_serve_arguments(parser)
+
+
+def report_command(args: argparse.Namespace) -> int:
+    """Write the model health report of the settings' stores; return the exit code."""
+    verbose = bool(getattr(args, "verbose", False))
+    settings = _load(args)
+    if settings is None:
+        return EXIT_CONFIG
+    _log(verbose)
+    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.WARNING)
+    from sqlalchemy.engine import make_url
+
+    from aggregator import migrations
+    from aggregator.db import open_engine, open_sessions
+    from aggregator.modelhealth import model_health, parse_period, period_ending
+    from aggregator.report import render_html, render_markdown
+    from aggregator.series import open_series
+    from aggregator.server import StartError, check_database
+
+    url = make_url(settings.db_url)
+    if url.get_backend_name() == "sqlite" and not Path(url.database or ":memory:").exists():
+        # Connecting would create the file: a report changes nothing.
+        sys.stderr.write(f"error: no database file at {url.database}: check LINEWATCH_DB_URL\n")
+        return EXIT_START
+    try:
+        check_database(settings.db_url)
+    except StartError as exc:
+        if verbose:
+            traceback.print_exception(exc)
+        sys.stderr.write(f"error: {exc}\n")
+        return exc.exit_code
+    engine = open_engine(settings.db_url, create=False)
+    try:
+        revision, head = migrations.current_revision(engine), migrations.head_revision()
+        if revision != head:
+            sys.stderr.write(
+                "error: " + (f"the database at {settings.db_url} has no aggregator schema: "
+                             "check LINEWATCH_DB_URL" if revision is None else
+                             f"the database is at schema revision {revision}, this release "
+                             f"reads {head}: start this release's aggregator, or run "
+                             "`python -m aggregator migrate`, first") + "\n")
+            return EXIT_START
+        since, until = period_ending(args.until, parse_period(args.period))
+        series = None
+        if settings.influx_url is None and not settings.series_path.exists():
+            sys.stderr.write(f"warning: no series store at {settings.series_path} (check "
+                             "LINEWATCH_SERIES_PATH): the report counts no assets, so no "
+                             "false alarms per machine\n")
+        else:
+            series = open_series(settings)
+        try:
+            with open_sessions(engine)() as session:
+                figures = model_health(session, series, settings, since=since, until=until)
+        finally:
+            if series is not None:
+                series.close()
+    finally:
+        engine.dispose()
+    text = render_html(figures) if args.format == "html" else render_markdown(figures)
+    if args.out is None:
+        sys.stdout.write(text)
+        return EXIT_OK
+    try:
+        args.out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        sys.stderr.write(f"error: cannot write {args.out}: {exc.strerror or exc}\n")
+        return EXIT_START
+    sys.stderr.write(f"wrote the model health report to {args.out}\n")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m aggregator",
@@ -451,6 +590,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_token_arguments(token_cmd)
     token_cmd.set_defaults(func=token_command)
+    report_cmd = commands.add_parser(
+        "report", help="write the model health report", description=REPORT_DESCRIPTION,
+        epilog=REPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_report_arguments(report_cmd)
+    report_cmd.set_defaults(func=report_command)
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:

@@ -1,7 +1,8 @@
 """The audit log: who changed what, and when.
 
-Every change made through the API (a ticket acknowledged or resolved, a token created or
-revoked) and every token command adds one ``AuditEntry``, in the caller's session, so it
+Every change made through the API (a ticket acknowledged, assigned, annotated, resolved or
+reopened, a failure reported, a token created or revoked) and every token command adds one
+``AuditEntry``, in the caller's session, so it
 commits in the same transaction as the change it describes: a change without its entry,
 or an entry for a change that was rolled back, cannot exist. Functions never commit.
 """

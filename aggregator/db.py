@@ -1,5 +1,5 @@
-"""SQL tables (tickets, agents, quarantine, dedupe, rule state, delivery, API tokens, audit
-log) and the engine that holds them.
+"""SQL tables (tickets and their notes, reported failures, agents, delivery, quarantine,
+dedupe, rule state, API tokens, audit log) and the engine that holds them.
 
 SQLAlchemy 2.0 ORM; the same models run on SQLite (default, one aggregator) and PostgreSQL
 (replicas sharing the work). The schema is kept by Alembic migrations
@@ -29,6 +29,7 @@ from sqlalchemy import (
     Dialect,
     Engine,
     Float,
+    ForeignKey,
     Index,
     Integer,
     LargeBinary,
@@ -39,10 +40,17 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
 from sqlalchemy.types import TypeDecorator
 
-from aggregator import migrations
+from aggregator import migrations, outcomes
 
 __all__ = [
     "OUTCOMES",
@@ -59,10 +67,12 @@ __all__ = [
     "Base",
     "DeliveryHour",
     "QuarantinedMessage",
+    "ReportedFailure",
     "RuleState",
     "SeenMessage",
     "SessionFactory",
     "Ticket",
+    "TicketNote",
     "UTCDateTime",
     "open_engine",
     "open_sessions",
@@ -74,9 +84,10 @@ logger = logging.getLogger(__name__)
 # this asset; retraining: the model itself (one per model version and site or line).
 TICKET_KINDS = ("maintenance", "sensor", "inspect", "retraining")
 TICKET_STATUSES = ("open", "acknowledged", "resolved")
-# superseded: closed by the aggregator itself when later evidence showed the ticket was of
-# another kind (a maintenance ticket caused by a sensor fault); not ground truth.
-OUTCOMES = ("confirmed_failure", "no_fault_found", "other", "superseded")
+# What a person closing a ticket says happened (aggregator.outcomes, where every outcome's
+# meaning is); superseded is the aggregator's own, when later evidence showed the ticket was
+# of another kind. A new outcome needs a migration that widens ck_tickets_outcome.
+OUTCOMES: tuple[str, ...] = outcomes.OUTCOMES
 AGENT_STATES = ("online", "offline", "unknown")
 # Enough of a rejected payload to see what went wrong, without letting a flood of 256 KiB
 # garbage fill the database; the original length is kept next to it.
@@ -118,7 +129,13 @@ class Base(DeclarativeBase):
 
 
 class Ticket(Base):
-    """A maintenance or retraining ticket and its lifecycle (open -> acknowledged -> resolved)."""
+    """A ticket and its lifecycle (open -> acknowledged -> resolved, and back to open when a
+    person reopens it), with whom it is assigned to and the notes people added.
+
+    ``outcome``, ``note`` and ``failed_at`` are set by the resolution: ``failed_at`` is when
+    the machine failed, for a confirmed failure whose time is known (model health measures
+    the warning time up to it).
+    """
 
     __tablename__ = "tickets"
 
@@ -134,12 +151,17 @@ class Ticket(Base):
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     outcome: Mapped[str | None] = mapped_column(String(32), default=None)
     note: Mapped[str | None] = mapped_column(Text, default=None)
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    assignee: Mapped[str | None] = mapped_column(String(NAME_LENGTH), default=None)
     model_name: Mapped[str] = mapped_column(String(NAME_LENGTH))
     model_version: Mapped[str] = mapped_column(String(NAME_LENGTH))
     threshold: Mapped[float] = mapped_column(Float)
     escalations: Mapped[int] = mapped_column(Integer, default=0)
     # {"k": 3, "n": 5, "scores": [{"window_end": iso, "score": float, "alert": bool}, ...]}
     evidence: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Loaded only when asked for ("select"): the ingest path never reads them.
+    notes: Mapped[list[TicketNote]] = relationship(
+        back_populates="ticket", order_by="(TicketNote.at, TicketNote.id)")
 
     __table_args__ = (
         CheckConstraint(_in("kind", TICKET_KINDS), name="ck_tickets_kind"),
@@ -160,6 +182,52 @@ class Ticket(Base):
             postgresql_where=text("status != 'resolved'"),
         ),
         Index("ix_tickets_status", "status"),
+        # The lists' time filters and the model health period.
+        Index("ix_tickets_opened_at", "opened_at"),
+        Index("ix_tickets_resolved_at", "resolved_at"),
+    )
+
+
+class TicketNote(Base):
+    """A note a person added to a ticket: what was seen, what was done. Never changed or
+    removed; the audit log has the same entry."""
+
+    __tablename__ = "ticket_notes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    author: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    text: Mapped[str] = mapped_column(Text)
+    ticket: Mapped[Ticket] = relationship(back_populates="notes")
+
+    __table_args__ = (Index("ix_ticket_notes_ticket_id", "ticket_id"),)
+
+
+class ReportedFailure(Base):
+    """A failure reported without a ticket that warned of it: a missed detection.
+
+    ``at`` is when the machine failed (plant time, as the person reporting it gives it);
+    ``model_name``/``model_version`` the model that should have caught it, when known
+    (given, or the one model the agents of its line ran: ``aggregator.failures``).
+    """
+
+    __tablename__ = "failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    site: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    line: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    asset: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    model_name: Mapped[str | None] = mapped_column(String(NAME_LENGTH), default=None)
+    model_version: Mapped[str | None] = mapped_column(String(NAME_LENGTH), default=None)
+    note: Mapped[str | None] = mapped_column(Text, default=None)
+    reported_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    reported_by: Mapped[str] = mapped_column(String(NAME_LENGTH))
+
+    __table_args__ = (
+        Index("ix_failures_at", "at"),
+        Index("ix_failures_site_asset", "site", "asset"),
     )
 
 
@@ -368,8 +436,8 @@ class AuditEntry(Base):
 
     ``actor`` is the name of the API token that made it (``token_id`` says which one, as
     a name can be reused once its token is revoked), or ``cli:<user>`` for a command;
-    ``subject_type``/``subject_id`` name what changed (``ticket``/``17``, ``token``/``3``);
-    ``detail`` holds what the change was (an outcome, a note, a scope).
+    ``subject_type``/``subject_id`` name what changed (``ticket``/``17``, ``failure``/``5``,
+    ``token``/``3``); ``detail`` holds what the change was (an outcome, a note, a scope).
     """
 
     __tablename__ = "audit_log"

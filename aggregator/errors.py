@@ -14,6 +14,7 @@ versus *refused* (retrying the same request gives the same answer)::
     +-- TicketError                 a ticket operation that cannot be done
         +-- TicketNotFoundError       no ticket with that id
         +-- TicketStateError          the ticket's status does not allow it
+        +-- FailureTicketedError      a failure "without a ticket" had one open
 
 Bad input from the wire is *not* an exception here: ``contract.wire.WireError`` is caught by
 the ingestor, counted and quarantined; it never escapes to the MQTT loop.
@@ -25,6 +26,7 @@ __all__ = [
     "AggregatorError",
     "BrokerError",
     "DatabaseUnavailableError",
+    "FailureTicketedError",
     "SchemaError",
     "SeriesError",
     "SeriesUnavailableError",
@@ -101,3 +103,9 @@ class TicketStateError(TicketError):
     def __init__(self, message: str, *, ticket_id: int, status: str) -> None:
         super().__init__(message, ticket_id=ticket_id)
         self.status = status
+
+
+class FailureTicketedError(TicketError):
+    """A failure reported as missed (no ticket warned of it) happened while a maintenance
+    ticket of that asset was open: it was not missed. ``ticket_id`` is that ticket, which
+    is the one to resolve (as a confirmed failure, with the failure's time)."""

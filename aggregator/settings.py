@@ -163,6 +163,28 @@ class Settings(BaseSettings):
         "version and scope for this long.",
     )
 
+    # -- model health (GET /health/models, the report) -----------------------------------
+    models_dir: Path | None = Field(
+        None,
+        description="Directory of model directories (each with its card.json, like the "
+        "repository's models/): when it holds the card of the one model version a period "
+        "is about, that card's test F1 is the target model health is judged against.",
+    )
+    target_f1: float = Field(
+        0.8, gt=0, le=1,
+        description="The F1 model health is judged against when no model card gives one "
+        "(no models_dir, no card for the model version, or several versions in the period).",
+    )
+    visit_cost: float | None = Field(
+        None, ge=0, allow_inf_nan=False,
+        description="Cost of one technician visit, to price alerts and false alarms in the "
+        "report; None: visits are counted, not priced.",
+    )
+    currency: str = Field(
+        "", max_length=16, pattern=r"^[^\x00-\x1f\x7f]*$",
+        description="Shown after visit_cost's amounts, e.g. EUR.",
+    )
+
     # -- dedupe -------------------------------------------------------------------------
     dedupe_retention_s: int = Field(
         7 * 86_400, ge=60,

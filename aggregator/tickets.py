@@ -1,44 +1,61 @@
-"""Ticket lifecycle: open or escalate, acknowledge, resolve with an outcome.
+"""Ticket lifecycle: open or escalate, acknowledge, assign, add a note, resolve with an
+outcome (``aggregator.outcomes``), reopen.
 
 Functions take the caller's ``Session`` and never commit: the ingestor opens tickets in
-the same transaction that marks messages seen, and an API route commits its own change.
+the same transaction that marks messages seen, and an API route commits its own change
+together with its audit entry (``aggregator.audit``).
 
 One non-resolved ticket per (site, asset, kind) is the database's job (a partial unique
 index, see ``db.Ticket``; asset names are only unique within a site); ``open_or_escalate``
 checks first for speed and treats a unique violation as "someone else just opened it",
-which it then escalates.
+which it then escalates. ``reopen`` checks the same way and refuses (``TicketStateError``,
+naming the other ticket) when another ticket of the (site, asset, kind) is open; a
+concurrent opener that slips between check and commit makes the commit fail instead.
+
+Who may set what: ``superseded`` is the aggregator's own outcome (``supersede``); a person
+resolves with any other (``PERSON_OUTCOMES``), and gives ``failed_at`` only with
+``confirmed_failure``.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from aggregator.conditions import close_sensor
-from aggregator.db import OUTCOMES, TICKET_KINDS, Ticket
+from aggregator.db import TICKET_KINDS, Ticket, TicketNote
 from aggregator.errors import TicketNotFoundError, TicketStateError
+from aggregator.outcomes import OUTCOMES, Outcome
 
 if TYPE_CHECKING:
     from aggregator.series import PredictionPoint
 
 __all__ = [
+    "ALWAYS",
     "MAX_EVIDENCE_SCORES",
+    "PERSON_OUTCOMES",
     "Kind",
     "Outcome",
     "Status",
     "Subject",
+    "TimeRange",
     "acknowledge",
+    "add_note",
+    "assign",
+    "count",
     "find",
     "get",
     "open_or_escalate",
     "open_ticket",
     "reclassify",
+    "reopen",
     "resolve",
     "supersede",
 ]
@@ -47,8 +64,10 @@ logger = logging.getLogger(__name__)
 
 Kind = Literal["maintenance", "sensor", "inspect", "retraining"]
 Status = Literal["open", "acknowledged", "resolved"]
-Outcome = Literal["confirmed_failure", "no_fault_found", "other", "superseded"]
+# What a person may resolve a ticket with: every outcome but the aggregator's own.
+PERSON_OUTCOMES: tuple[Outcome, ...] = tuple(o for o in OUTCOMES if o != "superseded")
 
+_VISIBLE = re.compile(r"[^\x00-\x20\x7f]")  # what a note needs one of (the API's pattern)
 # A ticket escalated for weeks must not grow without bound; the newest scores matter most.
 MAX_EVIDENCE_SCORES = 200
 
@@ -180,6 +199,37 @@ def get(session: Session, ticket_id: int, *, for_update: bool = False) -> Ticket
     return ticket
 
 
+@dataclass(frozen=True, slots=True)
+class TimeRange:
+    """[since, until): either end may be open (None)."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def clauses(self, column: Any) -> list[ColumnElement[bool]]:
+        """SQL conditions that put ``column`` in the range (none for an open range)."""
+        out: list[ColumnElement[bool]] = []
+        if self.since is not None:
+            out.append(column >= self.since)
+        if self.until is not None:
+            out.append(column < self.until)
+        return out
+
+
+ALWAYS = TimeRange()  # no time filter
+
+
+def _filters(status: Status | None, kind: Kind | None, asset: str | None, site: str | None,
+             opened: TimeRange, resolved: TimeRange) -> list[ColumnElement[bool]]:
+    where: list[ColumnElement[bool]] = [
+        *opened.clauses(Ticket.opened_at), *resolved.clauses(Ticket.resolved_at)]
+    for column, value in ((Ticket.status, status), (Ticket.kind, kind), (Ticket.asset, asset),
+                          (Ticket.site, site)):
+        if value is not None:
+            where.append(column == value)
+    return where
+
+
 def find(
     session: Session,
     *,
@@ -187,18 +237,38 @@ def find(
     kind: Kind | None = None,
     asset: str | None = None,
     site: str | None = None,
+    opened: TimeRange = ALWAYS,
+    resolved: TimeRange = ALWAYS,
+    limit: int | None = None,
+    offset: int = 0,
 ) -> list[Ticket]:
-    """Tickets matching every given filter, newest first."""
-    query = select(Ticket).order_by(Ticket.opened_at.desc(), Ticket.id.desc())
-    if status is not None:
-        query = query.where(Ticket.status == status)
-    if kind is not None:
-        query = query.where(Ticket.kind == kind)
-    if asset is not None:
-        query = query.where(Ticket.asset == asset)
-    if site is not None:
-        query = query.where(Ticket.site == site)
+    """Tickets matching every given filter, newest first (by ``opened_at``, then id): at
+    most ``limit`` of them (all if None) after skipping ``offset``; notes loaded.
+
+    ``opened`` and ``resolved`` are time ranges of ``opened_at`` and ``resolved_at``; a
+    ``resolved`` range leaves out tickets not resolved.
+    """
+    where = _filters(status, kind, asset, site, opened, resolved)
+    query = (select(Ticket).where(*where).options(selectinload(Ticket.notes))
+             .order_by(Ticket.opened_at.desc(), Ticket.id.desc()).offset(offset))
+    if limit is not None:
+        query = query.limit(limit)
     return list(session.scalars(query))
+
+
+def count(
+    session: Session,
+    *,
+    status: Status | None = None,
+    kind: Kind | None = None,
+    asset: str | None = None,
+    site: str | None = None,
+    opened: TimeRange = ALWAYS,
+    resolved: TimeRange = ALWAYS,
+) -> int:
+    """How many tickets ``find`` with the same filters would list without a limit."""
+    where = _filters(status, kind, asset, site, opened, resolved)
+    return session.scalar(select(func.count()).select_from(Ticket).where(*where)) or 0
 
 
 def acknowledge(session: Session, ticket_id: int, *, now: datetime | None = None) -> Ticket:
@@ -214,20 +284,64 @@ def acknowledge(session: Session, ticket_id: int, *, now: datetime | None = None
     return ticket
 
 
+def _unresolved(ticket: Ticket, doing: str) -> None:
+    if ticket.status == "resolved":
+        raise TicketStateError(
+            f"ticket {ticket.id} is resolved ({ticket.outcome}): reopen it before you "
+            f"{doing} it", ticket_id=ticket.id, status=ticket.status)
+
+
+def assign(session: Session, ticket_id: int, assignee: str | None, *,
+           now: datetime | None = None) -> tuple[Ticket, str | None]:
+    """Assign the ticket to ``assignee`` (a person's name; None: to nobody). Returns the
+    ticket and whom it was assigned to before; nothing changes when that is the same.
+    A resolved ticket cannot be assigned (``TicketStateError``)."""
+    ticket = get(session, ticket_id, for_update=True)
+    _unresolved(ticket, "assign")
+    before = ticket.assignee
+    if assignee != before:
+        ticket.assignee = assignee
+        ticket.updated_at = _now(now)
+    return ticket, before
+
+
+def add_note(session: Session, ticket_id: int, text: str, author: str, *,
+             now: datetime | None = None) -> TicketNote:
+    """Add a note to the ticket, in any status (a resolved ticket may still need one)."""
+    if not _VISIBLE.search(text):
+        raise ValueError("a note needs a visible character")
+    ticket = get(session, ticket_id, for_update=True)
+    now = _now(now)
+    note = TicketNote(at=now, author=author, text=text)
+    ticket.notes.append(note)
+    ticket.updated_at = now
+    session.flush()
+    return note
+
+
 def resolve(
     session: Session,
     ticket_id: int,
     outcome: Outcome,
     note: str | None = None,
     *,
+    failed_at: datetime | None = None,
     now: datetime | None = None,
 ) -> Ticket:
-    """-> resolved, with the outcome that model health is computed from.
+    """-> resolved, with the outcome that model health is computed from, and for a
+    confirmed failure whose time is known, ``failed_at``.
 
     A resolved ticket frees its (site, asset, kind): the next trigger opens a new one.
+    ``superseded`` is the aggregator's (``supersede``), not a person's: ``ValueError``.
     """
-    if outcome not in OUTCOMES:
-        raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
+    if outcome not in PERSON_OUTCOMES:
+        raise ValueError(f"outcome must be one of {PERSON_OUTCOMES}, got {outcome!r}")
+    if failed_at is not None:
+        if outcome != "confirmed_failure":
+            raise ValueError("failed_at goes only with outcome confirmed_failure, got "
+                             f"{outcome!r}")
+        if failed_at.tzinfo is None:
+            raise ValueError("failed_at must be timezone-aware")
     ticket = get(session, ticket_id, for_update=True)
     if ticket.status == "resolved":
         raise TicketStateError(
@@ -237,6 +351,7 @@ def resolve(
         )
     now = _now(now)
     ticket.status, ticket.outcome, ticket.note = "resolved", outcome, note
+    ticket.failed_at = failed_at
     ticket.resolved_at = ticket.updated_at = now
     if ticket.kind == "sensor":
         # The person who fixed the sensor ends its conditions; a channel that still
@@ -244,6 +359,45 @@ def resolve(
         close_sensor(session, ticket.site, ticket.asset, now)
     return ticket
 
+
+def reopen(session: Session, ticket_id: int, *, now: datetime | None = None
+           ) -> tuple[Ticket, dict[str, Any]]:
+    """resolved -> open: the resolution was wrong, or the fault came back. Returns the
+    ticket and what its resolution was (status, outcome, note, resolved_at, failed_at).
+
+    The outcome, note and times of the resolution are cleared (the audit log keeps them);
+    model health counts the ticket again once it is resolved again. Refused
+    (``TicketStateError``): a ticket that is not resolved; one the aggregator superseded
+    (the ticket that replaced it is the one to work on); one whose (site, asset, kind)
+    has another ticket open, which the error names.
+    """
+    ticket = get(session, ticket_id, for_update=True)
+    if ticket.status != "resolved":
+        raise TicketStateError(f"ticket {ticket_id} is {ticket.status}, not resolved: "
+                               "there is nothing to reopen", ticket_id=ticket_id,
+                               status=ticket.status)
+    if ticket.outcome == "superseded":
+        raise TicketStateError(
+            f"ticket {ticket_id} was superseded by the aggregator ({ticket.note}): work on "
+            "the ticket that replaced it", ticket_id=ticket_id, status=ticket.status)
+    other = _open_ticket(session, ticket.site, ticket.asset, ticket.kind)
+    if other is not None:
+        raise TicketStateError(
+            f"ticket {ticket_id} cannot be reopened: {ticket.kind} ticket {other.id} is "
+            f"{other.status} for {ticket.asset} at {ticket.site}, and an asset has one "
+            f"{ticket.kind} ticket at a time; add to ticket {other.id} instead",
+            ticket_id=ticket_id, status=ticket.status)
+    was = {"status": ticket.status, "outcome": ticket.outcome, "note": ticket.note,
+           "resolved_at": _iso(ticket.resolved_at), "failed_at": _iso(ticket.failed_at)}
+    ticket.status = "open"
+    ticket.outcome = ticket.note = None
+    ticket.resolved_at = ticket.failed_at = None
+    ticket.updated_at = _now(now)
+    return ticket, was
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
 
 
 def supersede(session: Session, ticket: Ticket, note: str, *, now: datetime | None = None) -> None:

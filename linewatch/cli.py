@@ -1,7 +1,8 @@
-"""The ``linewatch`` command: agent, aggregator, token, demo, train, evaluate.
+"""The ``linewatch`` command: agent, aggregator, token, report, demo, train, evaluate.
 
-``agent``, ``aggregator`` and ``token`` run the code of ``python -m agent run``,
-``python -m aggregator serve`` and ``python -m aggregator token``; every command's exit
+``agent``, ``aggregator``, ``token`` and ``report`` run the code of ``python -m agent run``,
+``python -m aggregator serve``, ``python -m aggregator token`` and
+``python -m aggregator report``; every command's exit
 codes are the constants of ``agent.exits`` / ``aggregator.exits`` (the same numbers),
 listed in its ``--help``.
 """
@@ -41,6 +42,7 @@ examples:
   linewatch demo                                   the whole loop on one machine
   linewatch aggregator -c configs/aggregator.example.env
   linewatch token create --scope admin --name you -c configs/aggregator.example.env
+  linewatch report --period 30d -c configs/aggregator.example.env
   linewatch agent -c configs/agent.example.yaml
 
 exit codes, the same for every command (README.md, "Exit codes", has the table):
@@ -136,6 +138,12 @@ def _token(args: argparse.Namespace) -> int:
     from aggregator.__main__ import token_command
 
     return token_command(args)
+
+
+def _health_report(args: argparse.Namespace) -> int:
+    from aggregator.__main__ import report_command
+
+    return report_command(args)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -243,10 +251,13 @@ def _parser() -> argparse.ArgumentParser:
     from agent.__main__ import EPILOG as AGENT_EPILOG
     from agent.__main__ import add_arguments
     from aggregator.__main__ import (
+        REPORT_DESCRIPTION,
+        REPORT_EPILOG,
         SERVE_DESCRIPTION,
         SERVE_EPILOG,
         TOKEN_DESCRIPTION,
         TOKEN_EPILOG,
+        add_report_arguments,
         add_serve_arguments,
         add_token_arguments,
     )
@@ -265,6 +276,12 @@ def _parser() -> argparse.ArgumentParser:
                        description=TOKEN_DESCRIPTION, epilog=TOKEN_EPILOG, formatter_class=_RAW)
     add_token_arguments(k)
     k.set_defaults(func=_token)
+
+    r = sub.add_parser("report", help="write the model health report (Markdown or HTML)",
+                       description=REPORT_DESCRIPTION, epilog=REPORT_EPILOG,
+                       formatter_class=_RAW)
+    add_report_arguments(r)
+    r.set_defaults(func=_health_report)
 
     d = sub.add_parser("demo", help="embedded broker + aggregator + agents replaying FD001",
                        description=_DEMO_DESCRIPTION, epilog=_DEMO_EPILOG, formatter_class=_RAW)

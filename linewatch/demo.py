@@ -116,6 +116,8 @@ def _settings(demo: DemoConfig, broker_port: int, http_port: int) -> Settings:
         series_path=demo.state_dir / "series.db",
         db_url=f"sqlite:///{demo.state_dir / 'linewatch.db'}",
         rule_k=demo.rule_k, rule_n=demo.rule_n, http_port=http_port,
+        # Model health judges the model against its card's test F1.
+        models_dir=demo.model.parent,
         # Stable, so a real broker keeps one persistent session for the demo, not one per run.
         mqtt_client_id="linewatch-demo",
     )
@@ -197,7 +199,7 @@ def _ticket_json(t: dict[str, Any]) -> dict[str, Any]:
 def _summary(demo: DemoConfig, api: httpx.Client, card: ModelCard,
              agents: list[Agent], scored: int, stored: int) -> dict[str, Any]:
     """Everything the demo found, as one JSON-able object (the text report reads it too)."""
-    tickets = [_ticket_json(t) for t in api.get("/tickets").json()]
+    tickets = [_ticket_json(t) for t in api.get("/tickets", params={"limit": 10_000}).json()]
     live = [t for t in tickets if t["outcome"] != "superseded"]
     counts: dict[str, Any] = {k: sum(t["kind"] == k for t in live)
                               for k in ("maintenance", "sensor", "inspect", "retraining")}
@@ -362,8 +364,9 @@ def run_demo(
                 _drift(api, out)
             if serve:
                 print(f"\nAPI: {base}/tickets  {base}/agents  {base}/drift  {base}/healthz  "
-                      f"{base}/docs\n(with the token printed at the start, e.g. curl -H "
-                      f"'Authorization: Bearer lw_...' {base}/tickets)\nserving until Ctrl-C "
+                      f"{base}/reports/model-health  {base}/docs\n(with the token printed at "
+                      f"the start, e.g. curl -H 'Authorization: Bearer lw_...' {base}/tickets)"
+                      "\nserving until Ctrl-C "
                       "(or SIGTERM)", file=out)
                 while True:
                     time.sleep(3600)

@@ -18,12 +18,27 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import OperationalError
 
 from aggregator import auth
-from aggregator.api.routes import agents, docs, drift, health, tickets, tokens
+from aggregator.api.routes import (
+    agents,
+    assets,
+    docs,
+    drift,
+    failures,
+    health,
+    model_health,
+    tickets,
+    tokens,
+)
 from aggregator.api.schemas import ErrorOut
 from aggregator.auth import TokenNameTakenError, TokenNotFoundError
 from aggregator.broker import EmbeddedBroker
 from aggregator.db import open_engine, open_sessions
-from aggregator.errors import TicketNotFoundError, TicketStateError, UnavailableError
+from aggregator.errors import (
+    FailureTicketedError,
+    TicketNotFoundError,
+    TicketStateError,
+    UnavailableError,
+)
 from aggregator.ingest import Ingestor
 from aggregator.reactions import standard as standard_reactions
 from aggregator.series import open_series
@@ -118,11 +133,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(agents.router)
     app.include_router(drift.router)
     app.include_router(tickets.router)
+    app.include_router(failures.router)
+    app.include_router(assets.router)
+    app.include_router(model_health.router)
     app.include_router(tokens.router)
     app.include_router(docs.router)
     app.mount(docs.STATIC_PREFIX, StaticFiles(directory=STATIC_DIR), name="static")
     app.add_exception_handler(TicketNotFoundError, _not_found)
     app.add_exception_handler(TicketStateError, _conflict)
+    app.add_exception_handler(FailureTicketedError, _conflict)
     app.add_exception_handler(TokenNotFoundError, _not_found)
     app.add_exception_handler(TokenNameTakenError, _conflict)
     app.add_exception_handler(UnavailableError, _unavailable)

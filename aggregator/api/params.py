@@ -14,13 +14,20 @@ invalid is refused with 422 (FastAPI's validation error body), never a 500:
   (``contract.wire.Name``: 1 .. ``MAX_NAME`` characters, no backslash, no control
   character). No stored event or ticket can carry another name, so a filter outside that
   set could never match: it is refused rather than answered with an empty list;
-- statuses and kinds: the enumerations of ``aggregator.tickets``.
+- statuses and kinds: the enumerations of ``aggregator.tickets``;
+- paging: ``limit`` 1 .. ``MAX_LIMIT`` and ``offset`` 0 .. ``MAX_OFFSET``;
+- periods (model health): a whole number and ``h``, ``d`` or ``w``
+  (``modelhealth.PERIOD_PATTERN``), at most 9999 days' worth.
+
+Ranges across two parameters (``since`` after ``until``) are not refused: they are
+ranges nothing lies in, and a list answers them with no items (no schema can say that one
+parameter must be less than another, and what the schema calls valid is never refused).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query
 from pydantic import AwareDatetime, BeforeValidator, WithJsonSchema
@@ -28,19 +35,31 @@ from sqlalchemy import BigInteger, Integer, SmallInteger
 
 from aggregator import tickets
 from aggregator.db import Ticket
+from aggregator.modelhealth import PERIOD_PATTERN
 from contract.wire import MAX_NAME, Name
 
 __all__ = [
+    "ASSET_PATTERN",
     "MAX_LIMIT",
+    "MAX_OFFSET",
     "MAX_TICKET_ID",
     "MAX_YEAR",
     "MIN_YEAR",
     "TIMESTAMP_PATTERN",
     "AgentFilter",
     "AssetFilter",
+    "AssetPath",
     "DetectorFilter",
     "KindFilter",
     "Limit",
+    "Offset",
+    "OpenedSince",
+    "OpenedUntil",
+    "Period",
+    "ReportFormat",
+    "ResolvedSince",
+    "ResolvedUntil",
+    "ScoreLimit",
     "SiteFilter",
     "Since",
     "StatusFilter",
@@ -48,6 +67,8 @@ __all__ = [
     "Timestamp",
     "Until",
     "TokenId",
+    "Until",
+    "UntilNow",
 ]
 
 # What the tickets.id column holds on every database (an INTEGER is 32-bit on PostgreSQL).
@@ -56,6 +77,7 @@ MAX_TICKET_ID = next(
     top for kind, top in _INTEGER_MAX.items() if isinstance(Ticket.__table__.c.id.type, kind)
 )
 MAX_LIMIT = 10_000
+MAX_OFFSET = 2**31 - 1  # an INTEGER's range: what every backend's OFFSET takes
 MIN_YEAR = 1678
 MAX_YEAR = 2261
 
@@ -143,3 +165,38 @@ Until = Annotated[
     Timestamp | None,
     Query(description=f"only events before this time: {_FORMAT}, in {_RANGE}"),
 ]
+OpenedSince = Annotated[
+    Timestamp | None, Query(description="only tickets opened at or after this time")]
+OpenedUntil = Annotated[Timestamp | None, Query(description="only tickets opened before this time")]
+ResolvedSince = Annotated[
+    Timestamp | None,
+    Query(description="only tickets resolved at or after this time (so: resolved ones)")]
+ResolvedUntil = Annotated[
+    Timestamp | None,
+    Query(description="only tickets resolved before this time (so: resolved ones)")]
+Offset = Annotated[
+    int, Query(ge=0, le=MAX_OFFSET, description="skip this many first (paging: the Link "
+               "header's next page sets it)")]
+ScoreLimit = Annotated[
+    int, Query(ge=1, le=MAX_LIMIT, description="at most this many, oldest first (the Link "
+               "header's next page goes on from the last)")]
+Period = Annotated[
+    str,
+    Query(pattern=PERIOD_PATTERN, description="how long the period is, ending at `until`: a "
+          "whole number and h (hours), d (days) or w (weeks), e.g. 30d, 12w, 36h; at most "
+          "99999h, 9999d or 999w"),
+]
+UntilNow = Annotated[
+    Timestamp | None,
+    Query(description=f"when the period ends (excluded); default: now. {_FORMAT}, in {_RANGE}"),
+]
+ReportFormat = Annotated[
+    Literal["html", "markdown"],
+    Query(alias="format",
+          description="html: one self-contained page (text/html); markdown: text/markdown"),
+]
+# A path segment: a name (contract.wire.Name) without '/', which no URL path segment carries.
+ASSET_PATTERN = r"^[^\\/\x00-\x1f\x7f-\x9f]+$"
+AssetPath = Annotated[
+    str, Path(min_length=1, max_length=MAX_NAME, pattern=ASSET_PATTERN,
+              description="the asset's name (asset names repeat across sites: see `site`)")]

@@ -14,9 +14,11 @@ from typing import Any
 from aggregator.api.schemas import ErrorOut
 
 __all__ = [
+    "ASSET_PATH_NOT_FOUND",
     "AUTH",
     "BAD_BODY",
     "DB_DOWN",
+    "FAILURE_TICKETED",
     "SERIES_OR_DB_DOWN",
     "TICKET_CONFLICT",
     "TICKET_NOT_FOUND",
@@ -42,6 +44,12 @@ SERIES_OR_DB_DOWN = _error(
     503, "the series store, or the SQL database (which holds the API tokens), cannot be "
     "reached; retry later")
 TOKEN_NOT_FOUND = _error(404, "no token has this id")
+FAILURE_TICKETED = _error(
+    409, "a maintenance ticket of the asset was open when it failed: it was not missed; "
+    "the answer names the ticket to resolve (confirmed_failure, with failed_at) instead")
+ASSET_PATH_NOT_FOUND = _error(
+    404, "no such path: an asset name of '.' or '..' cannot be a URL path segment (clients "
+    "remove it)")
 TOKEN_CONFLICT = _error(409, "an active token already has this name")
 AUTH: Responses = {
     401: {

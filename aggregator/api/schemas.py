@@ -3,38 +3,73 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from aggregator.api.params import Timestamp
 from aggregator.auth import NAME_PATTERN
 from aggregator.db import TOKEN_NAME_LENGTH
+from aggregator.outcomes import OUTCOME_MEANINGS, Outcome
+from contract.wire import MAX_NAME, Name
 
 __all__ = [
     "AgentHealthOut",
     "AgentOut",
-    "CompletenessOut",
-    "ConfirmationsOut",
+    "AssetEventsOut",
+    "AssignIn",
     "AuditOut",
+    "CompletenessOut",
+    "ConditionOut",
+    "ConfirmationsOut",
+    "ConfirmedFailureIn",
+    "CostOut",
     "CountsOut",
     "DatabaseHealthOut",
     "DeliveryHealthOut",
     "DeliveryOut",
+    "DriftFiguresOut",
     "DriftOut",
     "ErrorOut",
+    "EstimateCheckOut",
     "EvidenceOut",
+    "FailureIn",
+    "FailureOut",
+    "FigureOut",
     "GapOut",
+    "GroupFiguresOut",
+    "GroupOut",
+    "HealthFiguresOut",
     "HealthOut",
     "HourOut",
+    "LeadTimeOut",
+    "MissedFailureOut",
+    "ModelIn",
     "MqttHealthOut",
+    "NoteIn",
+    "NoteOut",
+    "OtherOutcomeIn",
+    "ReopenIn",
     "ResolveIn",
     "ScoreOut",
+    "ScorePointOut",
     "SeriesHealthOut",
     "TicketOut",
     "TokenCreatedOut",
     "TokenIn",
     "TokenOut",
+    "VerdictOut",
 ]
+
+# Free text from a person (notes): tabs and line breaks allowed, no other control character
+# (PostgreSQL text cannot hold a NUL); NOTE_TEXT also needs one visible character.
+_TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+_SOME_TEXT = (r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*[^\x00-\x20\x7f]"
+              r"[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$")
+_OUTCOME_WORDS = "; ".join(f"{name}: {meaning}" for name, meaning in OUTCOME_MEANINGS)
+Note = Annotated[str, Field(
+    max_length=4000, pattern=_TEXT,
+    description="free text: tabs and line breaks allowed, other control characters not")]
 
 
 class _Out(BaseModel):
@@ -75,6 +110,14 @@ class EvidenceOut(_Out):
     action: str | None = None
 
 
+class NoteOut(_Out):
+    """A note a person added to a ticket."""
+
+    at: datetime
+    author: str = Field(description="the name of the API token that added it")
+    text: str
+
+
 class TicketOut(_Out):
     id: int
     kind: Literal["maintenance", "sensor", "inspect", "retraining"] = Field(
@@ -88,8 +131,12 @@ class TicketOut(_Out):
     opened_at: datetime
     updated_at: datetime
     resolved_at: datetime | None
-    outcome: Literal["confirmed_failure", "no_fault_found", "other", "superseded"] | None
-    note: str | None
+    outcome: Outcome | None = Field(description=f"set by the resolution: {_OUTCOME_WORDS}")
+    note: str | None = Field(description="the resolution's note")
+    failed_at: datetime | None = Field(
+        description="when the machine failed, for a confirmed failure whose time is known")
+    assignee: str | None = Field(description="the person the ticket is assigned to")
+    notes: list[NoteOut] = Field(description="notes people added, oldest first")
     model_name: str
     model_version: str
     threshold: float
@@ -97,19 +144,130 @@ class TicketOut(_Out):
     evidence: EvidenceOut
 
 
-class ResolveIn(BaseModel):
+class ConfirmedFailureIn(BaseModel):
+    """The machine failed, or was found failing, as the alert said; when it failed, if
+    known (model health measures the warning time up to it)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    outcome: Literal["confirmed_failure", "no_fault_found", "other"] = Field(
-        description="ground truth for model health: was there a real fault?"
-    )
-    note: str | None = Field(
-        None,
-        max_length=4000,
-        # PostgreSQL text cannot hold a NUL; no other control character belongs in a note.
-        pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$",
-        description="free text: tabs and line breaks allowed, other control characters not",
-    )
+    outcome: Literal["confirmed_failure"]
+    note: Note | None = None
+    failed_at: Timestamp | None = Field(
+        None, description="when the machine failed (plant time); default: not known, and "
+        "model health takes the time of the resolution instead")
+
+
+class OtherOutcomeIn(BaseModel):
+    """Any other outcome (no failure time goes with it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    outcome: Literal["preventive_action", "no_fault_found", "sensor_fault", "other"]
+    note: Note | None = None
+
+
+ResolveIn = Annotated[
+    ConfirmedFailureIn | OtherOutcomeIn,
+    Field(discriminator="outcome", description="ground truth for model health: was there "
+          f"a real fault? {_OUTCOME_WORDS} (superseded is the aggregator's own)"),
+]
+"""A resolution: an outcome, a note and, for a confirmed failure, its time."""
+
+
+class AssignIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    assignee: Annotated[str, Field(
+        min_length=1, max_length=MAX_NAME,
+        pattern=r"^[^\x00-\x1f\x7f]*[^\x00-\x20\x7f][^\x00-\x1f\x7f]*$")] | None = Field(
+        description="a person's name (1 to 128 characters, no control character), or null "
+        "for nobody")
+
+
+class NoteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(
+        min_length=1, max_length=4000, pattern=_SOME_TEXT,
+        description="what was seen or done: tabs and line breaks allowed, other control "
+        "characters not, at least one visible character")
+
+
+class ReopenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: Note | None = Field(None, description="why: kept in the ticket's history")
+
+
+class ModelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    version: Name
+
+
+class FailureIn(BaseModel):
+    """A failure no ticket warned of."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    site: Name
+    line: Name
+    asset: Name
+    at: Timestamp = Field(description="when the machine failed (plant time)")
+    note: Note | None = None
+    model: ModelIn | None = Field(
+        None, description="the model version that should have caught it; default: the one "
+        "the agents of the line run, if they all run the same")
+
+
+class FailureOut(_Out):
+    """A failure reported without a ticket that warned of it (a missed detection)."""
+
+    id: int
+    site: str
+    line: str
+    asset: str
+    at: datetime = Field(description="when the machine failed")
+    model_name: str | None = Field(description="the model version it counts against; "
+                                   "None: none known, it counts in no per-model figure")
+    model_version: str | None
+    note: str | None
+    reported_at: datetime
+    reported_by: str = Field(description="the name of the API token that reported it")
+
+
+class ScorePointOut(_Out):
+    """One scored window of an asset."""
+
+    window_start: datetime
+    window_end: datetime
+    score: float
+    alert: bool = Field(description="the score reached the model's threshold")
+    agent: str
+    site: str
+    line: str
+    model_name: str = Field(validation_alias="model")
+    model_version: str
+
+
+class ConditionOut(_Out):
+    """A drift or data-quality condition an agent reported on an asset, start to end."""
+
+    site: str
+    line: str
+    agent: str
+    asset: str = Field(description="'' for a condition of the agent's whole fleet")
+    model_name: str
+    model_version: str
+    monitor: str = Field(description="the signal watched: a feature, a channel or 'score'")
+    detector: str = Field(description="e.g. envelope, step, stuck, nan, alert_rate")
+    signal: str
+    channels: list[str]
+    since: datetime = Field(description="when it began (the detector's estimate)")
+    detected_at: datetime
+    ended_at: datetime | None = Field(description="None while it lasts")
+    detail: str
 
 
 class AgentHealthOut(_Out):
@@ -329,8 +487,9 @@ class AuditOut(_Out):
     at: datetime
     actor: str = Field(description="the name of the API token that made the change, or "
                        "cli:<user> for a command")
-    action: str = Field(description="e.g. acknowledge, resolve; create, revoke (tokens)")
-    subject_type: str = Field(description="what changed: ticket, token")
+    action: str = Field(description="tickets: acknowledge, assign, note, resolve, reopen; "
+                        "failures: report; tokens: create, revoke")
+    subject_type: str = Field(description="what changed: ticket, failure, token")
     subject_id: str
     detail: dict[str, Any] = Field(description="what the change was, e.g. the outcome and "
                                    "note of a resolution, the status before it")
@@ -348,7 +507,7 @@ class TokenIn(BaseModel):
         "unique among active tokens: a letter first, then letters, digits and . _ @ + -",
     )
     scope: Scope = Field(
-        description="read: every GET; write: also acknowledge and resolve tickets; admin: "
+        description="read: every GET; write: also change tickets and report failures; admin: "
         "also manage tokens"
     )
 
@@ -370,3 +529,151 @@ class TokenOut(_Out):
 class TokenCreatedOut(TokenOut):
     token: str = Field(description="the token itself: shown this once, never again; send it "
                        "as 'Authorization: Bearer <token>'")
+
+
+class AssetEventsOut(_Out):
+    """What happened to one asset: its tickets, its conditions and the agents' events."""
+
+    asset: str
+    site: str | None = Field(description="the site asked for; None: every site's asset of "
+                             "that name")
+    tickets: list[TicketOut] = Field(description="every ticket of the asset, newest first")
+    conditions: list[ConditionOut] = Field(
+        description="drift and data-quality conditions overlapping the period, newest first")
+    drift: list[DriftOut] = Field(
+        description="the drift and data-quality events in the period, newest first (at "
+        "most `limit`)")
+
+
+# -- model health: aggregator.figures' results, field for field (HealthFigures.to_dict) --
+class FigureOut(_Out):
+    """A proportion-like figure with its 95 % interval; value, low and high are None when
+    it rests on no outcome (n = 0), ``enough`` is n >= min_outcomes."""
+
+    value: float | None
+    low: float | None
+    high: float | None
+    n: int
+    enough: bool
+
+
+class LeadTimeOut(_Out):
+    """First alert to failure, for real faults, in seconds; ``from_resolution`` of the n
+    had no failure time, so their resolution time stood in."""
+
+    n: int
+    median_s: float | None
+    q1_s: float | None
+    q3_s: float | None
+    from_resolution: int
+
+
+class CostOut(_Out):
+    """Technician visits (every counted alert is one, every false alarm a wasted one);
+    money only with a configured visit cost."""
+
+    visits: int
+    wasted_visits: int
+    visit_cost: float | None
+    currency: str
+    total: float | None
+    wasted: float | None
+
+
+class DriftFiguresOut(_Out):
+    """At the end of the window: open retraining tickets (ids), active drift conditions and
+    the assets they are on; ``started``: conditions that began inside the window."""
+
+    retraining_tickets: list[int]
+    conditions: int
+    assets: int
+    started: int
+
+
+class EstimateCheckOut(_Out):
+    """A gateway estimate next to the realised figure; ``agrees`` None while too few
+    outcomes."""
+
+    metric: Literal["precision", "recall", "f1"]
+    estimated: float
+    low: float | None
+    high: float | None
+    realised: FigureOut
+    agrees: bool | None
+
+
+class VerdictOut(_Out):
+    action: Literal["keep", "watch", "retrain", "not_enough_data"]
+    reason: str
+
+
+class GroupOut(_Out):
+    """What a set of figures is about: ``key`` is stable (``all``, ``model@version``,
+    ``site``, ``site/line``, ``YYYY-MM``), ``label`` is for people."""
+
+    dimension: Literal["all", "model", "site", "line", "month"]
+    site: str | None
+    line: str | None
+    model_name: str | None
+    model_version: str | None
+    month: str | None
+    key: str
+    label: str
+
+
+class MissedFailureOut(_Out):
+    asset: str
+    site: str
+    line: str
+    at: datetime
+    model_name: str | None
+    model_version: str | None
+    note: str
+
+
+class GroupFiguresOut(_Out):
+    """Every figure of one group over [start, end): alerts are maintenance tickets
+    resolved there with a counted outcome (real + false_alarms); ``open`` is maintenance
+    tickets open at ``end``; ``verdict`` is None for the months."""
+
+    group: GroupOut
+    start: datetime
+    end: datetime
+    alerts: int
+    real: int
+    false_alarms: int
+    missed: int
+    not_counted: int
+    open: int
+    precision: FigureOut
+    recall: FigureOut
+    f1: FigureOut
+    lead_time: LeadTimeOut
+    assets: int | None = Field(description="assets the model scored in the period (the "
+                               "series store); None when not known")
+    months: float
+    false_alarms_per_asset_month: float | None
+    cost: CostOut
+    missed_failures: list[MissedFailureOut]
+    drift: DriftFiguresOut
+    estimates: list[EstimateCheckOut]
+    verdict: VerdictOut | None
+
+
+class HealthFiguresOut(_Out):
+    """Model health over [since, until): ``overall``, then per model version, site, line
+    and calendar month (UTC). ``aggregator.figures`` says how every figure is made."""
+
+    since: datetime
+    until: datetime
+    target_f1: float
+    target_source: str = Field(description="where the target comes from, in words")
+    min_outcomes: int = Field(description="a figure resting on fewer outcomes is flagged "
+                              "enough=false")
+    overall: GroupFiguresOut
+    by_model: list[GroupFiguresOut]
+    by_site: list[GroupFiguresOut]
+    by_line: list[GroupFiguresOut]
+    by_month: list[GroupFiguresOut]
+    unattributed_missed: int = Field(description="missed failures linked to no model "
+                                     "version: in no per-model group")

@@ -56,8 +56,8 @@ bearer = HTTPBearer(
     scheme_name="APIToken",
     bearerFormat="lw_ and 43 characters",
     description="An API token from `linewatch token create --scope read|write|admin --name "
-    "NAME` (or `POST /tokens`). read: every GET; write: also acknowledge and resolve "
-    "tickets; admin: also manage tokens.",
+    "NAME` (or `POST /tokens`). read: every GET; write: also change tickets and report "
+    "failures; admin: also manage tokens.",
 )
 
 def _unauthorized(detail: str, error: str | None) -> HTTPException:

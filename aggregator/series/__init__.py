@@ -33,11 +33,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "READ_LIMIT",
+    "TIME_MAX",
+    "TIME_MIN",
+    "AssetsSeen",
     "DriftPoint",
     "HealthPoint",
     "PredictionPoint",
     "SeriesStore",
     "check_limit",
+    "check_offset",
+    "clamp_time",
     "drift_order",
     "health_order",
     "from_ns",
@@ -49,6 +54,20 @@ READ_LIMIT = 1000  # rows a newest-first read returns unless told otherwise
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
+# What InfluxDB's signed 64-bit nanosecond timestamps hold, the narrowest of the backends,
+# to the whole second inside.
+TIME_MIN = datetime(1677, 9, 21, 0, 12, 44, tzinfo=UTC)
+TIME_MAX = datetime(2262, 4, 11, 23, 47, 16, tzinfo=UTC)
+
+
+def clamp_time(value: datetime) -> datetime:
+    """``value`` moved into [``TIME_MIN``, ``TIME_MAX``]: a read bound further out would
+    overflow InfluxDB's timestamps, and no point lies there anyway.
+
+    >>> clamp_time(datetime(1500, 1, 1, tzinfo=UTC)) == TIME_MIN
+    True
+    """
+    return min(max(value, TIME_MIN), TIME_MAX)
 
 
 def to_ns(value: datetime) -> int:
@@ -80,6 +99,19 @@ def check_limit(limit: int) -> int:
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
     return limit
+
+
+def check_offset(offset: int) -> int:
+    """``offset`` if it is a usable number of rows to skip (>= 0), else ValueError.
+
+    >>> check_offset(-1)
+    Traceback (most recent call last):
+    ...
+    ValueError: offset must be >= 0, got -1
+    """
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, got {offset}")
+    return offset
 
 
 def _require_aware(**values: datetime) -> None:
@@ -155,6 +187,17 @@ class HealthPoint:
         _require_aware(at=self.at)
 
 
+@dataclass(frozen=True, slots=True)
+class AssetsSeen:
+    """How many distinct assets of one site and line a model version scored in a period."""
+
+    site: str
+    line: str
+    model: str
+    model_version: str
+    assets: int
+
+
 def drift_order(p: DriftPoint) -> tuple[int, str, str, str, str, str]:
     """Sort key of drift reads: newest first, then by identity (a fleet-wide event, no
     asset, before the assets' events). Every backend returns this order."""
@@ -196,6 +239,25 @@ class SeriesStore(Protocol):
         """Number of stored points matching the filters."""
         ...
 
+    def scores(
+        self,
+        asset: str,
+        *,
+        site: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = READ_LIMIT,
+    ) -> list[PredictionPoint]:
+        """One asset's score history: the oldest ``limit`` of its points (at ``site``, if
+        given) with ``since <= window_end < until``, ordered by ``window_end``, then agent
+        and model. Asset names repeat across sites: without ``site``, every site's."""
+        ...
+
+    def asset_counts(self, since: datetime, until: datetime) -> list[AssetsSeen]:
+        """How many distinct assets each (site, line, model, model version) scored with
+        ``since <= window_end < until``, ordered by those four."""
+        ...
+
     def drift_events(
         self,
         agent: str | None = None,
@@ -203,9 +265,13 @@ class SeriesStore(Protocol):
         detector: str | None = None,
         since: datetime | None = None,
         limit: int = READ_LIMIT,
+        *,
+        until: datetime | None = None,
+        site: str | None = None,
+        offset: int = 0,
     ) -> list[DriftPoint]:
-        """The newest ``limit`` events matching the filters (``at >= since``), in
-        :func:`drift_order`."""
+        """The newest ``limit`` events matching the filters (``since <= at < until``)
+        after skipping the ``offset`` newest, in :func:`drift_order`."""
         ...
 
     def drift_count(self, agent: str | None = None, asset: str | None = None) -> int:

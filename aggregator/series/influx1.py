@@ -34,10 +34,12 @@ import httpx
 from aggregator.errors import SeriesError, SeriesUnavailableError
 from aggregator.series import (
     READ_LIMIT,
+    AssetsSeen,
     DriftPoint,
     HealthPoint,
     PredictionPoint,
     check_limit,
+    check_offset,
     drift_order,
     from_ns,
     health_order,
@@ -303,6 +305,33 @@ class Influx1Store:
     def count(self, agent: str | None = None, asset: str | None = None) -> int:
         return self._count("score", MEASUREMENT, _where(agent=agent, asset=asset))
 
+    def scores(
+        self,
+        asset: str,
+        *,
+        site: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = READ_LIMIT,
+    ) -> list[PredictionPoint]:
+        where = _where(asset=asset, site=site, since=since, until=until)
+        q = (f"SELECT {', '.join(_COLUMNS)} FROM {MEASUREMENT}{where} "
+             f"ORDER BY time ASC LIMIT {check_limit(limit)}")
+        # InfluxDB orders by time only; break ties the same way every backend does.
+        return sorted((_point(row) for row in self._query(q)),
+                      key=lambda p: (p.window_end, p.agent, p.model))
+
+    def asset_counts(self, since: datetime, until: datetime) -> list[AssetsSeen]:
+        # InfluxQL counts distinct field values, never tag values: one series per asset
+        # (GROUP BY the tags), counted here. count(score) is the cheapest aggregate.
+        q = (f"SELECT count(score) FROM {MEASUREMENT}{_where(since=since, until=until)} "
+             "GROUP BY site, line, model, model_version, asset")
+        counts: dict[tuple[str, str, str, str], int] = {}
+        for row in self._query(q):
+            key = (row["site"], row["line"], row["model"], row["model_version"])
+            counts[key] = counts.get(key, 0) + 1
+        return [AssetsSeen(*key, assets=n) for key, n in sorted(counts.items())]
+
     def drift_events(
         self,
         agent: str | None = None,
@@ -310,11 +339,16 @@ class Influx1Store:
         detector: str | None = None,
         since: datetime | None = None,
         limit: int = READ_LIMIT,
+        *,
+        until: datetime | None = None,
+        site: str | None = None,
+        offset: int = 0,
     ) -> list[DriftPoint]:
-        where = _where(agent=agent, asset=asset, detector=detector, since=since)
+        where = _where(agent=agent, asset=asset, detector=detector, site=site, since=since,
+                       until=until)
         q = (
             f"SELECT {', '.join(_DRIFT_COLUMNS)} FROM {DRIFT}{where} "
-            f"ORDER BY time DESC LIMIT {check_limit(limit)}"
+            f"ORDER BY time DESC LIMIT {check_limit(limit)} OFFSET {check_offset(offset)}"
         )
         # InfluxDB orders by time only; break ties the same way every backend does.
         return sorted((_drift(row) for row in self._query(q)), key=drift_order)
@@ -370,10 +404,13 @@ def _statement_error(result: dict[str, Any], q: str) -> None:
         raise SeriesError(f"InfluxQL {q!r}: {result['error']}", detail=result["error"])
 
 
-def _where(*, since: datetime | None = None, **tags: str | None) -> str:
+def _where(*, since: datetime | None = None, until: datetime | None = None,
+           **tags: str | None) -> str:
     clauses = [f"{tag} = {quote_literal(v)}" for tag, v in tags.items() if v is not None]
     if since is not None:
         clauses.append(f"time >= {to_ns(since)}")  # an integer time literal is in ns
+    if until is not None:
+        clauses.append(f"time < {to_ns(until)}")
     return " WHERE " + " AND ".join(clauses) if clauses else ""
 
 

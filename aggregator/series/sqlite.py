@@ -18,10 +18,12 @@ from typing import Any, NamedTuple
 from aggregator.errors import SeriesUnavailableError
 from aggregator.series import (
     READ_LIMIT,
+    AssetsSeen,
     DriftPoint,
     HealthPoint,
     PredictionPoint,
     check_limit,
+    check_offset,
     from_ns,
     to_ns,
 )
@@ -196,6 +198,35 @@ class SqliteSeriesStore:
     def count(self, agent: str | None = None, asset: str | None = None) -> int:
         return self._count(_PREDICTION, _where(agent=agent, asset=asset))
 
+    def scores(
+        self,
+        asset: str,
+        *,
+        site: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = READ_LIMIT,
+    ) -> list[PredictionPoint]:
+        # The prediction_asset index (asset, window_end_ns) serves the range.
+        where, args = _where(asset=asset, site=site, since=since, until=until,
+                             time="window_end_ns")
+        rows = self._fetch(
+            f"{_PREDICTION.select()}{where} ORDER BY window_end_ns, agent, model LIMIT ?",
+            [*args, check_limit(limit)],
+        )
+        return [_prediction(row) for row in rows]
+
+    def asset_counts(self, since: datetime, until: datetime) -> list[AssetsSeen]:
+        where, args = _where(since=since, until=until, time="window_end_ns")
+        rows = self._fetch(
+            f"SELECT site, line, model, model_version, count(DISTINCT asset) FROM prediction"
+            f"{where} GROUP BY site, line, model, model_version "
+            "ORDER BY site, line, model, model_version",
+            args,
+        )
+        return [AssetsSeen(site, line, model, version, int(n))
+                for site, line, model, version, n in rows]
+
     # -- drift events ---------------------------------------------------------------------
     def drift_events(
         self,
@@ -204,12 +235,17 @@ class SqliteSeriesStore:
         detector: str | None = None,
         since: datetime | None = None,
         limit: int = READ_LIMIT,
+        *,
+        until: datetime | None = None,
+        site: str | None = None,
+        offset: int = 0,
     ) -> list[DriftPoint]:
-        where, args = _where(agent=agent, asset=asset, detector=detector, since=since)
+        where, args = _where(agent=agent, asset=asset, detector=detector, site=site,
+                             since=since, until=until)
         rows = self._fetch(
             f"{_DRIFT.select()}{where} "
-            "ORDER BY at_ns DESC, agent, asset, model, monitor, detector LIMIT ?",
-            [*args, check_limit(limit)],
+            "ORDER BY at_ns DESC, agent, asset, model, monitor, detector LIMIT ? OFFSET ?",
+            [*args, check_limit(limit), check_offset(offset)],
         )
         return [_drift(row) for row in rows]
 
@@ -259,7 +295,9 @@ class SqliteSeriesStore:
             self._conn.close()
 
 
-def _where(*, since: datetime | None = None, **equal: str | None) -> tuple[str, list[Any]]:
+def _where(*, since: datetime | None = None, until: datetime | None = None,
+           time: str = "at_ns", **equal: str | None) -> tuple[str, list[Any]]:
+    """A WHERE clause: every given column equal to its value, ``since <= time < until``."""
     clauses: list[str] = []
     args: list[Any] = []
     for column, value in equal.items():
@@ -267,8 +305,11 @@ def _where(*, since: datetime | None = None, **equal: str | None) -> tuple[str, 
             clauses.append(f"{column} = ?")
             args.append(value)
     if since is not None:
-        clauses.append("at_ns >= ?")
+        clauses.append(f"{time} >= ?")
         args.append(to_ns(since))
+    if until is not None:
+        clauses.append(f"{time} < ?")
+        args.append(to_ns(until))
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 

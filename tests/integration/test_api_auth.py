@@ -68,7 +68,16 @@ ROUTES: dict[tuple[str, str], str | None] = {
     ("GET", "/tickets/{ticket_id}"): "read",
     ("GET", "/tickets/{ticket_id}/history"): "read",
     ("POST", "/tickets/{ticket_id}/ack"): "write",
+    ("POST", "/tickets/{ticket_id}/assign"): "write",
+    ("POST", "/tickets/{ticket_id}/notes"): "write",
     ("POST", "/tickets/{ticket_id}/resolve"): "write",
+    ("POST", "/tickets/{ticket_id}/reopen"): "write",
+    ("GET", "/failures"): "read",
+    ("POST", "/failures"): "write",
+    ("GET", "/assets/{asset}/scores"): "read",
+    ("GET", "/assets/{asset}/events"): "read",
+    ("GET", "/health/models"): "read",
+    ("GET", "/reports/model-health"): "read",
     ("GET", "/tokens"): "admin",
     ("POST", "/tokens"): "admin",
     ("DELETE", "/tokens/{token_id}"): "admin",
@@ -76,13 +85,17 @@ ROUTES: dict[tuple[str, str], str | None] = {
 # A request each route accepts (given the scope), on ids that do not exist: nothing changes.
 BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/tickets/{ticket_id}/resolve"): {"outcome": "other"},
+    ("POST", "/tickets/{ticket_id}/assign"): {"assignee": "alice"},
+    ("POST", "/tickets/{ticket_id}/notes"): {"text": "checked"},
+    ("POST", "/failures"): None,  # no body: 422 once authorized
     ("POST", "/tokens"): None,  # no body: 422 once authorized
 }
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 
 
 def url_of(path: str) -> str:
-    return path.replace("{ticket_id}", "999").replace("{token_id}", "999")
+    return (path.replace("{ticket_id}", "999").replace("{token_id}", "999")
+            .replace("{asset}", "pump-999"))
 
 
 @pytest.fixture

@@ -219,11 +219,18 @@ def test_ticket_ids_outside_the_column_are_422_inside_404_when_unknown(
     acked = tickets_api.http.post(f"/tickets/{ticket['id']}/ack")
     assert (acked.status_code, acked.json()["status"]) == (200, "acknowledged")
 
-    # A note is free text, but PostgreSQL cannot store a NUL: no control characters.
+    # A note is free text, but PostgreSQL cannot store a NUL: no control characters. (The
+    # body's fields depend on its outcome, which the error's location names.)
     resolve = f"/tickets/{ticket['id']}/resolve"
     for note in ("a\x00b", "bell\x07", "esc\x1b[0m", "del\x7f", "x" * 4001):
         response = tickets_api.http.post(resolve, json={"outcome": "other", "note": note})
-        assert validation_messages(response).startswith("body.note: "), note
+        assert validation_messages(response).startswith("body.other.note: "), note
+    # A failure time goes with a confirmed failure only.
+    response = tickets_api.http.post(resolve, json={"outcome": "no_fault_found",
+                                                    "failed_at": "2026-03-01T08:00:00Z"})
+    assert validation_messages(response).startswith("body.no_fault_found.failed_at: ")
+    response = tickets_api.http.post(resolve, json={"outcome": "superseded"})
+    assert response.status_code == 422  # the aggregator's own outcome
     note = "bearing replaced\n\tcage cracked\r\nsee photo \u00e9"
     resolved = tickets_api.http.post(resolve, json={"outcome": "confirmed_failure", "note": note})
     assert (resolved.status_code, resolved.json()["note"]) == (200, note)

@@ -106,8 +106,9 @@ class ScopedToken:
 
 def seed(url: str, broker_port: int, token: str) -> None:
     """Give the service at ``url`` (its embedded broker on ``broker_port``) two agents'
-    data: ``TICKETS`` tickets (one acknowledged, one resolved, the rest open, with an
-    audit history), drift events (one fleet-wide), a health report; ``token`` may write."""
+    data: ``TICKETS`` tickets (one acknowledged, assigned and with a note, two resolved,
+    one with a failure time, the rest open, with an audit history), a reported failure,
+    drift events (one fleet-wide), a health report; ``token`` may write."""
     with Publisher("127.0.0.1", broker_port, data_topic("gw-1")) as pub:
         for agent in ("gw-1", "gw-2"):
             pub.publish(
@@ -124,12 +125,22 @@ def seed(url: str, broker_port: int, token: str) -> None:
     with httpx.Client(base_url=url, timeout=10, headers=bearer(token)) as http:
         wait_until(lambda: len(http.get("/tickets").json()) == TICKETS, 10, what="tickets")
         wait_until(lambda: len(http.get("/drift").json()) == 4, 10, what="4 events")
-        first, second, *_ = http.get("/tickets").json()
+        first, second, third, *_ = http.get("/tickets").json()
         assert http.post(f"/tickets/{first['id']}/ack").status_code == 200
+        assert http.post(f"/tickets/{first['id']}/assign", json={"assignee": "bob"}
+                         ).status_code == 200
+        assert http.post(f"/tickets/{first['id']}/notes", json={"text": "looked at it"}
+                         ).status_code == 201
         resolved = http.post(
             f"/tickets/{second['id']}/resolve", json={"outcome": "no_fault_found"}
         )
         assert resolved.status_code == 200
+        failed = http.post(f"/tickets/{third['id']}/resolve", json={
+            "outcome": "confirmed_failure", "failed_at": T0.isoformat()})
+        assert failed.status_code == 200
+        missed = http.post("/failures", json={
+            "site": "plant1", "line": "line3", "asset": "pump-99", "at": T0.isoformat()})
+        assert missed.status_code == 201
 
 
 @pytest.fixture(scope="module", params=["embedded", "influx1+postgresql"])

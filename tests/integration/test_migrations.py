@@ -532,11 +532,13 @@ def test_api_tokens_revision_goes_back_only_without_an_audit_trail(url: str) -> 
         with open_sessions(engine)() as session:
             _, token = auth.create_token(session, "alice", "admin", audit.Actor("tests"))
             session.commit()
+        with engine.begin() as conn:  # the revisions after 0005 first
+            command.downgrade(migrations.alembic_config(conn), "0005")
         before = _shape(engine)
         with pytest.raises(RuntimeError, match="audit log holds 1 entries"), \
                 engine.begin() as conn:
             command.downgrade(migrations.alembic_config(conn), "-1")
-        assert _shape(engine) == before and migrations.current_revision(engine) == HEAD
+        assert _shape(engine) == before and migrations.current_revision(engine) == "0005"
         with open_sessions(engine)() as session:
             assert auth.verify(session, token).name == "alice"
         with engine.begin() as conn:
@@ -546,5 +548,63 @@ def test_api_tokens_revision_goes_back_only_without_an_audit_trail(url: str) -> 
         with engine.begin() as conn:
             command.upgrade(migrations.alembic_config(conn), "head")
         assert schema_differences(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_ticket_lifecycle_revision_keeps_tickets_and_goes_back_only_without_new_facts(
+    url: str,
+) -> None:
+    """Revision 0006 (assignees, failure times, notes, reported failures, the full outcome
+    vocabulary): a database at 0005 upgrades with its tickets as they were; the new
+    outcomes are accepted, unknown ones still refused; a downgrade refuses while anything
+    0005 cannot hold exists, then goes back to 0005's schema exactly."""
+    from aggregator import failures
+
+    engine = _raw(url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(migrations.alembic_config(conn), "0005")
+        at_0005 = _shape(engine)
+        _insert_plant_rows(engine)
+        with engine.begin() as conn:
+            command.upgrade(migrations.alembic_config(conn), "head")
+        assert schema_differences(engine) == []
+        sessions = open_sessions(engine)
+        with sessions() as session:
+            rows = {t.asset: t for t in session.scalars(select(Ticket))}
+            assert (rows["pump-1"].status, rows["pump-1"].assignee, rows["pump-1"].failed_at,
+                    rows["pump-1"].notes) == ("open", None, None, [])
+            assert rows["pump-2"].outcome == "no_fault_found"
+            pump1 = rows["pump-1"].id
+        with sessions() as session:
+            tickets.resolve(session, pump1, "preventive_action", "bearing swapped", now=NOW)
+            session.commit()
+        with sessions() as session, pytest.raises(IntegrityError):
+            session.execute(text("UPDATE tickets SET outcome = 'maybe' WHERE asset = 'pump-2'"))
+
+        def downgrade_refused(what: str) -> None:
+            before = _shape(engine)
+            with pytest.raises(RuntimeError, match=what), engine.begin() as conn:
+                command.downgrade(migrations.alembic_config(conn), "0005")
+            assert _shape(engine) == before and migrations.current_revision(engine) == HEAD
+
+        downgrade_refused("1 tickets with an assignee, a failure time or an outcome")
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE tickets SET outcome = 'other' WHERE asset = 'pump-1'"))
+        with sessions() as session:
+            tickets.add_note(session, pump1, "checked", "alice", now=NOW)
+            failures.report(session, failures.FailureReport("plant1", "line3", "pump-9", NOW),
+                            "alice", now=NOW)
+            session.commit()
+        downgrade_refused("1 ticket notes, 1 reported failures")
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM ticket_notes"))
+            conn.execute(text("DELETE FROM failures"))
+            command.downgrade(migrations.alembic_config(conn), "0005")
+        assert _shape(engine) == at_0005
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT asset, outcome FROM tickets ORDER BY asset")
+                                ).all() == [("pump-1", "other"), ("pump-2", "no_fault_found")]
     finally:
         engine.dispose()

@@ -1,7 +1,8 @@
 """One contract, every series backend: the embedded SQLite store and InfluxDB 1.x (real).
 
 Predictions, drift events and health reports: written, read back exactly, rewritten
-without doubling, filtered and ordered alike on every backend.
+without doubling, filtered and ordered alike on every backend; an asset's score history
+and the assets each model version scored in a period, alike too.
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ import pytest
 from aggregator_support import T0
 
 from aggregator.errors import SeriesUnavailableError
-from aggregator.series import DriftPoint, HealthPoint, PredictionPoint, SeriesStore
+from aggregator.series import (
+    TIME_MAX,
+    TIME_MIN,
+    AssetsSeen,
+    DriftPoint,
+    HealthPoint,
+    PredictionPoint,
+    SeriesStore,
+)
 from aggregator.series.influx1 import Influx1Store
 from aggregator.series.sqlite import SqliteSeriesStore
 
@@ -134,6 +143,69 @@ def test_filters(store: SeriesStore) -> None:
     ) == (2, 2, 0)
 
 
+# -- score history and assets seen ------------------------------------------------------
+def test_score_history_of_one_asset_in_a_time_range(store: SeriesStore) -> None:
+    mine = [point(i, asset="pump-1", score=i / 10) for i in range(6)]
+    other_site = point(2, asset="pump-1", site="plant2", agent="gw-9")
+    other_asset = point(3, asset="pump-2")
+    store.write(list(reversed(mine)) + [other_site, other_asset])
+    assert store.scores("pump-1", site="plant1") == mine
+    assert store.scores("pump-1") == sorted(mine + [other_site],
+                                             key=lambda p: (p.window_end, p.site))
+    ends = [p.window_end for p in mine]
+    assert store.scores("pump-1", site="plant1", since=ends[2]) == mine[2:]
+    assert store.scores("pump-1", site="plant1", until=ends[2]) == mine[:2]
+    assert store.scores("pump-1", site="plant1", since=ends[1], until=ends[4]) == mine[1:4]
+    assert store.scores("pump-1", site="plant1", since=ends[1], limit=2) == mine[1:3]
+    assert store.scores("pump-1", site="plant1", since=ends[4], until=ends[1]) == []
+    assert store.scores("nobody") == []
+    assert store.scores("pump-1", site="plant1", since=TIME_MIN, until=TIME_MAX) == mine
+    with pytest.raises(ValueError, match="limit"):
+        store.scores("pump-1", limit=0)
+
+
+def test_score_history_ties_are_ordered_by_agent_then_model(store: SeriesStore) -> None:
+    tied = [point(0, agent="gw-2"), point(0, model="b-model"), point(0),
+            point(0, agent="gw-2", model="a-model")]
+    store.write(tied)
+    assert [(p.agent, p.model) for p in store.scores("pump-1")] == [
+        ("gw-1", "b-model"), ("gw-1", "bearing-gbt"), ("gw-2", "a-model"),
+        ("gw-2", "bearing-gbt")]
+
+
+@pytest.mark.parametrize("odd", ["pump 3", "a,b", "k=v", "it's", "C:\\line", "x'; DROP"])
+def test_score_history_of_odd_names(store: SeriesStore, odd: str) -> None:
+    odd_point = point(0, asset=odd, site=odd, agent=odd)
+    store.write([odd_point, point(1)])
+    assert store.scores(odd, site=odd) == [odd_point]
+
+
+def test_assets_seen_per_site_line_and_model_version(store: SeriesStore) -> None:
+    points = [
+        point(0, asset="a"), point(1, asset="a"), point(2, asset="b"),
+        point(3, asset="c", line="line4"),
+        point(4, asset="a", model_version="1.3.0"),
+        point(5, asset="a", site="plant2"),
+        point(20, asset="late"),
+    ]
+    store.write(points)
+    until = points[-1].window_end
+    assert store.asset_counts(T0, until) == [
+        AssetsSeen("plant1", "line3", "bearing-gbt", "1.2.0", 2),
+        AssetsSeen("plant1", "line3", "bearing-gbt", "1.3.0", 1),
+        AssetsSeen("plant1", "line4", "bearing-gbt", "1.2.0", 1),
+        AssetsSeen("plant2", "line3", "bearing-gbt", "1.2.0", 1),
+    ]
+    assert store.asset_counts(points[2].window_end, points[4].window_end) == [
+        AssetsSeen("plant1", "line3", "bearing-gbt", "1.2.0", 1),
+        AssetsSeen("plant1", "line4", "bearing-gbt", "1.2.0", 1),
+    ]
+    assert store.asset_counts(TIME_MIN, TIME_MAX)[0].assets == 3  # a, b and late
+    assert store.asset_counts(until, TIME_MAX) == [
+        AssetsSeen("plant1", "line3", "bearing-gbt", "1.2.0", 1)]
+    assert store.asset_counts(T0 - timedelta(days=1), T0) == []
+
+
 ODD_NAMES = [
     "pump 3", "a,b", "k=v", "it's", 'say "hi"', "a, b = 'c'", "ünïcødé ⚙", "C:\\line", "x'; DROP",
 ]
@@ -233,6 +305,25 @@ def test_drift_filters_since_and_limit(store: SeriesStore) -> None:
     assert store.drift_count(agent="gw-2", asset="a") == 1
     with pytest.raises(ValueError, match="limit"):
         store.drift_events(limit=0)
+
+
+def test_drift_filters_until_site_and_offset(store: SeriesStore) -> None:
+    events = [drift_point(i, asset=f"pump-{i % 2}") for i in range(6)]
+    elsewhere = drift_point(2, asset="pump-0", site="plant2", agent="gw-9")
+    store.write([], drift=events + [elsewhere])
+    newest_first = events[::-1]
+    assert store.drift_events(site="plant1") == newest_first
+    assert store.drift_events(site="plant2") == [elsewhere]
+    assert store.drift_events(until=events[3].at, site="plant1") == newest_first[3:]
+    assert store.drift_events(since=events[1].at, until=events[4].at, site="plant1") == \
+        newest_first[2:5]
+    assert store.drift_events(site="plant1", limit=2, offset=0) == newest_first[:2]
+    assert store.drift_events(site="plant1", limit=2, offset=2) == newest_first[2:4]
+    assert store.drift_events(site="plant1", limit=2, offset=5) == newest_first[5:]
+    assert store.drift_events(site="plant1", offset=6) == []
+    assert store.drift_events(asset="pump-0", site="plant1", offset=1) == newest_first[3::2]
+    with pytest.raises(ValueError, match="offset"):
+        store.drift_events(offset=-1)
 
 
 ODD_DETAILS = [

@@ -44,7 +44,7 @@ def test_top_level_help_is_plain_text() -> None:
     # The module docstring (reST, ``linewatch``) used to be the description.
     assert "`" not in done.stdout
     assert "predictive-maintenance monitoring" in done.stdout
-    for command in ("agent", "aggregator", "token", "demo", "train", "evaluate"):
+    for command in ("agent", "aggregator", "token", "report", "demo", "train", "evaluate"):
         assert re.search(rf"^\s+{command}\s+\S", done.stdout, re.M), command
 
 
@@ -64,12 +64,14 @@ def _description(help_text: str) -> str:
         ([sys.executable, "-m", "aggregator", "migrate"], "LINEWATCH_DB_URL"),
         ([LINEWATCH, "token"], "LINEWATCH_DB_URL"),
         ([sys.executable, "-m", "aggregator", "token"], "LINEWATCH_DB_URL"),
+        ([LINEWATCH, "report"], "LINEWATCH_DB_URL"),
+        ([sys.executable, "-m", "aggregator", "report"], "LINEWATCH_DB_URL"),
         ([LINEWATCH, "demo"], "demo YAML file"),
         ([LINEWATCH, "evaluate"], "MODEL_DIR"),
     ],
     ids=["agent", "python -m agent run", "aggregator", "python -m aggregator serve",
-         "python -m aggregator migrate", "token", "python -m aggregator token", "demo",
-         "evaluate"],
+         "python -m aggregator migrate", "token", "python -m aggregator token", "report",
+         "python -m aggregator report", "demo", "evaluate"],
 )
 def test_a_command_help_says_what_it_does_reads_writes_and_returns(
     argv: list[str], reads: str
@@ -118,7 +120,8 @@ def test_readme_documents_every_command_and_code_once() -> None:
     ]
     for command in ("linewatch agent", "python -m agent run", "linewatch aggregator",
                     "python -m aggregator serve", "python -m aggregator migrate",
-                    "linewatch token", "python -m aggregator token", "linewatch demo",
+                    "linewatch token", "python -m aggregator token", "linewatch report",
+                    "python -m aggregator report", "linewatch demo",
                     "linewatch train", "linewatch calibrate", "linewatch evaluate"):
         assert f"`{command}`" in section, command
     for name in CODES:
