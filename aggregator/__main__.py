@@ -32,6 +32,7 @@ from aggregator.exits import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from contract.release import installed_version
 
 if TYPE_CHECKING:  # pydantic-settings and SQLAlchemy are loaded only when needed
+    from sqlalchemy import Engine
     from sqlalchemy.orm import Session
 
     from aggregator.db import ApiToken
@@ -260,6 +261,21 @@ def _log(verbose: bool) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _checked_engine(settings: Settings, verbose: bool) -> Engine | int:
+    """The SQL engine, once the database answers; else the error said and its exit code."""
+    from aggregator.db import open_engine
+    from aggregator.server import StartError, check_database
+
+    try:
+        check_database(settings.db_url)
+    except StartError as exc:
+        if verbose:
+            traceback.print_exception(exc)
+        sys.stderr.write(f"error: {exc}\n")
+        return exc.exit_code
+    return open_engine(settings.db_url, create=False)
+
+
 def serve_command(args: argparse.Namespace) -> int:
     """Load the settings and run the aggregator; return the exit code (``aggregator.exits``).
 
@@ -295,18 +311,11 @@ def migrate_command(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     _log(verbose)
     from aggregator import migrations
-    from aggregator.db import open_engine
     from aggregator.errors import SchemaError
-    from aggregator.server import StartError, check_database
 
-    try:
-        check_database(settings.db_url)
-    except StartError as exc:
-        if verbose:
-            traceback.print_exception(exc)
-        sys.stderr.write(f"error: {exc}\n")
-        return exc.exit_code
-    engine = open_engine(settings.db_url, create=False)
+    engine = _checked_engine(settings, verbose)
+    if isinstance(engine, int):
+        return engine
     try:
         sys.stdout.write(f"database: {engine.url.render_as_string(hide_password=True)}\n")
         result = migrations.upgrade(engine)
@@ -421,18 +430,12 @@ def token_command(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(logging.DEBUG if verbose else logging.WARNING)
     from aggregator import migrations
     from aggregator.auth import AuthError
-    from aggregator.db import open_engine, open_sessions
+    from aggregator.db import open_sessions
     from aggregator.errors import SchemaError
-    from aggregator.server import StartError, check_database
 
-    try:
-        check_database(settings.db_url)
-    except StartError as exc:
-        if verbose:
-            traceback.print_exception(exc)
-        sys.stderr.write(f"error: {exc}\n")
-        return exc.exit_code
-    engine = open_engine(settings.db_url, create=False)
+    engine = _checked_engine(settings, verbose)
+    if isinstance(engine, int):
+        return engine
     try:
         result = migrations.upgrade(engine)
     except SchemaError as exc:
@@ -503,25 +506,19 @@ def report_command(args: argparse.Namespace) -> int:
     from sqlalchemy.engine import make_url
 
     from aggregator import migrations
-    from aggregator.db import open_engine, open_sessions
+    from aggregator.db import open_sessions
     from aggregator.modelhealth import model_health, parse_period, period_ending
     from aggregator.report import render_html, render_markdown
     from aggregator.series import open_series
-    from aggregator.server import StartError, check_database
 
     url = make_url(settings.db_url)
     if url.get_backend_name() == "sqlite" and not Path(url.database or ":memory:").exists():
         # Connecting would create the file: a report changes nothing.
         sys.stderr.write(f"error: no database file at {url.database}: check LINEWATCH_DB_URL\n")
         return EXIT_START
-    try:
-        check_database(settings.db_url)
-    except StartError as exc:
-        if verbose:
-            traceback.print_exception(exc)
-        sys.stderr.write(f"error: {exc}\n")
-        return exc.exit_code
-    engine = open_engine(settings.db_url, create=False)
+    engine = _checked_engine(settings, verbose)
+    if isinstance(engine, int):
+        return engine
     try:
         revision, head = migrations.current_revision(engine), migrations.head_revision()
         if revision != head:
