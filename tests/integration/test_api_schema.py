@@ -60,7 +60,7 @@ from contract.wire import Status, encode
 
 pytestmark = pytest.mark.integration
 
-MAX_EXAMPLES = 30
+MAX_EXAMPLES = 20
 # Open tickets with small ids, so that generated ids often name a ticket that exists.
 TICKETS = 12
 CHECKS = [

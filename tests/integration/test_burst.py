@@ -36,7 +36,7 @@ from contract.wire import Envelope, Prediction, encode
 
 pytestmark = pytest.mark.integration
 
-DEFAULT_MESSAGES = 20_000
+DEFAULT_MESSAGES = 10_000
 MESSAGES = int(os.environ.get("LINEWATCH_BURST_MESSAGES", DEFAULT_MESSAGES))
 BACKLOG = MESSAGES * 3 // 4  # published while the aggregator is away: more than its queue
 # The ingest queue. At 10000 (the default) the worker here keeps up with paho's reading and

@@ -229,8 +229,8 @@ def test_two_replicas_one_sigkilled_mid_stream_lose_nothing_and_double_nothing(
     try:
         for _, port in procs:
             wait_until(lambda port=port: _subscribed(port), 60, what="a replica subscribed")
-        cfg = agent_cfg(tmp_path, mosquitto.url, agent_id="gw-pair", speed=20000)
-        cfg.publish.confirm_timeout_s = 3
+        cfg = agent_cfg(tmp_path, mosquitto.url, agent_id="gw-pair", speed=40000)
+        cfg.publish.confirm_timeout_s = 2
         agent = Agent(cfg, record=True)
         runner, reports = _run_in_background(agent, drain_timeout_s=120)
         wait_until(lambda: len(stored_scores(influxdb, "gw-pair")) > 50, 60,
