@@ -112,10 +112,9 @@ class Tracker:
         for gap in delivery.missing:
             if gap.last <= through:
                 continue  # a stale request: those are stored
-            again.update(self.outbox.resendable(gap.first, gap.last,
-                                                sent_before=now - PING_PONG_S))
-            if len(self.outbox.resendable(gap.first, gap.last)) > len(
-                    self.outbox.resendable(gap.first, gap.last, sent_before=now - PING_PONG_S)):
+            ready = self.outbox.resendable(gap.first, gap.last, sent_before=now - PING_PONG_S)
+            again.update(ready)
+            if len(self.outbox.resendable(gap.first, gap.last)) > len(ready):
                 self._deferred.append((gap.first, gap.last))
                 self._deferred_at = min(self._deferred_at, now + PING_PONG_S)
             gone = self.outbox.note_gone(gap.first, gap.last)
