@@ -149,10 +149,18 @@ class Outbox:
         self.confirmed = 0  # rows released by confirm() since then
 
     def _upgrade(self) -> None:
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
-        for name, decl in _COLUMNS.items():
-            if name not in have:
-                self._db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {decl}")
+        # Under the write lock: another process opening the same file at the same moment
+        # (a second agent start, a tool reading the depth) must not add a column twice.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+            for name, decl in _COLUMNS.items():
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {decl}")
+        except sqlite3.Error:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def _meta(self, key: str, default: int = 0) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

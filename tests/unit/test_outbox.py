@@ -301,3 +301,28 @@ def test_an_outbox_of_the_first_release_opens_and_keeps_working(tmp_path: Path) 
     columns = {r[1] for r in sqlite3.connect(tmp_path / "o.db").execute(
         "PRAGMA table_info(outbox)")}
     assert {"windows", "ts", "sent_at"} <= columns
+
+
+def test_outboxes_opened_at_once_on_one_file_all_open(tmp_path: Path) -> None:
+    """An agent and a tool reading its depth may open a new file at the same moment: the
+    columns added to the first release's table are added once, not twice."""
+    import threading
+
+    errors: list[BaseException] = []
+    for round_ in range(10):
+        start = threading.Barrier(8)
+
+        def open_one(path: Path = tmp_path / f"o{round_}.db",
+                     start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                Outbox(path).close()
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_one) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
