@@ -81,7 +81,7 @@ class PerformanceEstimator:
     """
 
     def __init__(self, card: ModelCard, *, window: int = WINDOW, draws: int = DRAWS,
-                 seed: int = SEED) -> None:
+                 seed: int = SEED, horizon_s: float | None = None) -> None:
         if window < 1 or draws < 1:
             raise ValueError("window and draws must be at least 1")
         self.threshold = card.threshold.value
@@ -91,6 +91,7 @@ class PerformanceEstimator:
         self.window = window
         self.draws = draws
         self.seed = seed
+        self.horizon_s = horizon_s
         self._p = np.zeros(window, dtype=np.float64)
         self._alert = np.zeros(window, dtype=bool)
         self._next = 0
@@ -116,7 +117,8 @@ class PerformanceEstimator:
         alert = self._alert[:n]
         alerts = int(alert.sum())
         if not self.calibrated:
-            return wire.Estimate(windows=n, calibrated=False, alerts=alerts)
+            return wire.Estimate(windows=n, calibrated=False, alerts=alerts,
+                                 horizon_s=self.horizon_s)
         p = self._p[:n]
         tp, fn = float(p[alert].sum()), float(p[~alert].sum())
         fp = alerts - tp
@@ -131,6 +133,7 @@ class PerformanceEstimator:
             precision=_interval(tp, tp + fp, tp_d, tp_d + fp_d),
             recall=_interval(tp, tp + fn, tp_d, tp_d + fn_d),
             f1=_interval(2 * tp, 2 * tp + fp + fn, 2 * tp_d, 2 * tp_d + fp_d + fn_d),
+            horizon_s=self.horizon_s,
         )
 
 

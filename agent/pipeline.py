@@ -156,8 +156,10 @@ class Agent:
         self.envelope = EnvelopeMonitor.from_card(card, cal.envelope, cal.allowance)
         self.score_monitor = None if cal.score is None else ScoreMonitor(*cal.score)
         self.threshold = card.threshold.value
-        self.estimator = PerformanceEstimator(card, window=config.estimate.window,
-                                              draws=config.estimate.draws)
+        horizon = card.output.horizon
+        self.estimator = PerformanceEstimator(
+            card, window=config.estimate.window, draws=config.estimate.draws,
+            horizon_s=None if horizon is None else horizon * config.source.step_s)
         self.model_ref = wire.ModelRef(
             name=card.name, version=card.version, sha256=card.sha256.model,
             threshold=self.threshold,

@@ -393,6 +393,11 @@ class GatewayEstimate:
     recall_high: float | None = None
     windows: int | None = None  # how many scored windows it rests on
     at: datetime | None = None  # when it was computed
+    # Windows judged against reported failures (``aggregator.estimates``): alerts right,
+    # alerts false, positives missed; None when none could be judged yet.
+    window_real: int | None = None
+    window_false: int | None = None
+    window_missed: int | None = None
 
 
 # --------------------------------------------------------------------------- results
@@ -457,7 +462,12 @@ class Drift:
 class EstimateCheck:
     """A gateway estimate next to the realised figure. ``agrees`` is None while the
     realised figure rests on too few outcomes; otherwise True when the estimate's interval
-    overlaps the realised one (or, without an interval, its value lies inside it)."""
+    overlaps the realised one (or, without an interval, its value lies inside it).
+
+    ``basis`` ``windows``: realised per scored window against reported failures, the
+    estimate's own unit (``aggregator.estimates``); ``tickets``: no window could be judged
+    yet, so the ticket outcomes stand in, which judge whole machines (a ticket covers a
+    run of alerting windows) and may differ for that reason alone."""
 
     metric: Literal["precision", "recall", "f1"]
     estimated: float
@@ -465,6 +475,7 @@ class EstimateCheck:
     high: float | None
     realised: Figure
     agrees: bool | None
+    basis: Literal["windows", "tickets"] = "tickets"
 
 
 @dataclass(frozen=True, slots=True)
@@ -714,7 +725,8 @@ def _assets(group: Group, rows: Sequence[AssetCount]) -> int | None:
 
 
 def _check(metric: Literal["precision", "recall", "f1"], value: float | None,
-           low: float | None, high: float | None, realised: Figure) -> EstimateCheck | None:
+           low: float | None, high: float | None, realised: Figure,
+           basis: Literal["windows", "tickets"]) -> EstimateCheck | None:
     if value is None:
         return None
     agrees: bool | None = None
@@ -723,7 +735,7 @@ def _check(metric: Literal["precision", "recall", "f1"], value: float | None,
             agrees = low <= realised.high and realised.low <= high
         else:
             agrees = realised.low <= value <= realised.high
-    return EstimateCheck(metric, value, low, high, realised, agrees)
+    return EstimateCheck(metric, value, low, high, realised, agrees, basis)
 
 
 @dataclass(frozen=True, slots=True)
@@ -770,11 +782,20 @@ def _group(group: Group, start: datetime, end: datetime, data: _Inputs) -> Group
     estimate = data.estimates.get(group)
     checks: tuple[EstimateCheck, ...] = ()
     if estimate is not None:
+        basis: Literal["windows", "tickets"] = "tickets"
+        real_p, real_r, real_f = precision, recall, f1
+        if estimate.window_real is not None:
+            basis = "windows"
+            hit, miss = estimate.window_real, estimate.window_missed or 0
+            wrong = estimate.window_false or 0
+            real_p = proportion(hit, hit + wrong, data.min_outcomes)
+            real_r = proportion(hit, hit + miss, data.min_outcomes)
+            real_f = f1_figure(hit, wrong, miss, data.min_outcomes)
         found = (_check("precision", estimate.precision, estimate.precision_low,
-                        estimate.precision_high, precision),
+                        estimate.precision_high, real_p, basis),
                  _check("recall", estimate.recall, estimate.recall_low, estimate.recall_high,
-                        recall),
-                 _check("f1", estimate.f1, estimate.f1_low, estimate.f1_high, f1))
+                        real_r, basis),
+                 _check("f1", estimate.f1, estimate.f1_low, estimate.f1_high, real_f, basis))
         checks = tuple(c for c in found if c is not None)
     verdict = (None if group.dimension == "month"
                else decide(f1, drift, data.target_f1, data.min_outcomes))

@@ -26,8 +26,9 @@ What is read, for the period [since, until)
   judge whole machines, so the per-machine figure comes before the per-window one);
   otherwise ``Settings.target_f1`` (``LINEWATCH_TARGET_F1``);
 - ``Settings.visit_cost`` and ``currency`` price the technician visits;
-- **gateway estimates**: none yet (``gateway_estimates``, the hook for the agents'
-  label-free estimates once the wire carries them).
+- **gateway estimates**: each agent's newest label-free estimate of the period from the
+  series store, combined per group, with the windows judged against the failures reported
+  (``gateway_estimates``, ``aggregator.estimates``).
 
 A period is ``period_ending(until, length)``: ``length`` (``parse_period("30d")``) up to
 ``until`` (default: now).
@@ -38,6 +39,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -46,19 +48,22 @@ from pathlib import Path
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from aggregator import estimates
 from aggregator.db import AssetCondition, ReportedFailure, Ticket
 from aggregator.errors import SeriesUnavailableError
 from aggregator.figures import (
     AssetCount,
     DriftCondition,
     GatewayEstimate,
+    Group,
     HealthFigures,
     MissedFailure,
     TicketFact,
     compute,
 )
+from aggregator.outcomes import REAL_FAULT
 from aggregator.rules import SENSOR_DETECTORS
-from aggregator.series import SeriesStore, clamp_time
+from aggregator.series import HealthPoint, PredictionPoint, SeriesStore, clamp_time
 from aggregator.settings import Settings
 from contract.card import CARD_FILE, ModelCard
 from contract.errors import ContractError
@@ -88,6 +93,9 @@ _PERIOD = re.compile(PERIOD_PATTERN)
 _UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
 # A model card's test F1, most telling first for tickets, which judge whole machines.
 CARD_F1_METRICS = ("test_f1", "test_last_window_f1", "test_window_f1")
+# Alerting windows the per-window check of the estimates reads at most, per period and
+# per failure: a bound on one request's work, logged when reached.
+WINDOW_READ_LIMIT = 50_000
 
 
 def parse_period(text: str) -> timedelta:
@@ -185,22 +193,60 @@ def _assets(series: SeriesStore | None, since: datetime, until: datetime
 
 def gateway_estimates(session: Session, series: SeriesStore | None, since: datetime,
                       until: datetime) -> tuple[GatewayEstimate, ...]:
-    """The agents' label-free precision / recall / F1 estimates for the period, at most one
-    per group (``figures.Group``), which ``figures.compute`` checks against the realised
+    """The agents' label-free precision / recall / F1 estimates, at most one per group
+    (all, model version, site, line), which ``figures.compute`` checks against the realised
     figures and the report shows next to them ("The gateways' own estimate").
 
-    None yet: this is the hook. Once the wire contract carries ``Health.estimate`` (an
-    ``Estimate`` over the agent's last ``windows`` scored windows, with ``precision``,
-    ``recall`` and ``f1`` as value/low/high intervals, absent when undefined or
-    uncalibrated), the series store must keep it with each health report (``HealthPoint``
-    and both backends, in the contract test); then read here each agent's newest
-    estimate in [since, until), map the agent to its site, line and model version
-    (``HealthPoint`` has them), and combine the estimates of each group (all, model
-    version, site, line) weighted by ``windows`` into one ``GatewayEstimate`` (``at``: the
-    newest, ``windows``: the sum). Mind that the agents estimate per scored window while
-    tickets judge whole machines: say so where the two are compared.
+    Each agent's newest estimate of the period is taken (one per agent, model and version)
+    and combined per group (``aggregator.estimates.combine``), with the windows judged
+    against reported failures (``aggregator.estimates.tally``). Without a series store, or
+    when it cannot be reached, there are none (logged).
     """
-    return ()
+    if series is None:
+        return ()
+    try:
+        reports = series.estimates(clamp_time(since), clamp_time(until))
+        tallies = _window_truth(session, series, reports, since, until)
+    except SeriesUnavailableError as exc:
+        logger.warning("model health without the gateways' estimates: %s", exc)
+        return ()
+    by_group: dict[Group, list[HealthPoint]] = defaultdict(list)
+    for r in reports:
+        for group in estimates.groups_of(r.site, r.line, r.model, r.model_version):
+            by_group[group].append(r)
+    found = (estimates.combine(g, rs, tallies.get(g)) for g, rs in by_group.items())
+    return tuple(sorted((e for e in found if e is not None), key=lambda e: e.group.key))
+
+
+def _window_truth(session: Session, series: SeriesStore, reports: list[HealthPoint],
+                  since: datetime, until: datetime) -> dict[Group, estimates.WindowTally]:
+    horizons = {(r.agent, r.model, r.model_version): r.estimate.horizon_s for r in reports
+                if r.estimate is not None and r.estimate.horizon_s is not None}
+    if not horizons:
+        return {}
+    longest = timedelta(seconds=max(horizons.values()))
+    # A failure up to a horizon after the period still makes a window of the period right.
+    later = until + longest
+    failures = [estimates.Failure(t.site, t.asset, t.failed_at) for t in session.scalars(
+        select(Ticket).where(Ticket.kind == "maintenance", Ticket.outcome.in_(REAL_FAULT),
+                             Ticket.failed_at >= since, Ticket.failed_at < later))]
+    failures += [estimates.Failure(t.site, t.asset, None) for t in session.scalars(
+        select(Ticket).where(Ticket.kind == "maintenance", Ticket.outcome.in_(REAL_FAULT),
+                             Ticket.failed_at.is_(None), Ticket.resolved_at >= since,
+                             Ticket.resolved_at < until))]
+    failures += [estimates.Failure(f.site, f.asset, f.at) for f in session.scalars(
+        select(ReportedFailure).where(ReportedFailure.at >= since,
+                                      ReportedFailure.at < later))]
+    before: list[PredictionPoint] = []
+    for f in failures:
+        if f.at is not None and f.at < until:
+            before += series.scores(f.asset, site=f.site, since=clamp_time(f.at - longest),
+                                    until=clamp_time(f.at), limit=WINDOW_READ_LIMIT)
+    alerts = series.alerts(clamp_time(since), clamp_time(until), limit=WINDOW_READ_LIMIT)
+    if len(alerts) == WINDOW_READ_LIMIT:
+        logger.warning("model health: the window check reads only the first %d alerting "
+                       "windows of the period", WINDOW_READ_LIMIT)
+    return estimates.tally(alerts, before, failures, horizons, until=until)
 
 
 def load_facts(session: Session, series: SeriesStore | None, since: datetime,

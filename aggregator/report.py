@@ -308,12 +308,18 @@ def _estimate(check: EstimateCheck) -> str:
     est = show(check.estimated)
     if check.low is not None and check.high is not None:
         est += f" (likely between {show(check.low)} and {show(check.high)})"
-    text = (f"The gateways estimated {_METRIC_WORDS[check.metric]} at {est} without waiting "
-            "for outcomes; ")
+    text = (f"The gateways estimated {_METRIC_WORDS[check.metric]} per scored window at "
+            f"{est} without waiting for outcomes; ")
     real = check.realised
     if real.value is None:
         return text + "there are no outcomes yet to compare it with."
-    text += f"the outcomes give {show(real.value)} ({_interval(real, fmt)})"
+    if check.basis == "windows":
+        text += (f"the windows judged against the failures reported give {show(real.value)} "
+                 f"({_interval(real, fmt)}, {real.n} windows)")
+    else:
+        text += (f"no window can be judged yet, and the tickets' outcomes give "
+                 f"{show(real.value)} ({_interval(real, fmt)}), which count machines, not "
+                 "windows, so they can differ for that reason alone")
     if check.agrees is None:
         return text + ": too few outcomes yet to check the estimate."
     if check.agrees:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from aggregator.series import DriftPoint, HealthPoint, PredictionPoint
+from aggregator.series import DriftPoint, HealthPoint, PredictionPoint, StoredEstimate
 from contract.wire import (
     DriftEvent,
     Envelope,
@@ -128,5 +128,7 @@ def _data(parts: TopicParts, envelope: Envelope) -> DataMessage:
                 outbox_depth=item.outbox_depth, outbox_dropped=item.outbox_dropped,
                 rejected_readings=item.rejected_readings,
                 inference_ms_median=item.inference_ms_median,
+                estimate=None if item.estimate is None
+                else StoredEstimate.from_wire(item.estimate),
             ))
     return DataMessage(parts, envelope, points, drift, health)

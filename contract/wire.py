@@ -359,9 +359,13 @@ class Estimate(_Optional):
     ``expected_positives`` is how many are expected to be truly positive. ``precision``,
     ``recall`` and ``f1`` are absent when undefined (no alerts, no expected positive).
     ``calibrated`` false: the model card does not vouch for its probabilities, and the
-    agent gives no numbers rather than wrong ones."""
+    agent gives no numbers rather than wrong ones. ``horizon_s``: an alert is right when
+    its asset fails within this many seconds of plant time after the window's end (the
+    card's horizon in seconds), which lets the aggregator check the estimate against the
+    failures reported later."""
 
-    _OMIT_WHEN_NONE = frozenset({"expected_positives", "precision", "recall", "f1"})
+    _OMIT_WHEN_NONE = frozenset({"expected_positives", "precision", "recall", "f1",
+                                 "horizon_s"})
 
     windows: Annotated[int, Field(ge=0)]
     calibrated: bool
@@ -370,6 +374,7 @@ class Estimate(_Optional):
     precision: Interval | None = None
     recall: Interval | None = None
     f1: Interval | None = None
+    horizon_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Estimate:

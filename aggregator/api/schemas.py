@@ -591,8 +591,11 @@ class DriftFiguresOut(_Out):
 
 
 class EstimateCheckOut(_Out):
-    """A gateway estimate next to the realised figure; ``agrees`` None while too few
-    outcomes."""
+    """A gateway estimate (per scored window, pooled over the group's agents) next to the
+    realised figure; ``agrees`` None while too few outcomes. ``basis`` ``windows``: the
+    realised figure judges windows against the failures reported (the estimate's own
+    unit); ``tickets``: no window could be judged yet and the tickets' outcomes stand in,
+    which count machines, not windows."""
 
     metric: Literal["precision", "recall", "f1"]
     estimated: float
@@ -600,6 +603,7 @@ class EstimateCheckOut(_Out):
     high: float | None
     realised: FigureOut
     agrees: bool | None
+    basis: Literal["windows", "tickets"]
 
 
 class VerdictOut(_Out):

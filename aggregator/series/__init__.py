@@ -26,18 +26,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from aggregator.settings import Settings
+    from contract.wire import Estimate
 
 __all__ = [
     "READ_LIMIT",
     "TIME_MAX",
     "TIME_MIN",
     "AssetsSeen",
+    "ESTIMATE_COLUMNS",
     "DriftPoint",
     "HealthPoint",
+    "StoredEstimate",
     "PredictionPoint",
     "SeriesStore",
     "check_limit",
@@ -166,9 +169,81 @@ class DriftPoint:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredEstimate:
+    """An agent's label-free estimate as stored with its health report (the wire
+    ``Estimate``, its intervals flattened into value / low / high columns).
+
+    >>> e = StoredEstimate(windows=500, alerts=20, calibrated=True, precision=0.8,
+    ...                    precision_low=0.7, precision_high=0.9, horizon_s=18000.0)
+    >>> StoredEstimate.from_columns(e.columns()) == e
+    True
+    >>> StoredEstimate.from_columns({c: None for c in ESTIMATE_COLUMNS}) is None
+    True
+    """
+
+    windows: int
+    alerts: int
+    calibrated: bool
+    expected_positives: float | None = None
+    precision: float | None = None
+    precision_low: float | None = None
+    precision_high: float | None = None
+    recall: float | None = None
+    recall_low: float | None = None
+    recall_high: float | None = None
+    f1: float | None = None
+    f1_low: float | None = None
+    f1_high: float | None = None
+    horizon_s: float | None = None
+
+    @classmethod
+    def from_wire(cls, e: Estimate) -> StoredEstimate:
+        bounds: dict[str, float | None] = {}
+        for name in ("precision", "recall", "f1"):
+            interval = getattr(e, name)
+            bounds[name] = None if interval is None else interval.value
+            bounds[f"{name}_low"] = None if interval is None else interval.low
+            bounds[f"{name}_high"] = None if interval is None else interval.high
+        return cls(windows=e.windows, alerts=e.alerts, calibrated=e.calibrated,
+                   expected_positives=e.expected_positives, horizon_s=e.horizon_s,
+                   **bounds)
+
+    def columns(self) -> dict[str, Any]:
+        """The stored columns (fields), each ``est_`` and the attribute's name."""
+        out: dict[str, Any] = {}
+        for name in _ESTIMATE_FIELDS:
+            value = getattr(self, name)
+            # A field keeps one type in InfluxDB: 1 must be stored as 1.0 where floats go.
+            if value is not None and name not in ("windows", "alerts", "calibrated"):
+                value = float(value)
+            out[f"est_{name}"] = value
+        return out
+
+    @classmethod
+    def from_columns(cls, row: Any) -> StoredEstimate | None:
+        """From a row holding ``ESTIMATE_COLUMNS`` (a mapping); None without an estimate."""
+        if row["est_windows"] is None:
+            return None
+        values = {name: row[f"est_{name}"] for name in _ESTIMATE_FIELDS}
+        floats = {k: None if v is None else float(v) for k, v in values.items()
+                  if k not in ("windows", "alerts", "calibrated")}
+        return cls(windows=int(values["windows"]), alerts=int(values["alerts"]),
+                   calibrated=bool(values["calibrated"]), **floats)
+
+
+_ESTIMATE_FIELDS = (
+    "windows", "alerts", "calibrated", "expected_positives", "precision", "precision_low",
+    "precision_high", "recall", "recall_low", "recall_high", "f1", "f1_low", "f1_high",
+    "horizon_s",
+)
+# Stored beside a health report's counters; every column is empty without an estimate.
+ESTIMATE_COLUMNS = tuple(f"est_{name}" for name in _ESTIMATE_FIELDS)
+
+
+@dataclass(frozen=True, slots=True)
 class HealthPoint:
     """One health report of an agent as stored: the wire ``Health`` counters plus who sent
-    it, with which model."""
+    it, with which model, and the agent's label-free estimate if it sent one."""
 
     site: str
     line: str
@@ -182,6 +257,7 @@ class HealthPoint:
     model: str
     model_version: str
     seq: int
+    estimate: StoredEstimate | None = None
 
     def __post_init__(self) -> None:
         _require_aware(at=self.at)
@@ -253,6 +329,13 @@ class SeriesStore(Protocol):
         and model. Asset names repeat across sites: without ``site``, every site's."""
         ...
 
+    def alerts(self, since: datetime, until: datetime, limit: int = READ_LIMIT
+               ) -> list[PredictionPoint]:
+        """The oldest ``limit`` alerting windows with ``since <= window_end < until``,
+        ordered by ``window_end``, then agent, asset and model (which windows of one
+        instant a limit cuts is the backend's choice)."""
+        ...
+
     def asset_counts(self, since: datetime, until: datetime) -> list[AssetsSeen]:
         """How many distinct assets each (site, line, model, model version) scored with
         ``since <= window_end < until``, ordered by those four."""
@@ -288,6 +371,11 @@ class SeriesStore(Protocol):
 
     def health_count(self, agent: str | None = None) -> int:
         """Number of stored health reports (of ``agent``, if given)."""
+        ...
+
+    def estimates(self, since: datetime, until: datetime) -> list[HealthPoint]:
+        """Per (agent, model, model version), its newest health report with ``since <= at
+        < until`` that carries an estimate, ordered by those three."""
         ...
 
     def ping(self) -> bool:

@@ -14,7 +14,10 @@ Schema (tags sorted by key, as InfluxDB recommends; timestamps in ns):
   seq (int); timestamp = at.
 - ``health``: tags agent, line, model, model_version, site; fields windows_scored,
   outbox_depth, outbox_dropped, rejected_readings (int), inference_ms_median (float,
-  omitted when None), seq (int); timestamp = at.
+  omitted when None), seq (int), and with the agent's label-free estimate est_windows,
+  est_alerts (int), est_calibrated (bool), est_expected_positives, est_precision[_low,
+  _high], est_recall[...], est_f1[...], est_horizon_s (float, each omitted when None);
+  timestamp = at.
 
 Same measurement + tag set + timestamp is the same point in InfluxDB, so rewriting a batch
 after an outage replaces points instead of doubling them.
@@ -33,11 +36,13 @@ import httpx
 
 from aggregator.errors import SeriesError, SeriesUnavailableError
 from aggregator.series import (
+    ESTIMATE_COLUMNS,
     READ_LIMIT,
     AssetsSeen,
     DriftPoint,
     HealthPoint,
     PredictionPoint,
+    StoredEstimate,
     check_limit,
     check_offset,
     drift_order,
@@ -75,7 +80,8 @@ _HEALTH_FIELDS = (
     "windows_scored", "outbox_depth", "outbox_dropped", "rejected_readings",
     "inference_ms_median",
 )
-_HEALTH_COLUMNS = (*_HEALTH_FIELDS, "seq", "site", "line", "agent", "model", "model_version")
+_HEALTH_COLUMNS = (*_HEALTH_FIELDS, "seq", *ESTIMATE_COLUMNS, "site", "line", "agent", "model",
+                   "model_version")
 
 
 def escape_tag(value: str) -> str:
@@ -147,7 +153,8 @@ def line_protocol(p: PredictionPoint | DriftPoint | HealthPoint) -> str:
             HEALTH, to_ns(p.at),
             tags={"agent": p.agent, "line": p.line, "model": p.model,
                   "model_version": p.model_version, "site": p.site},
-            fields={**{name: getattr(p, name) for name in _HEALTH_FIELDS}, "seq": p.seq},
+            fields={**{name: getattr(p, name) for name in _HEALTH_FIELDS}, "seq": p.seq,
+                    **({} if p.estimate is None else p.estimate.columns())},
         )
     # Predictions are the bulk of every write: one f-string, no per-field dispatch.
     return (
@@ -321,6 +328,15 @@ class Influx1Store:
         return sorted((_point(row) for row in self._query(q)),
                       key=lambda p: (p.window_end, p.agent, p.model))
 
+    def alerts(self, since: datetime, until: datetime, limit: int = READ_LIMIT
+               ) -> list[PredictionPoint]:
+        q = (f"SELECT {', '.join(_COLUMNS)} FROM {MEASUREMENT}"
+             f"{_where(since=since, until=until)} AND alert = true "
+             f"ORDER BY time ASC LIMIT {check_limit(limit)}")
+        # InfluxDB orders by time only; break ties the same way every backend does.
+        return sorted((_point(row) for row in self._query(q)),
+                      key=lambda p: (p.window_end, p.agent, p.asset, p.model))
+
     def asset_counts(self, since: datetime, until: datetime) -> list[AssetsSeen]:
         # InfluxQL counts distinct field values, never tag values: one series per asset
         # (GROUP BY the tags), counted here. count(score) is the cheapest aggregate.
@@ -368,6 +384,16 @@ class Influx1Store:
         columns = ", ".join(c for c in _HEALTH_COLUMNS if c != "agent")
         q = f"SELECT {columns} FROM {HEALTH} GROUP BY agent ORDER BY time DESC LIMIT 1"
         return {point.agent: point for point in map(_health, self._query(q))}
+
+    def estimates(self, since: datetime, until: datetime) -> list[HealthPoint]:
+        # With GROUP BY, LIMIT applies per series: each sender's newest report that has an
+        # estimate (a point without the field fails the comparison).
+        group = ("agent", "model", "model_version")
+        columns = ", ".join(c for c in _HEALTH_COLUMNS if c not in group)
+        q = (f"SELECT {columns} FROM {HEALTH}{_where(since=since, until=until)} "
+             f"AND est_windows >= 0 GROUP BY {', '.join(group)} ORDER BY time DESC LIMIT 1")
+        found = map(_health, self._query(q))
+        return sorted(found, key=lambda p: (p.agent, p.model, p.model_version))
 
     def health_count(self, agent: str | None = None) -> int:
         return self._count("seq", HEALTH, _where(agent=agent))
@@ -443,4 +469,5 @@ def _health(row: dict[str, Any]) -> HealthPoint:
         rejected_readings=int(row["rejected_readings"]),
         inference_ms_median=None if ms is None else float(ms),
         model=row["model"], model_version=row["model_version"], seq=int(row["seq"]),
+        estimate=StoredEstimate.from_columns(row),
     )

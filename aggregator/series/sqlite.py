@@ -17,11 +17,13 @@ from typing import Any, NamedTuple
 
 from aggregator.errors import SeriesUnavailableError
 from aggregator.series import (
+    ESTIMATE_COLUMNS,
     READ_LIMIT,
     AssetsSeen,
     DriftPoint,
     HealthPoint,
     PredictionPoint,
+    StoredEstimate,
     check_limit,
     check_offset,
     from_ns,
@@ -84,6 +86,20 @@ CREATE TABLE IF NOT EXISTS health (
     rejected_readings INTEGER NOT NULL,
     inference_ms_median REAL,
     seq INTEGER NOT NULL,
+    est_windows INTEGER,
+    est_alerts INTEGER,
+    est_calibrated INTEGER,
+    est_expected_positives REAL,
+    est_precision REAL,
+    est_precision_low REAL,
+    est_precision_high REAL,
+    est_recall REAL,
+    est_recall_low REAL,
+    est_recall_high REAL,
+    est_f1 REAL,
+    est_f1_low REAL,
+    est_f1_high REAL,
+    est_horizon_s REAL,
     PRIMARY KEY (agent, model, at_ns)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS health_at ON health (at_ns);
@@ -124,8 +140,12 @@ _HEALTH = _Table(
     "health",
     ("agent", "model", "at_ns"),
     ("site", "line", "model_version", "windows_scored", "outbox_depth", "outbox_dropped",
-     "rejected_readings", "inference_ms_median", "seq"),
+     "rejected_readings", "inference_ms_median", "seq", *ESTIMATE_COLUMNS),
 )
+# Columns added after the first release, with their types: a file written by an older
+# version gains them when opened.
+_ADDED = {"health": {c: "INTEGER" if c in ("est_windows", "est_alerts", "est_calibrated")
+                     else "REAL" for c in ESTIMATE_COLUMNS}}
 
 
 class SqliteSeriesStore:
@@ -153,6 +173,22 @@ class SqliteSeriesStore:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA busy_timeout=5000")
             self._conn.executescript(_SCHEMA)
+            self._add_columns()
+
+    def _add_columns(self) -> None:
+        # Under the write lock: two processes opening one older file at once must not both
+        # add a column (the second would fail with "duplicate column name").
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table, columns in _ADDED.items():
+                have = {row[1] for row in self._conn.execute(f"PRAGMA table_info({table})")}
+                for column, kind in columns.items():
+                    if column not in have:
+                        self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
 
     def write(
         self,
@@ -216,6 +252,14 @@ class SqliteSeriesStore:
         )
         return [_prediction(row) for row in rows]
 
+    def alerts(self, since: datetime, until: datetime, limit: int = READ_LIMIT
+               ) -> list[PredictionPoint]:
+        where, args = _where(since=since, until=until, time="window_end_ns")
+        rows = self._fetch(
+            f"{_PREDICTION.select()}{where} AND alert ORDER BY window_end_ns, agent, asset, "
+            "model LIMIT ?", [*args, check_limit(limit)])
+        return [_prediction(row) for row in rows]
+
     def asset_counts(self, since: datetime, until: datetime) -> list[AssetsSeen]:
         where, args = _where(since=since, until=until, time="window_end_ns")
         rows = self._fetch(
@@ -269,6 +313,17 @@ class SqliteSeriesStore:
             [],
         )
         return {point.agent: point for point in map(_health, rows)}
+
+    def estimates(self, since: datetime, until: datetime) -> list[HealthPoint]:
+        bounds = (to_ns(since), to_ns(until))
+        with self._lock:
+            rows = self._conn.execute(
+                f"{_HEALTH.select()} AS h WHERE est_windows IS NOT NULL AND at_ns >= ? "
+                "AND at_ns < ? AND at_ns = (SELECT max(at_ns) FROM health WHERE "
+                "agent = h.agent AND model = h.model AND model_version = h.model_version "
+                "AND est_windows IS NOT NULL AND at_ns >= ? AND at_ns < ?) "
+                "ORDER BY agent, model, model_version", bounds + bounds).fetchall()
+        return [_health(row) for row in rows]
 
     def health_count(self, agent: str | None = None) -> int:
         return self._count(_HEALTH, _where(agent=agent))
@@ -346,17 +401,23 @@ def _drift(row: tuple[Any, ...]) -> DriftPoint:
     )
 
 
+_NO_ESTIMATE = (None,) * len(ESTIMATE_COLUMNS)
+
+
 def _health_row(p: HealthPoint) -> tuple[Any, ...]:
     return (
         p.agent, p.model, to_ns(p.at), p.site, p.line, p.model_version, p.windows_scored,
         p.outbox_depth, p.outbox_dropped, p.rejected_readings, p.inference_ms_median, p.seq,
+        *(_NO_ESTIMATE if p.estimate is None else p.estimate.columns().values()),
     )
 
 
 def _health(row: tuple[Any, ...]) -> HealthPoint:
-    agent, model, at_ns, site, line, version, scored, depth, dropped, rejected, ms, seq = row
+    agent, model, at_ns, site, line, version, scored, depth, dropped, rejected, ms, seq = row[:12]
     return HealthPoint(
         site=site, line=line, agent=agent, at=from_ns(at_ns), windows_scored=scored,
         outbox_depth=depth, outbox_dropped=dropped, rejected_readings=rejected,
         inference_ms_median=ms, model=model, model_version=version, seq=seq,
+        estimate=StoredEstimate.from_columns(dict(zip(ESTIMATE_COLUMNS, row[12:],
+                                                      strict=True))),
     )

@@ -25,16 +25,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from agent_support import ROOT, agent_cfg
 from aggregator_support import api_token, bearer, start_service, store_settings, wait_until
 from servers import free_port
 
-from agent.pipeline import Agent
+from agent.estimate import WINDOW, PerformanceEstimator
+from agent.pipeline import Agent, Scored
 from aggregator import tickets
 from aggregator.figures import f1_interval, wilson
 from aggregator.server import ServerThread
+from contract.card import ModelCard
 from linewatch.cli import main
+
+CARD = ModelCard.load(ROOT / "models" / "cmapss_fd001")
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +51,18 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 CARD_F1 = json.loads((ROOT / "models" / "cmapss_fd001" / "card.json").read_text())[
     "metrics"]["test_last_window_f1"]["value"]
+# Remaining cycles after each test engine's record ends (line n: engine-n), one cycle being
+# 600 s of plant time in the agent's config; a window is positive within 30 cycles of failing.
+RUL = [int(x) for x in (ROOT / "models" / "data" / "cmapss_fd001" / "RUL_FD001.txt")
+       .read_text().split()]
+CYCLE = timedelta(seconds=600)
+HORIZON = 30 * CYCLE
+
+
+def true_failure(asset: str, scored: list[Scored]) -> datetime:
+    """When the engine fails: its record's last window end plus its remaining cycles."""
+    last = max(s.window_end for s in scored if s.asset == asset)
+    return last + RUL[int(asset.split("-")[1]) - 1] * CYCLE
 
 
 def pct(value: float) -> str:
@@ -59,6 +76,7 @@ def pct(value: float) -> str:
 class Plant:
     server: ServerThread
     env: Path
+    scored: list[Scored]
     write: httpx.Client
     read: httpx.Client
     anonymous: httpx.Client
@@ -89,7 +107,7 @@ def plant(tmp_path: Path, mosquitto: Any) -> Iterator[Plant]:
         read = clients[1]
         wait_until(lambda: read.get("/healthz").json()["counts"]["predictions_stored"]
                    >= scored, 30, what="every scored window stored")
-        yield Plant(server, env, *clients)
+        yield Plant(server, env, report.scored, *clients)
     finally:
         for client in clients:
             client.close()
@@ -110,7 +128,7 @@ def test_api_reports_and_command_show_the_same_figures_and_forgery_is_refused(
     for i, t in enumerate(maintenance):
         body: dict[str, Any] = {"outcome": "confirmed_failure", "note": f"{t['asset']} failed"}
         if i < 2:
-            body["failed_at"] = (NOW - timedelta(hours=i + 1)).isoformat()
+            body["failed_at"] = true_failure(t["asset"], plant.scored).isoformat()
         if i == len(maintenance) - 3:
             body = {"outcome": "preventive_action", "note": "bearing replaced in time"}
         if i >= len(maintenance) - 2:
@@ -157,6 +175,36 @@ def test_api_reports_and_command_show_the_same_figures_and_forgery_is_refused(
     assert [m["group"]["key"] for m in f["by_model"]] == ["cmapss_fd001@1.0.0"]
     assert [line["group"]["key"] for line in f["by_line"]] == ["plant1/line1"]
 
+    # The gateway's own estimate beside the outcomes: its newest estimate (one agent: as it
+    # sent it), checked per window against the failures with a known time.
+    estimator = PerformanceEstimator(CARD, window=WINDOW, horizon_s=HORIZON.total_seconds())
+    estimator.update(np.array([s.score for s in plant.scored]))
+    sent = estimator.estimate()
+    timed = {t["asset"]: true_failure(t["asset"], plant.scored) for t in maintenance[:2]}
+    timed["engine-002"] = missed_at
+    unknown = {t["asset"] for t in maintenance[2:-2]}  # real faults of unknown time
+    hit = wrong = missed_windows = 0
+    for s in plant.scored:
+        if s.asset in unknown:
+            continue
+        fails = timed.get(s.asset)
+        positive = fails is not None and s.window_end < fails <= s.window_end + HORIZON
+        alert = s.score >= CARD.threshold.value
+        hit += alert and positive
+        wrong += alert and not positive
+        missed_windows += positive and not alert
+    checks = {c["metric"]: c for c in g["estimates"]}
+    assert set(checks) == {"precision", "recall", "f1"}
+    for metric in ("precision", "recall", "f1"):
+        interval = getattr(sent, metric)
+        assert (checks[metric]["estimated"], checks[metric]["low"], checks[metric]["high"]) \
+            == pytest.approx((interval.value, interval.low, interval.high))
+        assert checks[metric]["basis"] == "windows"
+    assert checks["precision"]["realised"]["n"] == hit + wrong
+    assert checks["recall"]["realised"]["n"] == hit + missed_windows
+    assert checks["f1"]["realised"]["value"] == pytest.approx(
+        2 * hit / (2 * hit + wrong + missed_windows))
+
     markdown = plant.read.get("/reports/model-health", params=period | {"format": "markdown"})
     assert markdown.status_code == 200
     assert markdown.headers["content-type"].startswith("text/markdown")
@@ -173,6 +221,10 @@ def test_api_reports_and_command_show_the_same_figures_and_forgery_is_refused(
         f"{alerts} alerts meant {alerts} technician visits; 2 false alarms cost 2 technician "
         "visits",
         f"At 350 EUR a visit: {350 * alerts:,} EUR in all, 700 EUR of it on false alarms.",
+        f"The gateways estimated the share of alerts that are right per scored window at "
+        f"{pct(sent.precision.value)} (likely between {pct(sent.precision.low)} and "
+        f"{pct(sent.precision.high)}) without waiting for outcomes; the windows judged "
+        f"against the failures reported give {pct(hit / (hit + wrong))}",
     ]
     for sentence in sentences:
         assert sentence in markdown.text, f"{sentence!r} not in:\n{markdown.text}"

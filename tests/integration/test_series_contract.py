@@ -24,6 +24,7 @@ from aggregator.series import (
     HealthPoint,
     PredictionPoint,
     SeriesStore,
+    StoredEstimate,
 )
 from aggregator.series.influx1 import Influx1Store
 from aggregator.series.sqlite import SqliteSeriesStore
@@ -408,6 +409,67 @@ def test_latest_health_is_each_agents_newest(store: SeriesStore) -> None:
     }
 
 
+ESTIMATE = StoredEstimate(
+    windows=500, alerts=21, calibrated=True, expected_positives=19.25, precision=0.8125,
+    precision_low=0.7, precision_high=0.9, recall=0.875, recall_low=0.75, recall_high=1.0,
+    f1=0.84, f1_low=0.76, f1_high=0.9, horizon_s=18_000.0)
+
+
+def test_health_with_an_estimate_round_trips(store: SeriesStore) -> None:
+    """The agent's label-free estimate is kept with its report: every number exactly, an
+    undefined metric as None, an uncalibrated agent's bare counts, and none at all."""
+    reports = [
+        health_point(0, estimate=ESTIMATE),
+        health_point(1, estimate=StoredEstimate(windows=40, alerts=0, calibrated=True,
+                                                expected_positives=0.5, recall=0.0,
+                                                recall_low=0.0, recall_high=1.0)),
+        health_point(2, estimate=StoredEstimate(windows=7, alerts=3, calibrated=False)),
+        health_point(3),
+    ]
+    store.write([], health=reports)
+    assert store.health() == reports[::-1]
+    assert store.latest_health()["gw-1"].estimate is None
+
+
+def test_estimates_are_each_senders_newest_in_the_period(store: SeriesStore) -> None:
+    """Per agent, model and version: the newest report in [since, until) that carries an
+    estimate; reports without one, and reports outside the period, are passed over."""
+    def est(windows: int) -> StoredEstimate:
+        return StoredEstimate(windows=windows, alerts=1, calibrated=True, precision=0.5,
+                              precision_low=0.25, precision_high=0.75)
+
+    reports = [
+        health_point(1, estimate=est(10)),
+        health_point(2, estimate=est(20)),
+        health_point(3),  # newer, without an estimate
+        health_point(9, estimate=est(90)),  # after the period
+        health_point(2, agent="gw-2", estimate=est(22)),
+        health_point(4, agent="gw-2", model_version="2.0.0", estimate=est(24)),
+        health_point(0, agent="gw-3", estimate=est(30)),  # before the period
+    ]
+    store.write([], health=reports)
+    since, until = T0 + timedelta(seconds=30), T0 + timedelta(seconds=30 * 9)
+    assert store.estimates(since, until) == [reports[1], reports[4], reports[5]]
+    assert store.estimates(until, until + timedelta(days=1)) == [reports[3]]
+    assert store.estimates(T0 - timedelta(days=1), T0) == []
+
+
+def test_alerts_of_a_period_oldest_first(store: SeriesStore) -> None:
+    """Only alerting windows, ``since <= window_end < until``, oldest first (ties by agent,
+    asset, model), at most ``limit``."""
+    points = [point(i, score=0.9 if i % 3 == 0 else 0.2) for i in range(12)]
+    points += [point(3, asset="pump-2", score=0.8), point(3, agent="gw-0", score=0.95)]
+    store.write(points)
+    since, until = points[1].window_end, points[10].window_end
+    inside = [p for p in points if p.alert and since <= p.window_end < until]
+    inside.sort(key=lambda p: (p.window_end, p.agent, p.asset, p.model))
+    assert len(inside) == 5
+    assert store.alerts(since, until) == inside
+    # Cut after the three alerts at one instant: which of a tie is cut is the backend's.
+    assert store.alerts(since, until, limit=3) == inside[:3]
+    assert store.alerts(until, until + timedelta(days=1)) == []
+
+
 def test_one_write_stores_all_three_kinds(store: SeriesStore) -> None:
     points = [point(i) for i in range(3)]
     events = [drift_point(i) for i in range(2)]
@@ -513,3 +575,26 @@ def test_influx1_schema(influxdb) -> None:  # type: ignore[no-untyped-def]
         "SELECT detail, value FROM drift WHERE asset = ''", influxdb.database
     )
     assert [(r["detail"], r["value"]) for r in fleet] == [(drift_point(1).detail, None)]
+
+
+def test_sqlite_file_of_an_older_version_gains_the_estimate_columns(tmp_path: Path) -> None:
+    """An embedded store written before estimates were kept opens, keeps its reports, and
+    stores estimates from then on."""
+    import sqlite3
+
+    path = tmp_path / "series.db"
+    SqliteSeriesStore(path).close()
+    with sqlite3.connect(path) as conn:  # back to the older layout, with one report in it
+        for column in [r[1] for r in conn.execute("PRAGMA table_info(health)")]:
+            if column.startswith("est_"):
+                conn.execute(f"ALTER TABLE health DROP COLUMN {column}")
+    old = SqliteSeriesStore(path)
+    old.close()
+    with sqlite3.connect(path) as conn:
+        assert "est_windows" in {r[1] for r in conn.execute("PRAGMA table_info(health)")}
+    store = SqliteSeriesStore(path)
+    try:
+        store.write([], health=[health_point(1), health_point(2, estimate=ESTIMATE)])
+        assert [p.estimate for p in store.health()] == [ESTIMATE, None]
+    finally:
+        store.close()

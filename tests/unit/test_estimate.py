@@ -187,9 +187,11 @@ def test_the_agent_publishes_its_estimate_in_every_health_report(tmp_path: Path)
     assert all(h.estimate is not None for h in health)
     last = health[-1].estimate
     assert last is not None and last.windows == 300 and last.calibrated
-    again = PerformanceEstimator(SHIPPED, window=300)
+    # The card's horizon (30 cycles) in plant seconds, at the config's seconds per cycle.
+    horizon_s = SHIPPED.output.horizon * agent.config.source.step_s
+    again = PerformanceEstimator(SHIPPED, window=300, horizon_s=horizon_s)
     again.update(scores)
-    assert last == again.estimate()
+    assert last == again.estimate() and last.horizon_s == horizon_s
     payload = json.loads(wire.encode(wire.Envelope.build("gw-estimate", 0, agent.model_ref,
                                                          [health[-1]])))
     assert payload["items"][0]["estimate"]["windows"] == 300

@@ -18,6 +18,7 @@ from aggregator.figures import (
     MissedFailure,
     TicketFact,
     compute,
+    wilson,
 )
 from aggregator.report import headline, render_html, render_markdown
 
@@ -121,15 +122,34 @@ def test_money_when_a_visit_has_a_price() -> None:
     assert "At 350 EUR a visit: 3,500 EUR in all, 700 EUR of it on false alarms." in md
 
 
-def test_gateway_estimate_beside_the_realised_figure() -> None:
+def test_gateway_estimate_beside_the_tickets_when_no_window_is_judged() -> None:
     md = render_markdown(scripted(estimates=[
         GatewayEstimate(Group.overall(), f1=0.8, f1_low=0.72, f1_high=0.86, precision=0.3)]))
-    assert ("The gateways estimated F1 at 0.80 (likely between 0.72 and 0.86) without "
-            "waiting for outcomes; the outcomes give 0.84 (likely between 0.61 and 0.95): "
-            "they agree.") in md
-    assert ("The gateways estimated the share of alerts that are right at 30 % without "
-            "waiting for outcomes; the outcomes give 80 % (likely between 49 % and 94 %): "
-            "they disagree; trust the outcomes, and have the estimate checked.") in md
+    assert ("The gateways estimated F1 per scored window at 0.80 (likely between 0.72 and "
+            "0.86) without waiting for outcomes; no window can be judged yet, and the "
+            "tickets' outcomes give 0.84 (likely between 0.61 and 0.95), which count "
+            "machines, not windows, so they can differ for that reason alone: they agree.") in md
+    assert ("The gateways estimated the share of alerts that are right per scored window at "
+            "30 % without waiting for outcomes; no window can be judged yet, and the tickets' "
+            "outcomes give 80 % (likely between 49 % and 94 %), which count machines, not "
+            "windows, so they can differ for that reason alone: they disagree; trust the "
+            "outcomes, and have the estimate checked.") in md
+
+
+def test_gateway_estimate_beside_the_windows_judged() -> None:
+    """With windows judged against reported failures, the estimate is checked in its own
+    unit: 40 alerting windows right, 10 false, 5 positive windows missed."""
+    md = render_markdown(scripted(estimates=[GatewayEstimate(
+        Group.overall(), precision=0.75, precision_low=0.7, precision_high=0.85, recall=0.5,
+        recall_low=0.45, recall_high=0.55, window_real=40, window_false=10,
+        window_missed=5)]))
+    low, high = wilson(40, 50)
+    assert ("The gateways estimated the share of alerts that are right per scored window at "
+            "75 % (likely between 70 % and 85 %) without waiting for outcomes; the windows "
+            f"judged against the failures reported give 80 % (likely between "
+            f"{round(low * 100)} % and {round(high * 100)} %, 50 windows): they agree.") in md
+    assert "the windows judged against the failures reported give 89 %" in md  # 40 of 45
+    assert "45 windows): they disagree" in md
 
 
 # --------------------------------------------------------------------------- few and none
