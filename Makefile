@@ -1,6 +1,7 @@
 # linewatch developer entry points. The two that users run: `make demo` and `make test`.
 #
 #   make test  PYTEST_ARGS="tests/unit -q"     pytest, with our own mosquitto/influxd fixtures
+#              PYTEST_WORKERS=0                one process (default 2: pytest-xdist workers)
 #   make demo  DEMO_ARGS="..."                 the end-to-end demo (configs/demo.yaml)
 #   make train TRAIN_ARGS="--out models --overwrite"   retrain over the shipped models
 #
@@ -9,6 +10,8 @@
 VENV ?= .venv
 PYTHON ?= python3
 PYTEST_ARGS ?=
+# Each worker starts its own test servers on free ports; most of the suite waits on them.
+PYTEST_WORKERS ?= 2
 DEMO_ARGS ?=
 BENCH_ARGS ?=
 TRAIN_ARGS ?=
@@ -39,7 +42,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: lint
 	bash scripts/ensure-servers.sh
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

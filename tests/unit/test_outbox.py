@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -214,8 +215,10 @@ def test_a_full_outbox_says_so_once_and_when_it_has_room_again(
     box.mark_sent([48, 49], at=0.0)
     box.confirm(48)
     back = [r.getMessage() for r in caplog.records if "room again" in r.getMessage()]
-    assert back == ["outbox has room again (1 of 2 rows; 48 dropped in all) after 0.0 s, "
-                    "48 failures"]
+    # The episode's length is wall time, whatever a loaded machine makes it.
+    assert len(back) == 1 and re.fullmatch(
+        r"outbox has room again \(1 of 2 rows; 48 dropped in all\) after \d+\.\d s, "
+        r"48 failures", back[0]), back
 
 
 def test_drops_one_after_another_extend_one_span(tmp_path: Path) -> None:

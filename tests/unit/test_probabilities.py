@@ -141,7 +141,10 @@ def test_the_command_writes_the_card_and_card_md_but_not_the_model(tmp_path: Pat
     assert sha256_file(model_dir / MODEL_FILE) == onnx_sha
     assert ModelCard.load(model_dir).verify(model_dir)
     assert (model_dir / "CARD.md").read_text() == shipped_md
-    assert (model_dir / CARD_FILE).read_text() == (MODELS / "ims_bearing" / CARD_FILE).read_text()
+    # The shipped card, up to the float noise of another run (BLAS kernels, threads).
+    written = ModelCard.load(model_dir)
+    assert card_differences(written, ModelCard.load(MODELS / "ims_bearing")) == []
+    assert written.calibration is not None and written.calibration.method == "isotonic"
     # Again: the section is replaced, not added twice.
     run_calibration(model_dir, DATA / "ims_bearing_test2" / "2nd_test", write=True)
     assert (model_dir / "CARD.md").read_text() == shipped_md
