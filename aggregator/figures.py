@@ -650,8 +650,8 @@ def decide(f1: Figure, drift: Drift, target_f1: float, min_outcomes: int = MIN_O
         ids = ", ".join(f"#{i}" for i in drift.retraining_tickets)
         return HealthVerdict(
             "retrain",
-            f"a retraining ticket is open ({ids}): the agents found the model's inputs "
-            "moved beyond what it was trained on")
+            f"a retraining ticket is open ({ids}): its evidence says why (the model's "
+            "inputs moved beyond what it was trained on, or its F1 fell below the target)")
     if f1.enough and f1.value is not None and f1.low is not None and f1.high is not None:
         if f1.high < target_f1:
             return HealthVerdict(

@@ -75,6 +75,7 @@ __all__ = [
     "Facts",
     "Target",
     "card_f1",
+    "find_card",
     "gateway_estimates",
     "load_facts",
     "model_health",
@@ -279,9 +280,9 @@ def _card(path: Path, _mtime_ns: int) -> ModelCard | None:
         return None
 
 
-def card_f1(models_dir: Path, name: str, version: str) -> Target | None:
-    """The test F1 in the card of ``name`` ``version`` under ``models_dir`` (its
-    subdirectories' ``card.json``), or None without such a card or metric."""
+def find_card(models_dir: Path, name: str, version: str) -> ModelCard | None:
+    """The card of ``name`` ``version`` among ``models_dir``'s subdirectories
+    (``card.json``), or None."""
     try:
         paths = sorted(models_dir.glob(f"*/{CARD_FILE}"))
     except OSError as exc:
@@ -292,12 +293,21 @@ def card_f1(models_dir: Path, name: str, version: str) -> Target | None:
             card = _card(path, path.stat().st_mtime_ns)
         except OSError:
             continue
-        if card is None or (card.name, card.version) != (name, version):
-            continue
-        for metric in CARD_F1_METRICS:
-            found = card.metrics.get(metric)
-            if found is not None and 0 < found.value <= 1:
-                return Target(found.value, f"the model card's test F1, {metric}")
+        if card is not None and (card.name, card.version) == (name, version):
+            return card
+    return None
+
+
+def card_f1(models_dir: Path, name: str, version: str) -> Target | None:
+    """The test F1 in the card of ``name`` ``version`` under ``models_dir`` (its
+    subdirectories' ``card.json``), or None without such a card or metric."""
+    card = find_card(models_dir, name, version)
+    if card is None:
+        return None
+    for metric in CARD_F1_METRICS:
+        found = card.metrics.get(metric)
+        if found is not None and 0 < found.value <= 1:
+            return Target(found.value, f"the model card's test F1, {metric}")
     return None
 
 

@@ -283,8 +283,9 @@ def _drift(g: GroupFigures) -> list[_Para]:
     if d.retraining_tickets:
         ids = ", ".join(f"#{i}" for i in d.retraining_tickets)
         text = (f"Yes: {_plural(len(d.retraining_tickets), 'retraining ticket')} "
-                f"{_is(len(d.retraining_tickets))} open ({ids}): the agents "
-                "found the model's inputs moved beyond what it was trained on.")
+                f"{_is(len(d.retraining_tickets))} open ({ids}): its evidence says why "
+                "(the model's inputs moved beyond what it was trained on, or its F1 fell "
+                "below the target).")
         if d.conditions:
             text += (f" {_plural(d.conditions, 'drift condition')} "
                      f"{_is(d.conditions)} active on "

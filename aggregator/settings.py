@@ -162,6 +162,16 @@ class Settings(BaseSettings):
         description="After a retraining ticket is resolved, no new one for the same model "
         "version and scope for this long.",
     )
+    retraining_estimate_reports: int = Field(
+        3, ge=1,
+        description="A retraining ticket when an agent's F1 estimate lies wholly below the "
+        "card's per-window test F1 in this many health reports in a row.",
+    )
+    retraining_f1_period: str = Field(
+        "30d", pattern=r"^(?:[1-9][0-9]{0,4}h|[1-9][0-9]{0,3}d|[1-9][0-9]{0,2}w)$",
+        description="A retraining ticket when the realised F1 over this period (e.g. 30d) "
+        "lies wholly below the target, with enough outcomes; checked after each outcome.",
+    )
 
     # -- model health (GET /health/models, the report) -----------------------------------
     models_dir: Path | None = Field(

@@ -53,6 +53,7 @@ def standard(settings: Settings) -> list[Reaction]:
     from aggregator.reactions.agents import AgentRegistry
     from aggregator.reactions.delivery import DeliveryTracking
     from aggregator.reactions.maintenance import MaintenanceReaction
+    from aggregator.reactions.performance import EstimateReaction
     from aggregator.reactions.retraining import RetrainingReaction
     from aggregator.reactions.triage import TriageReaction
 
@@ -62,4 +63,5 @@ def standard(settings: Settings) -> list[Reaction]:
         TriageReaction(settings),  # records conditions; sensor and inspect tickets
         MaintenanceReaction(settings),  # trusts a risk only on known inputs
         RetrainingReaction(settings),  # the model itself, per version and site
+        EstimateReaction(settings),  # the gateways' F1 estimates against the card's
     ]

@@ -201,8 +201,9 @@ def test_retrain_and_drift_words() -> None:
                                            "1.0.0", SINCE + timedelta(days=20))])
     md = render_markdown(f)
     assert headline(f) == "No, it needs work: retrain it."
-    assert ("Yes: 1 retraining ticket is open (\\#50): the agents found the model's inputs "
-            "moved beyond what it was trained on. 1 drift condition is active on 1 machine. "
+    assert ("Yes: 1 retraining ticket is open (\\#50): its evidence says why (the model's "
+            "inputs moved beyond what it was trained on, or its F1 fell below the target). "
+            "1 drift condition is active on 1 machine. "
             "(1 drift condition began during the period.)") in md
 
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from aggregator import audit, failures
-from aggregator.api.deps import SessionDep
+from aggregator.api.deps import SeriesDep, SessionDep, SettingsDep
 from aggregator.api.paging import PAGED, page_headers
 from aggregator.api.params import AssetFilter, Limit, Offset, Since, SiteFilter, Until
 from aggregator.api.responses import AUTH, BAD_BODY, DB_DOWN, FAILURE_TICKETED
 from aggregator.api.schemas import FailureIn, FailureOut
 from aggregator.api.security import READ, WriteToken
 from aggregator.failures import FailureReport
+from aggregator.reactions import performance
 from aggregator.tickets import TimeRange
 
 __all__ = ["list_failures", "report_failure", "router"]
@@ -21,7 +22,8 @@ router = APIRouter(prefix="/failures", tags=["failures"], responses=AUTH | DB_DO
 
 
 @router.post("", status_code=201, responses=BAD_BODY | FAILURE_TICKETED)
-def report_failure(body: FailureIn, session: SessionDep, caller: WriteToken) -> FailureOut:
+def report_failure(body: FailureIn, session: SessionDep, caller: WriteToken,
+                   series: SeriesDep, settings: SettingsDep) -> FailureOut:
     """Report a failure that no maintenance ticket warned of: a missed detection, which
     model health counts against the model's recall. Without ``model``, it counts against
     the one model version the agents of the line run (none if they run several). 409 when
@@ -35,6 +37,10 @@ def report_failure(body: FailureIn, session: SessionDep, caller: WriteToken) -> 
     audit.record(session, caller.actor, "report", "failure", row.id,
                  out.model_dump(mode="json", exclude={"id", "reported_by"}),
                  now=row.reported_at)
+    session.flush()
+    performance.check_realised(session, series, settings, site=row.site,
+                               model_name=row.model_name, model_version=row.model_version,
+                               now=row.reported_at)
     session.commit()
     return out
 

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from aggregator import audit, tickets
-from aggregator.api.deps import SessionDep
+from aggregator.api.deps import SeriesDep, SessionDep, SettingsDep
 from aggregator.api.paging import PAGED, page_headers
 from aggregator.api.params import (
     AssetFilter,
@@ -47,6 +47,7 @@ from aggregator.api.schemas import (
 from aggregator.api.security import READ, WriteToken
 from aggregator.db import Ticket
 from aggregator.errors import TicketStateError
+from aggregator.reactions import performance
 
 __all__ = [
     "acknowledge_ticket",
@@ -155,7 +156,7 @@ def add_note(ticket_id: TicketId, body: NoteIn, session: SessionDep,
 )
 def resolve_ticket(
     ticket_id: TicketId, body: Annotated[ResolveIn, Body()], session: SessionDep,
-    caller: WriteToken,
+    caller: WriteToken, series: SeriesDep, settings: SettingsDep,
 ) -> TicketOut:
     """-> resolved with an outcome (the ground truth model health is computed from), an
     optional note and, for a confirmed failure, when it failed (``failed_at``); 409 if
@@ -168,6 +169,11 @@ def resolve_ticket(
         detail["failed_at"] = failed_at.isoformat()
     audit.record(session, caller.actor, "resolve", "ticket", ticket.id, detail,
                  now=ticket.updated_at)
+    if ticket.kind == "maintenance":
+        session.flush()
+        performance.check_realised(session, series, settings, site=ticket.site,
+                                   model_name=ticket.model_name,
+                                   model_version=ticket.model_version, now=ticket.updated_at)
     return _commit(session, ticket)
 
 
