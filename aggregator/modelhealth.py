@@ -39,7 +39,7 @@ import functools
 import logging
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -57,6 +57,7 @@ from aggregator.figures import (
     TicketFact,
     compute,
 )
+from aggregator.operations import load_operations
 from aggregator.rules import SENSOR_DETECTORS
 from aggregator.series import SeriesStore, clamp_time
 from aggregator.settings import Settings
@@ -276,7 +277,9 @@ def model_health(session: Session, series: SeriesStore | None, settings: Setting
     without asset counts."""
     facts = load_facts(session, series, since, until)
     target = target_f1(settings, facts.model_versions)
-    return compute(
+    figures = compute(
         facts.tickets, facts.missed, since=since, until=until, target_f1=target.f1,
         target_source=target.source, assets=facts.assets, conditions=facts.conditions,
         estimates=facts.estimates, visit_cost=settings.visit_cost, currency=settings.currency)
+    return replace(figures, operations=load_operations(
+        session, series, settings, facts.model_versions, since=since, until=until))
