@@ -87,11 +87,14 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
 from aggregator.outcomes import OUTCOMES, classify
+
+if TYPE_CHECKING:
+    from aggregator.operations import ModelOperations
 
 __all__ = [
     "DAYS_PER_MONTH",
@@ -532,6 +535,8 @@ class HealthFigures:
     by_line: tuple[GroupFigures, ...]
     by_month: tuple[GroupFigures, ...]
     unattributed_missed: int  # missed failures without a model: in no per-model group
+    # How each model version ran (agents, latency, scores, findings): aggregator.operations
+    operations: tuple[ModelOperations, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types: datetimes as ISO 8601 strings, tuples as lists."""

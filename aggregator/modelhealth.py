@@ -41,7 +41,7 @@ import logging
 import re
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -61,6 +61,7 @@ from aggregator.figures import (
     TicketFact,
     compute,
 )
+from aggregator.operations import load_operations
 from aggregator.outcomes import REAL_FAULT
 from aggregator.rules import SENSOR_DETECTORS
 from aggregator.series import HealthPoint, PredictionPoint, SeriesStore, clamp_time
@@ -332,7 +333,9 @@ def model_health(session: Session, series: SeriesStore | None, settings: Setting
     without asset counts."""
     facts = load_facts(session, series, since, until)
     target = target_f1(settings, facts.model_versions)
-    return compute(
+    figures = compute(
         facts.tickets, facts.missed, since=since, until=until, target_f1=target.f1,
         target_source=target.source, assets=facts.assets, conditions=facts.conditions,
         estimates=facts.estimates, visit_cost=settings.visit_cost, currency=settings.currency)
+    return replace(figures, operations=load_operations(
+        session, series, settings, facts.model_versions, since=since, until=until))

@@ -39,6 +39,7 @@ from aggregator.figures import (
     LeadTime,
     MissedFailure,
 )
+from aggregator.operations import PSI_MODERATE, PSI_SHIFTED, Findings, ModelOperations
 
 __all__ = ["headline", "render_html", "render_markdown"]
 
@@ -299,6 +300,93 @@ def _drift(g: GroupFigures) -> list[_Para]:
     return [_Para(f"No: no drift condition is active and no retraining ticket is open.{began}")]
 
 
+def _ms(value: float) -> str:
+    return f"{value:.2g} ms" if value < 1 else f"{value:.1f} ms"
+
+
+def _agents_sentence(op: ModelOperations) -> str:
+    a = op.agents
+    if not a.reporting:
+        return "No agent sent a health report on it."
+    text = f"{_plural(a.reporting, 'agent')} reported, {a.complete} complete"
+    if a.completeness is None:
+        text += " (no delivery records for the period)"
+    else:
+        lost = (f"; lost windows: {', '.join(a.incomplete[:_MAX_NAMED])}"
+                + (f" and {len(a.incomplete) - _MAX_NAMED} more"
+                   if len(a.incomplete) > _MAX_NAMED else "") if a.incomplete else "")
+        text += (f" ({100 * a.completeness:.1f} % of "
+                 f"{a.windows_received + a.windows_undeliverable:,} windows arrived{lost})")
+    lt = op.latency
+    if lt.median_ms is None or lt.max_ms is None:
+        return text + "; no inference time reported."
+    return (text + f"; inference {_ms(lt.median_ms)} median (the middle of the agents' "
+            f"medians), at most {_ms(lt.max_ms)}.")
+
+
+_READINGS = {"stable": "stable", "moderate": "moderately shifted", "shifted": "shifted"}
+
+
+def _scores_sentence(op: ModelOperations) -> str:
+    s = op.scores
+    if s.reading is None:
+        return f"Scores: not compared with a reference ({s.reason})."
+    if s.reading == "not_enough_data":
+        return f"Scores: not enough data to compare with the card's reference ({s.reason})."
+    assert s.psi is not None
+    text = f"Scores of {s.windows:,} windows"
+    if s.above_p95 is not None and s.above_p95_expected is not None:
+        text += (f": {_pct(s.above_p95)} above the reference's 95th percentile "
+                 f"({_pct(s.above_p95_expected)} expected)")
+    way = f" {s.direction}" if s.direction and s.reading != "stable" else ""
+    text += (f"; PSI {s.psi:.2f} against the card's reference: {_READINGS[s.reading]}{way} "
+             f"(below {PSI_MODERATE} stable, up to {PSI_SHIFTED} moderate, above it "
+             "shifted).")
+    r = s.alert_rate
+    if r.value is not None and r.low is not None and r.high is not None:
+        text += (f" Alerts on {_pct(r.value)} of windows ({_interval(r, 'pct')})")
+        if s.reference_alert_rate is not None:
+            text += f", against {_pct(s.reference_alert_rate)} in training"
+            text += {"higher": ": higher", "lower": ": lower", "in_line": ": in line",
+                     None: ""}[s.alert_rate_reading]
+        text += "."
+    return text
+
+
+def _findings(f: Findings) -> str:
+    named = []
+    for item in f.items[:3]:
+        where = f" on {_plural(item.assets, 'asset')}" if item.assets else ""
+        named.append(f"{item.monitor} {item.detector}{where}")
+    more = len(f.items) - len(named)
+    return ", ".join(named) + (f" and {more} more" if more > 0 else "")
+
+
+def _findings_sentence(op: ModelOperations) -> str:
+    c, e = op.conditions, op.events
+    if not c.items:
+        text = "No drift or data-quality condition was active."
+    else:
+        text = (f"{_plural(c.drift, 'input-drift condition')} and "
+                f"{_plural(c.quality, 'data-quality condition')} ({_findings(c)}).")
+    if not op.series_available:
+        return text + " The agents' events could not be read (series store down)."
+    if e.items:
+        text += (f" The agents sent {_plural(e.drift, 'drift event')} and "
+                 f"{_plural(e.quality, 'data-quality event')} (a start and an end each"
+                 f"{'; the newest only, there were more' if op.events_truncated else ''}).")
+    return text
+
+
+def _operations(f: HealthFigures) -> list[_Para]:
+    out = []
+    for op in f.operations:
+        label = f"{op.model_name} {op.model_version}: " if len(f.operations) > 1 else ""
+        out += [_Para(label + _agents_sentence(op)), _Para(_scores_sentence(op)),
+                _Para(_findings_sentence(op))]
+    return out
+
+
 _METRIC_WORDS = {"precision": "the share of alerts that are right", "recall":
                  "the share of failures caught", "f1": "F1"}
 
@@ -391,6 +479,8 @@ def _sections(f: HealthFigures) -> tuple[str, list[_Section]]:
         _Section("What does it cost?", tuple(_cost(g))),
         _Section("Is it drifting?", tuple(_drift(g))),
     ]
+    if f.operations:
+        sections.append(_Section("How it ran", tuple(_operations(f))))
     estimates = _estimates(f)
     if estimates:
         sections.append(_Section("The gateways' own estimate", tuple(estimates)))

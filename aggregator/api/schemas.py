@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from aggregator.api.params import Timestamp
 from aggregator.auth import NAME_PATTERN
 from aggregator.db import TOKEN_NAME_LENGTH
+from aggregator.operations import ModelOperations
 from aggregator.outcomes import OUTCOME_MEANINGS, Outcome
 from contract.wire import MAX_NAME, Name
 
@@ -681,3 +682,7 @@ class HealthFiguresOut(_Out):
     by_month: list[GroupFiguresOut]
     unattributed_missed: int = Field(description="missed failures linked to no model "
                                      "version: in no per-model group")
+    operations: list[ModelOperations] = Field(
+        default_factory=list, description="how each model version ran: agents reporting "
+        "and their completeness, inference time, scores against the card's reference, drift "
+        "and data-quality findings (``aggregator.operations`` says how each is made)")

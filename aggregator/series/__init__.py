@@ -41,7 +41,9 @@ __all__ = [
     "DriftPoint",
     "HealthPoint",
     "StoredEstimate",
+    "HealthSummary",
     "PredictionPoint",
+    "ScoreCounts",
     "SeriesStore",
     "check_limit",
     "check_offset",
@@ -274,6 +276,33 @@ class AssetsSeen:
     assets: int
 
 
+@dataclass(frozen=True, slots=True)
+class ScoreCounts:
+    """How one model version's scored windows of a period fall against some edges:
+    ``windows`` in all, ``alerts`` among them, and ``at_most[i]`` with a score at most
+    ``edges[i]`` (the edges the read was given, in their order)."""
+
+    windows: int
+    alerts: int
+    at_most: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSummary:
+    """One agent's health reports of a period, per (site, line, agent, model, model
+    version): how many, and the median and the highest of their ``inference_ms_median``
+    (None when no report of the group carried one)."""
+
+    site: str
+    line: str
+    agent: str
+    model: str
+    model_version: str
+    reports: int
+    inference_ms_median: float | None
+    inference_ms_max: float | None
+
+
 def drift_order(p: DriftPoint) -> tuple[int, str, str, str, str, str]:
     """Sort key of drift reads: newest first, then by identity (a fleet-wide event, no
     asset, before the assets' events). Every backend returns this order."""
@@ -341,6 +370,13 @@ class SeriesStore(Protocol):
         ``since <= window_end < until``, ordered by those four."""
         ...
 
+    def score_counts(self, model: str, model_version: str, since: datetime,
+                     until: datetime, edges: Sequence[float]) -> ScoreCounts:
+        """How the scores of ``model`` ``model_version`` with ``since <= window_end <
+        until`` fall against ``edges``: an aggregate read, whatever the period holds (every
+        window counted, none returned). Two edges may be equal."""
+        ...
+
     def drift_events(
         self,
         agent: str | None = None,
@@ -363,6 +399,12 @@ class SeriesStore(Protocol):
 
     def health(self, agent: str | None = None, limit: int = READ_LIMIT) -> list[HealthPoint]:
         """The newest ``limit`` health reports (of ``agent``, if given), newest first."""
+        ...
+
+    def health_summary(self, since: datetime, until: datetime) -> list[HealthSummary]:
+        """The health reports with ``since <= at < until`` summarised per (site, line,
+        agent, model, model version), ordered by those five: an aggregate read. The
+        median is the middle value, or the mean of the two middle ones."""
         ...
 
     def latest_health(self) -> dict[str, HealthPoint]:

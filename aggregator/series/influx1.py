@@ -29,6 +29,7 @@ import json
 import logging
 from collections.abc import Sequence
 from datetime import datetime
+from decimal import Decimal
 from itertools import chain
 from typing import Any
 
@@ -41,7 +42,9 @@ from aggregator.series import (
     AssetsSeen,
     DriftPoint,
     HealthPoint,
+    HealthSummary,
     PredictionPoint,
+    ScoreCounts,
     StoredEstimate,
     check_limit,
     check_offset,
@@ -55,6 +58,7 @@ __all__ = [
     "Influx1Store",
     "escape_string",
     "escape_tag",
+    "float_literal",
     "line_protocol",
     "quote_ident",
     "quote_literal",
@@ -123,6 +127,17 @@ def quote_literal(value: str) -> str:
     'it\'s \\ here'
     """
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def float_literal(value: float) -> str:
+    """A float as an InfluxQL number literal: plain decimal digits (the grammar has no
+    exponent), exact.
+
+    >>> float_literal(7.0599647e-08), float_literal(-0.5), float_literal(1.0)
+    ('0.000000070599647', '-0.5', '1.0')
+    """
+    text = format(Decimal(repr(float(value))), "f")
+    return text if "." in text else text + ".0"
 
 
 def quote_ident(name: str) -> str:
@@ -348,6 +363,32 @@ class Influx1Store:
             counts[key] = counts.get(key, 0) + 1
         return [AssetsSeen(*key, assets=n) for key, n in sorted(counts.items())]
 
+    def score_counts(self, model: str, model_version: str, since: datetime,
+                     until: datetime, edges: Sequence[float]) -> ScoreCounts:
+        # InfluxQL has no CASE: one count per edge, all statements in one request.
+        where = _where(model=model, model_version=model_version, since=since, until=until)
+        counts = [f"SELECT count(score) FROM {MEASUREMENT}{where}",
+                  f"SELECT count(score) FROM {MEASUREMENT}{where} AND alert = true"]
+        counts += [f"SELECT count(score) FROM {MEASUREMENT}{where} AND score <= "
+                   f"{float_literal(edge)}" for edge in edges]
+        found = self._counts(counts)
+        return ScoreCounts(found[0], found[1], tuple(found[2:]))
+
+    def _counts(self, statements: list[str]) -> list[int]:
+        """count() of each statement (0 where nothing matched), in one request."""
+        q = "; ".join(statements)
+        params = {"db": self.database, "q": q, "epoch": "ns"}
+        response = self._request("GET", "/query", params=params)
+        _raise_for_status(response, q)
+        out = [0] * len(statements)
+        for result in response.json().get("results", []):
+            if "database not found" in result.get("error", ""):
+                return out
+            _statement_error(result, q)
+            for series in result.get("series", []):
+                out[int(result.get("statement_id", 0))] = int(series["values"][0][1])
+        return out
+
     def drift_events(
         self,
         agent: str | None = None,
@@ -378,6 +419,19 @@ class Influx1Store:
             f"ORDER BY time DESC LIMIT {check_limit(limit)}"
         )
         return sorted((_health(row) for row in self._query(q)), key=health_order)
+
+    def health_summary(self, since: datetime, until: datetime) -> list[HealthSummary]:
+        q = (f"SELECT count(seq), median(inference_ms_median), max(inference_ms_median) "
+             f"FROM {HEALTH}{_where(since=since, until=until)} "
+             "GROUP BY site, line, agent, model, model_version")
+        out = []
+        for row in self._query(q):
+            ms, top = row["median"], row["max"]
+            out.append(HealthSummary(
+                row["site"], row["line"], row["agent"], row["model"], row["model_version"],
+                int(row["count"]), None if ms is None else float(ms),
+                None if top is None else float(top)))
+        return sorted(out, key=lambda h: (h.site, h.line, h.agent, h.model, h.model_version))
 
     def latest_health(self) -> dict[str, HealthPoint]:
         # With GROUP BY, LIMIT applies per group: the newest report of each agent.

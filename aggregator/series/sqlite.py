@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import statistics
 import threading
 from collections.abc import Sequence
 from datetime import datetime
@@ -22,7 +23,9 @@ from aggregator.series import (
     AssetsSeen,
     DriftPoint,
     HealthPoint,
+    HealthSummary,
     PredictionPoint,
+    ScoreCounts,
     StoredEstimate,
     check_limit,
     check_offset,
@@ -173,6 +176,8 @@ class SqliteSeriesStore:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA busy_timeout=5000")
             self._conn.executescript(_SCHEMA)
+            # typeshed's protocol wants int in and out; SQLite passes REAL values through.
+            self._conn.create_aggregate("median", 1, _Median)  # type: ignore[arg-type]
             self._add_columns()
 
     def _add_columns(self) -> None:
@@ -271,6 +276,17 @@ class SqliteSeriesStore:
         return [AssetsSeen(site, line, model, version, int(n))
                 for site, line, model, version, n in rows]
 
+    def score_counts(self, model: str, model_version: str, since: datetime,
+                     until: datetime, edges: Sequence[float]) -> ScoreCounts:
+        where, args = _where(model=model, model_version=model_version, since=since,
+                             until=until, time="window_end_ns")
+        below = "".join(", coalesce(sum(score <= ?), 0)" for _ in edges)
+        ((windows, alerts, *at_most),) = self._fetch(
+            f"SELECT count(*), coalesce(sum(alert), 0){below} FROM prediction{where}",
+            [*map(float, edges), *args],
+        )
+        return ScoreCounts(int(windows), int(alerts), tuple(int(n) for n in at_most))
+
     # -- drift events ---------------------------------------------------------------------
     def drift_events(
         self,
@@ -304,6 +320,18 @@ class SqliteSeriesStore:
             [*args, check_limit(limit)],
         )
         return [_health(row) for row in rows]
+
+    def health_summary(self, since: datetime, until: datetime) -> list[HealthSummary]:
+        where, args = _where(since=since, until=until)
+        rows = self._fetch(
+            "SELECT site, line, agent, model, model_version, count(*), "
+            f"median(inference_ms_median), max(inference_ms_median) FROM health{where} "
+            "GROUP BY site, line, agent, model, model_version "
+            "ORDER BY site, line, agent, model, model_version",
+            args,
+        )
+        return [HealthSummary(site, line, agent, model, version, int(n), ms, top)
+                for site, line, agent, model, version, n, ms, top in rows]
 
     def latest_health(self) -> dict[str, HealthPoint]:
         # The primary key starts with agent, so each max() is an index seek.
@@ -348,6 +376,20 @@ class SqliteSeriesStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+class _Median:
+    """SQLite aggregate ``median(x)``: NULLs are skipped, as InfluxQL's ``MEDIAN`` does."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def step(self, value: float | None) -> None:
+        if value is not None:
+            self.values.append(value)
+
+    def finalize(self) -> float | None:
+        return statistics.median(self.values) if self.values else None
 
 
 def _where(*, since: datetime | None = None, until: datetime | None = None,

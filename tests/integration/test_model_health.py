@@ -35,6 +35,7 @@ from agent.estimate import WINDOW, PerformanceEstimator
 from agent.pipeline import Agent, Scored
 from aggregator import tickets
 from aggregator.figures import f1_interval, wilson
+from aggregator.series.sqlite import SqliteSeriesStore
 from aggregator.server import ServerThread
 from contract.card import ModelCard
 from linewatch.cli import main
@@ -390,3 +391,83 @@ def test_report_command_changes_nothing_and_says_what_is_missing(
     out, err = capsys.readouterr()
     assert "Too early to say: not enough outcomes yet." in out
     assert "no series store at" in err and not (tmp_path / "series.db").exists()
+
+
+
+def test_how_each_model_version_ran_is_the_same_in_the_api_and_the_reports(
+    plant: Plant, capsys: pytest.CaptureFixture[str],
+) -> None:
+    until = NOW + timedelta(hours=1)
+    since = until - timedelta(days=30)
+    period = {"period": "30d", "until": until.isoformat()}
+    (op,) = plant.read.get("/health/models", params=period).json()["operations"]
+    assert op["key"] == "cmapss_fd001@1.0.0" and op["series_available"]
+
+    # What the stores hold, read apart from the computation.
+    env = dict(line.split("=", 1) for line in plant.env.read_text().splitlines())
+    store = SqliteSeriesStore(env["LINEWATCH_SERIES_PATH"])
+    try:
+        scored = [p for p in store.predictions() if since <= p.window_end < until]
+        scores, alerts = [p.score for p in scored], sum(p.alert for p in scored)
+        reports = [h for h in store.health(limit=10_000) if since <= h.at < until]
+    finally:
+        store.close()
+    delivery = plant.read.get("/agents/gw-health/completeness", params={
+        "since": since.isoformat(), "until": until.isoformat()}).json()
+    assert op["agents"] == {
+        "reporting": 1, "complete": 1, "windows_received": delivery["windows_received"],
+        "windows_undeliverable": 0, "completeness": 1.0, "incomplete": []}
+    assert delivery["windows_received"] == len(scores)
+    ms = [h.inference_ms_median for h in reports if h.inference_ms_median is not None]
+    assert ms and op["latency"] == pytest.approx({
+        "reports": len(reports), "agents": 1, "median_ms": float(np.median(ms)),
+        "max_ms": max(ms)})
+
+    card = json.loads((ROOT / "models" / "cmapss_fd001" / "card.json").read_text())
+    quantiles = sorted((v, int(k[1:]) / 100) for k, v in card["reference"]["score"][
+        "quantiles"].items())
+    edges = [v for v, _ in quantiles]
+    counts = [sum(s <= e for s in scores) for e in edges] + [len(scores)]
+    observed = np.diff([0, *counts]) / len(scores)
+    expected = np.diff([0, *(level for _, level in quantiles), 1])
+    o, e = np.maximum(observed, 1e-4), np.maximum(expected, 1e-4)
+    psi = float(np.sum((o - e) * np.log(o / e)))
+    s = op["scores"]
+    assert s["windows"] == len(scores) >= 100
+    assert [b["windows"] for b in s["bins"]] == list(np.diff([0, *counts]))
+    assert s["psi"] == pytest.approx(psi)
+    assert s["reading"] == ("stable" if psi < 0.1 else "moderate" if psi <= 0.25
+                            else "shifted")
+    above = 1 - counts[edges.index(card["reference"]["score"]["quantiles"]["p95"])] / len(
+        scores)
+    assert s["above_p95"] == pytest.approx(above)
+    low, high = wilson(alerts, len(scores))
+    assert s["alert_rate"] == pytest.approx({"value": alerts / len(scores), "low": low,
+                                             "high": high, "n": len(scores),
+                                             "enough": True})
+    assert s["reference_alert_rate"] == card["reference"]["monitoring"]["alert_rate"]
+    assert op["conditions"]["items"] == [] and op["events"]["items"] == []
+
+    # The same figures, in words, in both reports and from the command.
+    way = "" if s["reading"] == "stable" else f" {s['direction']}"
+    reading = {"stable": "stable", "moderate": "moderately shifted",
+               "shifted": "shifted"}[s["reading"]]
+    sentences = [
+        f"1 agent reported, 1 complete (100.0 % of {len(scores):,} windows arrived); "
+        f"inference {float(np.median(ms)):.2g} ms median",
+        f"Scores of {len(scores):,} windows: {pct(above)} above the reference's 95th "
+        f"percentile (5 % expected); PSI {psi:.2f} against the card's reference: "
+        f"{reading}{way}",
+        f"Alerts on {pct(alerts / len(scores))} of windows (likely between {pct(low)} and "
+        f"{pct(high)}), against {pct(s['reference_alert_rate'])} in training",
+        "No drift or data-quality condition was active.",
+    ]
+    text = plant.read.get("/reports/model-health", params=period | {"format": "markdown"}).text
+    page = plant.read.get("/reports/model-health", params=period).text
+    assert main(["report", "--period", "30d", "--until", period["until"], "--format",
+                 "markdown", "-c", str(plant.env)]) == 0
+    command = capsys.readouterr().out
+    for sentence in sentences:
+        assert sentence in text, f"{sentence!r} not in:\n{text}"
+        assert html.escape(sentence) in page, sentence
+        assert sentence in command, sentence

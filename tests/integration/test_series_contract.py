@@ -22,7 +22,9 @@ from aggregator.series import (
     AssetsSeen,
     DriftPoint,
     HealthPoint,
+    HealthSummary,
     PredictionPoint,
+    ScoreCounts,
     SeriesStore,
     StoredEstimate,
 )
@@ -468,6 +470,39 @@ def test_alerts_of_a_period_oldest_first(store: SeriesStore) -> None:
     # Cut after the three alerts at one instant: which of a tie is cut is the backend's.
     assert store.alerts(since, until, limit=3) == inside[:3]
     assert store.alerts(until, until + timedelta(days=1)) == []
+
+
+def test_score_counts_of_one_model_version_in_a_period(store: SeriesStore) -> None:
+    scores = [0.0, 7.0599647e-08, 0.25, 0.5, 0.5, 0.75, 0.999, 1.0]
+    points = [point(i, score=s) for i, s in enumerate(scores)]
+    others = [point(0, model_version="1.3.0", asset="pump-2", score=0.1),  # another version
+              point(20, score=0.1)]  # after the period
+    store.write(points + others)
+    since, until = points[0].window_end, points[-1].window_end + timedelta(microseconds=1)
+    edges = [-0.5, 7.0599647e-08, 0.5, 0.5, 0.999]
+    counts = store.score_counts(SENDER["model"], "1.2.0", since, until, edges)
+    assert counts == ScoreCounts(
+        windows=len(scores), alerts=sum(s >= 0.7 for s in scores),
+        at_most=tuple(sum(s <= e for s in scores) for e in edges))
+    assert store.score_counts("nothing", "1", since, until, edges) == ScoreCounts(
+        0, 0, (0,) * len(edges))
+    assert store.score_counts(SENDER["model"], "1.2.0", since, until, []).windows == 8
+
+
+def test_health_summary_per_agent_and_model_version_in_a_period(store: SeriesStore
+                                                                 ) -> None:
+    gw1 = [health_point(i, inference_ms_median=ms) for i, ms in enumerate([3.0, 1.0, None, 2.0,
+                                                                          0.5])]
+    gw2 = [health_point(i, agent="gw-2", inference_ms_median=None) for i in range(2)]
+    late = health_point(40)  # after the period
+    store.write([], health=[*gw1, *gw2, late])
+    summary = store.health_summary(T0, late.at)
+    assert summary == [
+        HealthSummary("plant1", "line3", "gw-1", SENDER["model"], "1.2.0", 5, 1.5, 3.0),
+        HealthSummary("plant1", "line3", "gw-2", SENDER["model"], "1.2.0", 2, None, None),
+    ]
+    assert store.health_summary(late.at, late.at + timedelta(seconds=1))[0].reports == 1
+    assert store.health_summary(T0 - timedelta(days=1), T0) == []
 
 
 def test_one_write_stores_all_three_kinds(store: SeriesStore) -> None:

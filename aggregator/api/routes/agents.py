@@ -27,6 +27,7 @@ from aggregator.api.schemas import (
 from aggregator.api.security import READ
 from aggregator.db import AgentDelivery, AgentRecord, DeliveryHour
 from aggregator.errors import SeriesUnavailableError
+from aggregator.operations import delivered
 from aggregator.reactions.delivery import ledger_of
 from aggregator.series import HealthPoint, SeriesStore
 from contract.wire import MAX_NAME, Name
@@ -80,10 +81,7 @@ def agent_completeness(
     # An hour's bucket overlaps the range when it starts after since - 1 h and before until.
     where = (DeliveryHour.agent_id == agent_id, DeliveryHour.hour > since - _HOUR,
              DeliveryHour.hour < until)
-    received, lost = session.execute(
-        select(func.coalesce(func.sum(DeliveryHour.windows_received), 0),
-               func.coalesce(func.sum(DeliveryHour.windows_undeliverable), 0)).where(*where)
-    ).one()
+    received, lost = delivered(session, since, until, agent_id).get(agent_id, (0, 0))
     hours = session.scalars(
         select(DeliveryHour).where(*where).order_by(DeliveryHour.hour.desc()).limit(limit))
     row = session.get(AgentDelivery, agent_id)
