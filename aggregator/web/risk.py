@@ -122,16 +122,13 @@ def latest_score(evidence: Mapping[str, Any]) -> Score | None:
 
 
 def tenths(p: float) -> str:
-    """A probability as "about N in 10", never 0 or 10 in 10 unless it is exact.
+    """A probability as "about N in 10", never 0 or 10 in 10: a calibration map may reach
+    0 or 1 at its ends, but a model's chance is never a certainty.
 
     >>> tenths(0.68), tenths(0.02), tenths(0.97), tenths(1.0)
-    ('about 7 in 10', 'less than 1 in 10', 'more than 9 in 10', '10 in 10')
+    ('about 7 in 10', 'less than 1 in 10', 'more than 9 in 10', 'more than 9 in 10')
     """
-    if p <= 0:
-        return "0 in 10"
-    if p >= 1:
-        return "10 in 10"
-    n = math.floor(p * 10 + 0.5)
+    n = math.floor(min(max(p, 0.0), 1.0) * 10 + 0.5)
     if n == 0:
         return "less than 1 in 10"
     if n == 10:
