@@ -18,6 +18,7 @@ One aggregator, one replay and one browser serve the whole module.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,11 +29,21 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from agent_support import ROOT, agent_cfg
-from aggregator_support import api_token, bearer, start_service, store_settings, wait_until
+from aggregator_support import (
+    Publisher,
+    api_token,
+    bearer,
+    data_topic,
+    payload,
+    start_service,
+    store_settings,
+    wait_until,
+)
 from servers import MosquittoServer, ServerError
 
 from agent.pipeline import Agent
 from aggregator.server import ServerThread
+from contract.wire import DriftEvent, ModelRef, Range
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +67,8 @@ class Plant:
 @pytest.fixture(scope="module")
 def plant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plant]:
     """The aggregator after one replay (plant time ending a day ago), two tickets resolved
-    and one missed failure reported through the API."""
+    and one missed failure reported through the API, and one drift condition (sensor_11
+    of engine-001 above its training range) from a second agent."""
     tmp_path = tmp_path_factory.mktemp("web")
     broker = MosquittoServer()
     try:
@@ -88,6 +100,20 @@ def plant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plant]:
             "site": "plant1", "line": "line1", "asset": "engine-002",
             "at": (NOW - timedelta(days=1)).isoformat(), "note": "no ticket warned"})
         assert missed.status_code == 201, missed.text
+        card = json.loads((ROOT / "models" / "cmapss_fd001" / "card.json").read_text())
+        model = ModelRef(name="cmapss_fd001", version="1.0.0", sha256=card["sha256"]["model"],
+                         threshold=card["threshold"]["value"])
+        began = NOW - timedelta(days=1)
+        drift = DriftEvent(asset="engine-001", at=began, monitor="sensor_11.mean",
+                           detector="envelope", value=5.2, state="start", signal="feature",
+                           channels=["sensor_11"], since=began, current=48.6, threshold=4.0,
+                           reference=Range(low=47.1, high=48.1, mean=47.5),
+                           detail="above its training range")
+        with Publisher(broker.host, broker.port, data_topic("gw-drift", "drift", line="line1"),
+                       client_id="web-drift") as pub:
+            pub.publish(payload("gw-drift", 0, [drift], model))
+        wait_until(lambda: api.get("/tickets", params={"asset": "engine-001"}).json(), 30,
+                   what="a ticket for the drifting sensor")
         tokens = {"technician": api_token(server, "write", "technician"),
                   "viewer": api_token(server, "read", "viewer")}
         yield Plant(server, api, tokens, maintenance[2:])
@@ -173,6 +199,7 @@ def test_every_page_renders_with_the_apis_figures_on_a_tablet(plant: Plant,
                      r"fails within the next 30 cycles\.", text), text
     assert "1 of the last 2 similar alerts on line1 were confirmed" in text
     assert "Main drivers: not known" in text  # a maintenance ticket holds scores only
+    assert "Main drivers: sensor 11 (mean) up." in text  # the drift condition's ticket
     assert no_sideways_scroll(page)
 
     ticket = plant.tickets[0]
@@ -199,6 +226,7 @@ def test_every_page_renders_with_the_apis_figures_on_a_tablet(plant: Plant,
     assert f"{figures['real']} of {figures['alerts']} alerts" in precision
     assert f"{figures['missed']} missed" in page.inner_text("[data-figure=recall]")
     assert "No estimate yet" in page.inner_text("main")
+    assert "engine-001: sensor_11.mean (envelope)" in page.inner_text("ol.timeline")
     assert no_sideways_scroll(page)
     page.select_option("select[name=group]", "cmapss_fd001@1.0.0")
     page.click(".selector button")

@@ -31,6 +31,8 @@
     }, [d.x, d.score, threshold], el);
   }
 
+  // Each month's value as a point, its 95 % interval as a whisker (a band would vanish
+  // with one month, and a period is often one or two).
   function months(el, d) {
     var day = 86400;
     var lo = d.x.length ? d.x[0] - 16 * day : 0;
@@ -38,22 +40,38 @@
     var names = ["precision", "recall", "f1"];
     var series = [{}];
     var data = [d.x];
-    var bands = [];
     names.forEach(function (name) {
-      var at = series.length;
       series.push({ label: name === "f1" ? "F1" : name, stroke: COLORS[name], width: 2,
-                    spanGaps: true, points: { show: true, size: 9 } });
-      series.push({ label: name + " low", stroke: "transparent", points: { show: false } });
-      series.push({ label: name + " high", stroke: "transparent", points: { show: false } });
-      data.push(d[name], d[name + "_low"], d[name + "_high"]);
-      bands.push({ series: [at + 2, at + 1], fill: COLORS[name] + "22" });
+                    spanGaps: true, points: { show: true, size: 10, fill: COLORS[name] } });
+      data.push(d[name]);
     });
+    function whiskers(u) {
+      var ctx = u.ctx;
+      names.forEach(function (name, i) {
+        var shift = (i - 1) * 6 * devicePixelRatio;
+        ctx.save();
+        ctx.strokeStyle = COLORS[name];
+        ctx.lineWidth = 2 * devicePixelRatio;
+        d.x.forEach(function (x, j) {
+          var low = d[name + "_low"][j], high = d[name + "_high"][j];
+          if (low == null || high == null) { return; }
+          var px = u.valToPos(x, "x", true) + shift;
+          var y0 = u.valToPos(low, "y", true), y1 = u.valToPos(high, "y", true);
+          ctx.beginPath();
+          ctx.moveTo(px, y0); ctx.lineTo(px, y1);
+          ctx.moveTo(px - 4 * devicePixelRatio, y0); ctx.lineTo(px + 4 * devicePixelRatio, y0);
+          ctx.moveTo(px - 4 * devicePixelRatio, y1); ctx.lineTo(px + 4 * devicePixelRatio, y1);
+          ctx.stroke();
+        });
+        ctx.restore();
+      });
+    }
     return new uPlot({
-      width: width(el), height: 280, bands: bands,
+      width: width(el), height: 280,
       scales: { x: { time: true, range: [lo, hi] }, y: { range: [0, 1] } },
       axes: [{}, { values: percent, size: 60 }],
-      legend: { show: true },
-      series: series
+      series: series,
+      hooks: { draw: [whiskers] }
     }, data, el);
   }
 
