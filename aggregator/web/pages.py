@@ -54,7 +54,34 @@ from aggregator.outcomes import NOT_COUNTED, OUTCOME_MEANINGS
 from aggregator.rules import SENSOR_DETECTORS
 from aggregator.web import risk, sessions
 
-__all__ = ["COOKIE", "DASHBOARD", "STATIC_DIR", "STATIC_PREFIX", "install", "router"]
+__all__ = [
+    "COOKIE",
+    "DASHBOARD",
+    "STATIC_DIR",
+    "STATIC_PREFIX",
+    "Form",
+    "FormRefused",
+    "NotAllowed",
+    "SignInNeeded",
+    "ack",
+    "acting_form",
+    "assign",
+    "fleet_page",
+    "health_page",
+    "install",
+    "note",
+    "report_failure",
+    "resolve",
+    "root",
+    "router",
+    "sign_in",
+    "sign_in_form",
+    "sign_out",
+    "signed_in",
+    "ticket_page",
+    "tickets_page",
+    "ui",
+]
 
 logger = logging.getLogger(__name__)
 
