@@ -17,6 +17,8 @@ BENCH_ARGS ?=
 TRAIN_ARGS ?=
 
 STAMP := $(VENV)/.installed
+# The browser tests drive Debian's chromium: Playwright must never fetch a browser of its own.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 .DEFAULT_GOAL := help
 .PHONY: help venv test lint demo train bench clean

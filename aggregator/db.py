@@ -74,6 +74,7 @@ __all__ = [
     "Ticket",
     "TicketNote",
     "UTCDateTime",
+    "WebSession",
     "open_engine",
     "open_sessions",
 ]
@@ -453,6 +454,26 @@ class AuditEntry(Base):
 
     __table_args__ = (Index("ix_audit_log_subject", "subject_type", "subject_id"),)
 
+
+
+class WebSession(Base):
+    """A signed-in browser of the web pages (``aggregator.web``): the API token it signed
+    in with, and the CSRF token its forms carry.
+
+    Only the SHA-256 of the session id (the cookie's value) is kept, as for tokens. A
+    session acts with its token's name and scope, checked on every request, so revoking
+    the token ends every session it opened.
+    """
+
+    __tablename__ = "web_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id"))
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_web_sessions_expires_at", "expires_at"),)
 
 def _sqlite_setup(engine: Engine) -> None:
     # pysqlite opens transactions lazily and never for SAVEPOINT, which breaks

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the servers the integration tests start themselves are installed:
-#   mosquitto (Debian package `mosquitto`) and influxd (Debian package `influxdb`, 1.6).
+#   mosquitto (Debian package `mosquitto`) and influxd (Debian package `influxdb`, 1.6),
+#   and chromium (Debian package `chromium`) for the web pages' browser tests.
 #
 # The tests never use a system-wide service: tests/servers.py runs its own copies on free
 # loopback ports. So the packages are installed WITHOUT letting their postinst start system
@@ -24,6 +25,8 @@ find_bin() {
 missing=()
 find_bin mosquitto >/dev/null || missing+=(mosquitto)
 find_bin influxd >/dev/null || missing+=(influxdb)
+# The web pages' browser tests drive Debian's chromium (Playwright never downloads one).
+find_bin chromium >/dev/null || missing+=(chromium)
 
 if [[ ${#missing[@]} -eq 0 ]]; then
     exit 0
@@ -31,7 +34,7 @@ fi
 
 if [[ $(id -u) -ne 0 ]]; then
     echo "ensure-servers: missing Debian package(s): ${missing[*]}" >&2
-    echo "ensure-servers: install them with: sudo apt-get install mosquitto influxdb" >&2
+    echo "ensure-servers: install them with: sudo apt-get install ${missing[*]}" >&2
     exit 1
 fi
 
@@ -68,4 +71,5 @@ fi
 
 find_bin mosquitto >/dev/null || { echo "ensure-servers: mosquitto still missing" >&2; exit 1; }
 find_bin influxd >/dev/null || { echo "ensure-servers: influxd still missing" >&2; exit 1; }
+find_bin chromium >/dev/null || { echo "ensure-servers: chromium still missing" >&2; exit 1; }
 echo "ensure-servers: ok" >&2

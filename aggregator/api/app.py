@@ -44,6 +44,7 @@ from aggregator.reactions import standard as standard_reactions
 from aggregator.series import open_series
 from aggregator.settings import Settings
 from aggregator.subscriber import Subscriber
+from aggregator.web import install as install_web
 
 __all__ = ["STATIC_DIR", "create_app"]
 
@@ -146,4 +147,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(TokenNameTakenError, _conflict)
     app.add_exception_handler(UnavailableError, _unavailable)
     app.add_exception_handler(OperationalError, _database_unavailable)
+    # The web pages under /ui (and / leading there): sessions, not bearer tokens.
+    install_web(app)
     return app

@@ -24,7 +24,8 @@ docs pages must load it before anyone can press "Authorize".
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.dependencies.models import Dependant
@@ -44,6 +45,7 @@ __all__ = [
     "WriteToken",
     "authenticate",
     "required_scope",
+    "scope_checker",
 ]
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/redoc", "/openapi.json"})
@@ -59,6 +61,19 @@ bearer = HTTPBearer(
     "NAME` (or `POST /tokens`). read: every GET; write: also change tickets and report "
     "failures; admin: also manage tokens.",
 )
+
+F = TypeVar("F", bound=Callable[..., object])
+# Dependencies that check a caller's scope: ``authenticate`` for the API, and the web
+# pages' session check (``aggregator.web``), so ``required_scope`` finds both.
+_CHECKERS: set[object] = set()
+
+
+def scope_checker(call: F) -> F:
+    """Mark ``call`` as a dependency that checks the caller's scope (asked for with
+    ``Security(call, scopes=[...])``), for ``required_scope``."""
+    _CHECKERS.add(call)
+    return call
+
 
 def _unauthorized(detail: str, error: str | None) -> HTTPException:
     challenge = "Bearer" if error is None else f'Bearer error="{error}"'
@@ -86,6 +101,7 @@ def _principal(request: Request, token: str) -> Principal:
     return principal
 
 
+@scope_checker
 def authenticate(
     request: Request,
     security_scopes: SecurityScopes,
@@ -129,7 +145,7 @@ def required_scope(route: object) -> Scope | None:
     stack = [] if top is None else list(top.dependencies)
     while stack:
         dependant = stack.pop()
-        if dependant.call is authenticate:
+        if dependant.call in _CHECKERS:
             found.extend(dependant.own_oauth_scopes or ["read"])
         stack.extend(dependant.dependencies)
     return _needed(found) if found else None

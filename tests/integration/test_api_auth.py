@@ -41,6 +41,7 @@ from aggregator import audit, auth
 from aggregator.api.app import create_app
 from aggregator.api.routes.docs import STATIC_PREFIX
 from aggregator.api.security import PUBLIC_PATHS, required_scope
+from aggregator.web import STATIC_PREFIX as WEB_STATIC_PREFIX
 
 with warnings.catch_warnings():
     warnings.filterwarnings(
@@ -82,6 +83,25 @@ ROUTES: dict[tuple[str, str], str | None] = {
     ("POST", "/tokens"): "admin",
     ("DELETE", "/tokens/{token_id}"): "admin",
 }
+# The web pages (aggregator/web): a session cookie, not the Authorization header, with the
+# same scopes (None: public). Tested in test_web.py: without a session they redirect to
+# the sign-in form, and their forms need the session's CSRF token.
+WEB_ROUTES: dict[tuple[str, str], str | None] = {
+    ("GET", "/"): None,
+    ("GET", "/ui"): None,
+    ("GET", "/ui/sign-in"): None,
+    ("POST", "/ui/sign-in"): None,
+    ("POST", "/ui/sign-out"): "read",
+    ("GET", "/ui/tickets"): "read",
+    ("GET", "/ui/tickets/{ticket_id}"): "read",
+    ("POST", "/ui/tickets/{ticket_id}/ack"): "write",
+    ("POST", "/ui/tickets/{ticket_id}/assign"): "write",
+    ("POST", "/ui/tickets/{ticket_id}/notes"): "write",
+    ("POST", "/ui/tickets/{ticket_id}/resolve"): "write",
+    ("POST", "/ui/failures"): "write",
+    ("GET", "/ui/fleet"): "read",
+    ("GET", "/ui/health"): "read",
+}
 # A request each route accepts (given the scope), on ids that do not exist: nothing changes.
 BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/tickets/{ticket_id}/resolve"): {"outcome": "other"},
@@ -112,7 +132,7 @@ def app_routes(client: TestClient) -> dict[tuple[str, str], str | None]:
     found: dict[tuple[str, str], str | None] = {}
     for context in iter_route_contexts(client.app.routes):  # type: ignore[attr-defined]
         if isinstance(context.original_route, Mount):
-            assert context.path == STATIC_PREFIX
+            assert context.path in (STATIC_PREFIX, WEB_STATIC_PREFIX)
             continue
         for method in context.methods or ():
             found[(method, context.path)] = required_scope(context)
@@ -128,10 +148,13 @@ def assert_unauthorized(response: httpx.Response, why: str = "") -> None:
 
 def test_every_route_is_in_the_table(api: tuple[TestClient, int]) -> None:
     client, _ = api
-    assert app_routes(client) == ROUTES
+    assert app_routes(client) == ROUTES | WEB_ROUTES
     assert {path for (_, path), scope in ROUTES.items() if scope is None} == PUBLIC_PATHS
     for (method, path), scope in ROUTES.items():
         if method in MUTATING:
+            assert scope in ("write", "admin"), (method, path)
+    for (method, path), scope in WEB_ROUTES.items():
+        if method in MUTATING and path not in ("/ui/sign-in", "/ui/sign-out"):
             assert scope in ("write", "admin"), (method, path)
 
 
@@ -143,6 +166,8 @@ def test_every_route_needs_a_token_of_its_scope(api: tuple[TestClient, int]) -> 
         auth.revoke_token(session, "gone", audit.Actor("tests"))
         session.commit()
     for (method, path), needed in app_routes(client).items():
+        if (method, path) in WEB_ROUTES:
+            continue  # no bearer tokens there: test_web.py
         body = BODIES.get((method, path))
 
         def call(method: str = method, url: str = url_of(path), body: Any = body,

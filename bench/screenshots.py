@@ -1,0 +1,167 @@
+"""Screenshots of the web pages for the README: ``python -m bench.screenshots [--out DIR]``.
+
+Starts the aggregator on scratch stores with its embedded broker, lets two agents replay
+FD001 engines through the shipped model (plant time ending now), resolves most maintenance
+tickets as the truth file says (a real fault within 30 cycles of failure, else a false
+alarm; a few stay open) and reports one missed failure, all through the REST API, then
+photographs the pages at tablet width (768 px) in Debian's chromium, driven by Playwright
+(never a downloaded browser). Prints one JSON object: the files written and what the
+aggregator held.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from agent import config as agent_config
+from agent.pipeline import Agent
+from aggregator import audit, auth
+from aggregator.db import open_engine, open_sessions
+from aggregator.server import ServerThread
+from aggregator.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "models" / "cmapss_fd001"
+DATA = ROOT / "models" / "data" / "cmapss_fd001"
+CHROMIUM = "/usr/bin/chromium"
+TABLET = {"width": 768, "height": 1024}
+LINES = {"line1": range(13, 25), "line2": range(26, 38)}  # FD001 engines, several near failure
+OPEN_LEFT = 3  # maintenance tickets left open for the tickets page
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _token(settings: Settings, name: str, scope: str) -> str:
+    engine = open_engine(settings.db_url)
+    try:
+        with open_sessions(engine)() as session:
+            _, token = auth.create_token(session, name, scope, audit.Actor("screenshots"))
+            session.commit()
+    finally:
+        engine.dispose()
+    return token
+
+
+def _truth() -> dict[str, int]:
+    """Each test engine's remaining cycles at the end of its record."""
+    lines = (DATA / "RUL_FD001.txt").read_text().split()
+    return {f"engine-{i:03d}": int(v) for i, v in enumerate(lines, start=1)}
+
+
+def _fill(base: str, token: str, state: Path, broker: int) -> dict[str, Any]:
+    start = (datetime.now(UTC) - timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    agents = [Agent(agent_config.parse({
+        "agent": {"id": f"gw-{line}", "site": "plant1", "line": line},
+        "model": {"dir": str(MODEL)},
+        "source": {"type": "replay", "path": str(DATA / "test_FD001.txt.gz"),
+                   "assets": [f"engine-{i:03d}" for i in engines], "speed": 0,
+                   "step_s": 600, "start": start},
+        "mqtt": {"url": f"mqtt://127.0.0.1:{broker}"},
+        "outbox": {"path": str(state / line / "outbox.db")},
+        "publish": {"flush_interval_s": 0.2, "health_interval_s": 1},
+    })) for line, engines in LINES.items()]
+    threads = [threading.Thread(target=a.run, kwargs={"drain_timeout_s": 60}) for a in agents]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    scored = sum(a.progress.windows_scored for a in agents)
+    with httpx.Client(base_url=base, timeout=30,
+                      headers={"Authorization": f"Bearer {token}"}) as api:
+        deadline = time.monotonic() + 60
+        while api.get("/healthz").json()["counts"]["predictions_stored"] < scored:
+            if time.monotonic() > deadline:
+                raise SystemExit("screenshots: the aggregator did not store every window")
+            time.sleep(0.2)
+        truth = _truth()
+        maintenance = api.get("/tickets", params={"kind": "maintenance"}).json()
+        for i, t in enumerate(sorted(maintenance, key=lambda t: t["id"])[OPEN_LEFT:]):
+            real = truth.get(t["asset"], 999) <= 30
+            body: dict[str, Any] = ({"outcome": "confirmed_failure", "note": "failed"}
+                                    if real and i % 3 else
+                                    {"outcome": "preventive_action", "note": "fixed in time"}
+                                    if real else
+                                    {"outcome": "no_fault_found", "note": "checked, fine"})
+            api.post(f"/tickets/{t['id']}/resolve", json=body).raise_for_status()
+        api.post("/failures", json={
+            "site": "plant1", "line": "line2", "asset": "engine-027",
+            "at": (datetime.now(UTC) - timedelta(days=1)).isoformat(),
+            "note": "seized: no ticket warned of it"}).raise_for_status()
+        opened = [t for t in api.get("/tickets").json() if t["status"] != "resolved"]
+    return {"windows_scored": scored, "tickets": len(maintenance), "open": len(opened),
+            "first_open": opened[-1]["id"] if opened else None}
+
+
+def _shoot(base: str, token: str, out: Path, ticket: int | None) -> list[str]:
+    from playwright.sync_api import sync_playwright
+
+    pages = {"tickets": "/ui/tickets", "fleet": "/ui/fleet", "health": "/ui/health"}
+    if ticket is not None:
+        pages["ticket"] = f"/ui/tickets/{ticket}"
+    written = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_context(viewport=TABLET).new_page()
+            page.goto(f"{base}/ui/sign-in")
+            page.fill("#token", token)
+            page.click("button[type=submit]")
+            page.wait_for_url(f"{base}/ui/tickets")
+            for name, path in pages.items():
+                page.goto(f"{base}{path}")
+                page.wait_for_load_state("networkidle")
+                target = out / f"{name}.png"
+                page.screenshot(path=str(target), full_page=True)
+                written.append(str(target))
+        finally:
+            browser.close()
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.screenshots", description=__doc__)
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots",
+                   help="directory for the PNGs (default docs/screenshots)")
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    state = Path(tempfile.mkdtemp(prefix="linewatch-screenshots-"))
+    broker, http = _free_port(), _free_port()
+    settings = Settings(embedded_broker_port=broker, http_port=http,
+                        series_path=state / "series.db", db_url=f"sqlite:///{state}/lw.db",
+                        models_dir=MODEL.parent, visit_cost=350.0, currency="EUR",
+                        mqtt_client_id="linewatch-screenshots")
+    token = _token(settings, "maintenance-lead", "write")
+    server = ServerThread(settings)
+    server.start()
+    base = f"http://127.0.0.1:{http}"
+    try:
+        if not server.app.state.subscriber.wait_ready(10):
+            raise SystemExit("screenshots: the aggregator did not subscribe to its broker")
+        filled = _fill(base, token, state, broker)
+        written = _shoot(base, token, args.out, filled.pop("first_open"))
+    finally:
+        server.stop()
+        shutil.rmtree(state, ignore_errors=True)
+    json.dump({"written": written, **filled}, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
