@@ -48,6 +48,7 @@ __all__ = [
     "MqttHealthOut",
     "NoteIn",
     "NoteOut",
+    "NotificationAttemptOut",
     "OtherOutcomeIn",
     "ReopenIn",
     "ResolveIn",
@@ -677,3 +678,24 @@ class HealthFiguresOut(_Out):
     by_month: list[GroupFiguresOut]
     unattributed_missed: int = Field(description="missed failures linked to no model "
                                      "version: in no per-model group")
+
+
+class NotificationAttemptOut(_Out):
+    """One entry of the notification delivery log: an attempt to send a notification to
+    a target, or a notification recorded and not sent."""
+
+    id: int
+    notification_id: int
+    target: str = Field(description="the target's name (`andon`: the MQTT andon); never "
+                        "its URL")
+    ticket_id: int
+    event: str = Field(description="opened, escalated, reclassified, acknowledged, "
+                       "resolved, reopened")
+    attempt: int = Field(description="1 for the first attempt; 0 for a notification not "
+                         "sent")
+    status: str = Field(description="sent; error (another attempt follows); failed (given "
+                        "up); suppressed: past incident")
+    error: str | None = Field(description="why it failed, in our words (an HTTP status, a "
+                              "timeout), or why it was not sent")
+    started_at: datetime
+    finished_at: datetime
