@@ -81,6 +81,8 @@ ROUTES: dict[tuple[str, str], str | None] = {
     ("GET", "/tokens"): "admin",
     ("POST", "/tokens"): "admin",
     ("DELETE", "/tokens/{token_id}"): "admin",
+    ("GET", "/notifications"): "read",
+    ("GET", "/metrics"): "read",
 }
 # A request each route accepts (given the scope), on ids that do not exist: nothing changes.
 BODIES: dict[tuple[str, str], Any] = {
