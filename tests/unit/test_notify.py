@@ -4,6 +4,7 @@ target settings."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,9 +35,18 @@ def evidence(at: datetime) -> dict[str, Any]:
         for m in (2, 1, 0)]}
 
 
+@pytest.fixture(scope="module")
+def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database at the newest revision, migrated once: each test works on a copy."""
+    path = tmp_path_factory.mktemp("notify") / "t.db"
+    open_engine(f"sqlite:///{path}").dispose()
+    return path
+
+
 @pytest.fixture
-def session(tmp_path: Path) -> Iterator[Session]:
-    engine = open_engine(f"sqlite:///{tmp_path}/t.db")
+def session(tmp_path: Path, migrated: Path) -> Iterator[Session]:
+    shutil.copy(migrated, tmp_path / "t.db")
+    engine = open_engine(f"sqlite:///{tmp_path}/t.db", create=False)
     factory = open_sessions(engine)
     woken: list[int] = []
     intents.install(factory, intents.Policy(
@@ -123,8 +133,9 @@ def test_a_target_told_of_an_incident_hears_its_reclassification(session: Sessio
         ("opened", "maintenance"), ("reclassified", "sensor")]
 
 
-def test_no_policy_records_nothing(tmp_path: Path) -> None:
-    engine = open_engine(f"sqlite:///{tmp_path}/t.db")
+def test_no_policy_records_nothing(tmp_path: Path, migrated: Path) -> None:
+    shutil.copy(migrated, tmp_path / "t.db")
+    engine = open_engine(f"sqlite:///{tmp_path}/t.db", create=False)
     with open_sessions(engine)() as session:
         tickets.open_or_escalate(session, SUBJECT, "maintenance", evidence(NOW), now=NOW)
         assert rows(session) == []
