@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
@@ -66,6 +67,9 @@ __all__ = [
     "AuditEntry",
     "Base",
     "DeliveryHour",
+    "NOTIFICATION_STATUSES",
+    "Notification",
+    "NotificationAttempt",
     "QuarantinedMessage",
     "ReportedFailure",
     "RuleState",
@@ -474,6 +478,81 @@ class WebSession(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_web_sessions_expires_at", "expires_at"),)
+
+
+# What became of one notification for one target: waiting for its next attempt, sent,
+# given up after the last attempt, or recorded and never sent (a past incident, or an
+# update of an incident that was never announced).
+NOTIFICATION_STATUSES = ("pending", "sent", "failed", "suppressed")
+
+
+class Notification(Base):
+    """One thing to tell one target about a ticket: the notification outbox
+    (``aggregator.notify``).
+
+    Written in the transaction that changed the ticket, so a crash can neither lose it nor
+    leave it without its change; a worker sends it afterwards. ``incident`` is the key every
+    notification about one ticket shares (its thread); ``announce`` is true for the one
+    that tells the target about the incident, false for an update of it. ``body`` is the
+    ticket as it was when the change was made; ``event_at`` is when what it reports
+    happened (plant time). ``reference`` is what the target answered that later updates
+    refer to (a Slack message's ``ts``).
+    """
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(Integer)
+    incident: Mapped[str] = mapped_column(String(64))
+    event: Mapped[str] = mapped_column(String(16))
+    target: Mapped[str] = mapped_column(String(64))
+    announce: Mapped[bool] = mapped_column(Boolean, default=False)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    event_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # A worker that claimed the row holds it until then (replicas share the outbox).
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    reference: Mapped[str | None] = mapped_column(String(128), default=None)
+
+    __table_args__ = (
+        CheckConstraint(_in("status", NOTIFICATION_STATUSES), name="ck_notifications_status"),
+        Index("ix_notifications_status_due", "status", "next_attempt_at"),
+        Index("ix_notifications_ticket_id", "ticket_id"),
+    )
+
+
+class NotificationAttempt(Base):
+    """The delivery log: one row per attempt to send a notification, and one for a
+    notification recorded but not sent (``status`` ``suppressed: past incident``).
+
+    ``status`` is ``sent``, ``error`` (another attempt follows), ``failed`` (the last
+    one), or ``suppressed: <why>``; ``error`` is our own one-line description (an HTTP
+    status, a timeout), never a URL or a header, so the log holds no secret.
+    """
+
+    __tablename__ = "notification_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    notification_id: Mapped[int] = mapped_column(ForeignKey("notifications.id"))
+    target: Mapped[str] = mapped_column(String(64))
+    ticket_id: Mapped[int] = mapped_column(Integer)
+    event: Mapped[str] = mapped_column(String(16))
+    attempt: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_notification_attempts_ticket_id", "ticket_id"),
+        Index("ix_notification_attempts_started_at", "started_at"),
+    )
+
 
 def _sqlite_setup(engine: Engine) -> None:
     # pysqlite opens transactions lazily and never for SAVEPOINT, which breaks

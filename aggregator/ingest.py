@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, cast
@@ -114,6 +114,8 @@ class Ingestor:
         self._statuses = 0
         self._rejections = RejectionLog()
         self._next_prune = 0.0  # monotonic time of the next prune of seen msg_ids
+        # Told how long each successful series store write took (seconds): /metrics.
+        self.on_series_write: Callable[[float], None] = lambda _seconds: None
 
     # -- counters -----------------------------------------------------------------------
     @property
@@ -150,11 +152,13 @@ class Ingestor:
         parsed = [parse(m) for m in messages]
         fresh = self._fresh(parsed)
         data = [_as_data(parsed[i]) for i in sorted(fresh)]
+        started = time.perf_counter()
         self.series.write(
             [p for d in data for p in d.points],
             drift=[e for d in data for e in d.drift],
             health=[h for d in data for h in d.health],
         )
+        self.on_series_write(time.perf_counter() - started)
         try:
             with self.session_factory() as session, session.begin():
                 fresh = self._commit(session, parsed, fresh, now)

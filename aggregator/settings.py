@@ -15,8 +15,13 @@ from typing import Literal, NamedTuple
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from aggregator.notify.targets import TargetConfig
+
 __all__ = ["MqttEndpoint", "Settings", "load_settings"]
 
+TicketKind = Literal["maintenance", "sensor", "inspect", "retraining"]
+# What a line's andon shows by default: the tickets for people at the line.
+_ANDON_KINDS: tuple[TicketKind, ...] = ("maintenance", "sensor", "inspect")
 # Secrets that are plainly placeholders; refused unless the server is on this machine.
 _PLACEHOLDER_SECRETS = {"changeme", "changethis", "password", "secret", "admin"}
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
@@ -223,6 +228,40 @@ class Settings(BaseSettings):
         default=8000, ge=0, le=65535, description="Port of the REST API (0: any free)."
     )
 
+    # -- notifications (webhooks, the MQTT andon) ------------------------------------------
+    notify_targets: list[TargetConfig] = Field(
+        default_factory=list,
+        description="Webhook targets, a JSON list: [{\"name\": \"ops\", \"kind\": "
+        "\"slack\", \"url\": \"https://...\", \"ticket_kinds\": [\"maintenance\"], "
+        "\"sites\": [\"plant1\"], \"secret_header\": \"Authorization\", "
+        "\"secret_env\": \"OPS_HOOK_TOKEN\"}] (kind json, slack or teams).",
+    )
+    notify_past_after_s: int = Field(
+        3600, ge=0,
+        description="An incident whose triggering evidence (plant time) is older than this "
+        "when the aggregator receives it is past: recorded on the ticket and in the "
+        "delivery log, not sent (a backlog flushed after an outage raises no storm).",
+    )
+    notify_escalation_interval_s: int = Field(
+        3600, ge=0,
+        description="At most one escalation update per incident and target this often (0: "
+        "one per escalation).",
+    )
+    notify_retry_min_s: float = Field(
+        2.0, gt=0, le=3600, description="First retry of a failed notification after this.")
+    notify_retry_max_s: float = Field(
+        600.0, gt=0, le=86_400, description="Retries back off, doubling, up to this.")
+    notify_max_attempts: int = Field(
+        12, ge=1, le=1000, description="A notification is given up after this many attempts.")
+    notify_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="One attempt's timeout (connect and answer).")
+    andon_enabled: bool = Field(
+        True, description="Publish each line's andon state (retained) and events on "
+        "linewatch/andon/v1/{site}/{line}/state|events.")
+    andon_kinds: list[TicketKind] = Field(
+        default_factory=lambda: list(_ANDON_KINDS),
+        description="Ticket kinds a line's andon shows (JSON list).")
+
     @field_validator("mqtt_url")
     @classmethod
     def _check_mqtt_url(cls, value: str | None) -> str | None:
@@ -282,6 +321,13 @@ class Settings(BaseSettings):
                 )
         if self.mqtt_password is not None and self.mqtt_username is None:
             raise ValueError("LINEWATCH_MQTT_PASSWORD is set but LINEWATCH_MQTT_USERNAME is not")
+        names = [t.name for t in self.notify_targets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"LINEWATCH_NOTIFY_TARGETS: target names must be unique, got "
+                             f"{names}")
+        if self.notify_retry_min_s > self.notify_retry_max_s:
+            raise ValueError("LINEWATCH_NOTIFY_RETRY_MIN_S must be <= "
+                             "LINEWATCH_NOTIFY_RETRY_MAX_S")
         if self.influx_password is not None and self.influx_username is None:
             raise ValueError(
                 "LINEWATCH_INFLUX_PASSWORD is set but LINEWATCH_INFLUX_USERNAME is not"

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, selectinload
 from aggregator.conditions import close_sensor
 from aggregator.db import TICKET_KINDS, Ticket, TicketNote
 from aggregator.errors import TicketNotFoundError, TicketStateError
+from aggregator.notify.intents import record as notify
 from aggregator.outcomes import OUTCOMES, Outcome
 
 if TYPE_CHECKING:
@@ -128,10 +129,12 @@ def _merge_evidence(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return {**old, **new, "scores": merged[-MAX_EVIDENCE_SCORES:]}
 
 
-def _escalate(ticket: Ticket, evidence: dict[str, Any], now: datetime) -> Ticket:
+def _escalate(session: Session, ticket: Ticket, evidence: dict[str, Any],
+              now: datetime) -> Ticket:
     ticket.evidence = _merge_evidence(ticket.evidence, evidence)
     ticket.escalations += 1
     ticket.updated_at = now
+    notify(session, ticket, "escalated", now=now)
     return ticket
 
 
@@ -160,7 +163,7 @@ def open_or_escalate(
     site, asset = subject.site, subject.asset
     existing = _open_ticket(session, site, asset, kind)
     if existing is not None:
-        return _escalate(existing, evidence, now), False
+        return _escalate(session, existing, evidence, now), False
     if cooldown > timedelta(0):
         resolved = _last_resolved_at(session, site, asset, kind)
         if resolved is not None and now < resolved + cooldown:
@@ -186,7 +189,8 @@ def open_or_escalate(
         logger.debug(
             "ticket for %s/%s/%s opened concurrently; escalating it", site, asset, kind
         )
-        return _escalate(existing, evidence, now), False
+        return _escalate(session, existing, evidence, now), False
+    notify(session, ticket, "opened", now=now)
     logger.info("opened %s ticket %d for asset %s at site %s", kind, ticket.id, asset, site)
     return ticket, True
 
@@ -281,6 +285,7 @@ def acknowledge(session: Session, ticket_id: int, *, now: datetime | None = None
     if ticket.status == "open":
         ticket.status = "acknowledged"
         ticket.updated_at = _now(now)
+        notify(session, ticket, "acknowledged", now=ticket.updated_at)
     return ticket
 
 
@@ -357,6 +362,7 @@ def resolve(
         # The person who fixed the sensor ends its conditions; a channel that still
         # misbehaves raises them again (after the cooldown, a new ticket).
         close_sensor(session, ticket.site, ticket.asset, now)
+    notify(session, ticket, "resolved", now=now)
     return ticket
 
 
@@ -393,6 +399,7 @@ def reopen(session: Session, ticket_id: int, *, now: datetime | None = None
     ticket.outcome = ticket.note = None
     ticket.resolved_at = ticket.failed_at = None
     ticket.updated_at = _now(now)
+    notify(session, ticket, "reopened", now=ticket.updated_at)
     return ticket, was
 
 
@@ -406,6 +413,7 @@ def supersede(session: Session, ticket: Ticket, note: str, *, now: datetime | No
     now = _now(now)
     ticket.status, ticket.outcome, ticket.note = "resolved", "superseded", note
     ticket.resolved_at = ticket.updated_at = now
+    notify(session, ticket, "resolved", now=now)
     logger.info("superseded %s ticket %d for %s/%s: %s", ticket.kind, ticket.id, ticket.site,
                 ticket.asset, note)
 
@@ -422,11 +430,12 @@ def reclassify(session: Session, ticket: Ticket, kind: Kind, evidence: dict[str,
               "reclassified_from": {"id": ticket.id, "kind": ticket.kind, **ticket.evidence}}
     if other is not None and other.id != ticket.id:
         supersede(session, ticket, f"{note} (see {kind} ticket {other.id})", now=now)
-        return _escalate(other, merged, now)
+        return _escalate(session, other, merged, now)
     logger.info("reclassified %s ticket %d for %s/%s as %s: %s", ticket.kind, ticket.id,
                 ticket.site, ticket.asset, kind, note)
     ticket.kind = kind
     ticket.evidence = merged
     ticket.updated_at = now
     ticket.escalations += 1
+    notify(session, ticket, "reclassified", now=now)
     return ticket

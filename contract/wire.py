@@ -46,6 +46,10 @@ __all__ = [
     "MAX_SEQ",
     "SCHEMA",
     "TOPIC_ROOT",
+    "ANDON_ROOT",
+    "AndonEvent",
+    "AndonState",
+    "AndonTicket",
     "Budget",
     "Delivery",
     "DriftEvent",
@@ -63,10 +67,13 @@ __all__ = [
     "TopicParts",
     "Undeliverable",
     "WireError",
+    "andon_topic",
     "command_subscription",
     "command_topic",
     "decode",
     "decode_delivery",
+    "decode_andon_event",
+    "decode_andon_state",
     "decode_status",
     "encode",
     "parse_topic",
@@ -499,7 +506,107 @@ class Delivery(_Strict):
     _utc_ts = field_validator("ts")(_utc)
 
 
-def encode(message: Envelope | Status | Delivery) -> bytes:
+# -- andon: what the aggregator tells a line's signal tower -------------------------------
+# Under a root of its own, so no agent's write rule (linewatch/v1/+/+/<agent>/#) covers it
+# and the aggregator's own subscription (linewatch/v1/+/+/+/+) never receives it.
+ANDON_ROOT = "linewatch/andon/v1"
+ANDON_TOPICS = ("state", "events")
+MAX_ANDON_TICKETS = 100
+TicketKind = Literal["maintenance", "sensor", "inspect", "retraining"]
+AndonLevel = Literal["ok", "warning", "alarm"]
+
+
+def andon_topic(site: str, line: str, which: str) -> str:
+    """Where a line's andon state (retained) or its events are published.
+
+    >>> andon_topic("plant1", "line3", "state")
+    'linewatch/andon/v1/plant1/line3/state'
+    """
+    if which not in ANDON_TOPICS:
+        raise WireError("bad_topic", f"unknown andon topic {which!r}; expected one of "
+                                     f"{ANDON_TOPICS}")
+    parts = [_check_segment(n, v) for n, v in (("site", site), ("line", line))]
+    return "/".join([ANDON_ROOT, *parts, which])
+
+
+class AndonTicket(_Strict):
+    """One ticket that is not resolved, as a line's andon shows it."""
+
+    id: Annotated[int, Field(ge=1)]
+    kind: TicketKind
+    status: Literal["open", "acknowledged"]
+    asset: Name
+    opened_at: datetime
+
+    _utc_opened = field_validator("opened_at")(_utc)
+
+
+class AndonState(_Strict):
+    """What a line's signal tower shows now: published retained, QoS 1, on
+    ``andon_topic(site, line, "state")`` after every change of the line's tickets, so a
+    tower that connects gets the current state at once.
+
+    ``level``: ``alarm`` while a maintenance ticket is open and nobody acknowledged it,
+    ``warning`` while any other ticket is not resolved, ``ok`` otherwise. ``open`` counts
+    the line's tickets that are not resolved; ``tickets`` lists them (the newest
+    ``MAX_ANDON_TICKETS``).
+    """
+
+    schema_: Literal[1] = Field(alias="schema")
+    site: Name
+    line: Name
+    ts: datetime
+    level: AndonLevel
+    open: Annotated[int, Field(ge=0)]
+    tickets: Annotated[list[AndonTicket], Field(max_length=MAX_ANDON_TICKETS)]
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    _utc_ts = field_validator("ts")(_utc)
+
+
+class AndonEvent(_Strict):
+    """One change of an incident on a line, published QoS 1 (not retained) on
+    ``andon_topic(site, line, "events")``: a ticket opened, escalated, reclassified,
+    acknowledged, resolved or reopened. ``incident`` is the same for every event of one
+    ticket; ``event_at`` is when it happened (plant time), ``ts`` when it was published.
+    Incidents already past when the aggregator received them publish no event (the state
+    still shows their tickets)."""
+
+    schema_: Literal[1] = Field(alias="schema")
+    site: Name
+    line: Name
+    ts: datetime
+    incident: Annotated[str, Field(min_length=1, max_length=64)]
+    ticket: Annotated[int, Field(ge=1)]
+    event: Literal["opened", "escalated", "reclassified", "acknowledged", "resolved",
+                   "reopened"]
+    kind: TicketKind
+    asset: Name
+    status: Literal["open", "acknowledged", "resolved"]
+    level: AndonLevel
+    event_at: datetime
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    _utc_ts = field_validator("ts", "event_at")(_utc)
+
+
+def decode_andon_state(raw: bytes) -> AndonState:
+    """Parse and validate a line's andon state.
+
+    >>> s = AndonState(schema_=SCHEMA, site="p1", line="l3", ts=datetime(2026, 1, 1,
+    ...                tzinfo=UTC), level="ok", open=0, tickets=[])
+    >>> decode_andon_state(encode(s)) == s
+    True
+    """
+    return _decode(AndonState, raw)  # type: ignore[return-value]
+
+
+def decode_andon_event(raw: bytes) -> AndonEvent:
+    """Parse and validate an andon event."""
+    return _decode(AndonEvent, raw)  # type: ignore[return-value]
+
+
+def encode(message: Envelope | Status | Delivery | AndonState | AndonEvent) -> bytes:
     """Serialize to compact UTF-8 JSON; refuses to produce an oversized payload."""
     raw = message.model_dump_json(by_alias=True, exclude_none=False).encode()
     if len(raw) > MAX_PAYLOAD_BYTES:

@@ -25,7 +25,9 @@ from aggregator.api.routes import (
     drift,
     failures,
     health,
+    metrics,
     model_health,
+    notifications,
     tickets,
     tokens,
 )
@@ -40,6 +42,9 @@ from aggregator.errors import (
     UnavailableError,
 )
 from aggregator.ingest import Ingestor
+from aggregator.metrics import Metrics
+from aggregator.notify import intents as notify
+from aggregator.notify.worker import Notifier
 from aggregator.reactions import standard as standard_reactions
 from aggregator.series import open_series
 from aggregator.settings import Settings
@@ -69,10 +74,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             broker.start()
             stack.callback(broker.stop)
         # What follows every stored batch, in order: agent registry, maintenance rule, ...
-        ingestor = Ingestor(
-            series, open_sessions(engine), settings, reactions=standard_reactions(settings)
-        )
+        sessions = open_sessions(engine)
+        ingestor = Ingestor(series, sessions, settings, reactions=standard_reactions(settings))
         subscriber = Subscriber(settings, ingestor)
+        # Sends the notification outbox; the andon publishes on the subscriber's client.
+        notifier = Notifier(settings, sessions, subscriber.confirmer.client)
+        notify.install(sessions, notify.policy(settings), notifier.wake)
+        notifier.start()
+        stack.callback(notifier.stop)
         subscriber.start()
         stack.callback(subscriber.stop)
 
@@ -83,6 +92,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.session_factory = ingestor.session_factory
         app.state.ingestor = ingestor
         app.state.subscriber = subscriber
+        app.state.notifier = notifier
+        app.state.metrics = Metrics(ingestor, subscriber, notifier, engine)
         logger.info(
             "aggregator up: broker %s:%d%s, series %s, db %s",
             *settings.mqtt[:2], " (embedded)" if settings.mqtt_url is None else "",
@@ -139,6 +150,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(model_health.router)
     app.include_router(tokens.router)
     app.include_router(docs.router)
+    app.include_router(notifications.router)
+    app.include_router(metrics.router)
     app.mount(docs.STATIC_PREFIX, StaticFiles(directory=STATIC_DIR), name="static")
     app.add_exception_handler(TicketNotFoundError, _not_found)
     app.add_exception_handler(TicketStateError, _conflict)

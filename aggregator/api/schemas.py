@@ -49,6 +49,7 @@ __all__ = [
     "MqttHealthOut",
     "NoteIn",
     "NoteOut",
+    "NotificationAttemptOut",
     "OtherOutcomeIn",
     "ReopenIn",
     "ResolveIn",
@@ -686,3 +687,24 @@ class HealthFiguresOut(_Out):
         default_factory=list, description="how each model version ran: agents reporting "
         "and their completeness, inference time, scores against the card's reference, drift "
         "and data-quality findings (``aggregator.operations`` says how each is made)")
+
+
+class NotificationAttemptOut(_Out):
+    """One entry of the notification delivery log: an attempt to send a notification to
+    a target, or a notification recorded and not sent."""
+
+    id: int
+    notification_id: int
+    target: str = Field(description="the target's name (`andon`: the MQTT andon); never "
+                        "its URL")
+    ticket_id: int
+    event: str = Field(description="opened, escalated, reclassified, acknowledged, "
+                       "resolved, reopened")
+    attempt: int = Field(description="1 for the first attempt; 0 for a notification not "
+                         "sent")
+    status: str = Field(description="sent; error (another attempt follows); failed (given "
+                        "up); suppressed: past incident")
+    error: str | None = Field(description="why it failed, in our words (an HTTP status, a "
+                              "timeout), or why it was not sent")
+    started_at: datetime
+    finished_at: datetime

@@ -82,6 +82,8 @@ ROUTES: dict[tuple[str, str], str | None] = {
     ("GET", "/tokens"): "admin",
     ("POST", "/tokens"): "admin",
     ("DELETE", "/tokens/{token_id}"): "admin",
+    ("GET", "/notifications"): "read",
+    ("GET", "/metrics"): "read",
 }
 # The web pages (aggregator/web): a session cookie, not the Authorization header, with the
 # same scopes (None: public). Tested in test_web.py: without a session they redirect to

@@ -141,3 +141,16 @@ def test_topic_round_trip() -> None:
     for bad in ["linewatch/v2/a/b/c/health", "linewatch/v1/a/b/health", "linewatch/v1/a/b/c/x"]:
         with pytest.raises(wire.WireError):
             wire.parse_topic(bad)
+
+
+def test_golden_andon_state_and_event_round_trip() -> None:
+    raw = (HERE / "andon_v1_state.json").read_bytes()
+    state = wire.decode_andon_state(raw)
+    assert (state.level, state.open, [t.id for t in state.tickets]) == ("alarm", 2, [42, 40])
+    assert json.loads(wire.encode(state)) == json.loads(raw)
+    raw = (HERE / "andon_v1_event.json").read_bytes()
+    event = wire.decode_andon_event(raw)
+    assert (event.incident, event.event, event.level) == ("linewatch:plant1:ticket-42",
+                                                          "opened", "alarm")
+    assert json.loads(wire.encode(event)) == json.loads(raw)
+    assert wire.andon_topic("plant1", "line3", "state") == "linewatch/andon/v1/plant1/line3/state"
