@@ -21,7 +21,7 @@ from typing import cast
 
 import numpy as np
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, ReplaySourceConfig
 from agent.delivery import Confirmation
 from agent.estimate import PerformanceEstimator
 from agent.features import FeatureExtractor
@@ -34,7 +34,8 @@ from agent.monitors.score import ScoreMonitor
 from agent.outbox import Outbox
 from agent.position import PositionStore, differences
 from agent.publisher import Publisher
-from agent.sources import Reading, Resumable, open_source
+from agent.sources import Live, Reading, Resumable, open_source
+from agent.sources.config import TableSourceConfig
 from agent.windows import Windower, Windows
 from contract import wire
 
@@ -146,7 +147,7 @@ class Agent:
         self.config = config
         self.model = OnnxModel(config.model.dir)
         card = self.model.card
-        self.source = open_source(config.source, card)
+        self.source = open_source(config.source, card, agent_id=config.agent.id)
         self.windower = Windower(card.window.size, card.window.hop, len(card.channel_names))
         self.extractor = FeatureExtractor(card.features, card.channel_names)
         self.calibration = self._calibrate()
@@ -225,7 +226,8 @@ class Agent:
         that start at once, so a run killed before its first save resumes with the same
         plant times. Returns the ticks of the pass already done."""
         source, cfg = self.source, self.config.source
-        if not isinstance(source, Resumable):
+        if not isinstance(source, Resumable) or not isinstance(
+                cfg, ReplaySourceConfig | TableSourceConfig):
             return 0
         saved = self.positions.load()
         current = source.fingerprint()
@@ -333,6 +335,8 @@ class Agent:
 
     def _events(self) -> None:
         quality: list[Event] = self.quality.events()
+        if isinstance(self.source, Live):
+            quality += self.source.events()
         drift = self.envelope.events()
         if self.score_monitor is not None:
             drift += self.score_monitor.events()
@@ -357,15 +361,20 @@ class Agent:
         self.batcher.add("health", [wire.Health(
             at=datetime.now(UTC), windows_scored=self.progress.windows_scored,
             outbox_depth=self.outbox.depth, outbox_dropped=self.outbox.dropped,
-            rejected_readings=self.quality.rejected_readings, inference_ms_median=median,
+            rejected_readings=self._rejected(), inference_ms_median=median,
             monitoring=self.calibration.report,
             estimate=self.estimator.estimate(),
             undeliverable=self.outbox.undeliverable(tell=True) or None,
         )])
 
+    def _rejected(self) -> int:
+        """Readings the quality checks skipped, and input a live source dropped."""
+        dropped = self.source.rejected if isinstance(self.source, Live) else 0
+        return self.quality.rejected_readings + dropped
+
     def _update_progress(self) -> None:
         p = self.progress
-        p.rejected_readings = self.quality.rejected_readings
+        p.rejected_readings = self._rejected()
         p.outbox_depth = self.outbox.depth
         p.published = self.publisher.published
         p.confirmed = self.publisher.confirmed
@@ -429,6 +438,8 @@ class Agent:
                                waiting)
             return RunReport(self.progress, drained, self._scored)
         finally:
+            if isinstance(self.source, Live):
+                self.source.close()
             self.publisher.close()
             self.outbox.close()
             self.positions.close()
