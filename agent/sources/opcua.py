@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 from asyncua import ua
-from asyncua.client import Client
+from asyncua.client.client import Client
 from asyncua.common.node import Node
 from asyncua.common.subscription import DataChangeNotif
 from asyncua.ua.uaerrors import UaError
@@ -94,6 +94,11 @@ class OpcUaSource:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
+        quiet = logging.getLogger("asyncua")
+        if quiet.level == logging.NOTSET:
+            # asyncua logs every request at INFO and every failed reconnect at WARNING; this
+            # module says what an operator needs, once.
+            quiet.setLevel(logging.ERROR)
 
     # --- the source ----------------------------------------------------------------------
 
@@ -140,7 +145,8 @@ class OpcUaSource:
     def readings(self, batch: Sequence[tuple[str, Any, float]]) -> list[Reading]:
         """Samples from (node id, value, time) notifications, per asset in time order."""
         parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-        for node_id, value, at in batch:
+        # A notification batch holds values node after node: assemble them in time order.
+        for node_id, value, at in sorted(batch, key=lambda item: item[2]):
             self.received += 1
             node = self._by_id[node_id]
             for asset, ts, values in self._samples.add(node.asset, node.channel,
