@@ -221,7 +221,9 @@ class QualityMonitor:
         end = len(before) + seen
         enough = end >= 8
         # The median is at least the shortest interval: most steps need no median.
-        if enough.any() and len(seq):
+        # No step above gap_factor times the shortest interval anywhere: no gap (the usual
+        # case, settled without the per-step windows).
+        if enough.any() and len(seq) and steps.max() > self.gap_factor * seq.min():
             lo = np.maximum(end - 16, 0)
             cum_min = _window_min(seq, 16)  # cum_min[k]: min of seq[max(0, k-15):k+1]
             shortest = np.where(enough, cum_min[np.maximum(end - 1, 0)], np.inf)
