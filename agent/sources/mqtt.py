@@ -150,6 +150,7 @@ class MqttSource:
             self._missing("missing_channel", f"{asset} sent no {c} for a sample")))
         self._queue: queue.Queue[tuple[str, bytes, float]] = queue.Queue(_QUEUE)
         self._closed = threading.Event()
+        self.subscribed = threading.Event()  # the broker accepted every input subscription
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                    clean_session=False, protocol=mqtt.MQTTv311)
         if config.username:
@@ -177,6 +178,7 @@ class MqttSource:
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
                        reason_code: ReasonCode, properties: Properties | None) -> None:
+        self.subscribed.clear()
         self.link.disconnected(flags, reason_code)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
@@ -186,6 +188,8 @@ class MqttSource:
             logger.error("broker %s refused the input subscription (%s): no readings will "
                          "arrive on %s; check the broker's ACL", self.link.broker,
                          ", ".join(refused), ", ".join(p.filter for p, _ in self._topics))
+        else:
+            self.subscribed.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         item = (msg.topic, bytes(msg.payload), time.time())
@@ -273,7 +277,7 @@ class MqttSource:
             raise _Bad("oversized", f"{len(payload)} bytes (limit {self.config.max_payload})",
                        asset)
         try:
-            data = json.loads(payload)
+            data = json.loads(payload.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise _Bad("not_json", f"not JSON: {exc}", asset) from exc
         if config.asset_field is not None:
