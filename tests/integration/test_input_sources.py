@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -16,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
+from opcua_server import OpcUaTestServer
 from paho.mqtt.enums import CallbackAPIVersion
-from servers import free_port
 
 from agent import config as agent_config
 from agent.pipeline import Agent
@@ -90,7 +88,8 @@ def test_mqtt_input_flows_and_garbage_is_counted_while_other_assets_keep_flowing
             if i < len(garbage):
                 send("press-2", garbage[i])
             elif i == 5:
-                send("press-2", good("press-2", i).replace('"air": 298.1', '"air": NaN'))  # a NaN value
+                # A NaN value (Python's json reads the literal NaN).
+                send("press-2", good("press-2", i).replace('"air": 298.1', '"air": NaN'))
             elif i == 6:
                 send("press-2", good("press-2", i, torque="high"))            # wrong type
             else:
@@ -119,30 +118,15 @@ def test_mqtt_input_flows_and_garbage_is_counted_while_other_assets_keep_flowing
     assert agent.progress.events_sent >= 2 * 4
 
 
-def _opcua_server(port: int, assets: list[str]) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "opcua_server.py"), str(port), ",".join(assets),
-         ",".join(CARD.channel_names)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    return proc
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    proc.kill()
-    proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
-
-
 def test_opcua_values_flow_into_windows_and_again_after_the_server_restarts() -> None:
-    port = free_port()
     assets = ["mill-1", "mill-2"]
+    server = OpcUaTestServer(assets, CARD.channel_names)
     config = OpcUaSourceConfig(
-        type="opcua", url=f"opc.tcp://127.0.0.1:{port}/linewatch", retry_max_s=1,
+        type="opcua", url=server.url, retry_max_s=1,
         publishing_interval_ms=50, timestamp="source",
         nodes=[{"node": f"ns=2;s={a}.{c}", "asset": a, "channel": c}
                for a in assets for c in CARD.channel_names])
-    server = _opcua_server(port, assets)
+    server.start()
     source = OpcUaSource(config, CARD)
     windower = Windower(3, 1, len(CARD.channel_names))
     windows: dict[str, list[np.ndarray]] = {a: [] for a in assets}
@@ -156,9 +140,9 @@ def test_opcua_values_flow_into_windows_and_again_after_the_server_restarts() ->
                     windows[r.asset].extend(w.values)
                     stamps[phase].extend(w.end.tolist())
             if phase == "first" and min(len(v) for v in windows.values()) >= 5:
-                _stop(server)
+                server.stop()
                 _until(lambda: not source.connected)
-                server = _opcua_server(port, assets)
+                server.start()
                 phase = "again"
                 counted = {a: len(v) for a, v in windows.items()}
             elif phase == "again" and all(len(windows[a]) >= counted[a] + 5 for a in assets):
@@ -166,7 +150,7 @@ def test_opcua_values_flow_into_windows_and_again_after_the_server_restarts() ->
             assert time.monotonic() - began < 60, "no values after the restart"
     finally:
         source.close()
-        _stop(server)
+        server.close()
     assert source.connects == 2
     for a in assets:
         for w in windows[a]:
