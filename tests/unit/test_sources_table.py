@@ -84,7 +84,7 @@ def test_a_folder_of_csv_files_with_several_assets_and_bad_cells(tmp_path: Path,
 
 
 def test_parquet_with_a_fixed_asset_and_a_period(tmp_path: Path) -> None:
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = tmp_path / "line.parquet"
@@ -98,7 +98,7 @@ def test_parquet_with_a_fixed_asset_and_a_period(tmp_path: Path) -> None:
 
 
 def test_parquet_timestamps_and_one_file_per_asset(tmp_path: Path) -> None:
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     for name, base in (("mill-a", 0), ("mill-b", 100)):
