@@ -280,6 +280,9 @@ class MqttSource:
             data = json.loads(payload.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise _Bad("not_json", f"not JSON: {exc}", asset) from exc
+        fields = config.channels is not None or config.time is not None or config.asset_field
+        if fields and not isinstance(data, dict):
+            raise _Bad("bad_payload", "the payload is not a JSON object", asset)
         if config.asset_field is not None:
             raw = dig(data, config.asset_field)
             if raw is _MISSING or not isinstance(raw, str | int) or isinstance(raw, bool):
@@ -291,8 +294,6 @@ class MqttSource:
             raise _Bad("unknown_asset", f"asset {asset!r} is not in source.assets", None)
         t0 = self._time(data, config, arrived, asset)
         if config.channels is not None:
-            if not isinstance(data, dict):
-                raise _Bad("bad_payload", "the payload is not a JSON object", asset)
             raw_values = {c: dig(data, path) for c, path in config.channels.items()}
             if all(v is _MISSING for v in raw_values.values()):
                 raise _Bad("missing_field", f"none of the fields "
