@@ -44,7 +44,7 @@ from agent.sources.config import (
 )
 from contract.card import ModelCard
 
-__all__ = ["files_of", "preset", "read_table"]
+__all__ = ["files_of", "parse_time", "preset", "read_table"]
 
 logger = logging.getLogger(__name__)
 

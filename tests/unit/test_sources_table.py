@@ -170,3 +170,24 @@ def test_a_table_replay_resumes_and_knows_its_files(tmp_path: Path) -> None:
     assert [r.t.tolist() for tick in again.ticks() for r in tick] == first[3:]
     (tmp_path / "b.csv").write_text("ts,machine,T [F],rpm\n2026-01-01 00:01:00,q,1,1\n")
     assert ReplaySource(cfg, CARD2).fingerprint() != src.fingerprint()
+
+
+def test_the_example_configs_load_and_the_table_example_is_the_ai4i_preset(
+        monkeypatch) -> None:
+    from agent.sources import open_source
+
+    monkeypatch.chdir(ROOT)  # the examples' paths are relative to the checkout
+
+    configs = {k: agent_config.load(ROOT / "configs" / f"agent.{k}.example.yaml")
+               for k in ("table", "mqtt", "opcua")}
+    assert {k: c.source.type for k, c in configs.items()} == {
+        "table": "table", "mqtt": "mqtt", "opcua": "opcua"}
+    for c in configs.values():
+        source = open_source(c.source, AI4I_CARD, agent_id=c.agent.id)
+        assert list(source.channels) == AI4I_CARD.channel_names
+    table = configs["table"].source.table
+    want = read_table(DATA / "ai4i2020" / "ai4i2020.csv", preset("ai4i"), AI4I_CARD)
+    got = read_table(ROOT / configs["table"].source.path, table, AI4I_CARD)
+    assert [r.asset for r in got] == [r.asset for r in want] == ["mill"]
+    np.testing.assert_array_equal(got[0].values, want[0].values)
+    np.testing.assert_array_equal(got[0].t, want[0].t)
