@@ -96,7 +96,8 @@ def _todo(exc: BaseException, config: Path) -> str:
         return (f"check model.dir in {config}: a model directory holds model.onnx and card.json "
                 "as 'linewatch train' writes them")
     if isinstance(exc, SourceError):
-        return f"check source.path and source.format in {config}"
+        return (f"check source.path and source.format in {config} (for a table, mqtt or "
+                "opcua source: its mapping, named above)")
     if isinstance(exc, OutboxError):
         return f"set outbox.path in {config} to a file in a writable directory"
     return f"check the paths in {config} (model.dir, source.path, outbox.path)"

@@ -9,13 +9,22 @@ from __future__ import annotations
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+)
 
 from agent.errors import ConfigError
+from agent.sources.config import MqttSourceConfig, OpcUaSourceConfig, TableSourceConfig
 
 __all__ = [
     "AgentConfig",
@@ -28,6 +37,7 @@ __all__ = [
     "OutboxConfig",
     "PublishConfig",
     "ReplaySourceConfig",
+    "SourceConfig",
     "load",
     "parse",
 ]
@@ -67,6 +77,23 @@ class ReplaySourceConfig(_Config):
         True, description="after a restart, continue where the last run stopped (the "
         "position is kept in the outbox file); false: replay from the beginning"
     )
+
+
+def _source_type(data: Any) -> str:
+    # A source without `type:` is a replay, as it always was.
+    value = data.get("type", "replay") if isinstance(data, dict) else getattr(data, "type", None)
+    return value if isinstance(value, str) else "replay"
+
+
+SourceConfig = Annotated[
+    Annotated[ReplaySourceConfig, Tag("replay")]
+    | Annotated[TableSourceConfig, Tag("table")]
+    | Annotated[MqttSourceConfig, Tag("mqtt")]
+    | Annotated[OpcUaSourceConfig, Tag("opcua")],
+    Discriminator(_source_type, custom_error_type="source_type",
+                  custom_error_message="type must be replay, table, mqtt or opcua"),
+]
+_SOURCE_TAGS = ("replay", "table", "mqtt", "opcua")
 
 
 class MqttConfig(_Config):
@@ -171,7 +198,7 @@ class EstimateConfig(_Config):
 class AgentConfig(_Config):
     agent: AgentIdConfig
     model: ModelConfig
-    source: ReplaySourceConfig
+    source: SourceConfig
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
@@ -188,12 +215,18 @@ def parse(data: object, *, base: Path | None = None) -> AgentConfig:
     try:
         config = AgentConfig.model_validate(data)
     except ValidationError as exc:
-        errors = [
-            (".".join(str(p) for p in e["loc"]), e.get("input"), e["msg"]) for e in exc.errors()
-        ]
+        errors = [(".".join(str(p) for p in _loc(e["loc"])), e.get("input"), e["msg"])
+                  for e in exc.errors()]
         lines = "\n".join(f"  {k}: {m} (got {v!r})" for k, v, m in errors)
         raise ConfigError(f"invalid agent configuration:\n{lines}", errors) from exc
     return _rebase(config, base) if base else config
+
+
+def _loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """The key path as the user wrote it: without the source type pydantic puts in."""
+    if len(loc) > 1 and loc[0] == "source" and loc[1] in _SOURCE_TAGS:
+        return loc[:1] + loc[2:]
+    return loc
 
 
 def _rebase(config: AgentConfig, base: Path) -> AgentConfig:
@@ -203,7 +236,9 @@ def _rebase(config: AgentConfig, base: Path) -> AgentConfig:
     return config.model_copy(
         update={
             "model": config.model.model_copy(update={"dir": fix(config.model.dir)}),
-            "source": config.source.model_copy(update={"path": fix(config.source.path)}),
+            "source": config.source.model_copy(update={"path": fix(config.source.path)})
+            if isinstance(config.source, ReplaySourceConfig | TableSourceConfig)
+            else config.source,
             "outbox": config.outbox.model_copy(update={"path": fix(config.outbox.path)}),
         }
     )

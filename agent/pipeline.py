@@ -21,7 +21,7 @@ from typing import cast
 
 import numpy as np
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, ReplaySourceConfig
 from agent.delivery import Confirmation
 from agent.estimate import PerformanceEstimator
 from agent.features import FeatureExtractor
@@ -34,7 +34,8 @@ from agent.monitors.score import ScoreMonitor
 from agent.outbox import Outbox
 from agent.position import PositionStore, differences
 from agent.publisher import Publisher
-from agent.sources import Reading, Resumable, open_source
+from agent.sources import Live, Reading, Resumable, open_source
+from agent.sources.config import TableSourceConfig
 from agent.windows import Windower, Windows
 from contract import wire
 
@@ -146,7 +147,7 @@ class Agent:
         self.config = config
         self.model = OnnxModel(config.model.dir)
         card = self.model.card
-        self.source = open_source(config.source, card)
+        self.source = open_source(config.source, card, agent_id=config.agent.id)
         self.windower = Windower(card.window.size, card.window.hop, len(card.channel_names))
         self.extractor = FeatureExtractor(card.features, card.channel_names)
         self.calibration = self._calibrate()
@@ -156,10 +157,12 @@ class Agent:
         self.envelope = EnvelopeMonitor.from_card(card, cal.envelope, cal.allowance)
         self.score_monitor = None if cal.score is None else ScoreMonitor(*cal.score)
         self.threshold = card.threshold.value
-        horizon = card.output.horizon
+        # The card's horizon in plant seconds, where the source says what a time unit of
+        # the data is (file replays); live sources leave the aggregator's check without it.
+        horizon, step = card.output.horizon, getattr(config.source, "step_s", None)
         self.estimator = PerformanceEstimator(
             card, window=config.estimate.window, draws=config.estimate.draws,
-            horizon_s=None if horizon is None else horizon * config.source.step_s)
+            horizon_s=None if horizon is None or step is None else horizon * float(step))
         self.model_ref = wire.ModelRef(
             name=card.name, version=card.version, sha256=card.sha256.model,
             threshold=self.threshold,
@@ -227,7 +230,8 @@ class Agent:
         that start at once, so a run killed before its first save resumes with the same
         plant times. Returns the ticks of the pass already done."""
         source, cfg = self.source, self.config.source
-        if not isinstance(source, Resumable):
+        if not isinstance(source, Resumable) or not isinstance(
+                cfg, ReplaySourceConfig | TableSourceConfig):
             return 0
         saved = self.positions.load()
         current = source.fingerprint()
@@ -335,6 +339,8 @@ class Agent:
 
     def _events(self) -> None:
         quality: list[Event] = self.quality.events()
+        if isinstance(self.source, Live):
+            quality += self.source.events()
         drift = self.envelope.events()
         if self.score_monitor is not None:
             drift += self.score_monitor.events()
@@ -359,15 +365,20 @@ class Agent:
         self.batcher.add("health", [wire.Health(
             at=datetime.now(UTC), windows_scored=self.progress.windows_scored,
             outbox_depth=self.outbox.depth, outbox_dropped=self.outbox.dropped,
-            rejected_readings=self.quality.rejected_readings, inference_ms_median=median,
+            rejected_readings=self._rejected(), inference_ms_median=median,
             monitoring=self.calibration.report,
             estimate=self.estimator.estimate(),
             undeliverable=self.outbox.undeliverable(tell=True) or None,
         )])
 
+    def _rejected(self) -> int:
+        """Readings the quality checks skipped, and input a live source dropped."""
+        dropped = self.source.rejected if isinstance(self.source, Live) else 0
+        return self.quality.rejected_readings + dropped
+
     def _update_progress(self) -> None:
         p = self.progress
-        p.rejected_readings = self.quality.rejected_readings
+        p.rejected_readings = self._rejected()
         p.outbox_depth = self.outbox.depth
         p.published = self.publisher.published
         p.confirmed = self.publisher.confirmed
@@ -431,6 +442,8 @@ class Agent:
                                waiting)
             return RunReport(self.progress, drained, self._scored)
         finally:
+            if isinstance(self.source, Live):
+                self.source.close()
             self.publisher.close()
             self.outbox.close()
             self.positions.close()

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from agent.monitors import Event
 
@@ -49,6 +50,16 @@ class ChannelLimits:
     step_rearm: float = 0.0
     longest_run: int = 0
     unit: str = ""
+
+
+def _window_min(x: np.ndarray, w: int) -> np.ndarray:
+    """Minimum of each element and the ``w - 1`` before it (fewer at the start).
+
+    >>> _window_min(np.array([5.0, 3.0, 4.0, 6.0, 7.0]), 2).tolist()
+    [5.0, 3.0, 3.0, 4.0, 6.0]
+    """
+    padded = np.r_[np.full(w - 1, np.inf), x]
+    return np.asarray(sliding_window_view(padded, w).min(axis=1))
 
 
 class QualityMonitor:
@@ -195,20 +206,36 @@ class QualityMonitor:
             self._end(asset, channel, detector, float(t[0]), f"{channel} reads valid values again")
 
     def _check_gaps(self, asset: str, t: np.ndarray) -> None:
+        """A gap: an interval more than ``gap_factor`` times the median of the asset's 16
+        positive intervals before it (once there are 8). Whole-array: a block of 20,000
+        vibration samples costs a few array operations, not 20,000 Python steps."""
         last = self._last_t.get(asset)
         steps = np.diff(np.r_[t[0] if last is None else last, t])
         recent = self._intervals.setdefault(asset, deque(maxlen=16))
-        for i, dt in enumerate(steps.tolist()):
-            # The median is at least the shortest interval: most samples need no median.
-            if len(recent) >= 8 and dt > self.gap_factor * min(recent):
-                usual = float(np.median(recent))
+        before = np.fromiter(recent, dtype=np.float64, count=len(recent))
+        positive = steps[steps > 0]
+        # Every interval, oldest first; step i is judged against the (at most) 16 positive
+        # intervals before it: those before it in `seq` end at `known + seen[i]`.
+        seq = np.r_[before, positive]
+        seen = np.cumsum(steps > 0) - (steps > 0)
+        end = len(before) + seen
+        enough = end >= 8
+        # The median is at least the shortest interval: most steps need no median.
+        # No step above gap_factor times the shortest interval anywhere: no gap (the usual
+        # case, settled without the per-step windows).
+        if enough.any() and len(seq) and steps.max() > self.gap_factor * seq.min():
+            lo = np.maximum(end - 16, 0)
+            cum_min = _window_min(seq, 16)  # cum_min[k]: min of seq[max(0, k-15):k+1]
+            shortest = np.where(enough, cum_min[np.maximum(end - 1, 0)], np.inf)
+            for i in np.flatnonzero(steps > self.gap_factor * shortest).tolist():
+                dt = float(steps[i])
+                usual = float(np.median(seq[lo[i]:end[i]]))
                 if usual > 0 and dt > self.gap_factor * usual:
                     self._pending.append(Event(
                         asset, float(t[i]), "samples", "gap", dt,
                         f"no samples for {dt:.6g} s (usually every {usual:.6g} s)",
                         signal="asset", since_s=float(t[i] - dt)))
-            if dt > 0:
-                recent.append(dt)
+        recent.extend(positive[-16:].tolist())
         self._last_t[asset] = float(t[-1])
 
     def _check_stuck(self, asset: str, t: np.ndarray, x: np.ndarray) -> None:

@@ -1,23 +1,29 @@
 """Where readings come from: a `Source` yields ticks, each a list of per-asset readings.
 
-Sources are chosen by the config's ``type:``. Today: ``replay`` (recorded files); MQTT input
-and OPC UA follow the same protocol. A source that can be resumed after a restart (a replay;
-not live input, which simply goes on) is also a `Resumable`.
+Sources are chosen by the config's ``type:``: ``replay`` (the shipped data sets' formats),
+``table`` (a plant's CSV or Parquet files through a column mapping, ``agent.sources.table``),
+``mqtt`` (JSON published by sensors or a PLC bridge, ``agent.sources.mqtt``) and ``opcua``
+(``agent.sources.opcua``). A source that can be resumed after a restart (a replay; not live
+input, which simply goes on) is also a `Resumable`; a live source is also a `Live`: it
+counts and reports the input it had to drop, and is closed when the agent stops.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from agent.config import ReplaySourceConfig
+from agent.monitors import Event
 from agent.position import Position
 from contract.card import ModelCard
 
-__all__ = ["Reading", "Resumable", "Source", "open_source"]
+if TYPE_CHECKING:
+    from agent.config import SourceConfig
+
+__all__ = ["Live", "Reading", "Resumable", "Source", "open_source"]
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,38 @@ class Resumable(Protocol):
         ...
 
 
-def open_source(config: ReplaySourceConfig, card: ModelCard) -> Source:
+@runtime_checkable
+class Live(Protocol):
+    """A source fed by the plant as it runs: its ``ticks()`` never end by themselves (they
+    come at least every few tenths of a second, empty when nothing arrived, so the agent
+    keeps flushing and can stop), and bad input is its own to count."""
+
+    @property
+    def rejected(self) -> int:
+        """Messages or values dropped before they became readings (counted in health's
+        ``rejected_readings``)."""
+        ...
+
+    def events(self) -> list[Event]:
+        """Input-quality conditions started or ended since the last call."""
+        ...
+
+    def close(self) -> None:
+        """Disconnect; ``ticks()`` ends."""
+        ...
+
+
+def open_source(config: SourceConfig, card: ModelCard, *, agent_id: str = "agent") -> Source:
+    """The source ``config`` describes, for a model with ``card``'s channels."""
+    if config.type == "mqtt":
+        from agent.sources.mqtt import MqttSource
+
+        return MqttSource(config, card, client_id=config.client_id
+                          or f"linewatch-input-{agent_id}")
+    if config.type == "opcua":
+        from agent.sources.opcua import OpcUaSource
+
+        return OpcUaSource(config, card)
     from agent.sources.replay import ReplaySource
 
     return ReplaySource(config, card)

@@ -1,8 +1,15 @@
-"""Replay recorded files as if the machines were running now."""
+"""Replay recorded files as if the machines were running now.
+
+What is replayed: a plant's CSV or Parquet files through its column mapping
+(``type: table``, ``agent.sources.table``), or a shipped data set's format (``type: replay``
+with ``format:``, or the model card's): C-MAPSS and AI4I are shorthands for their mappings,
+IMS snapshots have their own reader (``agent.datasets``).
+"""
 
 from __future__ import annotations
 
 import bisect
+import glob
 import hashlib
 import logging
 import os
@@ -19,6 +26,8 @@ from agent.datasets import Recording, read_recordings
 from agent.errors import SourceError
 from agent.position import Position
 from agent.sources import Reading
+from agent.sources.config import TableSourceConfig
+from agent.sources.table import files_of, preset, read_table
 from contract.card import ModelCard
 
 __all__ = ["ReplaySource"]
@@ -37,14 +46,21 @@ class ReplaySource:
     times the first run gave, and ``warmup()`` hands over the samples just before it.
     """
 
-    def __init__(self, config: ReplaySourceConfig, card: ModelCard) -> None:
+    def __init__(self, config: ReplaySourceConfig | TableSourceConfig,
+                 card: ModelCard) -> None:
         self.config = config
         self.channels = card.channel_names
-        fmt = config.format or card.input.format
-        try:
-            recordings = read_recordings(config.path, fmt)
-        except (OSError, ValueError) as exc:
-            raise SourceError(f"cannot read {config.path} as {fmt}: {exc}") from exc
+        if isinstance(config, TableSourceConfig):
+            fmt: str | None = None
+            recordings = read_table(config.path, config.table, card)
+        else:
+            fmt = config.format or card.input.format
+            mapping = preset(fmt)
+            try:
+                recordings = (read_recordings(config.path, fmt) if mapping is None
+                              else read_table(config.path, mapping, card))
+            except (OSError, ValueError) as exc:
+                raise SourceError(f"cannot read {config.path} as {fmt}: {exc}") from exc
         if config.assets is not None:
             wanted = set(config.assets)
             unknown = wanted - {r.asset for r in recordings}
@@ -103,17 +119,19 @@ class ReplaySource:
         return {a: (idx, rs, np.cumsum([0] + [len(r.t) for r in rs]))
                 for a, (idx, rs) in found.items()}
 
-    def _identity(self, fmt: str) -> dict[str, Any]:
+    def _identity(self, fmt: str | None) -> dict[str, Any]:
         """What a saved position must match: the same data, replayed the same way.
 
         A file is known by its content (size and SHA-256: a copy, a checkout or a touch
         that leaves it as it was still matches); a directory of snapshots (IMS, often a GB)
-        by its files' number, total size and latest mtime."""
-        path = self.config.path.resolve()
+        or the files a glob matches by their number, total size and latest mtime."""
+        path = self.config.path if glob.has_magic(str(self.config.path)) \
+            else self.config.path.resolve()
         identity: dict[str, Any] = {"source": "replay", "path": str(path)}
         try:
-            if path.is_dir():
-                files = [e.stat() for e in os.scandir(path) if e.is_file()]
+            if path.is_dir() or glob.has_magic(str(path)):
+                files = ([e.stat() for e in os.scandir(path) if e.is_file()] if path.is_dir()
+                         else [p.stat() for p in files_of(path)])
                 identity |= {"files": len(files), "size": sum(s.st_size for s in files),
                              "mtime_ns": max((s.st_mtime_ns for s in files), default=0)}
             else:
@@ -125,7 +143,11 @@ class ReplaySource:
         except OSError as exc:
             raise SourceError(f"cannot read {path}: {exc}") from exc
         start = self.config.start
-        return identity | {"format": fmt, "assets": list(self.assets),
+        if isinstance(self.config, TableSourceConfig):
+            identity["table"] = self.config.table.model_dump(mode="json")
+        else:
+            identity["format"] = fmt
+        return identity | {"assets": list(self.assets),
                            "tick": self.config.tick, "step_s": self.config.step_s,
                            "start": None if start is None else start.timestamp()}
 
