@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Make sure the servers the integration tests start themselves are installed:
 #   mosquitto (Debian package `mosquitto`) and influxd (Debian package `influxdb`, 1.6).
+#   victoria-metrics (Debian package `victoria-metrics`): speaks InfluxDB's v2 write API, the
+#   server the InfluxDB 2/3 backend's write path is tested against.
 #
 # The tests never use a system-wide service: tests/servers.py runs its own copies on free
 # loopback ports. So the packages are installed WITHOUT letting their postinst start system
@@ -24,6 +26,7 @@ find_bin() {
 missing=()
 find_bin mosquitto >/dev/null || missing+=(mosquitto)
 find_bin influxd >/dev/null || missing+=(influxdb)
+find_bin victoria-metrics >/dev/null || missing+=(victoria-metrics)
 
 if [[ ${#missing[@]} -eq 0 ]]; then
     exit 0
@@ -31,12 +34,13 @@ fi
 
 if [[ $(id -u) -ne 0 ]]; then
     echo "ensure-servers: missing Debian package(s): ${missing[*]}" >&2
-    echo "ensure-servers: install them with: sudo apt-get install mosquitto influxdb" >&2
+    echo "ensure-servers: install them with: sudo apt-get install ${missing[*]}" >&2
     exit 1
 fi
 
 # Was an influxd already running before we installed anything? Then it is not ours to stop.
 influxd_before=$(pgrep -x influxd || true)
+vm_before=$(pidof victoria-metrics || true)  # pgrep -x matches 15 characters at most
 
 policy=/usr/sbin/policy-rc.d
 own_policy=0
@@ -66,6 +70,14 @@ if [[ -z $influxd_before ]]; then
     done
 fi
 
+if [[ -z $vm_before ]]; then
+    for pid in $(pidof victoria-metrics || true); do
+        echo "ensure-servers: stopping the system victoria-metrics the package started (pid $pid)" >&2
+        kill "$pid" || true
+    done
+fi
+
 find_bin mosquitto >/dev/null || { echo "ensure-servers: mosquitto still missing" >&2; exit 1; }
 find_bin influxd >/dev/null || { echo "ensure-servers: influxd still missing" >&2; exit 1; }
+find_bin victoria-metrics >/dev/null || { echo "ensure-servers: victoria-metrics still missing" >&2; exit 1; }
 echo "ensure-servers: ok" >&2
