@@ -95,7 +95,7 @@ class Influx2Store(Influx1Store):
     token
         API token, allowed to write ``bucket`` and read ``database``. Never logged.
     org
-        2.x organisation (name or ID); 3.x ignores it.
+        2.x organisation (name or ID), which 2.x needs; 3.x ignores it.
     database
         v1 database name the reads query; default ``bucket``.
     timeout_s
@@ -144,11 +144,9 @@ class Influx2Store(Influx1Store):
             # every point having an identity.
             allowed_methods=["POST"],
         )
-        # org=None is what the client itself defaults to (3.x needs none); its annotation
-        # says str.
-        no_org: Any = None
+        # The client sends org with every write and insists on one; 3.x ignores it.
         self._client = InfluxDBClient(
-            url=self.url, token=token, org=org or no_org, timeout=int(timeout_s * 1000),
+            url=self.url, token=token, org=org or "", timeout=int(timeout_s * 1000),
             enable_gzip=gzip, retries=retry,
         )
         self._writes = self._client.write_api(write_options=SYNCHRONOUS)
