@@ -136,6 +136,12 @@ class Settings(BaseSettings):
         description="File holding the InfluxDB 2.x/3.x API token (a mounted secret), "
         "instead of influx_token.",
     )
+    influx_write_retry_s: float = Field(
+        default=15.0, ge=0, le=600,
+        description="InfluxDB 2.x/3.x: how long one write request is retried, with "
+        "exponential backoff from a tenth of it (at most 1 s), before the ingestor is told "
+        "the store is down (it keeps the messages and retries the batch). 0: no retries.",
+    )
 
     # -- SQL ----------------------------------------------------------------------------
     db_url: str = Field(

@@ -313,6 +313,9 @@ def open_series(settings: Settings) -> SeriesStore:
             token=settings.influx_secret() or "",
             org=settings.influx_org,
             database=settings.influx_database,
+            retries=3 if settings.influx_write_retry_s > 0 else 0,
+            retry_interval_s=min(1.0, settings.influx_write_retry_s / 10),
+            max_retry_time_s=settings.influx_write_retry_s,
         )
     if settings.influx_url is not None:
         from aggregator.series.influx1 import Influx1Store
