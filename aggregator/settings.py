@@ -12,7 +12,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aggregator.notify.targets import TargetConfig
@@ -116,6 +116,36 @@ class Settings(BaseSettings):
     influx_password: str | None = Field(default=None, description="InfluxDB password.")
     series_path: Path = Field(
         default=Path("var/series.db"), description="File of the embedded SQLite series store."
+    )
+    influx_version: Literal["1", "2"] = Field(
+        default="1",
+        description="Which API influx_url speaks: 1 for InfluxDB 1.x (database created, "
+        "basic auth); 2 for InfluxDB 2.x or 3.x (v2 write API through influxdb-client, "
+        "token auth; reads in InfluxQL through the v1-compatible /query).",
+    )
+    influx_org: str | None = Field(
+        default=None, min_length=1,
+        description="InfluxDB 2.x organisation (name or ID) to write to; 3.x ignores it.",
+    )
+    influx_bucket: str | None = Field(
+        default=None, min_length=1,
+        description="InfluxDB 2.x bucket or 3.x database written to (it must exist); "
+        "default influx_database. Reads query influx_database through the v1 API: on 2.x "
+        "a DBRP mapping to the bucket (2.2 and later map each bucket to its own name).",
+    )
+    influx_token: SecretStr | None = Field(
+        default=None, description="InfluxDB 2.x/3.x API token (or influx_token_file)."
+    )
+    influx_token_file: Path | None = Field(
+        default=None,
+        description="File holding the InfluxDB 2.x/3.x API token (a mounted secret), "
+        "instead of influx_token.",
+    )
+    influx_write_retry_s: float = Field(
+        default=15.0, ge=0, le=600,
+        description="InfluxDB 2.x/3.x: how long one write request is retried, with "
+        "exponential backoff from a tenth of it (at most 1 s), before the ingestor is told "
+        "the store is down (it keeps the messages and retries the batch). 0: no retries.",
     )
 
     # -- SQL ----------------------------------------------------------------------------
@@ -336,7 +366,45 @@ class Settings(BaseSettings):
         if self.influx_url is not None:
             host = urllib.parse.urlsplit(self.influx_url).hostname or ""
             self._refuse_placeholder("influx_password", self.influx_password, host)
+        self._check_influx_token()
         return self
+
+    def _check_influx_token(self) -> None:
+        token_settings = [name for name in ("influx_token", "influx_token_file", "influx_org",
+                                            "influx_bucket") if getattr(self, name) is not None]
+        if self.influx_version == "1":
+            if token_settings:
+                names = ", ".join(f"LINEWATCH_{n.upper()}" for n in token_settings)
+                raise ValueError(f"{names}: for InfluxDB 2.x/3.x only; set "
+                                 "LINEWATCH_INFLUX_VERSION=2")
+            return
+        if self.influx_url is None:
+            raise ValueError("LINEWATCH_INFLUX_VERSION=2 needs LINEWATCH_INFLUX_URL")
+        if self.influx_username is not None:
+            raise ValueError("LINEWATCH_INFLUX_USERNAME: InfluxDB 2.x/3.x takes a token; set "
+                             "LINEWATCH_INFLUX_TOKEN or LINEWATCH_INFLUX_TOKEN_FILE instead")
+        if (self.influx_token is None) == (self.influx_token_file is None):
+            raise ValueError("LINEWATCH_INFLUX_VERSION=2 needs exactly one of "
+                             "LINEWATCH_INFLUX_TOKEN and LINEWATCH_INFLUX_TOKEN_FILE")
+        host = urllib.parse.urlsplit(self.influx_url).hostname or ""
+        self._refuse_placeholder("influx_token", self.influx_secret(), host)
+
+    def influx_secret(self) -> str | None:
+        """The InfluxDB 2.x/3.x token, from ``influx_token`` or the first line of
+        ``influx_token_file``; ValueError for a file that cannot be read or holds none."""
+        if self.influx_token is not None:
+            return self.influx_token.get_secret_value()
+        if self.influx_token_file is None:
+            return None
+        path = self.influx_token_file
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"LINEWATCH_INFLUX_TOKEN_FILE {str(path)!r}: cannot read it "
+                             f"({type(exc).__name__})") from None
+        if not lines or not lines[0].strip():
+            raise ValueError(f"LINEWATCH_INFLUX_TOKEN_FILE {str(path)!r} holds no token")
+        return lines[0].strip()
 
     @staticmethod
     def _refuse_placeholder(name: str, secret: str | None, host: str) -> None:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Make sure the servers the integration tests start themselves are installed:
 #   mosquitto (Debian package `mosquitto`) and influxd (Debian package `influxdb`, 1.6),
-#   and chromium (Debian package `chromium`) for the web pages' browser tests.
+#   chromium (Debian package `chromium`) for the web pages' browser tests, and
+#   victoria-metrics (Debian package `victoria-metrics`): speaks InfluxDB's v2 write API, the
+#   server the InfluxDB 2/3 backend's write path is tested against.
 #
 # The tests never use a system-wide service: tests/servers.py runs its own copies on free
 # loopback ports. So the packages are installed WITHOUT letting their postinst start system
@@ -27,6 +29,7 @@ find_bin mosquitto >/dev/null || missing+=(mosquitto)
 find_bin influxd >/dev/null || missing+=(influxdb)
 # The web pages' browser tests drive Debian's chromium (Playwright never downloads one).
 find_bin chromium >/dev/null || missing+=(chromium)
+find_bin victoria-metrics >/dev/null || missing+=(victoria-metrics)
 
 if [[ ${#missing[@]} -eq 0 ]]; then
     exit 0
@@ -40,6 +43,7 @@ fi
 
 # Was an influxd already running before we installed anything? Then it is not ours to stop.
 influxd_before=$(pgrep -x influxd || true)
+vm_before=$(pidof victoria-metrics || true)  # pgrep -x matches 15 characters at most
 
 policy=/usr/sbin/policy-rc.d
 own_policy=0
@@ -69,7 +73,15 @@ if [[ -z $influxd_before ]]; then
     done
 fi
 
+if [[ -z $vm_before ]]; then
+    for pid in $(pidof victoria-metrics || true); do
+        echo "ensure-servers: stopping the system victoria-metrics the package started (pid $pid)" >&2
+        kill "$pid" || true
+    done
+fi
+
 find_bin mosquitto >/dev/null || { echo "ensure-servers: mosquitto still missing" >&2; exit 1; }
 find_bin influxd >/dev/null || { echo "ensure-servers: influxd still missing" >&2; exit 1; }
 find_bin chromium >/dev/null || { echo "ensure-servers: chromium still missing" >&2; exit 1; }
+find_bin victoria-metrics >/dev/null || { echo "ensure-servers: victoria-metrics still missing" >&2; exit 1; }
 echo "ensure-servers: ok" >&2

@@ -9,6 +9,8 @@ Fixtures:
     influxd        session   the one ``InfluxServer`` of the run
     influxdb       function  ``InfluxDatabase(url, database, server)``, a fresh database
     postgres_url   session   SQLAlchemy URL of a fresh PostgreSQL database
+    victoria_metrics  function  a started, empty ``VictoriaMetricsServer`` (InfluxDB v2
+                   write API); stop()/start() freely
     fail_on_thread_exception  autouse: an exception escaping any thread fails the test
 """
 
@@ -33,9 +35,15 @@ import pytest
 if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 
-from servers import InfluxDatabase, InfluxServer, MosquittoServer, ServerError
+from servers import (
+    InfluxDatabase,
+    InfluxServer,
+    MosquittoServer,
+    ServerError,
+    VictoriaMetricsServer,
+)
 
-S = TypeVar("S", MosquittoServer, InfluxServer)
+S = TypeVar("S", MosquittoServer, InfluxServer, VictoriaMetricsServer)
 
 PG_ADMIN_URL_ENV = "LINEWATCH_TEST_PG_ADMIN_URL"
 PG_ADMIN_URL_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -148,3 +156,14 @@ def fail_on_thread_exception() -> Iterator[None]:
         threading.excepthook = previous
     if escaped:
         pytest.fail("\n".join(escaped), pytrace=False)
+
+
+@pytest.fixture
+def victoria_metrics() -> Iterator[VictoriaMetricsServer]:
+    """A fresh VictoriaMetrics for this test (it has no databases to keep tests apart; it
+    starts in well under a second); stopped and deleted afterwards."""
+    server = _start(VictoriaMetricsServer)
+    try:
+        yield server
+    finally:
+        server.close()

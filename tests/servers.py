@@ -1,4 +1,5 @@
-"""Real Mosquitto and InfluxDB 1.x servers for the tests, each on free loopback ports.
+"""Real Mosquitto, InfluxDB 1.x and VictoriaMetrics servers for the tests, each on free
+loopback ports.
 
 The shape is httpx's ``serve_in_thread``: start, wait until ready (bounded), use, shut down,
 except that these are subprocesses that a test may ``stop()`` and ``start()`` again to cut
@@ -37,13 +38,15 @@ __all__ = [
     "InfluxServer",
     "MosquittoServer",
     "ServerError",
+    "ServerMetrics",
+    "VictoriaMetricsServer",
     "find_binary",
     "free_port",
 ]
 
 HOST = "127.0.0.1"
 INSTALL_HINT = (
-    "install the Debian packages `mosquitto` and `influxdb` "
+    "install the Debian packages `mosquitto`, `influxdb` and `victoria-metrics` "
     "(run `bash scripts/ensure-servers.sh`, as root, or `make test`)"
 )
 
@@ -488,6 +491,21 @@ bind-address = "{self.host}:{self.rpc_port}"
                 return exc.code, exc.read()
 
 
+class ServerMetrics(dict[str, float]):
+    """A server's metrics in Prometheus' text format: ``{'name{label="v", ...}': value}``."""
+
+    def total(self, name: str, **labels: str) -> float:
+        """The sum of metric ``name`` over its series whose labels include ``labels``; 0 if
+        there is none.
+
+        >>> ServerMetrics({'up{job="a", x="1"}': 1.0, 'up{job="b"}': 2.0}).total("up", job="a")
+        1.0
+        """
+        wanted = [f'{key}="{value}"' for key, value in labels.items()]
+        return sum(value for series, value in self.items()
+                   if series.split("{", 1)[0] == name and all(w in series for w in wanted))
+
+
 class InfluxDatabase(NamedTuple):
     """What the ``influxdb`` fixture gives a test: a fresh database on the session's server."""
 
@@ -507,3 +525,105 @@ def _quote_ident(name: str) -> str:
 
 # No proxy for loopback, whatever http_proxy/HTTP_PROXY the environment sets.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class VictoriaMetricsServer(_ServerProcess):
+    """VictoriaMetrics (``victoria-metrics``, Debian package of the same name) on a free
+    loopback port: a real server for InfluxDB's v2 write API (``/api/v2/write``), which
+    ignores org and token and stores no bucket label.
+
+    It answers neither InfluxQL nor Flux: what was written is read back with ``export()``
+    (its ``/api/v1/export``). Each field of a line becomes a series ``<measurement>_<field>``
+    labelled with the line's tags; values are float64 (a bool is 0 or 1, a string field is
+    stored as 0) and timestamps milliseconds. ``-retentionPeriod 100y`` keeps replayed
+    timestamps (the default, one month, drops older points);
+    ``-dedup.minScrapeInterval 1ms`` keeps the last sample written per series and
+    millisecond, as InfluxDB keeps the last point per series and timestamp.
+
+    Attributes: ``url`` ("http://127.0.0.1:<port>"), ``port``, ``tmpdir``, ``running``,
+    ``pid``.
+    """
+
+    name = "victoria-metrics"
+    start_timeout_s = 15.0
+    host = HOST
+
+    def _pick_ports(self) -> None:
+        self.port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _write_config(self) -> list[str]:
+        return [
+            self.binary,
+            f"-storageDataPath={self.tmpdir / 'data'}",
+            f"-httpListenAddr={self.host}:{self.port}",
+            "-retentionPeriod=100y",
+            "-dedup.minScrapeInterval=1ms",
+            "-loggerLevel=WARN",
+        ]
+
+    def _ready(self) -> bool:
+        try:
+            return self._get("/ping", timeout_s=1.0)[0] == 204
+        except OSError:
+            return False
+
+    def log_text(self) -> str:
+        """What victoria-metrics wrote to stderr and stdout."""
+        parts = []
+        for suffix in ("stderr", "stdout"):
+            path = self.tmpdir / f"{self.name}.{suffix}"
+            if path.exists():
+                parts.append(path.read_text(errors="replace"))
+        return "".join(parts)
+
+    def export(self, match: str = '{__name__!=""}') -> list[dict[str, Any]]:
+        """Every series matching ``match`` with its samples, as ``/api/v1/export`` lists
+        them: ``{"metric": {"__name__": ..., tag: value}, "values": [...], "timestamps":
+        [ms, ...]}``. Pending writes are flushed first (``/internal/force_flush``), so
+        everything the server acknowledged is in it."""
+        status, body = self._get("/internal/force_flush")
+        if status != 200:
+            raise ServerError(f"force_flush answered {status}: {body[:300]!r}")
+        query = urllib.parse.urlencode({"match[]": match, "start": "0"})
+        status, body = self._get(f"/api/v1/export?{query}")
+        if status != 200:
+            raise ServerError(f"export answered {status}: {body[:300]!r}")
+        return [json.loads(line) for line in body.decode().splitlines() if line.strip()]
+
+    def metrics(self, timeout_s: float = 10.0) -> ServerMetrics:
+        """The server's own metrics (``/metrics``) as of this call. It renders them at most
+        about once a second and answers the last rendering until then, so this asks until
+        the rendering changes (every request counts in it): that one is newer than the call.
+        """
+        first = self._metrics_once()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            now = self._metrics_once()
+            if now != first:
+                return now
+        raise ServerError(f"/metrics did not change in {timeout_s:.0f} s")
+
+    def _metrics_once(self) -> ServerMetrics:
+        status, body = self._get("/metrics")
+        if status != 200:
+            raise ServerError(f"/metrics answered {status}")
+        metrics = ServerMetrics()
+        for line in body.decode().splitlines():
+            if line and not line.startswith("#"):
+                series, _, value = line.rpartition(" ")
+                metrics[series] = float(value)
+        return metrics
+
+    def _get(self, path: str, timeout_s: float = 10.0) -> tuple[int, bytes]:
+        request = urllib.request.Request(self.url + path)
+        try:
+            with _OPENER.open(request, timeout=timeout_s) as response:
+                return int(response.status), bytes(response.read())
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, exc.read()

@@ -1,10 +1,12 @@
 """Series store: where every prediction, drift event and health report lands, behind one
 small interface.
 
-Backends, chosen by settings (``influx_url`` set or not):
+Backends, chosen by settings (``influx_url`` set or not, and ``influx_version``):
 
 - ``influx1``: InfluxDB 1.x through its v1 HTTP API (Debian ships 1.6.7, which has no
   ``/api/v2``, so influxdb-client's write path cannot be used there);
+- ``influx2``: InfluxDB 2.x or 3.x, writing through influxdb-client's v2 write API and
+  reading the same schema in InfluxQL through the v1-compatible ``/query``;
 - ``sqlite``: an embedded SQLite file for the demo and single-line installs.
 
 Every backend makes ``write`` idempotent: InfluxDB by itself (same measurement, tag set
@@ -430,7 +432,21 @@ class SeriesStore(Protocol):
 
 
 def open_series(settings: Settings) -> SeriesStore:
-    """Open the backend the settings name: InfluxDB 1.x if ``influx_url`` is set, else SQLite."""
+    """Open the backend the settings name: InfluxDB 1.x or 2.x/3.x (``influx_version``) if
+    ``influx_url`` is set, else SQLite."""
+    if settings.influx_url is not None and settings.influx_version == "2":
+        from aggregator.series.influx2 import Influx2Store
+
+        return Influx2Store(
+            settings.influx_url,
+            settings.influx_bucket or settings.influx_database,
+            token=settings.influx_secret() or "",
+            org=settings.influx_org,
+            database=settings.influx_database,
+            retries=3 if settings.influx_write_retry_s > 0 else 0,
+            retry_interval_s=min(1.0, settings.influx_write_retry_s / 10),
+            max_retry_time_s=settings.influx_write_retry_s,
+        )
     if settings.influx_url is not None:
         from aggregator.series.influx1 import Influx1Store
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from itertools import chain
@@ -55,6 +55,7 @@ from aggregator.series import (
 )
 
 __all__ = [
+    "HEALTH_FIELDS",
     "Influx1Store",
     "escape_string",
     "escape_tag",
@@ -80,11 +81,17 @@ _DRIFT_COLUMNS = (
     "value", "detail", "seq",
     "site", "line", "agent", "asset", "model", "model_version", "monitor", "detector",
 )
-_HEALTH_FIELDS = (
-    "windows_scored", "outbox_depth", "outbox_dropped", "rejected_readings",
-    "inference_ms_median",
-)
-_HEALTH_COLUMNS = (*_HEALTH_FIELDS, "seq", *ESTIMATE_COLUMNS, "site", "line", "agent", "model",
+# A health report's counters: field name -> how a stored value reads back. Both writers
+# (this module's and influx2's, which sends the same lines) and the reader take the field
+# list from here, so a new field of HealthPoint is one more entry. None is never written.
+HEALTH_FIELDS: dict[str, Callable[[Any], int | float]] = {
+    "windows_scored": int,
+    "outbox_depth": int,
+    "outbox_dropped": int,
+    "rejected_readings": int,
+    "inference_ms_median": float,
+}
+_HEALTH_COLUMNS = (*HEALTH_FIELDS, "seq", *ESTIMATE_COLUMNS, "site", "line", "agent", "model",
                    "model_version")
 
 
@@ -168,7 +175,7 @@ def line_protocol(p: PredictionPoint | DriftPoint | HealthPoint) -> str:
             HEALTH, to_ns(p.at),
             tags={"agent": p.agent, "line": p.line, "model": p.model,
                   "model_version": p.model_version, "site": p.site},
-            fields={**{name: getattr(p, name) for name in _HEALTH_FIELDS}, "seq": p.seq,
+            fields={**{name: getattr(p, name) for name in HEALTH_FIELDS}, "seq": p.seq,
                     **({} if p.estimate is None else p.estimate.columns())},
         )
     # Predictions are the bulk of every write: one f-string, no per-field dispatch.
@@ -214,6 +221,13 @@ class Influx1Store:
         HTTP basic auth, when the server has ``auth-enabled``.
     timeout_s
         Per-request timeout; a timeout counts as "unavailable".
+    token
+        Sent as ``Authorization: Token ...`` instead: the v1-compatible ``/query`` of
+        InfluxDB 2.x and 3.x takes it, and 1.x without ``auth-enabled`` ignores it
+        (``Influx2Store`` reads through this class).
+    create_database
+        False for a server whose databases are made by its administrator (2.x buckets,
+        3.x databases): nothing is created, on open or later.
     """
 
     name = "influx1"
@@ -226,12 +240,18 @@ class Influx1Store:
         username: str | None = None,
         password: str | None = None,
         timeout_s: float = 10.0,
+        token: str | None = None,
+        create_database: bool = True,
     ) -> None:
         self.url = url.rstrip("/")
         self.database = database
         auth = httpx.BasicAuth(username, password or "") if username else None
-        self._http = httpx.Client(base_url=self.url, auth=auth, timeout=timeout_s)
-        self._database_ready = False
+        headers = {"Authorization": f"Token {token}"} if token is not None else None
+        self._http = httpx.Client(base_url=self.url, auth=auth, headers=headers,
+                                  timeout=timeout_s)
+        self._database_ready = not create_database
+        if self._database_ready:
+            return
         try:
             self._create_database()
         except SeriesUnavailableError as exc:
@@ -515,13 +535,11 @@ def _drift(row: dict[str, Any]) -> DriftPoint:
 
 
 def _health(row: dict[str, Any]) -> HealthPoint:
-    ms = row["inference_ms_median"]
+    counters = {name: None if row[name] is None else read(row[name])
+                for name, read in HEALTH_FIELDS.items()}
     return HealthPoint(
         site=row["site"], line=row["line"], agent=row["agent"], at=from_ns(int(row["time"])),
-        windows_scored=int(row["windows_scored"]), outbox_depth=int(row["outbox_depth"]),
-        outbox_dropped=int(row["outbox_dropped"]),
-        rejected_readings=int(row["rejected_readings"]),
-        inference_ms_median=None if ms is None else float(ms),
         model=row["model"], model_version=row["model_version"], seq=int(row["seq"]),
+        **counters,  # type: ignore[arg-type]
         estimate=StoredEstimate.from_columns(row),
     )

@@ -1,21 +1,30 @@
-"""One contract, every series backend: the embedded SQLite store and InfluxDB 1.x (real).
+"""One contract, every series backend: the embedded SQLite store, InfluxDB 1.x (real) and
+InfluxDB 2.x/3.x (influx2: writes against a real victoria-metrics, reads against 1.x).
 
 Predictions, drift events and health reports: written, read back exactly, rewritten
 without doubling, filtered and ordered alike on every backend; an asset's score history
 and the assets each model version scored in a period, alike too.
+
+The influx2 backend writes through InfluxDB's v2 write API, which victoria-metrics speaks;
+it answers no InfluxQL, so the write side (what is stored, under which tags and timestamps,
+rewrites, batching, gzip, outages) is checked on what it exports, for every backend alike
+(``writer``), and influx2's InfluxQL reads against InfluxDB 1.x's ``/query``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import timedelta
+import dataclasses
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from aggregator_support import T0
+from servers import VictoriaMetricsServer
 
-from aggregator.errors import SeriesUnavailableError
+from aggregator.errors import SeriesError, SeriesUnavailableError
 from aggregator.series import (
     TIME_MAX,
     TIME_MIN,
@@ -27,8 +36,10 @@ from aggregator.series import (
     ScoreCounts,
     SeriesStore,
     StoredEstimate,
+    to_ns,
 )
-from aggregator.series.influx1 import Influx1Store
+from aggregator.series.influx1 import Influx1Store, line_protocol
+from aggregator.series.influx2 import Influx2Store
 from aggregator.series.sqlite import SqliteSeriesStore
 
 pytestmark = pytest.mark.integration
@@ -633,3 +644,275 @@ def test_sqlite_file_of_an_older_version_gains_the_estimate_columns(tmp_path: Pa
         assert [p.estimate for p in store.health()] == [ESTIMATE, None]
     finally:
         store.close()
+
+
+# -- the write side, on every backend: influx2 through victoria-metrics ---------------------
+# What a backend stored, as victoria-metrics keeps it: one series per measurement_field and
+# tag set, its (millisecond, value) samples in time order. A string field's value is not
+# kept there, only that it was written ("<string>").
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], list[tuple[int, float | str]]]
+AnyPoint = PredictionPoint | DriftPoint | HealthPoint
+
+_MEASUREMENTS = {PredictionPoint: "prediction", DriftPoint: "drift", HealthPoint: "health"}
+_TAGS = {
+    PredictionPoint: {"site", "line", "agent", "asset", "model", "model_version"},
+    DriftPoint: {"site", "line", "agent", "asset", "model", "model_version", "monitor",
+                 "detector"},
+    HealthPoint: {"site", "line", "agent", "model", "model_version"},
+}
+_TIMESTAMPS = {PredictionPoint: "window_end", DriftPoint: "at", HealthPoint: "at"}
+_STRING = "<string>"
+
+
+def samples(written: Iterable[AnyPoint]) -> Samples:
+    """The series documented in influx1.py's schema for these points (each identity once):
+    every field of the point that is neither a tag nor the timestamp becomes a series, a
+    datetime its ``<name>_ns``, None none."""
+    out: Samples = {}
+    for p in written:
+        kind = type(p)
+        tags = frozenset((t, getattr(p, t)) for t in _TAGS[kind] if getattr(p, t) is not None)
+        ms = to_ns(getattr(p, _TIMESTAMPS[kind])) // 1_000_000
+        values = [(f.name, getattr(p, f.name)) for f in dataclasses.fields(p)]
+        if isinstance(p, HealthPoint) and p.estimate is not None:
+            values += list(p.estimate.columns().items())  # stored flat, one field each
+        for name, value in values:
+            if name in _TAGS[kind] or name == _TIMESTAMPS[kind] or value is None \
+                    or isinstance(value, StoredEstimate):
+                continue
+            if isinstance(value, datetime):
+                name, value = f"{name}_ns", to_ns(value)
+            stored = _STRING if isinstance(value, str) else float(value)
+            out.setdefault((f"{_MEASUREMENTS[kind]}_{name}", tags), []).append((ms, stored))
+    return {key: sorted(series) for key, series in out.items()}
+
+
+_STRING_SERIES = {
+    f"{_MEASUREMENTS[kind]}_{f.name}"
+    for kind in _MEASUREMENTS for f in dataclasses.fields(kind)
+    if f.type == "str" and f.name not in _TAGS[kind]
+}
+
+
+def exported(vm: VictoriaMetricsServer) -> Samples:
+    """What victoria-metrics stored, in the shape of :func:`samples`."""
+    out: Samples = {}
+    for series in vm.export():
+        labels = dict(series["metric"])
+        name = labels.pop("__name__")
+        values = [_STRING if name in _STRING_SERIES else v for v in series["values"]]
+        key = (name, frozenset(labels.items()))
+        assert key not in out, f"{key} exported twice"
+        out[key] = sorted(zip(series["timestamps"], values, strict=True))
+    return out
+
+
+def assert_stored(stored: Samples, expected: Samples, *, rel: float = 0.0) -> None:
+    """The same series with the same timestamps, their values equal within ``rel``."""
+    assert set(stored) == set(expected)
+    for key, series in expected.items():
+        assert [t for t, _ in stored[key]] == [t for t, _ in series], key
+        values, wanted = [v for _, v in stored[key]], [v for _, v in series]
+        if key[0] in _STRING_SERIES:
+            assert values == wanted, key
+        else:
+            assert values == pytest.approx(wanted, rel=rel, abs=0), key
+
+
+class Writer(NamedTuple):
+    """A backend; what it stored; how exactly it keeps a float (victoria-metrics keeps
+    about 14 significant digits); whether a rewrite's values replace the earlier ones
+    (victoria-metrics keeps one sample per series and millisecond, but not always the last
+    written)."""
+
+    store: SeriesStore
+    stored: Callable[[], Samples]
+    rel: float = 0.0
+    last_write_wins: bool = True
+
+
+@pytest.fixture(params=["sqlite", "influx1", "influx2"])
+def writer(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Writer]:
+    """A backend and what it stored: read back for SQLite and InfluxDB 1.x, exported by
+    victoria-metrics for influx2."""
+    if request.param == "influx2":
+        vm = request.getfixturevalue("victoria_metrics")
+        backend: SeriesStore = Influx2Store(vm.url, "linewatch", token="a-token", org="plant")
+        yield Writer(backend, lambda: exported(vm), rel=1e-12, last_write_wins=False)
+    else:
+        if request.param == "sqlite":
+            backend = SqliteSeriesStore(tmp_path / "series.db")
+        else:
+            db = request.getfixturevalue("influxdb")
+            backend = Influx1Store(db.url, db.database)
+        read = backend
+        yield Writer(backend, lambda: samples([
+            *read.predictions(), *read.drift_events(limit=100_000), *read.health(limit=100_000)
+        ]))
+    backend.close()
+
+
+def test_written_points_are_stored_as_sent(writer: Writer) -> None:
+    points = [point(i, score=s) for i, s in enumerate([0.1, 0.7, 0.123456789012345, 1e-9])]
+    points += [point(0, agent="gw-2"), point(0, asset="pump-2"), point(0, model="other")]
+    points += [point(9, agent=odd, asset=odd, site=odd, line=odd, model=odd,
+                     model_version=odd) for odd in ODD_NAMES]
+    events = [
+        drift_point(0),
+        drift_point(1, asset=None, monitor="score", detector="ADWIN", value=None),
+        # No newline in it: victoria-metrics ends a line there, quoted or not (InfluxDB does
+        # not), and drops the point.
+        drift_point(2, value=-0.123456789012345, detail='say "hi", a=b \\ c'),
+        drift_point(0, detector="stuck"),
+        drift_point(3, monitor=ODD_NAMES[4], detector=ODD_NAMES[7]),
+    ]
+    reports = [health_point(0, inference_ms_median=None), health_point(1),
+               health_point(1, agent="gw-2", windows_scored=2**53),
+               health_point(2, estimate=ESTIMATE)]
+    writer.store.write(points[::-1], drift=events, health=reports)
+    assert_stored(writer.stored(), samples(points + events + reports), rel=writer.rel)
+
+
+def test_rewrites_keep_one_point_per_identity_the_last(writer: Writer) -> None:
+    points = [point(i) for i in range(5)]
+    events = [drift_point(i) for i in range(3)] + [drift_point(4, asset=None, value=None)]
+    reports = [health_point(i) for i in range(3)]
+    writer.store.write(points, drift=events, health=reports)
+    writer.store.write(points, drift=events, health=reports)  # a retried batch
+    writer.store.write(points[:2], drift=events[-1:], health=reports[1:2])
+    assert_stored(writer.stored(), samples(points + events + reports), rel=writer.rel)
+    changed = [point(0, score=0.9, seq=42)], [drift_point(1, value=1.5, seq=42)], \
+        [health_point(2, windows_scored=7, seq=42)]
+    writer.store.write(*changed)
+    final = samples(changed[0] + points[1:] + events[:1] + changed[1] + events[2:] +
+                    reports[:2] + changed[2])
+    stored = writer.stored()
+    if writer.last_write_wins:
+        assert_stored(stored, final, rel=writer.rel)
+    else:  # still one point per identity
+        assert {k: [t for t, _ in v] for k, v in stored.items()} == \
+            {k: [t for t, _ in v] for k, v in final.items()}
+
+
+def test_influx2_large_write_is_batched_and_gzipped(
+    victoria_metrics: VictoriaMetricsServer,
+) -> None:
+    points = [point(i, asset=f"asset-{i % 7}") for i in range(2_001)]  # > 2 x 1000 lines
+    body_bytes = sum(len(line_protocol(p).encode()) + 1 for p in points)
+
+    def received() -> tuple[float, float]:
+        metrics = victoria_metrics.metrics()
+        return (metrics.total("vm_http_requests_total", path="/influx/write"),
+                metrics.total("vm_tcplistener_read_bytes_total"))
+
+    for gzip in (False, True):
+        store = Influx2Store(victoria_metrics.url, "linewatch", token="t", gzip=gzip,
+                             batch_lines=1000)
+        try:
+            requests, read = received()
+            store.write(points)
+            requests_now, read_now = received()
+        finally:
+            store.close()
+        assert requests_now - requests == 3
+        if gzip:  # line protocol this repetitive shrinks far more than fourfold
+            assert read_now - read < body_bytes / 4
+        else:
+            assert read_now - read > body_bytes
+    stored = exported(victoria_metrics)  # the second, compressed, write rewrote the first
+    assert_stored(stored, samples(points), rel=1e-12)
+    assert sum(len(series) for (name, _), series in stored.items()
+               if name == "prediction_score") == 2_001
+
+
+def test_influx2_outage_mid_stream_raises_unavailable_and_loses_nothing(
+    victoria_metrics: VictoriaMetricsServer,
+) -> None:
+    """The server stops while a writer streams batches, as the ingestor does: every write
+    either returns with its points stored or raises SeriesUnavailableError, and the writer
+    retries that batch until the server is back."""
+    batches = [[point(20 * b + i, asset=f"pump-{i % 4}") for i in range(20)] for b in range(30)]
+    store = Influx2Store(victoria_metrics.url, "linewatch", token="t", timeout_s=2.0,
+                         retries=2, retry_interval_s=0.05, max_retry_delay_s=0.1,
+                         max_retry_time_s=1.0)
+    written, failed = threading.Semaphore(0), threading.Event()
+    failures: list[int] = []
+
+    def stream() -> None:
+        for number, batch in enumerate(batches):
+            while True:
+                try:
+                    store.write(batch)
+                except SeriesUnavailableError:
+                    failures.append(number)
+                    failed.set()
+                    threading.Event().wait(0.05)
+                else:
+                    written.release()
+                    break
+
+    writer = threading.Thread(target=stream, name="stream")
+    try:
+        writer.start()
+        for _ in range(10):
+            assert written.acquire(timeout=30)
+        victoria_metrics.stop()  # while the stream goes on
+        assert failed.wait(timeout=30)
+        assert store.ping() is False
+        victoria_metrics.start()
+        writer.join(timeout=60)
+        assert not writer.is_alive()
+    finally:
+        victoria_metrics.start()
+        writer.join(timeout=60)
+        store.close()
+    assert failures and failures[0] >= 10
+    assert_stored(exported(victoria_metrics), samples(p for batch in batches for p in batch),
+                  rel=1e-12)
+
+
+def test_influx2_refused_write_is_a_series_error_and_not_retried(
+    victoria_metrics: VictoriaMetricsServer,
+) -> None:
+    store = Influx2Store(victoria_metrics.url, "linewatch", token="t", retry_interval_s=0.05)
+    try:
+        before = victoria_metrics.metrics().total("vm_http_requests_total",
+                                                  path="/influx/write")
+        # victoria-metrics refuses a line over 256 KiB with 400; InfluxDB refuses bad lines,
+        # a bad token or a missing bucket with a 4xx too.
+        with pytest.raises(SeriesError, match="400") as refused:
+            store.write([], drift=[drift_point(0, detail="x" * 300_000)])
+        assert refused.value.status == 400
+        assert not isinstance(refused.value, SeriesUnavailableError)
+        after = victoria_metrics.metrics().total("vm_http_requests_total",
+                                                 path="/influx/write")
+        assert after - before == 1
+        store.write([point(0)])
+    finally:
+        store.close()
+    assert_stored(exported(victoria_metrics), samples([point(0)]), rel=1e-12)
+
+
+def test_influx2_reads_influxql_through_the_v1_query_api(influxdb) -> None:  # type: ignore[no-untyped-def]
+    """influx2's reads are InfluxQL at /query with ``Authorization: Token``: checked on the
+    InfluxDB 1.x server, which answers that API (and ignores the token without auth), with
+    points written by influx1 in the schema both backends share."""
+    points = [point(i, asset=f"pump-{i % 2}", score=i / 10) for i in range(6)]
+    events = [drift_point(0), drift_point(1, asset=None, value=None)]
+    reports = [health_point(0), health_point(1, agent="gw-2", inference_ms_median=None)]
+    writer = Influx1Store(influxdb.url, influxdb.database)
+    reader = Influx2Store(influxdb.url, "a-bucket", database=influxdb.database, token="t")
+    try:
+        writer.write(points, drift=events, health=reports)
+        assert reader.ping() is True
+        assert reader.predictions() == points
+        assert reader.count(asset="pump-1") == 3
+        assert reader.scores("pump-0", since=points[2].window_end) == points[2::2]
+        assert reader.asset_counts(TIME_MIN, TIME_MAX) == [
+            AssetsSeen("plant1", "line3", "bearing-gbt", "1.2.0", 2)]
+        assert reader.drift_events() == events[::-1]
+        assert reader.health() == reports[::-1]
+        assert reader.latest_health() == {"gw-1": reports[0], "gw-2": reports[1]}
+    finally:
+        writer.close()
+        reader.close()

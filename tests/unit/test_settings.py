@@ -130,3 +130,33 @@ def test_module_entry_point(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "LINEWATCH_MQTT_PROTOCOL" in done.stderr and "'7'" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        ({"influx_version": "2"}, "needs LINEWATCH_INFLUX_URL"),
+        ({"influx_url": "http://db:8086", "influx_version": "2"}, "exactly one of"),
+        ({"influx_url": "http://db:8086", "influx_version": "2", "influx_token": "a",
+          "influx_token_file": "/t"}, "exactly one of"),
+        ({"influx_url": "http://db:8086", "influx_version": "2", "influx_token": "a",
+          "influx_username": "u"}, "takes a token"),
+        ({"influx_url": "http://db:8086", "influx_token": "a"}, "LINEWATCH_INFLUX_VERSION=2"),
+        ({"influx_url": "http://db:8086", "influx_bucket": "b"}, "LINEWATCH_INFLUX_BUCKET"),
+        ({"influx_url": "http://db:8086", "influx_version": "3"}, "'1' or '2'"),
+        ({"influx_url": "http://db:8086", "influx_version": "2", "influx_token": "changeme"},
+         "placeholder"),
+        ({"influx_url": "http://db:8086", "influx_version": "2",
+          "influx_token_file": "/nonexistent/token"}, "cannot read it"),
+    ],
+)
+def test_influx2_settings_are_checked(values: dict[str, object], match: str) -> None:
+    with pytest.raises(ValidationError, match=match):
+        Settings(**values)  # type: ignore[arg-type]
+
+
+def test_influx2_token_file_must_hold_a_token(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("\n")
+    with pytest.raises(ValidationError, match="holds no token"):
+        Settings(influx_url="http://db:8086", influx_version="2", influx_token_file=token)
