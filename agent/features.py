@@ -8,10 +8,9 @@ trained on. Every function takes, for each of its inputs, an array of shape
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, cast
-
-import inspect
 
 import numpy as np
 

@@ -467,7 +467,8 @@ def one_line(exc: ValidationError) -> str:
     ...     WindowSpec.model_validate({"size": 0})
     ... except ValidationError as exc:
     ...     print(one_line(exc))
-    size: Input should be greater than or equal to 1 (got 0); and 1 more problem (hop: Field required)
+    size: Input should be greater than or equal to 1 (got 0);
+    and 1 more problem (hop: Field required)
     """
     errors = exc.errors()
     first = errors[0]

@@ -167,7 +167,7 @@ def write_table(path: str | Path, columns: Mapping[str, np.ndarray]) -> None:
     path = Path(path)
     if path.name.lower().endswith(".parquet"):
         pa = _pyarrow_parquet("write")
-        import pyarrow
+        import pyarrow  # type: ignore[import-untyped]
 
         pa.write_table(pyarrow.table({k: np.asarray(v) for k, v in columns.items()}), path)
         return
@@ -188,7 +188,7 @@ def _cell(v: Any) -> str:
 
 def _pyarrow_parquet(what: str) -> Any:
     try:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # type: ignore[import-untyped]
     except ImportError:
         raise DatasetError(f"to {what} Parquet, install pyarrow (pip install pyarrow), or use "
                            "a .csv file") from None

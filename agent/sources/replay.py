@@ -41,6 +41,9 @@ class ReplaySource:
         self.config = config
         self.channels = card.channel_names
         fmt = config.format or card.input.format
+        if fmt is None:
+            raise SourceError("the model card names no recorded format (input.format): set "
+                              "source.format to cmapss, ai4i or ims for a replay")
         try:
             recordings = read_recordings(config.path, fmt)
         except (OSError, ValueError) as exc:
