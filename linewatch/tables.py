@@ -72,7 +72,7 @@ def read_table(path: str | Path, table: TableSpec, channels: Sequence[str]) -> l
     path = Path(path)
     columns = _read_columns(path)
     wanted = {"time": table.time, **{f"channel {c}": table.column(c) for c in channels},
-              **{f"label {k}": v for k, v in table.labels.items()}}
+}
     if table.asset is not None:
         wanted["asset"] = table.asset
     missing = [f"{col!r} ({what})" for what, col in wanted.items() if col not in columns]
@@ -82,8 +82,9 @@ def read_table(path: str | Path, table: TableSpec, channels: Sequence[str]) -> l
     t = _times(path, table.time, columns[table.time])
     values = np.column_stack([_numbers(path, table.column(c), columns[table.column(c)])
                               for c in channels])
+    # A label column may be missing: data from machines still running have no truth yet.
     labels = {k: _numbers(path, col, columns[col], empty=math.nan)
-              for k, col in table.labels.items()}
+              for k, col in table.labels.items() if col in columns}
     assets = (np.array([str(a) for a in columns[table.asset]]) if table.asset is not None
               else np.full(len(t), path.stem))
     out = []
