@@ -372,10 +372,11 @@ class ModelCard(_Card):
     @model_validator(mode="after")
     def _consistent(self) -> ModelCard:
         channels = {c.name for c in self.input.channels}
-        for f in self.features:
-            missing = set(f.inputs) - channels
+        for j, f in enumerate(self.features):
+            missing = [c for c in f.inputs if c not in channels]
             if missing:
-                raise ValueError(f"feature {f.name!r} reads unknown channels {sorted(missing)}")
+                raise ValueError(f"features[{j}].inputs: no channel named "
+                                 f"{', '.join(map(repr, missing))} (feature {f.name!r})")
         n = len(self.features)
         if any(len(row) != n for row in self.self_test.features):
             raise ValueError(f"self_test feature rows must have {n} values")
@@ -474,9 +475,12 @@ def one_line(exc: ValidationError) -> str:
     first = errors[0]
     # Validators' messages arrive as "Value error, <what we wrote>".
     msg = str(first["msg"]).removeprefix("Value error, ")
-    got = "" if first["type"] == "missing" or "input" not in first else \
-        f" (got {_short(first['input'])})"
-    text = f"{field_path(first['loc'])}: {msg}{got}"
+    if not first["loc"]:  # a check across fields: its message names them
+        text = msg
+    else:
+        got = "" if first["type"] == "missing" or "input" not in first else \
+            f" (got {_short(first['input'])})"
+        text = f"{field_path(first['loc'])}: {msg}{got}"
     rest = errors[1:]
     if rest:
         named = ", ".join(f"{field_path(e['loc'])}: {e['msg']}" for e in rest[:3])

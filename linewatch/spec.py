@@ -92,6 +92,11 @@ class CardSpec(_Spec):
         if self.output.kind not in ("probability", "rul"):
             raise ValueError(f"output.kind: {self.output.kind!r} is neither probability nor "
                              "rul")
+        if self.output.kind == "rul" and (self.output.horizon is None or
+                                          self.output.cap is None or not self.output.unit):
+            raise ValueError("output: a rul output needs horizon (alert at a predicted life "
+                             "this short), cap (the life read as score 0, above horizon) and "
+                             "unit (cycles, hours)")
         if self.truth is not None and self.truth.life is not None and self.output.horizon \
                 is None:
             raise ValueError("output.horizon: truth.life needs it (a window is positive when "
