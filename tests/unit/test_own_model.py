@@ -244,3 +244,19 @@ def test_a_spec_error_names_the_file_and_field(tmp_path: Path) -> None:
     (tmp_path / "s.yaml").write_text(SPEC.replace("fn: rms", "fn: median") + "threshold: 1\n")
     with pytest.raises(CardError, match=r"s.yaml: features\[1\].fn: unknown function 'median'"):
         load_spec(tmp_path / "s.yaml")
+
+
+def test_features_as_parquet_hold_what_the_csv_holds(tmp_path: Path,
+                                                     data: dict[str, Path]) -> None:
+    import pyarrow.parquet as pq
+
+    spec = str(data["dir"] / "probability.yaml")
+    assert main(["features", spec, str(data["train"]), "-o", str(tmp_path / "f.csv")]) == 0
+    assert main(["features", spec, str(data["train"]), "-o", str(tmp_path / "f.parquet")]) == 0
+    table = pq.read_table(tmp_path / "f.parquet").to_pydict()
+    lines = (tmp_path / "f.csv").read_text().splitlines()
+    assert lines[0].split(",") == list(table)
+    assert list(table)[:3] == ["asset", "window_end", "temp.mean"]
+    first = lines[1].split(",")
+    assert first[0] == table["asset"][0]
+    assert np.float32(first[2]) == np.float32(table["temp.mean"][0])
