@@ -56,7 +56,7 @@ def evaluate(
 
     model = OnnxModel(model_dir)
     card = model.card
-    if truth is not None and card.output.horizon is None:
+    if truth is not None and card.output.horizon is None and card.input.format == "cmapss":
         raise ValueError(f"--truth: the card in {model_dir} has no output.horizon, so no "
                          "window can be called positive: add \"horizon\": N (the "
                          f"{card.input.time_unit}s within which a failure counts as "

@@ -5,6 +5,7 @@ channels, 12 assets."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -228,13 +229,18 @@ def test_a_bad_card_is_one_line_naming_the_field(
     assert needle in err and err.count("\n") == 1, err
 
 
-def test_truth_without_a_horizon_says_what_to_add(capsys: pytest.CaptureFixture[str]) -> None:
+def test_truth_without_a_horizon_says_what_to_add(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     root = Path(__file__).resolve().parents[2]
-    code = main(["evaluate", str(root / "models" / "ai4i2020"),
-                 str(root / "models" / "data" / "ai4i2020" / "ai4i2020.csv"),
-                 "--truth", str(root / "models" / "data" / "cmapss_fd001" / "RUL_FD001.txt")])
+    shutil.copytree(root / "models" / "cmapss_fd001", tmp_path / "m")
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    del card["output"]["horizon"]
+    (tmp_path / "m" / "card.json").write_text(json.dumps(card))
+    data = root / "models" / "data" / "cmapss_fd001"
+    code = main(["evaluate", str(tmp_path / "m"), str(data / "test_FD001.txt.gz"),
+                 "--truth", str(data / "RUL_FD001.txt")])
     assert code == 2
-    assert 'add "horizon": N' in capsys.readouterr().err
+    assert 'has no output.horizon' in capsys.readouterr().err
 
 
 def test_a_spec_error_names_the_file_and_field(tmp_path: Path) -> None:
