@@ -8,6 +8,7 @@ trained on. Every function takes, for each of its inputs, an array of shape
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, cast
 
@@ -17,6 +18,7 @@ __all__ = [
     "FEATURES",
     "FeatureExtractor",
     "FeatureSpecLike",
+    "check_spec",
     "band_rms",
     "crest",
     "diff",
@@ -268,6 +270,47 @@ class FeatureSpecLike(Protocol):
     def params(self) -> Mapping[str, float]: ...
 
 
+def check_spec(spec: FeatureSpecLike, channels: Sequence[str]) -> str | None:
+    """What is wrong with one feature spec, naming its field (``fn``, ``inputs``,
+    ``params``), or None.
+
+    >>> from types import SimpleNamespace as S
+    >>> check_spec(S(name="x.median", fn="median", inputs=["x"], params={}), ["x"])[:40]
+    "fn: unknown function 'median' (known: ba"
+    >>> check_spec(S(name="d", fn="diff", inputs=["x"], params={}), ["x", "y"])
+    'inputs: diff takes 2 inputs (a, b), got 1'
+    >>> check_spec(S(name="b", fn="band_rms", inputs=["x"], params={"lo_hz": 1}), ["x"])
+    'params: band_rms needs hi_hz, rate_hz'
+    """
+    fn = FEATURES.get(spec.fn)
+    if fn is None:
+        return f"fn: unknown function {spec.fn!r} (known: {', '.join(sorted(FEATURES))})"
+    missing = [c for c in spec.inputs if c not in channels]
+    if missing:
+        return f"inputs: no channel named {', '.join(map(repr, missing))} (channels: " \
+               f"{', '.join(channels)})"
+    params = list(inspect.signature(fn).parameters)
+    # Every function takes its input windows first, then its numeric parameters.
+    arrays = [p for p in params if p not in _PARAMS.get(spec.fn, ())]
+    if len(spec.inputs) != len(arrays):
+        return (f"inputs: {spec.fn} takes {len(arrays)} input{'s' * (len(arrays) > 1)} "
+                f"({', '.join(arrays)}), got {len(spec.inputs)}")
+    wanted = _PARAMS.get(spec.fn, ())
+    unknown = sorted(set(spec.params) - set(wanted))
+    if unknown:
+        known = f"only {', '.join(wanted)}" if wanted else "none"
+        return f"params: {spec.fn} takes {known}, not {', '.join(unknown)}"
+    lacking = [p for p in wanted if p not in spec.params]
+    if lacking:
+        return f"params: {spec.fn} needs {', '.join(lacking)}"
+    return None
+
+
+# Feature functions' numeric parameters (from the card's ``params``); the rest are windows.
+_PARAMS: dict[str, tuple[str, ...]] = {"band_rms": ("lo_hz", "hi_hz", "rate_hz"),
+                                       "equals": ("value",)}
+
+
 class FeatureExtractor:
     """Turn windows of named channels into the model's feature matrix, in card order.
 
@@ -293,8 +336,13 @@ class FeatureExtractor:
     def __init__(self, specs: Sequence[FeatureSpecLike], channels: Sequence[str]) -> None:
         index = {c: i for i, c in enumerate(channels)}
         self.names = [s.name for s in specs]
-        if len(set(self.names)) != len(self.names):
-            raise ValueError("feature names must be unique")
+        for j, s in enumerate(specs):
+            problem = check_spec(s, channels)
+            if problem is not None:
+                raise ValueError(f"features[{j}].{problem}")
+            if s.name in self.names[:j]:
+                raise ValueError(f"features[{j}].name: {s.name!r} is taken by "
+                                 f"features[{self.names.index(s.name)}]; names must be unique")
         # Single-input features sharing a function and parameters run as one call over all
         # their channels: a per-call numpy overhead of a few microseconds, paid 40 times per
         # batch, would otherwise dominate the cost of a tick.
@@ -302,11 +350,6 @@ class FeatureExtractor:
         groups: dict[tuple[str, tuple[tuple[str, float], ...]], tuple[list[int], list[int]]] = {}
         self._multi: list[tuple[int, FeatureFn, list[int], dict[str, float]]] = []
         for j, s in enumerate(specs):
-            if s.fn not in FEATURES:
-                raise ValueError(f"feature {s.name!r}: unknown function {s.fn!r}")
-            missing = [c for c in s.inputs if c not in index]
-            if missing:
-                raise ValueError(f"feature {s.name!r}: no channel named {missing}")
             idx = [index[c] for c in s.inputs]
             if len(idx) == 1:
                 key = (s.fn, tuple(sorted(s.params.items())))

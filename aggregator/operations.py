@@ -571,8 +571,8 @@ def load_operations(session: Session, series: SeriesStore | None, settings: Sett
     if settings.models_dir is not None:
         for name, version in found:
             card = find_card(settings.models_dir, name, version)
-            if card is None:
-                continue
+            if card is None or card.reference.score is None:
+                continue  # no card, or a card without a score reference: nothing to compare
             monitoring = card.reference.monitoring
             reference = ScoreReference.from_stats(
                 card.reference.score, None if monitoring is None else monitoring.alert_rate)

@@ -16,7 +16,14 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    model_validator,
+)
 
 from contract.errors import CardError
 
@@ -39,9 +46,12 @@ __all__ = [
     "SelfTest",
     "Sha256Spec",
     "Stats",
+    "TableSpec",
     "Tail",
     "ThresholdSpec",
     "WindowSpec",
+    "field_path",
+    "one_line",
     "sha256_file",
 ]
 
@@ -63,13 +73,40 @@ class ChannelSpec(_Card):
     description: str = ""
 
 
+class TableSpec(_Card):
+    """How recorded data of the model lie in a CSV or Parquet file: one row per sample,
+    one column per channel. ``linewatch features``, ``card``, ``evaluate`` and
+    ``calibrate`` read files through it; the agent reads what its ``source`` says."""
+
+    asset: str | None = Field(None, description="column naming the asset of each row; "
+                              "none: the whole file is one asset")
+    time: str = Field(description="column of the sample time (a number in input.time_unit, "
+                      "or an ISO 8601 time)")
+    columns: dict[str, str] = Field(default_factory=dict, description="channel -> column, for "
+                                    "channels whose column is named otherwise")
+    labels: dict[str, str] = Field(default_factory=dict, description="label -> column, e.g. "
+                                   "rul: RUL (remaining life at each row) or failure: Failed")
+
+    def column(self, channel: str) -> str:
+        return self.columns.get(channel, channel)
+
+
 class InputSpec(_Card):
-    format: Literal["cmapss", "ai4i", "ims"] = Field(
-        description="file format of recorded data for replay and evaluation"
+    format: Literal["cmapss", "ai4i", "ims"] | None = Field(
+        None, description="file format of recorded data for replay and evaluation; none for "
+        "a model whose data come as a table (``table``) or only from a live source"
     )
+    table: TableSpec | None = Field(None, description="layout of recorded data in CSV or "
+                                    "Parquet, when they are in no shipped format")
     channels: list[ChannelSpec] = Field(min_length=1, description="channels, in window order")
     rate_hz: float | None = Field(None, description="sampling rate of high-rate signals")
     time_unit: str = Field("sample", description="what one step between samples means")
+
+    @model_validator(mode="after")
+    def _one_layout(self) -> InputSpec:
+        if self.format is not None and self.table is not None:
+            raise ValueError("give format (a shipped layout) or table (your own), not both")
+        return self
 
 
 class WindowSpec(_Card):
@@ -87,10 +124,57 @@ class FeatureSpec(_Card):
 
 
 class OutputSpec(_Card):
-    name: str = Field(description="ONNX output holding class probabilities (n, 2)")
-    index: int = Field(1, description="column of the positive class")
+    """The ONNX output the agent reads, and what its values mean.
+
+    ``kind`` ``probability``: column ``index`` of output ``name`` is the probability of a
+    failure within ``horizon`` (or of the positive class); the alert is ``score >=
+    threshold``. ``kind`` ``rul``: it is the remaining useful life in ``unit`` (cycles,
+    hours); the alert is ``RUL <= horizon``. The wire carries a score in [0, 1] either way:
+    for RUL ``score = 1 - min(max(RUL, 0), cap) / cap`` (0 = ``cap`` or more left, 1 =
+    failing now), so the threshold is ``1 - horizon / cap`` and nothing downstream changes.
+    """
+
+    name: str = Field(description="ONNX output holding class probabilities (n, 2), a "
+                      "probability or a remaining useful life (n, 1) or (n,), or a sequence "
+                      "of maps (skl2onnx's ZipMap)")
+    index: int = Field(1, ge=0, description="column of the positive class (0 for one column)")
     meaning: str
     horizon: int | None = Field(None, description="failure horizon, in input.time_unit")
+    kind: Literal["probability", "rul"] = Field(
+        "probability", description="probability: a probability of failure; rul: remaining "
+        "useful life in ``unit``")
+    unit: str = Field("", description="rul: what the model counts (cycles, hours)")
+    cap: float | None = Field(None, gt=0, description="rul: the life at and beyond which the "
+                              "score on the wire is 0")
+
+    @model_validator(mode="after")
+    def _rul_complete(self) -> OutputSpec:
+        if self.kind != "rul":
+            return self
+        if self.horizon is None:
+            raise ValueError("a rul output needs horizon: alert when the predicted life is "
+                             "at most this much")
+        if self.cap is None or not self.cap > self.horizon:
+            raise ValueError("a rul output needs cap, a life longer than horizon: the score "
+                             "is 1 - min(RUL, cap) / cap")
+        if not self.unit:
+            raise ValueError("a rul output needs unit: what the life is counted in (cycles, "
+                             "hours)")
+        return self
+
+    def to_score(self, values: Any) -> Any:
+        """The score on the wire for output values (numpy arrays): as they are for a
+        probability, ``1 - min(max(RUL, 0), cap) / cap`` for a remaining life."""
+        if self.kind != "rul" or self.cap is None:
+            return values
+        return 1.0 - (values.clip(0.0, self.cap) / self.cap)
+
+    @property
+    def rul_threshold(self) -> float | None:
+        """The score threshold a rul output's horizon means (None for a probability)."""
+        if self.kind != "rul" or self.cap is None or self.horizon is None:
+            return None
+        return 1.0 - self.horizon / self.cap
 
 
 class ThresholdSpec(_Card):
@@ -186,8 +270,14 @@ class Monitoring(_Card):
 
 
 class Reference(_Card):
-    features: dict[str, Stats]
-    score: Stats
+    """What the agent's monitors start from. ``features``: the envelope monitor centres
+    each feature on its mean and measures excursions beyond its range in its standard
+    deviations (a feature without one is centred on the middle of its ``range``).
+    ``monitoring``: the thresholds' calibration. ``score``: the scores over the training
+    windows, for people and ``linewatch calibrate`` (no monitor reads it)."""
+
+    features: dict[str, Stats] = Field(default_factory=dict)
+    score: Stats | None = None
     monitoring: Monitoring | None = Field(
         None, description="calibration of the drift and data-quality monitors; cards "
         "without it run the monitors on fixed, documented rules and say so")
@@ -271,7 +361,7 @@ class ModelCard(_Card):
     sha256: Sha256Spec
     metrics: dict[str, Metric] = Field(default_factory=dict)
     self_test: SelfTest
-    reference: Reference
+    reference: Reference = Field(default_factory=Reference)
     training: dict[str, Any] = Field(
         default_factory=dict, description="data, seeds, hyper-parameters"
     )
@@ -282,13 +372,26 @@ class ModelCard(_Card):
     @model_validator(mode="after")
     def _consistent(self) -> ModelCard:
         channels = {c.name for c in self.input.channels}
-        for f in self.features:
-            missing = set(f.inputs) - channels
+        for j, f in enumerate(self.features):
+            missing = [c for c in f.inputs if c not in channels]
             if missing:
-                raise ValueError(f"feature {f.name!r} reads unknown channels {sorted(missing)}")
+                raise ValueError(f"features[{j}].inputs: no channel named "
+                                 f"{', '.join(map(repr, missing))} (feature {f.name!r})")
         n = len(self.features)
         if any(len(row) != n for row in self.self_test.features):
             raise ValueError(f"self_test feature rows must have {n} values")
+        unknown = set(self.reference.features) - set(self.feature_names)
+        if unknown:
+            raise ValueError(f"reference.features names no feature {sorted(unknown)}")
+        if self.output.kind == "rul":
+            if self.calibration is not None:
+                raise ValueError("calibration: a rul output is no probability; leave it out")
+            want = self.output.rul_threshold
+            if want is not None and abs(self.threshold.value - want) > 1e-6:
+                raise ValueError(f"threshold.value: a rul output with horizon "
+                                 f"{self.output.horizon} and cap {self.output.cap:g} alerts "
+                                 f"at score {want:.6g} (1 - horizon / cap), not "
+                                 f"{self.threshold.value:.6g}")
         return self
 
     @field_serializer("created", when_used="json")
@@ -302,6 +405,11 @@ class ModelCard(_Card):
         data = self.model_dump(mode="json")
         if data.get("calibration", 0) is None:
             del data["calibration"]
+        # Keys added after cards shipped are left out at their defaults, so a card written
+        # before them is written again byte for byte.
+        for section, key, default in _NEW_KEYS:
+            if data[section].get(key, 0) == default:
+                del data[section][key]
         return json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
 
     @property
@@ -320,8 +428,11 @@ class ModelCard(_Card):
             return cls.model_validate_json(path.read_bytes())
         except OSError as exc:
             raise CardError(f"cannot read {path}: {exc}") from exc
+        except ValidationError as exc:
+            # One line, naming the field: a hand-written card can fail on dozens at once.
+            raise CardError(f"{path} is not a valid model card: {one_line(exc)}") from None
         except ValueError as exc:
-            raise CardError(f"{path} is not a valid model card: {exc}") from exc
+            raise CardError(f"{path} is not a valid model card: {exc}") from None
 
     def verify(self, model_dir: str | Path) -> Path:
         """Return the model file's path after checking its sha256 against the card."""
@@ -330,6 +441,57 @@ class ModelCard(_Card):
         if actual != self.sha256.model:
             raise CardError(f"{path} has sha256 {actual}, the card says {self.sha256.model}")
         return path
+
+
+_NEW_KEYS = (("input", "table", None), ("output", "kind", "probability"),
+             ("output", "unit", ""), ("output", "cap", None))
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as a card's reader writes it.
+
+    >>> field_path(("features", 3, "fn"))
+    'features[3].fn'
+    >>> field_path(())
+    '(top level)'
+    """
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def one_line(exc: ValidationError) -> str:
+    """The first problem of a validation error, naming its field, and how many more.
+
+    >>> try:
+    ...     WindowSpec.model_validate({"size": 0})
+    ... except ValidationError as exc:
+    ...     print(one_line(exc))
+    size: Input should be greater than or equal to 1 (got 0);
+    and 1 more problem (hop: Field required)
+    """
+    errors = exc.errors()
+    first = errors[0]
+    # Validators' messages arrive as "Value error, <what we wrote>".
+    msg = str(first["msg"]).removeprefix("Value error, ")
+    if not first["loc"]:  # a check across fields: its message names them
+        text = msg
+    else:
+        got = "" if first["type"] == "missing" or "input" not in first else \
+            f" (got {_short(first['input'])})"
+        text = f"{field_path(first['loc'])}: {msg}{got}"
+    rest = errors[1:]
+    if rest:
+        named = ", ".join(f"{field_path(e['loc'])}: {e['msg']}" for e in rest[:3])
+        more = ", ..." if len(rest) > 3 else ""
+        text += f"; and {len(rest)} more problem{'s' * (len(rest) > 1)} ({named}{more})"
+    return text
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def sha256_file(path: str | Path) -> str:

@@ -387,7 +387,11 @@ def calibrate_trained(model_dir: Path, data_root: Path) -> ModelCard:
 
 def load_lives(card: ModelCard, data: Path, fmt: str | None = None) -> list[Recording]:
     """Recordings of ``data`` with their channels in the card's order."""
-    recs = read_recordings(data, fmt or card.input.format)  # type: ignore[arg-type]
+    if fmt is None:
+        from linewatch.tables import read_data
+
+        return read_data(card.input, data)
+    recs = read_recordings(data, fmt)  # type: ignore[arg-type]
     out = []
     for r in recs:
         idx = [r.channels.index(c) for c in card.channel_names]

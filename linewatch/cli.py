@@ -1,4 +1,5 @@
-"""The ``linewatch`` command: agent, aggregator, token, report, demo, train, evaluate.
+"""The ``linewatch`` command: agent, aggregator, token, report, demo, train, evaluate,
+features, card.
 
 ``agent``, ``aggregator``, ``token`` and ``report`` run the code of ``python -m agent run``,
 ``python -m aggregator serve``, ``python -m aggregator token`` and
@@ -232,6 +233,35 @@ def _report(exc: BaseException, args: argparse.Namespace) -> None:
         traceback.print_exception(exc)
 
 
+def _features(args: argparse.Namespace) -> int:
+    from linewatch.ownmodel import feature_table
+    from linewatch.spec import load_spec
+    from linewatch.tables import write_table
+
+    spec = load_spec(args.spec)
+    cols = feature_table(spec, args.data_file)
+    write_table(args.out, cols)
+    print(f"wrote {len(cols['asset'])} windows x {len(spec.features)} features to {args.out}")
+    return EXIT_OK
+
+
+def _card(args: argparse.Namespace) -> int:
+    from contract.card import CARD_FILE
+    from linewatch.ownmodel import card_for_export, write_model_dir
+    from linewatch.spec import load_spec
+
+    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
+        print(f"error: not replacing {args.out}: pass --overwrite, or --out DIR",
+              file=sys.stderr)
+        return EXIT_FAILED
+    spec = load_spec(args.spec)
+    card, said = card_for_export(args.model, spec, args.data, args.holdout)
+    out = write_model_dir(args.out, args.model, card)
+    print("\n".join(said))
+    print(f"wrote {out / 'model.onnx'} and {out / CARD_FILE}")
+    return EXIT_OK
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from linewatch.calibration import run_calibration
 
@@ -346,6 +376,49 @@ def _parser() -> argparse.ArgumentParser:
                    help="store the results in card.json (and CARD.md)")
     _verbose_flag(c)
     c.set_defaults(func=_calibrate)
+
+    f = sub.add_parser(
+        "features", help="the agent's features of a data file, as a table to train on",
+        description="Window a data file and compute the features a spec lists with the "
+        "agent's own code (agent/windows.py, agent/features.py), so a model trained on them "
+        "sees what the gateway will feed it. Reads SPEC (YAML: input layout and channels, "
+        "window, features) and DATA_FILE (CSV or Parquet laid out as input.table says, or a "
+        "shipped format). Writes OUT (.csv, or .parquet with pyarrow): asset, window_end, "
+        "one column per feature in spec order, and the data's labels at each window's newest "
+        "sample. Example: linewatch features spec.yaml engines.csv -o features.csv",
+        epilog=f"exit codes: {EXIT_OK} written; {EXIT_START} the spec or the data file is "
+        "missing or unusable (one line says which field or row).")
+    f.add_argument("spec", type=Path, help="the model's spec (YAML)")
+    f.add_argument("data_file", type=Path, help="recorded data")
+    f.add_argument("-o", "--out", type=Path, required=True, help="table to write")
+    _verbose_flag(f)
+    f.set_defaults(func=_features)
+
+    k2 = sub.add_parser(
+        "card", help="write the model card for an ONNX model trained elsewhere",
+        description="Make a model directory (model.onnx + card.json) the agent can run from "
+        "an ONNX file trained elsewhere on the rows 'linewatch features' writes. Computes the "
+        "sha256 values, each feature's training range and reference statistics, the alert "
+        "threshold (for target_precision on --holdout, or 1 - horizon/cap for a remaining "
+        "life), the probabilities' calibration and metrics on --holdout, the monitors' "
+        "calibration on --data, and self-test rows scored by onnxruntime. Accepts skl2onnx "
+        "exports with or without ZipMap, onnxmltools' LightGBM and XGBoost, and a torch "
+        "export with one float output; anything else gets one line saying what to change. "
+        "Example: linewatch card model.onnx --spec spec.yaml --data train.csv "
+        "--holdout holdout.csv --out models/mine",
+        epilog=f"exit codes: {EXIT_OK} written; {EXIT_FAILED} --out is not empty (pass "
+        f"--overwrite); {EXIT_START} the model, the spec or a data file is unusable (one "
+        "line names the field and what to change).")
+    k2.add_argument("model", type=Path, help="the ONNX file")
+    k2.add_argument("--spec", type=Path, required=True, help="the model's spec (YAML)")
+    k2.add_argument("--data", type=Path, required=True,
+                    help="the data the model was trained on")
+    k2.add_argument("--holdout", type=Path, default=None,
+                    help="data it was not trained on: threshold, calibration and metrics")
+    k2.add_argument("--out", type=Path, required=True, help="model directory to write")
+    k2.add_argument("--overwrite", action="store_true", help="replace files in --out")
+    _verbose_flag(k2)
+    k2.set_defaults(func=_card)
 
     e = sub.add_parser("evaluate", help="score a data file with a model, print metrics",
                        description=_EVALUATE_DESCRIPTION, epilog=_EVALUATE_EPILOG,

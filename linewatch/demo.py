@@ -29,9 +29,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent import config as agent_config
-from agent.datasets import read_recordings
 from agent.pipeline import Agent
 from contract.card import ModelCard
+from linewatch.tables import read_data
 
 if TYPE_CHECKING:
     from aggregator.settings import Settings
@@ -157,7 +157,7 @@ def _truth(demo: DemoConfig, card: ModelCard) -> dict[str, float]:
     if demo.truth is None:
         return {}
     replayed = {asset for a in demo.agents for asset in a.assets}
-    recs = read_recordings(demo.data, card.input.format, truth=demo.truth)
+    recs = read_data(card.input, demo.data, truth=demo.truth)
     return {r.asset: float(r.labels["rul"][-1]) for r in recs
             if r.asset in replayed and "rul" in r.labels}
 
@@ -165,7 +165,7 @@ def _truth(demo: DemoConfig, card: ModelCard) -> dict[str, float]:
 def assign_assets(demo: DemoConfig, data: Path, card: ModelCard) -> DemoConfig:
     """``demo`` replaying ``data``: its assets shared out in order among the configured
     agents (fewer agents if the file has fewer assets)."""
-    assets = sorted({r.asset for r in read_recordings(data, card.input.format)})
+    assets = sorted({r.asset for r in read_data(card.input, data)})
     agents = demo.agents[: max(1, min(len(demo.agents), len(assets)))]
     bounds = [round(i * len(assets) / len(agents)) for i in range(len(agents) + 1)]
     return demo.model_copy(update={"data": data, "agents": [

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.datasets import read_recordings
 from contract.card import ModelCard, sha256_file
+from linewatch.tables import read_data
 from linewatch.training.frames import Frames, featurize
 from linewatch.training.metrics import MetricValue, report_metrics
 
@@ -56,15 +56,20 @@ def evaluate(
 
     model = OnnxModel(model_dir)
     card = model.card
+    if truth is not None and card.output.horizon is None and card.input.format == "cmapss":
+        raise ValueError(f"--truth: the card in {model_dir} has no output.horizon, so no "
+                         "window can be called positive: add \"horizon\": N (the "
+                         f"{card.input.time_unit}s within which a failure counts as "
+                         "predicted) to its output")
     data_file = Path(data_file)
-    recs = read_recordings(data_file, card.input.format, truth=truth)
+    recs = read_data(card.input, data_file, truth=truth)
     frames = featurize(recs, card.features, size=card.window.size, hop=card.window.hop)
     p = model.run(frames.X)
     thr = card.threshold.value
     result: dict[str, Any] = {
         "model": {"name": card.name, "version": card.version, "dir": str(model_dir),
                   "sha256": card.sha256.model, "threshold": thr},
-        "data": {"file": str(data_file), "format": card.input.format,
+        "data": {"file": str(data_file), "format": card.input.format or "table",
                  "sha256": sha256_file(data_file) if data_file.is_file() else None,
                  "truth": None if truth is None else str(truth),
                  "labels": sorted(frames.labels)},
@@ -93,10 +98,18 @@ def evaluate(
 
 
 def _metrics(card: ModelCard, frames: Frames, p: np.ndarray) -> dict[str, Any]:
-    found = report_metrics(card.input.format, frames.labels, p,
+    labels = frames.labels
+    truth = card.training.get("truth")
+    if card.input.table is not None and isinstance(truth, dict):
+        # A card from `linewatch card` says which of the table's labels is the truth.
+        named = truth.get("life") or truth.get("label")
+        labels = {("rul" if "life" in truth else "failure"): labels[named]} \
+            if named in labels else {}
+    cap = card.output.cap if card.output.kind == "rul" else card.training.get("rul_cap")
+    found = report_metrics(card.input.format or "table", labels, p,
                            threshold=card.threshold.value, horizon=card.output.horizon,
                            asset=frames.asset, end=frames.end, last=frames.last,
-                           rul_cap=card.training.get("rul_cap"))
+                           rul_cap=cap)
     return {k: _clean(v) for k, v in sorted(found.items())}
 
 
@@ -173,7 +186,8 @@ def _monitoring_lines(t: dict[str, Any]) -> list[str]:
 
 def _metric_lines(title: str, metrics: dict[str, Any]) -> list[str]:
     if not metrics:
-        return [f"{title}: none (the data carry no truth; C-MAPSS test files take --truth)"]
+        return [f"{title}: none (the data carry no truth the card can read: C-MAPSS test "
+                "files take --truth; a table needs the label the card's training.truth names)"]
     out = [title]
     for name, mv in metrics.items():
         value = "n/a" if mv["value"] is None else f"{mv['value']:.4f}"

@@ -55,7 +55,16 @@ class ReplaySource:
             recordings = read_table(config.path, config.table, card)
         else:
             fmt = config.format or card.input.format
+            if fmt is None:
+                raise SourceError("the model card names no recorded format (input.format): "
+                                  "set source.format to cmapss, ai4i or ims for a replay, or "
+                                  "use a table source")
             mapping = preset(fmt)
+            if mapping is not None:
+                # A shipped format carries every channel it has; a model may read fewer.
+                wanted = {c.name for c in card.input.channels}
+                mapping = mapping.model_copy(update={"channels": {
+                    k: v for k, v in mapping.channels.items() if k in wanted}})
             try:
                 recordings = (read_recordings(config.path, fmt) if mapping is None
                               else read_table(config.path, mapping, card))

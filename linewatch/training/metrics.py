@@ -280,7 +280,20 @@ def report_metrics(
       of rows of each failure mode that were alerted (``mode_recall_*``).
     - ``ims`` (needs ``degraded``; NaN = unknown and left out): windows, bootstrap by
       bearing-snapshot.
+    - ``table`` (a plant's own data, ``linewatch card``): with ``rul`` and ``horizon``, as
+      ``cmapss``; with ``failure`` (1 = positive, NaN = unknown), windows with a bootstrap
+      by asset and each asset's newest window.
     """
+    if fmt == "table" and "failure" in labels:
+        known = ~np.isnan(labels["failure"])
+        y, pk, a = labels["failure"][known] == 1, p[known], asset[known]
+        out = binary_metrics(y, pk, threshold, groups=a, prefix="window_", group_name="assets")
+        lk = last[known]
+        out |= binary_metrics(y[lk], pk[lk], threshold, prefix="last_window_",
+                              what="assets' newest windows")
+        return out
+    if fmt == "table":
+        fmt = "cmapss"  # a remaining life per window: scored as C-MAPSS's
     if fmt == "cmapss" and "rul" in labels and horizon is not None:
         y = labels["rul"] <= horizon
         out = binary_metrics(y, p, threshold, groups=asset, prefix="window_",

@@ -329,7 +329,7 @@ def broken_card(tmp_path: Path) -> Path:
     [
         ("no-model", ["card.json", "check model.dir in"], "linewatch agent"),
         ("no-model", ["card.json", "check model.dir in"], "python -m agent run"),
-        ("broken-card", ["is not a valid model card", "the first: name:", "check model.dir"],
+        ("broken-card", ["is not a valid model card: name: Input should be", "check model.dir"],
          "linewatch agent"),
         ("no-data", ["nope.txt", "check source.path"], "linewatch agent"),
         ("outbox-under-a-file", ["cannot open outbox", "set outbox.path in"],
