@@ -116,8 +116,9 @@ class RetrainingReaction:
             asset=scope_key(model, version, line), site=site, line=line or "*",
             agent=",".join(sorted({r.agent for r in recent}))[:128] or "*", model_name=model,
             model_version=version, threshold=threshold)
+        # Event time: the latest detection (plant time) of the scope's conditions.
         tickets.open_or_escalate(session, subject, "retraining", evidence, now=now,
-                                 cooldown=self.cooldown)
+                                 at=latest, cooldown=self.cooldown)
 
 
 def _known(ticket: Ticket) -> set[str]:
