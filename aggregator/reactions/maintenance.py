@@ -27,7 +27,7 @@ from aggregator import conditions, tickets
 from aggregator.db import AssetCondition
 from aggregator.reactions import Batch
 from aggregator.reactions.state import Windows, load_states, save_states
-from aggregator.rules import MaintenanceRule, ScoredWindow, triage
+from aggregator.rules import KOfN, ScoredWindow, k_of_n_triggers, triage
 from aggregator.series import PredictionPoint
 from aggregator.settings import Settings
 
@@ -42,13 +42,16 @@ class MaintenanceReaction:
     name = "maintenance"
 
     def __init__(self, settings: Settings) -> None:
+        KOfN(settings.rule_k, settings.rule_n)  # validates k and n with its messages
         self.k = settings.rule_k
         self.n = settings.rule_n
         self.cooldown = timedelta(seconds=settings.rule_cooldown_s)
         self.sensor_channels = settings.triage_sensor_channels
+        # (site, asset) -> the rule state's JSON as last written, and its windows: the
+        # state stays in SQL (replicas share it), this only spares parsing it again.
+        self._memo: dict[tuple[str, str], tuple[Windows, list[ScoredWindow]]] = {}
 
     def react(self, session: Session, batch: Batch) -> None:
-        rule = MaintenanceRule(self.k, self.n)
         by_key: dict[tuple[str, str], list[tuple[PredictionPoint, float]]] = defaultdict(list)
         for item in batch.data:
             threshold = item.envelope.model.threshold
@@ -56,24 +59,47 @@ class MaintenanceReaction:
                 by_key[point.site, point.asset].append((point, threshold))
         if not by_key:
             return
-        stored = load_states(session, rule.name, by_key, batch.now)
+        stored = load_states(session, self.name, by_key, batch.now)
         changed: dict[tuple[str, str], Windows] = {}
         triggered: list[tuple[str, str, list[Trigger]]] = []
         for key in sorted(by_key):
-            rule.restore(key, (ScoredWindow.from_json(w) for w in stored.get(key, ())))
-            triggers: list[Trigger] = []
-            newest = rule.windows(key)[-1].window_end if rule.windows(key) else None
-            for point, threshold in sorted(by_key[key], key=_window_end):
-                if rule.update(key, ScoredWindow(point.window_end, point.score, point.alert)):
-                    triggers.append(Trigger(point, threshold, rule.windows(key)))
-            windows = rule.windows(key)
-            if windows and windows[-1].window_end != newest:  # else every window was stale
-                changed[key] = [w.to_json() for w in windows]
-            if triggers:
-                triggered.append((*key, triggers))
-        save_states(session, rule.name, changed, batch.now)
+            old_json = stored.get(key, [])
+            old = self._parsed(key, old_json)
+            # In window order; a window not newer than the last one seen is stale (a
+            # redelivered or replayed window is never counted twice).
+            fresh: list[tuple[PredictionPoint, float]] = []
+            last = old[-1].window_end if old else None
+            for entry in sorted(by_key[key], key=_window_end):
+                if last is None or entry[0].window_end > last:
+                    fresh.append(entry)
+                    last = entry[0].window_end
+            if not fresh:
+                continue
+            new = [ScoredWindow(p.window_end, p.score, p.alert) for p, _ in fresh]
+            every = [*old, *new]
+            hits = k_of_n_triggers([w.alert for w in old], [w.alert for w in new],
+                                   self.k, self.n)
+            if hits:
+                triggered.append((*key, [
+                    Trigger(*fresh[i], every[max(0, len(old) + i + 1 - self.n):len(old) + i + 1])
+                    for i in hits]))
+            windows = every[-self.n:]
+            kept = max(0, len(windows) - len(new))
+            new_json = [*(old_json[len(old_json) - kept:] if kept else ()),
+                        *(w.to_json() for w in windows[kept:])]
+            changed[key] = new_json
+            self._memo[key] = (new_json, windows)
+        save_states(session, self.name, changed, batch.now)
         for site, asset, triggers in triggered:
             self._triggered(session, site, asset, triggers, batch)
+
+    def _parsed(self, key: tuple[str, str], stored: Windows) -> list[ScoredWindow]:
+        """The windows a row holds; parsed again only when it is not what this reaction
+        wrote last (another replica, or a restart, wrote it)."""
+        memo = self._memo.get(key)
+        if memo is not None and memo[0] == stored:
+            return memo[1]
+        return [ScoredWindow.from_json(w) for w in stored]
 
     def _triggered(self, session: Session, site: str, asset: str, triggers: list[Trigger],
                    batch: Batch) -> None:
