@@ -61,7 +61,7 @@ class MaintenanceReaction:
             return
         stored = load_states(session, self.name, by_key, batch.now)
         changed: dict[tuple[str, str], Windows] = {}
-        triggered: list[tuple[str, str, list[Trigger]]] = []
+        triggered: list[tuple[str, str, list[_Trigger]]] = []
         for key in sorted(by_key):
             old_json = stored.get(key, [])
             old = self._parsed(key, old_json)
@@ -81,7 +81,7 @@ class MaintenanceReaction:
                                    self.k, self.n)
             if hits:
                 triggered.append((*key, [
-                    Trigger(*fresh[i], every[max(0, len(old) + i + 1 - self.n):len(old) + i + 1])
+                    _Trigger(*fresh[i], every[max(0, len(old) + i + 1 - self.n):len(old) + i + 1])
                     for i in hits]))
             windows = every[-self.n:]
             kept = max(0, len(windows) - len(new))
@@ -101,7 +101,7 @@ class MaintenanceReaction:
             return memo[1]
         return [ScoredWindow.from_json(w) for w in stored]
 
-    def _triggered(self, session: Session, site: str, asset: str, triggers: list[Trigger],
+    def _triggered(self, session: Session, site: str, asset: str, triggers: list[_Trigger],
                    batch: Batch) -> None:
         """Every trigger, in event-time order: trusted ones open or escalate the asset's
         maintenance ticket (the first opens it at its window's end, each later one is an
@@ -123,7 +123,7 @@ class MaintenanceReaction:
             cooldown=self.cooldown,
         )
 
-    def _untrusted(self, session: Session, site: str, asset: str, trigger: Trigger,
+    def _untrusted(self, session: Session, site: str, asset: str, trigger: _Trigger,
                    during: list[AssetCondition], batch: Batch) -> bool:
         at = trigger.point.window_end
         active = [r for r in during if r.since <= at and (r.ended_at is None or r.ended_at > at)]
@@ -150,7 +150,7 @@ def _window_end(entry: tuple[PredictionPoint, float]) -> datetime:
 
 
 @dataclass(frozen=True, slots=True)
-class Trigger:
+class _Trigger:
     """A window that left its asset's rule triggered, and the rule's windows then."""
 
     point: PredictionPoint

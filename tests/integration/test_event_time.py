@@ -95,3 +95,37 @@ def test_a_backlog_after_an_outage_gives_the_tickets_the_live_stream_gave(
         # Received after the outage, hours of plant time after the window that opened it.
         assert at(ticket["received_at"]) >= back > at(ticket["opened_at"])
         assert at(live[asset]["received_at"]) < back
+
+
+def test_the_event_time_revision_gives_existing_tickets_their_arrival_as_received_at(
+    tmp_path: Path,
+) -> None:
+    """Revision 0008: a ticket written before it keeps its opened_at (then the arrival)
+    and gets the same instant as received_at; a downgrade drops the column, even with
+    ticket notes pointing at the table."""
+    from alembic import command
+    from sqlalchemy import inspect, text
+
+    from aggregator import migrations
+    from aggregator.db import open_engine
+
+    engine = open_engine(f"sqlite:///{tmp_path / 'old.db'}", create=False)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(migrations.alembic_config(conn), "0006")
+            conn.execute(text(
+                "INSERT INTO tickets (id, kind, asset, agent, site, line, status, opened_at, "
+                "updated_at, model_name, model_version, threshold, escalations, evidence) "
+                "VALUES (1, 'maintenance', 'pump-1', 'gw-1', 'plant1', 'line3', 'open', "
+                "'2026-03-01 12:00:00.000000', '2026-03-01 12:05:00.000000', 'm', '1', 0.7, "
+                "2, '{}')"))
+            conn.execute(text("INSERT INTO ticket_notes (ticket_id, at, author, text) VALUES "
+                              "(1, '2026-03-01 12:06:00.000000', 'alice', 'checked')"))
+            command.upgrade(migrations.alembic_config(conn), "0008")
+            assert conn.execute(text("SELECT opened_at, received_at FROM tickets")).one() == (
+                "2026-03-01 12:00:00.000000", "2026-03-01 12:00:00.000000")
+            command.downgrade(migrations.alembic_config(conn), "-1")
+        columns = {c["name"] for c in inspect(engine).get_columns("tickets")}
+        assert "received_at" not in columns and "opened_at" in columns
+    finally:
+        engine.dispose()

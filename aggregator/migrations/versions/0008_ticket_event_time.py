@@ -27,12 +27,13 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+# Plain ALTER TABLE (SQLite 3.35 and newer drop a column in place): a batch operation would
+# copy and drop ``tickets``, which SQLite refuses while ``ticket_notes`` rows point at it.
 def upgrade() -> None:
-    with op.batch_alter_table("tickets") as batch:
-        batch.add_column(sa.Column("received_at", sa.DateTime(timezone=True), nullable=True))
+    op.add_column("tickets", sa.Column("received_at", sa.DateTime(timezone=True),
+                                       nullable=True))
     op.execute("UPDATE tickets SET received_at = opened_at")
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("tickets") as batch:
-        batch.drop_column("received_at")
+    op.drop_column("tickets", "received_at")
