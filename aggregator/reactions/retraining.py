@@ -66,6 +66,8 @@ class RetrainingReaction:
         # Scope -> (threshold, what started in this batch: assets, and agents for the rate).
         scopes: dict[tuple[str, str, str, str | None], tuple[float, set[str]]] = {}
         for item in batch.data:
+            if not item.drift:  # most messages carry predictions only
+                continue
             started = {e.asset or f"agent:{item.envelope.agent}" for e in item.envelope.items
                        if isinstance(e, DriftEvent) and e.state == "start"
                        and e.detector in ("envelope", "alert_rate")}

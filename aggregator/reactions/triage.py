@@ -80,6 +80,8 @@ class TriageReaction:
     def react(self, session: Session, batch: Batch) -> None:
         touched: dict[tuple[str, str], tuple[str, str, float]] = {}
         for item in batch.data:
+            if not item.drift:  # most messages carry predictions only
+                continue
             events = [e for e in item.envelope.items if isinstance(e, DriftEvent)]
             if not events:
                 continue
