@@ -75,16 +75,16 @@ class MaintenanceReaction:
                     last = entry[0].window_end
             if not fresh:
                 continue
-            new = [ScoredWindow(p.window_end, p.score, p.alert) for p, _ in fresh]
-            every = [*old, *new]
-            hits = k_of_n_triggers([w.alert for w in old], [w.alert for w in new],
+            hits = k_of_n_triggers([w.alert for w in old], [p.alert for p, _ in fresh],
                                    self.k, self.n)
+            # Window objects only for what is kept (the last n) and what triggered.
+            every = _Windows(old, fresh)
             if hits:
                 triggered.append((*key, [
-                    _Trigger(*fresh[i], every[max(0, len(old) + i + 1 - self.n):len(old) + i + 1])
+                    _Trigger(*fresh[i], every.slice(len(old) + i + 1 - self.n, len(old) + i + 1))
                     for i in hits]))
-            windows = every[-self.n:]
-            kept = max(0, len(windows) - len(new))
+            windows = every.slice(len(every) - self.n, len(every))
+            kept = max(0, len(windows) - len(fresh))
             new_json = [*(old_json[len(old_json) - kept:] if kept else ()),
                         *(w.to_json() for w in windows[kept:])]
             changed[key] = new_json
@@ -147,6 +147,28 @@ class MaintenanceReaction:
 
 def _window_end(entry: tuple[PredictionPoint, float]) -> datetime:
     return entry[0].window_end
+
+
+class _Windows:
+    """An asset's stored windows followed by a batch's fresh ones, as one sequence whose
+    fresh windows become ``ScoredWindow`` objects only when asked for."""
+
+    def __init__(self, old: list[ScoredWindow],
+                 fresh: list[tuple[PredictionPoint, float]]) -> None:
+        self.old, self.fresh = old, fresh
+
+    def __len__(self) -> int:
+        return len(self.old) + len(self.fresh)
+
+    def slice(self, start: int, stop: int) -> list[ScoredWindow]:
+        out = []
+        for i in range(max(0, start), stop):
+            if i < len(self.old):
+                out.append(self.old[i])
+            else:
+                p = self.fresh[i - len(self.old)][0]
+                out.append(ScoredWindow(p.window_end, p.score, p.alert))
+        return out
 
 
 @dataclass(frozen=True, slots=True)
