@@ -13,15 +13,15 @@ import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from aggregator.db import AssetCondition
+from aggregator.db import AssetCondition, RuleState
 from aggregator.rules import SENSOR_DETECTORS, triage
 from contract.wire import DriftEvent, Envelope, TopicParts
 
 __all__ = [
-    "FLEET", "SENSOR_DETECTORS", "active", "apply", "close_sensor", "foreign_assets",
+    "FLEET", "SENSOR_DETECTORS", "active", "apply", "close_sensor", "during", "foreign_assets",
 ]
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,17 @@ def active(session: Session, site: str, assets: Iterable[str]) -> dict[str, list
     return out
 
 
+def during(session: Session, site: str, asset: str, start: datetime,
+           end: datetime) -> list[AssetCondition]:
+    """The asset's conditions active at some time in [start, end] (event time: begun by
+    ``end``, not ended by ``start``), oldest first, ended ones included."""
+    query = select(AssetCondition).where(
+        AssetCondition.site == site, AssetCondition.asset == asset,
+        AssetCondition.since <= end,
+        or_(AssetCondition.ended_at.is_(None), AssetCondition.ended_at > start))
+    return list(session.scalars(query.order_by(AssetCondition.since, AssetCondition.id)))
+
+
 def foreign_assets(session: Session, site: str, model: str, version: str,
                    sensor_channels: int) -> dict[str, list[AssetCondition]]:
     """Assets of the site whose active conditions triage as foreign to the model."""
@@ -96,11 +107,23 @@ def foreign_assets(session: Session, site: str, model: str, version: str,
 
 
 def close_sensor(session: Session, site: str, asset: str, at: datetime) -> int:
-    """End the asset's sensor conditions (its sensor ticket was resolved); return how many."""
+    """End the asset's sensor conditions (its sensor ticket was resolved at ``at``, the
+    aggregator's clock); return how many.
+
+    Conditions live in plant time, which a replay or an agent's clock may keep far from
+    the aggregator's: the end is the resolution, but no later than the newest plant time
+    known of the asset (its last scored window, its conditions' detections), so that the
+    windows it sends next are judged as after the repair."""
     rows = session.scalars(select(AssetCondition).where(
         AssetCondition.site == site, AssetCondition.asset == asset,
         AssetCondition.ended_at.is_(None),
         AssetCondition.detector.in_(SENSOR_DETECTORS)).with_for_update()).all()
+    if not rows:
+        return 0
+    plant_now = max(row.detected_at for row in rows)
+    state = session.get(RuleState, ("maintenance", site, asset))
+    if state is not None and state.windows:
+        plant_now = max(plant_now, datetime.fromisoformat(state.windows[-1]["window_end"]))
     for row in rows:
-        row.ended_at = max(at, row.detected_at)
+        row.ended_at = max(row.detected_at, min(at, plant_now))
     return len(rows)

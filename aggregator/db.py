@@ -140,6 +140,12 @@ class Ticket(Base):
     ``outcome``, ``note`` and ``failed_at`` are set by the resolution: ``failed_at`` is when
     the machine failed, for a confirmed failure whose time is known (model health measures
     the warning time up to it).
+
+    ``opened_at`` is event time: when the trigger happened (the window that completed k of
+    n, the detection of the condition), in plant time as the agent stamped it;
+    ``received_at`` is when the aggregator received that trigger. After an outage the
+    backlog's tickets open at their own times, not all at the moment it arrived.
+    ``updated_at`` and ``resolved_at`` are the aggregator's clock.
     """
 
     __tablename__ = "tickets"
@@ -162,6 +168,8 @@ class Ticket(Base):
     model_version: Mapped[str] = mapped_column(String(NAME_LENGTH))
     threshold: Mapped[float] = mapped_column(Float)
     escalations: Mapped[int] = mapped_column(Integer, default=0)
+    # NULL only for a row written by hand; the aggregator always sets it (revision 0008).
+    received_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     # {"k": 3, "n": 5, "scores": [{"window_end": iso, "score": float, "alert": bool}, ...]}
     evidence: Mapped[dict[str, Any]] = mapped_column(JSON)
     # Loaded only when asked for ("select"): the ingest path never reads them.

@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol
 
 __all__ = [
     "SENSOR_DETECTORS", "ConditionLike", "KOfN", "MaintenanceRule", "ScoredWindow", "Verdict",
-    "poisson_tail", "triage",
+    "k_of_n_triggers", "poisson_tail", "triage",
 ]
 
 
@@ -164,6 +164,34 @@ class MaintenanceRule:
     def windows(self, key: Hashable) -> list[ScoredWindow]:
         """The last ``n`` windows of the key, oldest first (the evidence)."""
         return list(self._windows.get(key, ()))
+
+    def windows_view(self, key: Hashable) -> Sequence[ScoredWindow]:
+        """The same windows without a copy; valid until the next ``update`` of the key."""
+        return self._windows.get(key, ())
+
+
+def k_of_n_triggers(before: Sequence[bool], alerts: Sequence[bool], k: int,
+                    n: int) -> list[int]:
+    """Which of ``alerts`` (new windows, in order, after the windows ``before``) leave k of
+    the last n windows alerting: their indexes in ``alerts``. The same answer as feeding
+    them one by one to a :class:`KOfN` that saw ``before``, without an object per window.
+
+    >>> k_of_n_triggers([True, False], [True, True, False, True, True], k=3, n=4)
+    [1, 3, 4]
+    >>> k_of_n_triggers([], [True, True, True], k=3, n=5)
+    [2]
+    """
+    both = [*before[-n:], *alerts]
+    base = len(both) - len(alerts)
+    count = sum(both[max(0, base - n):base])  # the n windows before the first new one
+    out = []
+    for i in range(base, len(both)):
+        count += both[i]
+        if i - n >= 0:
+            count -= both[i - n]
+        if count >= k:
+            out.append(i - base)
+    return out
 
 
 # What only a sensor (or its wiring) does: the sample itself is wrong.

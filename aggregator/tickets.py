@@ -130,9 +130,9 @@ def _merge_evidence(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 
 def _escalate(session: Session, ticket: Ticket, evidence: dict[str, Any],
-              now: datetime) -> Ticket:
+              now: datetime, times: int = 1) -> Ticket:
     ticket.evidence = _merge_evidence(ticket.evidence, evidence)
-    ticket.escalations += 1
+    ticket.escalations += times
     ticket.updated_at = now
     notify(session, ticket, "escalated", now=now)
     return ticket
@@ -145,25 +145,36 @@ def open_or_escalate(
     evidence: dict[str, Any],
     *,
     now: datetime | None = None,
+    at: datetime | None = None,
+    triggers: int = 1,
     cooldown: timedelta = timedelta(0),
 ) -> tuple[Ticket | None, bool]:
     """Open a ticket for (site, asset, kind), or escalate the one already open.
 
     The same asset name at another site is another asset: it gets its own ticket.
 
+    ``at`` is when the (first) trigger happened, in event time (default ``now``): a new
+    ticket's ``opened_at``; ``now`` is when it was received (``received_at``,
+    ``updated_at``). ``triggers`` is how many triggers this call stands for, in event-time
+    order (a backlog brings many at once): the first opens the ticket, every other one is
+    an escalation, so ``escalations`` does not depend on how the triggers were batched.
+
     Returns ``(ticket, opened)``; ``opened`` is False when an existing ticket was
-    escalated (evidence appended, ``updated_at`` bumped, ``escalations`` + 1). Within
-    ``cooldown`` of the last resolution of this (site, asset, kind) nothing is opened and
-    ``(None, False)`` comes back: a technician who just closed a ticket must not get it
-    straight back for the same trend.
+    escalated (evidence appended, ``updated_at`` bumped, ``escalations`` + ``triggers``).
+    Within ``cooldown`` of the last resolution of this (site, asset, kind) nothing is
+    opened and ``(None, False)`` comes back: a technician who just closed a ticket must not
+    get it straight back for the same trend.
     """
     if kind not in TICKET_KINDS:
         raise ValueError(f"kind must be one of {TICKET_KINDS}, got {kind!r}")
+    if triggers < 1:
+        raise ValueError(f"triggers must be at least 1, got {triggers}")
     now = _now(now)
+    at = now if at is None else at
     site, asset = subject.site, subject.asset
     existing = _open_ticket(session, site, asset, kind)
     if existing is not None:
-        return _escalate(session, existing, evidence, now), False
+        return _escalate(session, existing, evidence, now, triggers), False
     if cooldown > timedelta(0):
         resolved = _last_resolved_at(session, site, asset, kind)
         if resolved is not None and now < resolved + cooldown:
@@ -173,8 +184,9 @@ def open_or_escalate(
             return None, False
     ticket = Ticket(
         kind=kind, asset=asset, agent=subject.agent, site=site, line=subject.line,
-        status="open", opened_at=now, updated_at=now, model_name=subject.model_name,
-        model_version=subject.model_version, threshold=subject.threshold, escalations=0,
+        status="open", opened_at=at, received_at=now, updated_at=now,
+        model_name=subject.model_name, model_version=subject.model_version,
+        threshold=subject.threshold, escalations=triggers - 1,
         evidence=_merge_evidence({}, evidence),
     )
     try:
@@ -189,7 +201,7 @@ def open_or_escalate(
         logger.debug(
             "ticket for %s/%s/%s opened concurrently; escalating it", site, asset, kind
         )
-        return _escalate(session, existing, evidence, now), False
+        return _escalate(session, existing, evidence, now, triggers), False
     notify(session, ticket, "opened", now=now)
     logger.info("opened %s ticket %d for asset %s at site %s", kind, ticket.id, asset, site)
     return ticket, True

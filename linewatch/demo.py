@@ -187,7 +187,8 @@ def _wait_stored(api: httpx.Client, predictions: int, events: int, timeout_s: fl
 
 def _ticket_json(t: dict[str, Any]) -> dict[str, Any]:
     out = {k: t[k] for k in ("id", "kind", "status", "outcome", "site", "line", "agent",
-                             "opened_at", "updated_at", "escalations", "evidence")}
+                             "opened_at", "received_at", "updated_at", "escalations",
+                             "evidence")}
     if t["kind"] == "retraining":
         out["assets"] = t["evidence"].get("assets", [])
         out["model"] = t["asset"]

@@ -130,7 +130,9 @@ class TicketOut(_Out):
     site: str
     line: str
     status: Literal["open", "acknowledged", "resolved"]
-    opened_at: datetime
+    opened_at: datetime = Field(
+        description="when the trigger happened, in plant time (event time): the end of the "
+        "window that completed k of n, or the detection of the condition")
     updated_at: datetime
     resolved_at: datetime | None
     outcome: Outcome | None = Field(description=f"set by the resolution: {_OUTCOME_WORDS}")
@@ -144,6 +146,9 @@ class TicketOut(_Out):
     threshold: float
     escalations: int = Field(description="times later evidence was added to this ticket")
     evidence: EvidenceOut
+    received_at: datetime | None = Field(
+        None, description="when the aggregator received the trigger: later than opened_at "
+        "by the length of a backlog flushed after an outage")
 
 
 class ConfirmedFailureIn(BaseModel):

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from aggregator.db import AgentRecord
 from aggregator.reactions import Batch
+from aggregator.validate import DataMessage
 from contract.wire import Health, TopicParts
 
 __all__ = ["AgentRegistry"]
@@ -28,19 +29,27 @@ class AgentRegistry:
 
     def react(self, session: Session, batch: Batch) -> None:
         rows: dict[str, AgentRecord] = {}
-        for item in sorted(batch.data, key=lambda d: (d.envelope.agent, d.envelope.seq)):
-            row = _agent(session, item.parts, rows)
-            env = item.envelope
-            row.site, row.line, row.last_seen = item.parts.site, item.parts.line, batch.now
+        by_agent: dict[str, list[DataMessage]] = {}
+        for item in batch.data:
+            by_agent.setdefault(item.envelope.agent, []).append(item)
+        for agent in sorted(by_agent):
+            # One write per field and agent: what the newest message (by seq) says.
+            items = sorted(by_agent[agent], key=lambda d: d.envelope.seq)
+            newest = items[-1]
+            row = _agent(session, newest.parts, rows)
+            env = newest.envelope
+            row.site, row.line, row.last_seen = newest.parts.site, newest.parts.line, batch.now
             if row.last_seq is None or env.seq >= row.last_seq:
                 row.last_seq = env.seq
                 row.model_name, row.model_version = env.model.name, env.model.version
-            row.predictions_count += len(item.points)
-            for report in item.envelope.items:
-                if isinstance(report, Health) and report.monitoring is not None:
-                    b = report.monitoring.budget
-                    row.alarm_budget_per_day = b.alarms / b.per_days
-            _seen_alive(row, env.ts)
+            row.predictions_count += sum(len(d.points) for d in items)
+            for item in items:
+                if item.health:
+                    for report in item.envelope.items:
+                        if isinstance(report, Health) and report.monitoring is not None:
+                            b = report.monitoring.budget
+                            row.alarm_budget_per_day = b.alarms / b.per_days
+            _seen_alive(row, max(d.envelope.ts for d in items))
         for update in sorted(batch.statuses, key=lambda s: _order(s.status.state, s.status.ts)):
             row = _agent(session, update.parts, rows)
             status = update.status

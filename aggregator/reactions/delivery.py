@@ -66,28 +66,31 @@ class DeliveryTracking:
         ledger = ledger_of(row)
         received: Counter[datetime] = Counter()
         lost: Counter[datetime] = Counter()
+        # Counted here and added to the row once: an ORM attribute write per message
+        # costs more than the rest of the bookkeeping.
+        counts: Counter[str] = Counter()
         for item in messages:
             env = item.envelope
             change = ledger.receive(env.seq, now, env.ts)
             if change.arrival is Arrival.DUPLICATE:
-                row.duplicates += 1
+                counts["duplicates"] += 1
                 logger.debug("agent %s: message %d again, under a new msg_id", agent, env.seq)
                 continue
             if change.arrival is Arrival.RESET:
-                row.resets += 1
+                counts["resets"] += 1
                 self._tell(agent, "reset", logging.WARNING,
                            "agent %s: message %d was stored already, yet this one is newer "
                            "than anything it sent: its outbox was replaced; tracking its "
                            "messages afresh from %d", agent, env.seq, env.seq)
-            row.messages += 1
-            row.windows += len(item.points)
+            counts["messages"] += 1
+            counts["windows"] += len(item.points)
             if item.points:
                 received[hour_of(env.ts)] += len(item.points)
             if change.opened is not None:
-                row.gaps_opened += 1
+                counts["gaps_opened"] += 1
                 self._opened(agent, change.opened, env.seq)
             if change.arrival is Arrival.REORDER:
-                row.reorders += 1
+                counts["reorders"] += 1
                 self._tell(agent, "reorder", logging.INFO,
                            "agent %s: message %d arrived after %d (out of order)",
                            agent, env.seq, ledger.highest)
@@ -97,6 +100,8 @@ class DeliveryTracking:
                 if isinstance(report, Health) and report.undeliverable:
                     for span in report.undeliverable:
                         self._undeliverable(row, ledger, agent, span, env.ts, now, lost)
+        for name, value in counts.items():
+            setattr(row, name, getattr(row, name) + value)
         store_ledger(row, ledger, now)
         _add_hours(session, agent, received, lost)
 

@@ -1,28 +1,33 @@
 """Maintenance tickets: k of an asset's last n windows over the model's threshold.
 
-Windows are fed per (site, asset) in ``window_end`` order; asset names are only unique
-within a site, so the same name at two sites has two windows and two tickets. One
-escalation per (site, asset) and batch, carrying the last trigger's evidence.
+Windows are fed per (site, asset) in ``window_end`` order (event time, whatever order and
+batches they arrived in); asset names are only unique within a site, so the same name at
+two sites has two windows and two tickets. Every window that leaves the rule triggered is
+one trigger: the first opens the ticket, with ``opened_at`` its window's end, each later
+one is an escalation. A backlog flushed after an outage therefore opens the same tickets,
+at the same times, with the same escalations, as the same windows received one by one.
 
 A trigger is trusted only while the asset's inputs are what the model was trained on:
-while a sensor fault or an excursion out of the training envelope is active on the asset
-(and began before the trigger), the risk is not trusted and opens no maintenance ticket;
-it is added to the asset's sensor or inspect ticket as evidence instead.
+while a sensor fault or an excursion out of the training envelope was active on the asset
+at the trigger's window end (begun before it, not ended by then), the risk is not trusted
+and opens no maintenance ticket; it is added to the asset's sensor or inspect ticket as
+evidence instead.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from datetime import timedelta
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
 from aggregator import conditions, tickets
+from aggregator.db import AssetCondition
 from aggregator.reactions import Batch
-from aggregator.reactions.state import locked_state
-from aggregator.rules import MaintenanceRule, ScoredWindow, triage
+from aggregator.reactions.state import Windows, load_states, save_states
+from aggregator.rules import KOfN, ScoredWindow, k_of_n_triggers, triage
 from aggregator.series import PredictionPoint
 from aggregator.settings import Settings
 
@@ -37,51 +42,139 @@ class MaintenanceReaction:
     name = "maintenance"
 
     def __init__(self, settings: Settings) -> None:
+        KOfN(settings.rule_k, settings.rule_n)  # validates k and n with its messages
         self.k = settings.rule_k
         self.n = settings.rule_n
         self.cooldown = timedelta(seconds=settings.rule_cooldown_s)
         self.sensor_channels = settings.triage_sensor_channels
+        # (site, asset) -> the rule state's JSON as last written, and its windows: the
+        # state stays in SQL (replicas share it), this only spares parsing it again.
+        self._memo: dict[tuple[str, str], tuple[Windows, list[ScoredWindow]]] = {}
 
     def react(self, session: Session, batch: Batch) -> None:
-        rule = MaintenanceRule(self.k, self.n)
         by_key: dict[tuple[str, str], list[tuple[PredictionPoint, float]]] = defaultdict(list)
         for item in batch.data:
+            threshold = item.envelope.model.threshold
             for point in item.points:
-                by_key[point.site, point.asset].append((point, item.envelope.model.threshold))
-        for key in sorted(by_key):  # a fixed order: replicas lock rows alike, no deadlock
-            site, asset = key
-            state = locked_state(session, rule.name, site, asset, batch.now)
-            rule.restore(key, (ScoredWindow.from_json(w) for w in state.windows))
-            trigger: tuple[PredictionPoint, float, list[ScoredWindow]] | None = None
-            for point, threshold in sorted(by_key[key], key=lambda pt: pt[0].window_end):
-                if rule.update(key, ScoredWindow(point.window_end, point.score, point.alert)):
-                    trigger = (point, threshold, rule.windows(key))
-            state.windows = [w.to_json() for w in rule.windows(key)]
-            state.updated_at = batch.now
-            if trigger is None:
+                by_key[point.site, point.asset].append((point, threshold))
+        if not by_key:
+            return
+        stored = load_states(session, self.name, by_key, batch.now)
+        changed: dict[tuple[str, str], Windows] = {}
+        triggered: list[tuple[str, str, list[_Trigger]]] = []
+        for key in sorted(by_key):
+            old_json = stored.get(key, [])
+            old = self._parsed(key, old_json)
+            # In window order; a window not newer than the last one seen is stale (a
+            # redelivered or replayed window is never counted twice).
+            fresh: list[tuple[PredictionPoint, float]] = []
+            last = old[-1].window_end if old else None
+            for entry in sorted(by_key[key], key=_window_end):
+                if last is None or entry[0].window_end > last:
+                    fresh.append(entry)
+                    last = entry[0].window_end
+            if not fresh:
                 continue
-            point, threshold, windows = trigger
-            evidence = {"k": rule.k, "n": rule.n, "scores": [w.to_json() for w in windows]}
-            if self._untrusted(session, site, asset, point, evidence, batch):
-                continue
-            tickets.open_or_escalate(
-                session, tickets.Subject.of(point, threshold), "maintenance", evidence,
-                now=batch.now, cooldown=self.cooldown,
-            )
+            hits = k_of_n_triggers([w.alert for w in old], [p.alert for p, _ in fresh],
+                                   self.k, self.n)
+            # Window objects only for what is kept (the last n) and what triggered.
+            every = _Windows(old, fresh)
+            if hits:
+                triggered.append((*key, [
+                    _Trigger(*fresh[i], every.slice(len(old) + i + 1 - self.n, len(old) + i + 1))
+                    for i in hits]))
+            windows = every.slice(len(every) - self.n, len(every))
+            kept = max(0, len(windows) - len(fresh))
+            new_json = [*(old_json[len(old_json) - kept:] if kept else ()),
+                        *(w.to_json() for w in windows[kept:])]
+            changed[key] = new_json
+            self._memo[key] = (new_json, windows)
+        save_states(session, self.name, changed, batch.now)
+        for site, asset, triggers in triggered:
+            self._triggered(session, site, asset, triggers, batch)
 
-    def _untrusted(self, session: Session, site: str, asset: str, point: PredictionPoint,
-                   evidence: dict[str, Any], batch: Batch) -> bool:
-        active = conditions.active(session, site, [asset]).get(asset, [])
-        verdict = triage(active, self.sensor_channels)
-        if verdict.kind is None or verdict.since is None or verdict.since > point.window_end:
+    def _parsed(self, key: tuple[str, str], stored: Windows) -> list[ScoredWindow]:
+        """The windows a row holds; parsed again only when it is not what this reaction
+        wrote last (another replica, or a restart, wrote it)."""
+        memo = self._memo.get(key)
+        if memo is not None and memo[0] == stored:
+            return memo[1]
+        return [ScoredWindow.from_json(w) for w in stored]
+
+    def _triggered(self, session: Session, site: str, asset: str, triggers: list[_Trigger],
+                   batch: Batch) -> None:
+        """Every trigger, in event-time order: trusted ones open or escalate the asset's
+        maintenance ticket (the first opens it at its window's end, each later one is an
+        escalation); untrusted ones go to the sensor or inspect ticket as evidence."""
+        # One query for all of them: what was active at any trigger's window end.
+        during = conditions.during(session, site, asset, triggers[0].point.window_end,
+                                   triggers[-1].point.window_end)
+        trusted = [t for t in triggers if not self._untrusted(session, site, asset, t,
+                                                              during, batch)]
+        if not trusted:
+            return
+        first, last = trusted[0], trusted[-1]
+        scores = {w.window_end: w for t in trusted for w in t.windows}
+        evidence = {"k": self.k, "n": self.n,
+                    "scores": [scores[end].to_json() for end in sorted(scores)]}
+        tickets.open_or_escalate(
+            session, tickets.Subject.of(last.point, last.threshold), "maintenance", evidence,
+            now=batch.now, at=first.point.window_end, triggers=len(trusted),
+            cooldown=self.cooldown,
+        )
+
+    def _untrusted(self, session: Session, site: str, asset: str, trigger: _Trigger,
+                   during: list[AssetCondition], batch: Batch) -> bool:
+        at = trigger.point.window_end
+        active = [r for r in during if r.since <= at and (r.ended_at is None or r.ended_at > at)]
+        if not active:
             return False
+        verdict = triage(active, self.sensor_channels)
+        if verdict.kind is None or verdict.since is None or verdict.since > at:
+            return False
+        evidence = {"k": self.k, "n": self.n, "scores": [w.to_json() for w in trigger.windows]}
         kind: tickets.Kind = "sensor" if verdict.kind == "sensor" else "inspect"
         ticket = tickets.open_ticket(session, site, asset, kind)
         if ticket is not None:
             ticket.evidence = {**ticket.evidence, "untrusted_risk": evidence}
             ticket.updated_at = batch.now
         logger.info("%s/%s: risk over the threshold in %s of %s windows, not trusted: %s "
-                    "since %s (%s)", site, asset, sum(s["alert"] for s in evidence["scores"]),
-                    len(evidence["scores"]), verdict.kind, verdict.since.isoformat(),
+                    "since %s (%s)", site, asset, sum(w.alert for w in trigger.windows),
+                    len(trigger.windows), verdict.kind, verdict.since.isoformat(),
                     ", ".join(verdict.channels))
         return True
+
+
+def _window_end(entry: tuple[PredictionPoint, float]) -> datetime:
+    return entry[0].window_end
+
+
+class _Windows:
+    """An asset's stored windows followed by a batch's fresh ones, as one sequence whose
+    fresh windows become ``ScoredWindow`` objects only when asked for."""
+
+    def __init__(self, old: list[ScoredWindow],
+                 fresh: list[tuple[PredictionPoint, float]]) -> None:
+        self.old, self.fresh = old, fresh
+
+    def __len__(self) -> int:
+        return len(self.old) + len(self.fresh)
+
+    def slice(self, start: int, stop: int) -> list[ScoredWindow]:
+        out = []
+        for i in range(max(0, start), stop):
+            if i < len(self.old):
+                out.append(self.old[i])
+            else:
+                p = self.fresh[i - len(self.old)][0]
+                out.append(ScoredWindow(p.window_end, p.score, p.alert))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Trigger:
+    """A window that left its asset's rule triggered, and the rule's windows then."""
+
+    point: PredictionPoint
+    threshold: float
+    windows: list[ScoredWindow]

@@ -102,7 +102,7 @@ class EstimateReaction:
                     model_name=env.model.name, model_version=env.model.version,
                     threshold=env.model.threshold)
                 tickets.open_or_escalate(
-                    session, subject, "retraining", evidence, now=batch.now,
+                    session, subject, "retraining", evidence, now=batch.now, at=health.at,
                     cooldown=_cooldown(self.settings))
 
     def _count(self, session: Session, site: str, agent: str, at: datetime, below: bool,

@@ -66,6 +66,8 @@ class RetrainingReaction:
         # Scope -> (threshold, what started in this batch: assets, and agents for the rate).
         scopes: dict[tuple[str, str, str, str | None], tuple[float, set[str]]] = {}
         for item in batch.data:
+            if not item.drift:  # most messages carry predictions only
+                continue
             started = {e.asset or f"agent:{item.envelope.agent}" for e in item.envelope.items
                        if isinstance(e, DriftEvent) and e.state == "start"
                        and e.detector in ("envelope", "alert_rate")}
@@ -116,8 +118,9 @@ class RetrainingReaction:
             asset=scope_key(model, version, line), site=site, line=line or "*",
             agent=",".join(sorted({r.agent for r in recent}))[:128] or "*", model_name=model,
             model_version=version, threshold=threshold)
+        # Event time: the latest detection (plant time) of the scope's conditions.
         tickets.open_or_escalate(session, subject, "retraining", evidence, now=now,
-                                 cooldown=self.cooldown)
+                                 at=latest, cooldown=self.cooldown)
 
 
 def _known(ticket: Ticket) -> set[str]:

@@ -80,6 +80,8 @@ class TriageReaction:
     def react(self, session: Session, batch: Batch) -> None:
         touched: dict[tuple[str, str], tuple[str, str, float]] = {}
         for item in batch.data:
+            if not item.drift:  # most messages carry predictions only
+                continue
             events = [e for e in item.envelope.items if isinstance(e, DriftEvent)]
             if not events:
                 continue
@@ -114,13 +116,16 @@ class TriageReaction:
                                   agent=relevant[0].agent, model_name=model,
                                   model_version=version, threshold=threshold)
         evidence = _evidence(verdict, relevant)
+        # Event time: the detection (plant time) of the newest condition behind the verdict.
+        at = max(r.detected_at for r in relevant)
         if verdict.kind == "sensor":
-            self._ticket(session, subject, "sensor", evidence, verdict, now)
+            self._ticket(session, subject, "sensor", evidence, verdict, now, at)
         elif fleet is None:
-            self._ticket(session, subject, "inspect", evidence, verdict, now)
+            self._ticket(session, subject, "inspect", evidence, verdict, now, at)
 
     def _ticket(self, session: Session, subject: tickets.Subject, kind: tickets.Kind,
-                evidence: dict[str, Any], verdict: Verdict, now: datetime) -> None:
+                evidence: dict[str, Any], verdict: Verdict, now: datetime,
+                at: datetime) -> None:
         if kind == "inspect":
             sensor = tickets.open_ticket(session, subject.site, subject.asset, "sensor")
             if sensor is not None and not _sensor_fault(sensor):
@@ -140,7 +145,7 @@ class TriageReaction:
                 f"the alerts began {began.isoformat()}, after {what} "
                 f"({', '.join(verdict.channels)}) began {verdict.since.isoformat()}", now=now)
             return
-        tickets.open_or_escalate(session, subject, kind, evidence, now=now,
+        tickets.open_or_escalate(session, subject, kind, evidence, now=now, at=at,
                                  cooldown=self.cooldown)
 
 

@@ -144,7 +144,9 @@ class PredictionPoint:
     seq: int
 
     def __post_init__(self) -> None:
-        _require_aware(window_start=self.window_start, window_end=self.window_end)
+        # Inline: this runs for every stored window, and the helper's **kwargs cost more.
+        if self.window_start.tzinfo is None or self.window_end.tzinfo is None:
+            _require_aware(window_start=self.window_start, window_end=self.window_end)
 
 
 @dataclass(frozen=True, slots=True)

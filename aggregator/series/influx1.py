@@ -25,6 +25,7 @@ after an outage replaces points instead of doubling them.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -114,6 +115,11 @@ def escape_tag(value: str) -> str:
     return value.replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
 
 
+# Tag values repeat on every point of a message (agent, site, line, model) and every
+# window of an asset: escaping each once is most of a prediction's line otherwise.
+_tag = functools.lru_cache(maxsize=1 << 16)(escape_tag)
+
+
 def escape_string(value: str) -> str:
     r"""Quote a string field value for line protocol.
 
@@ -180,9 +186,9 @@ def line_protocol(p: PredictionPoint | DriftPoint | HealthPoint) -> str:
         )
     # Predictions are the bulk of every write: one f-string, no per-field dispatch.
     return (
-        f"{MEASUREMENT},agent={escape_tag(p.agent)},asset={escape_tag(p.asset)}"
-        f",line={escape_tag(p.line)},model={escape_tag(p.model)}"
-        f",model_version={escape_tag(p.model_version)},site={escape_tag(p.site)}"
+        f"{MEASUREMENT},agent={_tag(p.agent)},asset={_tag(p.asset)}"
+        f",line={_tag(p.line)},model={_tag(p.model)}"
+        f",model_version={_tag(p.model_version)},site={_tag(p.site)}"
         f" score={float(p.score)!r},alert={'true' if p.alert else 'false'},seq={p.seq}i"
         f",window_start_ns={to_ns(p.window_start)}i {to_ns(p.window_end)}"
     )

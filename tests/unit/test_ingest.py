@@ -478,13 +478,26 @@ def test_k_of_n_opens_one_ticket_and_later_triggers_escalate(
     assert [s["score"] for s in ticket.evidence["scores"]] == [0.9, 0.2, 0.8, 0.95, 0.97]
 
 
-def test_one_ticket_per_batch_even_with_many_triggers(
+def test_tickets_do_not_depend_on_how_windows_were_batched(
     ingestor: Ingestor, sessions: SessionFactory
 ) -> None:
-    ingestor.handle(TOPIC, payload(AGENT, 0, predictions("pump-1", [0.9] * 10)))
-    (ticket,) = rows(sessions, Ticket)
-    assert ticket.escalations == 0
-    assert len(ticket.evidence["scores"]) == 5  # the last n windows
+    """The same windows in one message (a backlog) and one message each (live): the same
+    ticket, opened at the window that completed k of n, with one escalation per later
+    trigger and the same evidence; only ``received_at`` tells them apart."""
+    scores = [0.9, 0.2, 0.8, 0.95, 0.1, 0.2, 0.1, 0.9, 0.9, 0.9]  # triggers at 4, 5, 10
+    topic_live, topic_backlog = data_topic("gw-a", site="live"), data_topic("gw-b", site="late")
+    for i, score in enumerate(scores):
+        ingestor.handle(topic_live, payload("gw-a", i, predictions("pump-1", [score], start=i)))
+    ingestor.handle(topic_backlog, payload("gw-b", 0, predictions("pump-1", scores)))
+    by_site = {t.site: t for t in rows(sessions, Ticket)}
+    live, late = by_site["live"], by_site["late"]
+    # Window 4 (ending T0 + 4 min) completed 3 of 5: that is when the ticket opened.
+    assert live.opened_at == late.opened_at == T0 + timedelta(minutes=4)
+    assert live.escalations == late.escalations == 2
+    assert live.evidence == late.evidence
+    assert [s["score"] for s in late.evidence["scores"]] == scores
+    assert live.received_at is not None and late.received_at is not None
+    assert late.received_at > live.received_at > live.opened_at
 
 
 def test_redelivered_windows_do_not_escalate(ingestor: Ingestor, sessions: SessionFactory) -> None:

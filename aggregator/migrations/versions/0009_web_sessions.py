@@ -7,7 +7,7 @@ One new table, nothing else changes. A downgrade drops it: everyone signed in to
 pages signs in again.
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2027-02-01
 """
 
@@ -21,7 +21,7 @@ from alembic import op
 __all__ = ["downgrade", "upgrade"]
 
 revision: str = "0009"
-down_revision: str | Sequence[str] | None = "0007"
+down_revision: str | Sequence[str] | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
