@@ -23,6 +23,7 @@ import numpy as np
 
 from agent.config import AgentConfig
 from agent.delivery import Confirmation
+from agent.encode import predictions_payload
 from agent.estimate import PerformanceEstimator
 from agent.features import FeatureExtractor
 from agent.inference import OnnxModel
@@ -35,10 +36,10 @@ from agent.outbox import Outbox
 from agent.position import PositionStore, differences
 from agent.publisher import Publisher
 from agent.sources import Reading, Resumable, open_source
-from agent.windows import Windower, Windows
+from agent.windows import Batch, Windower, Windows
 from contract import wire
 
-__all__ = ["Agent", "Progress", "RunReport", "Scored", "run"]
+__all__ = ["Agent", "Predictions", "Progress", "RunReport", "Scored", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,29 @@ def _dt(epoch_s: float) -> datetime:
     return datetime.fromtimestamp(epoch_s, UTC)
 
 
+@dataclass(frozen=True)
+class Predictions:
+    """Scored windows as columns, in the order they were scored."""
+
+    assets: list[str]
+    start: np.ndarray
+    end: np.ndarray
+    score: np.ndarray
+    alert: np.ndarray
+
+    def slice(self, lo: int, hi: int) -> Predictions:
+        return Predictions(self.assets[lo:hi], self.start[lo:hi], self.end[lo:hi],
+                           self.score[lo:hi], self.alert[lo:hi])
+
+    @classmethod
+    def join(cls, parts: list[Predictions]) -> Predictions:
+        if len(parts) == 1:
+            return parts[0]
+        return cls([a for p in parts for a in p.assets],
+                   *(np.concatenate([getattr(p, f) for p in parts])
+                     for f in ("start", "end", "score", "alert")))
+
+
 class _Batcher:
     """Collect items per kind; wrap them in envelopes and write them to the outbox."""
 
@@ -89,6 +113,9 @@ class _Batcher:
         self._model = model
         self._notify = notify
         self._items: dict[str, list[wire.Item]] = {"predictions": [], "drift": [], "health": []}
+        # Predictions as columns (one chunk per tick), encoded without an object per window.
+        self._predictions: list[Predictions] = []
+        self._waiting = 0
         self._since = time.monotonic()
         a = config.agent
         self._topics = {k: wire.topic(a.site, a.line, a.id, k) for k in self._items}
@@ -98,12 +125,21 @@ class _Batcher:
         if len(self._items[kind]) >= self._config.publish.max_items:
             self.flush(kind)
 
+    def add_predictions(self, chunk: Predictions) -> None:
+        self._predictions.append(chunk)
+        self._waiting += len(chunk.score)
+        if self._waiting >= self._config.publish.max_items:
+            self.flush("predictions")
+
     def due(self) -> bool:
         return time.monotonic() - self._since >= self._config.publish.flush_interval_s
 
     def flush(self, kind: str | None = None) -> None:
         for k in [kind] if kind else list(self._items):
             items, limit = self._items[k], self._config.publish.max_items
+            if k == "predictions" and self._predictions:
+                self._write_predictions(Predictions.join(self._predictions), limit)
+                self._predictions, self._waiting = [], 0
             while items:
                 chunk, items = items[:limit], items[limit:]
                 self._write(k, chunk)
@@ -111,6 +147,27 @@ class _Batcher:
         if kind is None:
             self._since = time.monotonic()
         self._notify()
+
+    def _write_predictions(self, p: Predictions, limit: int) -> None:
+        for lo in range(0, len(p.score), limit):
+            self._write_columns(p.slice(lo, lo + limit))
+
+    def _write_columns(self, p: Predictions) -> None:
+        seq = self._outbox.allocate_seq()
+        try:
+            msg_id, ts, payload = predictions_payload(
+                self._config.agent.id, seq, self._model, p.assets, p.start, p.end, p.score,
+                p.alert)
+        except wire.WireError as exc:
+            if exc.reason != "too_large" or len(p.score) == 1:
+                raise
+            half = len(p.score) // 2  # as in _write
+            self._write_columns(p.slice(0, half))
+            self._write_columns(p.slice(half, len(p.score)))
+            return
+        self._outbox.put(seq, str(msg_id), self._topics["predictions"], "predictions",
+                         payload, droppable=not p.alert.any(), make_room=True,
+                         windows=len(p.score), ts=ts)
 
     def _write(self, kind: str, items: list[wire.Item]) -> None:
         seq = self._outbox.allocate_seq()
@@ -187,6 +244,8 @@ class Agent:
         self._scored: list[Scored] = []
         self._latency_ms: deque[float] = deque(maxlen=500)
         self._stop = threading.Event()
+        # Per pattern of assets in a tick: their rows in the quality monitor and windower.
+        self._rows: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
         self._last_health = time.monotonic()
         self._spans_told = 0  # the outbox's spans_made in the last health report
 
@@ -295,22 +354,43 @@ class Agent:
 
     # --- one tick --------------------------------------------------------------------------
 
-    def _window(self, readings: list[Reading]) -> list[Windows]:
-        ready = []
+    def _window(self, readings: list[Reading]) -> Batch:
+        """Quality checks and windows of one tick; the windows it completes."""
+        w = self.windower
+        if all(len(r.t) == 1 for r in readings):
+            assets = [r.asset for r in readings]
+            key = tuple(assets)
+            rows = self._rows.get(key)
+            if rows is None:
+                if len(set(key)) < len(key):
+                    return self._window_each(readings)
+                rows = (np.array([self.quality.row(a) for a in assets], dtype=np.int64),
+                        np.array([w.row(a) for a in assets], dtype=np.int64))
+                if len(self._rows) < 64:  # a source's few patterns of assets per tick
+                    self._rows[key] = rows
+            t = np.concatenate([r.t for r in readings]).astype(np.float64, copy=False)
+            values = np.concatenate([r.values for r in readings]).astype(np.float64,
+                                                                         copy=False)
+            keep = self.quality.clean_tick(assets, rows[0], t, values)
+            if not keep.all():
+                return w.update_tick(rows[1][keep], t[keep], values[keep])
+            return w.update_tick(rows[1], t, values)
+        return self._window_each(readings)
+
+    def _window_each(self, readings: list[Reading]) -> Batch:
+        ready: list[Windows | Batch] = []
         for r in readings:
             t, values = self.quality.clean(r.asset, r.t, r.values)
             if len(t):
                 w = self.windower.update(r.asset, t, values)
                 if w is not None:
                     ready.append(w)
-        return ready
+        return Batch.of(ready, self.windower.size, self.windower.n_channels)
 
-    def _score(self, ready: list[Windows]) -> None:
+    def _score(self, ready: Batch) -> None:
         # One feature pass and one model call for every window ready at this tick.
-        x = self.extractor.transform(np.concatenate([w.values for w in ready]))
-        assets = [w.asset for w in ready for _ in range(len(w))]
-        ends = np.concatenate([w.end for w in ready])
-        starts = np.concatenate([w.start for w in ready])
+        x = self.extractor.transform(ready.values)
+        assets, ends, starts = ready.assets, ready.end, ready.start
         self.envelope.update(assets, x, ends)
         began = time.perf_counter()
         scores = self.model.run(x)
@@ -320,16 +400,12 @@ class Agent:
         if self.score_monitor is not None:
             order = np.argsort(ends, kind="stable")
             self.score_monitor.update(alerts[order], ends[order])
-        items = []
-        for asset, s0, s1, score, alert in zip(assets, starts, ends, scores, alerts.tolist(),
-                                               strict=True):
-            items.append(wire.Prediction(asset=asset, window_start=_dt(s0), window_end=_dt(s1),
-                                         score=float(score), alert=alert))
-            self.progress.alerts += alert
-            if self._record:
-                self._scored.append(Scored(asset, _dt(s1), float(score)))
-        self.progress.windows_scored += len(items)
-        self.batcher.add("predictions", items)
+        self.progress.alerts += int(alerts.sum())
+        if self._record:
+            self._scored.extend(Scored(a, _dt(s1), float(score)) for a, s1, score in zip(
+                assets, ends.tolist(), scores.tolist(), strict=True))
+        self.progress.windows_scored += len(scores)
+        self.batcher.add_predictions(Predictions(assets, starts, ends, scores, alerts))
 
     def _events(self) -> None:
         quality: list[Event] = self.quality.events()
@@ -399,7 +475,7 @@ class Agent:
             self._warm_up()
             for readings in self.source.ticks():
                 ready = self._window(readings)
-                if ready:
+                if len(ready):
                     self._score(ready)
                 self._events()
                 self._health()

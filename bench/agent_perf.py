@@ -26,7 +26,6 @@ is shared: the CPU figures are steadier); ratios to the floor use CPU time.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -82,7 +81,9 @@ class _Sink:
 
 
 def _windows(ready: Any) -> int:
-    return sum(len(w) for w in ready) if ready else 0
+    if isinstance(ready, list):  # the agent before its ticks were batched
+        return sum(len(w) for w in ready)
+    return len(ready)
 
 
 def _compute(agent: Agent, ticks: list[list[Reading]]) -> int:
@@ -115,6 +116,7 @@ def compute_once(tmp: Path) -> dict[str, float]:
 _STAGES = [
     ("quality", "quality", ("clean", "clean_tick")),
     ("windows", "windower", ("update", "update_tick")),
+    ("encode", "batcher", ("add_predictions",)),
     ("features", "extractor", ("transform",)),
     ("model", "model", ("run",)),
     ("monitors", "envelope", ("update",)),
@@ -386,20 +388,21 @@ def rss(tmp: Path, mqtt_url: str) -> dict[str, Any]:
     config = tmp / "rss.yaml"
     cfg = _config(tmp, mqtt_url, "rss")
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    # The agent's own entry point, with a line at exit saying whether scipy was loaded.
+    # The agent's own entry point, with a line at exit: the process's peak RSS (VmHWM; the
+    # rusage of a child would count the forking parent's pages too) and whether scipy
+    # was loaded.
     code = ("import sys, runpy, atexit; "
-            "atexit.register(lambda: print('scipy loaded:', 'scipy' in sys.modules)); "
+            "atexit.register(lambda: print('scipy loaded:', 'scipy' in sys.modules, "
+            "[x for x in open('/proc/self/status') if x.startswith('VmHWM')][0])); "
             "sys.argv = ['agent', 'run', '-c', sys.argv[1]]; "
             "runpy.run_module('agent', run_name='__main__')")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(config)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    out = proc.stdout.read() if proc.stdout else ""
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc = subprocess.run([sys.executable, "-c", code, str(config)], cwd=ROOT,
+                          capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"the agent exited with {proc.returncode}: {out}")
-    return {"assets": 100, "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-            "scipy_imported": "scipy loaded: True" in out}
+        raise RuntimeError(f"the agent exited with {proc.returncode}: {proc.stderr[-2000:]}")
+    hwm_kb = int(proc.stdout.split("VmHWM:")[1].split()[0])
+    return {"assets": 100, "peak_rss_mb": round(hwm_kb / 1024, 1),
+            "scipy_imported": "scipy loaded: True" in proc.stdout}
 
 
 # --- the case ----------------------------------------------------------------------------

@@ -86,8 +86,13 @@ def replay(tmp: Path, data: Path, tick: int) -> dict[str, Any]:
         "outbox": {"path": str(outbox)},
         "publish": {"max_items": 500},
     })
-    logging.getLogger("agent").setLevel(logging.ERROR)
-    Agent(cfg).run(drain_timeout_s=0)
+    log = logging.getLogger("agent")
+    level = log.level
+    log.setLevel(logging.ERROR)  # the broker it cannot reach, and the conditions it finds
+    try:
+        Agent(cfg).run(drain_timeout_s=0)
+    finally:
+        log.setLevel(level)
     db = sqlite3.connect(outbox)
     try:
         payloads = [p for (p,) in db.execute("SELECT payload FROM outbox ORDER BY seq")]
