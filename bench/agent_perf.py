@@ -73,6 +73,9 @@ class _Sink:
     def add(self, kind: str, items: Any) -> None:
         pass
 
+    def add_predictions(self, chunk: Any) -> None:
+        pass
+
     def due(self) -> bool:
         return False
 
