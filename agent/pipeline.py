@@ -21,6 +21,7 @@ from typing import cast
 
 import numpy as np
 
+from agent import checkpoint
 from agent.config import AgentConfig
 from agent.delivery import Confirmation
 from agent.encode import predictions_payload
@@ -33,7 +34,7 @@ from agent.monitors.envelope import EnvelopeMonitor
 from agent.monitors.quality import QualityMonitor
 from agent.monitors.score import ScoreMonitor
 from agent.outbox import Outbox
-from agent.position import PositionStore, differences
+from agent.position import Position, PositionStore, differences
 from agent.publisher import Publisher
 from agent.sources import Reading, Resumable, open_source
 from agent.windows import Batch, Windower, Windows
@@ -221,6 +222,11 @@ class Agent:
         )
         self.outbox = Outbox(config.outbox_path, config.outbox.max_rows)
         self.positions = PositionStore(config.outbox_path)
+        self._identity = checkpoint.identity({
+            "model": [card.name, card.version, card.sha256.model], "window": card.window,
+            "channels": card.channel_names, "thresholds": self.calibration.report,
+            "estimate": config.estimate, "source": self._fingerprint()})
+        self._restored = False  # windows and monitors continue from a checkpoint
         self._resumed_tick = self._seek()
         if config.mqtt.username and config.mqtt.username != config.agent.id:
             # With the shipped ACL (configs/mosquitto/acl) a user may write only under its own
@@ -300,9 +306,10 @@ class Agent:
             start = source.start_position()
             logger.info("starting replay of %s (%s ticks from plant time %s)", cfg.path,
                         start.total_ticks, _dt(start.start_epoch).isoformat())
-            self.positions.save(start)
+            self.positions.save(start, self._checkpoint())
             return 0
         source.seek(saved)
+        self._restore(saved)
         where = f"tick {saved.tick} of {saved.total_ticks}"
         if saved.loop:
             where += f" in pass {saved.loop + 1}"
@@ -315,6 +322,34 @@ class Agent:
             logger.info("resuming replay of %s at %s", cfg.path, where)
         return saved.tick
 
+    def _fingerprint(self) -> dict[str, object] | None:
+        return self.source.fingerprint() if isinstance(self.source, Resumable) else None
+
+    def _checkpoint(self) -> tuple[str, bytes]:
+        return self._identity, checkpoint.snapshot(self)
+
+    def _restore(self, position: Position) -> None:
+        """Continue the windows and monitors from the checkpoint saved with ``position``
+        when it is this agent's (same model, thresholds, settings and replay)."""
+        saved = self.positions.load_state(position)
+        if saved is None:
+            logger.info("no monitor state saved at tick %d: the monitors start afresh",
+                        position.tick)
+            return
+        if saved[0] != self._identity:
+            logger.info("the saved monitor state is for another model, configuration or "
+                        "replay: it is ignored and the monitors start afresh")
+            return
+        try:
+            checkpoint.restore(self, saved[1])
+        except ValueError as exc:
+            logger.warning("the saved monitor state is ignored (%s): the monitors start "
+                           "afresh", exc)
+            return
+        self._restored = True
+        logger.info("windows and monitors continue from their state at tick %d",
+                    position.tick)
+
     def _warm_up(self) -> None:
         """After a resume, refill the windows: the samples just before the resume point go
         through the quality checks and the windower again, and the windows they complete
@@ -322,12 +357,14 @@ class Agent:
         the first one the last run did not finish. The quality checks' events and log lines
         for those samples were reported the first time and are dropped too.
 
-        Not restored (a known limit): the drift monitors' statistics (the envelope's and
-        the score's CUSUMs start again from zero, which can only delay an alarm, never
-        invent one), and quality state older than the samples re-fed (a stuck channel is
-        seen stuck again only after ``stuck_samples`` more samples).
+        Only without a usable checkpoint (``agent.checkpoint``; with one, the windows and
+        monitors are restored as they were and nothing is re-fed). Not restored then: the
+        drift monitors' statistics (the envelope's and the score's CUSUMs start again from
+        zero, which can only delay an alarm, never invent one), and quality state older
+        than the samples re-fed (a stuck channel is seen stuck again only after
+        ``stuck_samples`` more samples).
         """
-        if not isinstance(self.source, Resumable):
+        if not isinstance(self.source, Resumable) or self._restored:
             return
         w = self.windower
         readings = self.source.warmup(2 * w.size + 2 * self.quality.step_window + 16, w.hop)
@@ -348,9 +385,10 @@ class Agent:
         # position is in the outbox. A process killed between that flush and this save
         # resumes from the position saved before: the ticks in between are scored again,
         # with the same window_end, and every store keeps such a window once.
+        # The windows' and monitors' state goes with it, in the same transaction.
         position = self.source.position if isinstance(self.source, Resumable) else None
-        if position is not None:
-            self.positions.save(position)
+        if position is not None and position != self.positions.last:
+            self.positions.save(position, self._checkpoint())
 
     # --- one tick --------------------------------------------------------------------------
 
