@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,7 +44,15 @@ def agent_install_size() -> dict[str, Any]:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
                "--disable-pip-version-check"]
-        subprocess.run(pip + ["-c", str(ROOT / "constraints.txt"), f"{ROOT}[agent]"],
+        # From a copy of what a wheel holds: building in place would leave build/ behind.
+        src = Path(d) / "src"
+        src.mkdir()
+        for name in ("pyproject.toml", "README.md", "LICENSE"):
+            shutil.copy(ROOT / name, src / name)
+        for package in ("contract", "outage", "agent", "aggregator", "linewatch"):
+            shutil.copytree(ROOT / package, src / package,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        subprocess.run(pip + ["-c", str(ROOT / "constraints.txt"), f"{src}[agent]"],
                        check=True, cwd=d)
         (site,) = (venv / "lib").glob("python*/site-packages")
         packages = {p.name: _du_mb(p) for p in site.iterdir()
