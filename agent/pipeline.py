@@ -21,8 +21,10 @@ from typing import cast
 
 import numpy as np
 
+from agent import checkpoint
 from agent.config import AgentConfig, ReplaySourceConfig
 from agent.delivery import Confirmation
+from agent.encode import predictions_payload
 from agent.estimate import PerformanceEstimator
 from agent.features import FeatureExtractor
 from agent.inference import OnnxModel
@@ -32,14 +34,14 @@ from agent.monitors.envelope import EnvelopeMonitor
 from agent.monitors.quality import QualityMonitor
 from agent.monitors.score import ScoreMonitor
 from agent.outbox import Outbox
-from agent.position import PositionStore, differences
+from agent.position import Position, PositionStore, differences
 from agent.publisher import Publisher
 from agent.sources import Live, Reading, Resumable, open_source
 from agent.sources.config import TableSourceConfig
-from agent.windows import Windower, Windows
+from agent.windows import Batch, Windower, Windows
 from contract import wire
 
-__all__ = ["Agent", "Progress", "RunReport", "Scored", "run"]
+__all__ = ["Agent", "Predictions", "Progress", "RunReport", "Scored", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +82,29 @@ def _dt(epoch_s: float) -> datetime:
     return datetime.fromtimestamp(epoch_s, UTC)
 
 
+@dataclass(frozen=True)
+class Predictions:
+    """Scored windows as columns, in the order they were scored."""
+
+    assets: list[str]
+    start: np.ndarray
+    end: np.ndarray
+    score: np.ndarray
+    alert: np.ndarray
+
+    def slice(self, lo: int, hi: int) -> Predictions:
+        return Predictions(self.assets[lo:hi], self.start[lo:hi], self.end[lo:hi],
+                           self.score[lo:hi], self.alert[lo:hi])
+
+    @classmethod
+    def join(cls, parts: list[Predictions]) -> Predictions:
+        if len(parts) == 1:
+            return parts[0]
+        return cls([a for p in parts for a in p.assets],
+                   *(np.concatenate([getattr(p, f) for p in parts])
+                     for f in ("start", "end", "score", "alert")))
+
+
 class _Batcher:
     """Collect items per kind; wrap them in envelopes and write them to the outbox."""
 
@@ -90,6 +115,9 @@ class _Batcher:
         self._model = model
         self._notify = notify
         self._items: dict[str, list[wire.Item]] = {"predictions": [], "drift": [], "health": []}
+        # Predictions as columns (one chunk per tick), encoded without an object per window.
+        self._predictions: list[Predictions] = []
+        self._waiting = 0
         self._since = time.monotonic()
         a = config.agent
         self._topics = {k: wire.topic(a.site, a.line, a.id, k) for k in self._items}
@@ -99,12 +127,21 @@ class _Batcher:
         if len(self._items[kind]) >= self._config.publish.max_items:
             self.flush(kind)
 
+    def add_predictions(self, chunk: Predictions) -> None:
+        self._predictions.append(chunk)
+        self._waiting += len(chunk.score)
+        if self._waiting >= self._config.publish.max_items:
+            self.flush("predictions")
+
     def due(self) -> bool:
         return time.monotonic() - self._since >= self._config.publish.flush_interval_s
 
     def flush(self, kind: str | None = None) -> None:
         for k in [kind] if kind else list(self._items):
             items, limit = self._items[k], self._config.publish.max_items
+            if k == "predictions" and self._predictions:
+                self._write_predictions(Predictions.join(self._predictions), limit)
+                self._predictions, self._waiting = [], 0
             while items:
                 chunk, items = items[:limit], items[limit:]
                 self._write(k, chunk)
@@ -112,6 +149,27 @@ class _Batcher:
         if kind is None:
             self._since = time.monotonic()
         self._notify()
+
+    def _write_predictions(self, p: Predictions, limit: int) -> None:
+        for lo in range(0, len(p.score), limit):
+            self._write_columns(p.slice(lo, lo + limit))
+
+    def _write_columns(self, p: Predictions) -> None:
+        seq = self._outbox.allocate_seq()
+        try:
+            msg_id, ts, payload = predictions_payload(
+                self._config.agent.id, seq, self._model, p.assets, p.start, p.end, p.score,
+                p.alert)
+        except wire.WireError as exc:
+            if exc.reason != "too_large" or len(p.score) == 1:
+                raise
+            half = len(p.score) // 2  # as in _write
+            self._write_columns(p.slice(0, half))
+            self._write_columns(p.slice(half, len(p.score)))
+            return
+        self._outbox.put(seq, str(msg_id), self._topics["predictions"], "predictions",
+                         payload, droppable=not p.alert.any(), make_room=True,
+                         windows=len(p.score), ts=ts)
 
     def _write(self, kind: str, items: list[wire.Item]) -> None:
         seq = self._outbox.allocate_seq()
@@ -169,6 +227,11 @@ class Agent:
         )
         self.outbox = Outbox(config.outbox_path, config.outbox.max_rows)
         self.positions = PositionStore(config.outbox_path)
+        self._identity = checkpoint.identity({
+            "model": [card.name, card.version, card.sha256.model], "window": card.window,
+            "channels": card.channel_names, "thresholds": self.calibration.report,
+            "estimate": config.estimate, "source": self._fingerprint()})
+        self._restored = False  # windows and monitors continue from a checkpoint
         self._resumed_tick = self._seek()
         if config.mqtt.username and config.mqtt.username != config.agent.id:
             # With the shipped ACL (configs/mosquitto/acl) a user may write only under its own
@@ -192,6 +255,8 @@ class Agent:
         self._scored: list[Scored] = []
         self._latency_ms: deque[float] = deque(maxlen=500)
         self._stop = threading.Event()
+        # Per pattern of assets in a tick: their rows in the quality monitor and windower.
+        self._rows: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
         self._last_health = time.monotonic()
         self._spans_told = 0  # the outbox's spans_made in the last health report
 
@@ -247,9 +312,10 @@ class Agent:
             start = source.start_position()
             logger.info("starting replay of %s (%s ticks from plant time %s)", cfg.path,
                         start.total_ticks, _dt(start.start_epoch).isoformat())
-            self.positions.save(start)
+            self.positions.save(start, self._checkpoint())
             return 0
         source.seek(saved)
+        self._restore(saved)
         where = f"tick {saved.tick} of {saved.total_ticks}"
         if saved.loop:
             where += f" in pass {saved.loop + 1}"
@@ -262,6 +328,34 @@ class Agent:
             logger.info("resuming replay of %s at %s", cfg.path, where)
         return saved.tick
 
+    def _fingerprint(self) -> dict[str, object] | None:
+        return self.source.fingerprint() if isinstance(self.source, Resumable) else None
+
+    def _checkpoint(self) -> tuple[str, bytes]:
+        return self._identity, checkpoint.snapshot(self)
+
+    def _restore(self, position: Position) -> None:
+        """Continue the windows and monitors from the checkpoint saved with ``position``
+        when it is this agent's (same model, thresholds, settings and replay)."""
+        saved = self.positions.load_state(position)
+        if saved is None:
+            logger.info("no monitor state saved at tick %d: the monitors start afresh",
+                        position.tick)
+            return
+        if saved[0] != self._identity:
+            logger.info("the saved monitor state is for another model, configuration or "
+                        "replay: it is ignored and the monitors start afresh")
+            return
+        try:
+            checkpoint.restore(self, saved[1])
+        except ValueError as exc:
+            logger.warning("the saved monitor state is ignored (%s): the monitors start "
+                           "afresh", exc)
+            return
+        self._restored = True
+        logger.info("windows and monitors continue from their state at tick %d",
+                    position.tick)
+
     def _warm_up(self) -> None:
         """After a resume, refill the windows: the samples just before the resume point go
         through the quality checks and the windower again, and the windows they complete
@@ -269,12 +363,14 @@ class Agent:
         the first one the last run did not finish. The quality checks' events and log lines
         for those samples were reported the first time and are dropped too.
 
-        Not restored (a known limit): the drift monitors' statistics (the envelope's and
-        the score's CUSUMs start again from zero, which can only delay an alarm, never
-        invent one), and quality state older than the samples re-fed (a stuck channel is
-        seen stuck again only after ``stuck_samples`` more samples).
+        Only without a usable checkpoint (``agent.checkpoint``; with one, the windows and
+        monitors are restored as they were and nothing is re-fed). Not restored then: the
+        drift monitors' statistics (the envelope's and the score's CUSUMs start again from
+        zero, which can only delay an alarm, never invent one), and quality state older
+        than the samples re-fed (a stuck channel is seen stuck again only after
+        ``stuck_samples`` more samples).
         """
-        if not isinstance(self.source, Resumable):
+        if not isinstance(self.source, Resumable) or self._restored:
             return
         w = self.windower
         readings = self.source.warmup(2 * w.size + 2 * self.quality.step_window + 16, w.hop)
@@ -295,28 +391,51 @@ class Agent:
         # position is in the outbox. A process killed between that flush and this save
         # resumes from the position saved before: the ticks in between are scored again,
         # with the same window_end, and every store keeps such a window once.
+        # The windows' and monitors' state goes with it, in the same transaction.
         position = self.source.position if isinstance(self.source, Resumable) else None
-        if position is not None:
-            self.positions.save(position)
+        if position is not None and position != self.positions.last:
+            self.positions.save(position, self._checkpoint())
 
     # --- one tick --------------------------------------------------------------------------
 
-    def _window(self, readings: list[Reading]) -> list[Windows]:
-        ready = []
+    def _window(self, readings: list[Reading]) -> Batch:
+        """Quality checks and windows of one tick; the windows it completes."""
+        w = self.windower
+        # A live source's quiet tick has no readings: nothing to window.
+        if readings and all(len(r.t) == 1 for r in readings):
+            assets = [r.asset for r in readings]
+            key = tuple(assets)
+            rows = self._rows.get(key)
+            if rows is None:
+                if len(set(key)) < len(key):
+                    return self._window_each(readings)
+                rows = (np.array([self.quality.row(a) for a in assets], dtype=np.int64),
+                        np.array([w.row(a) for a in assets], dtype=np.int64))
+                if len(self._rows) < 64:  # a source's few patterns of assets per tick
+                    self._rows[key] = rows
+            t = np.concatenate([r.t for r in readings]).astype(np.float64, copy=False)
+            values = np.concatenate([r.values for r in readings]).astype(np.float64,
+                                                                         copy=False)
+            keep = self.quality.clean_tick(assets, rows[0], t, values)
+            if not keep.all():
+                return w.update_tick(rows[1][keep], t[keep], values[keep])
+            return w.update_tick(rows[1], t, values)
+        return self._window_each(readings)
+
+    def _window_each(self, readings: list[Reading]) -> Batch:
+        ready: list[Windows | Batch] = []
         for r in readings:
             t, values = self.quality.clean(r.asset, r.t, r.values)
             if len(t):
                 w = self.windower.update(r.asset, t, values)
                 if w is not None:
                     ready.append(w)
-        return ready
+        return Batch.of(ready, self.windower.size, self.windower.n_channels)
 
-    def _score(self, ready: list[Windows]) -> None:
+    def _score(self, ready: Batch) -> None:
         # One feature pass and one model call for every window ready at this tick.
-        x = self.extractor.transform(np.concatenate([w.values for w in ready]))
-        assets = [w.asset for w in ready for _ in range(len(w))]
-        ends = np.concatenate([w.end for w in ready])
-        starts = np.concatenate([w.start for w in ready])
+        x = self.extractor.transform(ready.values)
+        assets, ends, starts = ready.assets, ready.end, ready.start
         self.envelope.update(assets, x, ends)
         began = time.perf_counter()
         scores = self.model.run(x)
@@ -326,16 +445,12 @@ class Agent:
         if self.score_monitor is not None:
             order = np.argsort(ends, kind="stable")
             self.score_monitor.update(alerts[order], ends[order])
-        items = []
-        for asset, s0, s1, score, alert in zip(assets, starts, ends, scores, alerts.tolist(),
-                                               strict=True):
-            items.append(wire.Prediction(asset=asset, window_start=_dt(s0), window_end=_dt(s1),
-                                         score=float(score), alert=alert))
-            self.progress.alerts += alert
-            if self._record:
-                self._scored.append(Scored(asset, _dt(s1), float(score)))
-        self.progress.windows_scored += len(items)
-        self.batcher.add("predictions", items)
+        self.progress.alerts += int(alerts.sum())
+        if self._record:
+            self._scored.extend(Scored(a, _dt(s1), float(score)) for a, s1, score in zip(
+                assets, ends.tolist(), scores.tolist(), strict=True))
+        self.progress.windows_scored += len(scores)
+        self.batcher.add_predictions(Predictions(assets, starts, ends, scores, alerts))
 
     def _events(self) -> None:
         quality: list[Event] = self.quality.events()
@@ -412,7 +527,7 @@ class Agent:
             self._warm_up()
             for readings in self.source.ticks():
                 ready = self._window(readings)
-                if ready:
+                if len(ready):
                     self._score(ready)
                 self._events()
                 self._health()

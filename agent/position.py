@@ -44,6 +44,17 @@ CREATE TABLE IF NOT EXISTS source_position (
 )
 """
 _KEY = "source"
+# The windows' and monitors' state at the saved position (``agent.checkpoint``).
+_STATE = """
+CREATE TABLE IF NOT EXISTS monitor_state (
+    key TEXT PRIMARY KEY,
+    identity TEXT NOT NULL,
+    loop INTEGER NOT NULL,
+    tick INTEGER NOT NULL,
+    state BLOB NOT NULL,
+    saved_at TEXT NOT NULL
+)
+"""
 
 
 @dataclass(frozen=True)
@@ -113,6 +124,7 @@ class PositionStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
+            self._db.execute(_STATE)
         except (OSError, sqlite3.Error) as exc:
             raise OutboxError(f"cannot open the source position in {self.path}: {exc}") from exc
         self._last: Position | None = None
@@ -140,11 +152,13 @@ class PositionStore:
                               None if row[5] is None else float(row[5]))
         return self._last
 
-    def save(self, position: Position) -> None:
-        """Replace the saved position (a no-op if it is the one saved last)."""
+    def save(self, position: Position, state: tuple[str, bytes] | None = None) -> None:
+        """Replace the saved position (a no-op if it is the one saved last), and with it,
+        in the same transaction, the monitors' ``state`` (identity, checkpoint) if given."""
         if position == self._last:
             return
         try:
+            self._db.execute("BEGIN")
             self._db.execute(
                 "INSERT INTO source_position (key, fingerprint, start_epoch, loop, tick, "
                 "total_ticks, plant_time, saved_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -156,9 +170,38 @@ class PositionStore:
                  position.loop, position.tick, position.total_ticks, position.plant_time,
                  datetime.now(UTC).isoformat()),
             )
+            if state is None:
+                self._db.execute("DELETE FROM monitor_state WHERE key = ?", (_KEY,))
+            else:
+                self._db.execute(
+                    "INSERT INTO monitor_state (key, identity, loop, tick, state, saved_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+                    "identity = excluded.identity, loop = excluded.loop, "
+                    "tick = excluded.tick, state = excluded.state, "
+                    "saved_at = excluded.saved_at",
+                    (_KEY, state[0], position.loop, position.tick, state[1],
+                     datetime.now(UTC).isoformat()))
+            self._db.execute("COMMIT")
         except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise OutboxError(f"cannot save the source position in {self.path}: {exc}") from exc
         self._last = position
+
+    @property
+    def last(self) -> Position | None:
+        """The position saved or loaded last."""
+        return self._last
+
+    def load_state(self, position: Position) -> tuple[str, bytes] | None:
+        """(identity, checkpoint) saved with ``position``, or None."""
+        try:
+            row = self._db.execute(
+                "SELECT identity, state FROM monitor_state WHERE key = ? AND loop = ? "
+                "AND tick = ?", (_KEY, position.loop, position.tick)).fetchone()
+        except sqlite3.Error as exc:
+            raise OutboxError(f"cannot read the monitor state in {self.path}: {exc}") from exc
+        return None if row is None else (str(row[0]), bytes(row[1]))
 
     def close(self) -> None:
         self._db.close()

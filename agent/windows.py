@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-__all__ = ["Windower", "Windows"]
+__all__ = ["Batch", "Windower", "Windows"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,8 @@ class Windower:
     every ``hop`` samples.
 
     Samples may arrive one at a time (process values) or in blocks (vibration snapshots);
-    the windows are the same either way.
+    the windows are the same either way. :meth:`update_tick` takes one sample of many
+    assets in one call: a tick of a hundred assets costs a few numpy calls, not a hundred.
 
     Parameters
     ----------
@@ -70,23 +71,57 @@ class Windower:
         self._reset()
 
     def _reset(self) -> None:
-        self._values: dict[str, np.ndarray] = {}
-        self._times: dict[str, np.ndarray] = {}
+        # One row per asset. A row's pending samples (fewer than `size`: more would have made
+        # a window) are its `_n` newest, in a ring of `size` slots ending before `_pos`.
+        self._rows: dict[str, int] = {}
+        self._names: list[str] = []
+        self._values = np.zeros((0, self.size, self.n_channels))
+        self._times = np.zeros((0, self.size))
+        self._pos = np.zeros(0, dtype=np.int64)
+        self._n = np.zeros(0, dtype=np.int64)
         # Samples still to discard before the next window starts (only when hop > size).
-        self._skip: dict[str, int] = {}
+        self._skip = np.zeros(0, dtype=np.int64)
+
+    def row(self, asset: str) -> int:
+        """The asset's row in the buffers (added on first sight)."""
+        row = self._rows.get(asset)
+        if row is None:
+            row = self._rows[asset] = len(self._names)
+            self._names.append(asset)
+            if row >= len(self._n):
+                grow = max(16, len(self._n))
+                self._values = np.concatenate(
+                    [self._values, np.zeros((grow, self.size, self.n_channels))])
+                self._times = np.concatenate([self._times, np.zeros((grow, self.size))])
+                self._pos, self._n, self._skip = (
+                    np.concatenate([a, np.zeros(grow, dtype=np.int64)])
+                    for a in (self._pos, self._n, self._skip))
+        return row
 
     @property
     def assets(self) -> list[str]:
-        return list(self._values)
+        return list(self._names)
 
     def pending(self, asset: str) -> int:
         """Samples buffered for ``asset`` that are not yet part of an emitted window."""
-        return len(self._times.get(asset, ()))
+        row = self._rows.get(asset)
+        return 0 if row is None else int(self._n[row])
 
     def forget(self, asset: str) -> None:
         """Drop an asset's buffer, e.g. after a gap that must not be bridged."""
-        for d in (self._values, self._times, self._skip):
-            d.pop(asset, None)
+        row = self._rows.get(asset)
+        if row is not None:
+            self._n[row] = self._skip[row] = 0
+
+    def _held(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        n = int(self._n[row])
+        at = (int(self._pos[row]) - n + np.arange(n)) % self.size
+        return self._times[row, at], self._values[row, at]
+
+    def _hold(self, row: int, t: np.ndarray, values: np.ndarray) -> None:
+        n = len(t)
+        self._times[row, :n], self._values[row, :n] = t, values
+        self._pos[row], self._n[row] = n % self.size, n
 
     def update(self, asset: str, t: np.ndarray, values: np.ndarray) -> Windows | None:
         """Add samples (``t`` shape (k,), ``values`` shape (k, n_channels)); return the
@@ -98,16 +133,18 @@ class Windower:
                 f"expected t (k,) and values (k, {self.n_channels}); "
                 f"got {t.shape} and {values.shape}"
             )
-        skip = self._skip.get(asset, 0)
+        row = self.row(asset)
+        skip = int(self._skip[row])
         if skip:
             dropped = min(skip, len(t))
             t, values, skip = t[dropped:], values[dropped:], skip - dropped
-            self._skip[asset] = skip
-        if asset in self._values:
-            values = np.concatenate([self._values[asset], values])
-            t = np.concatenate([self._times[asset], t])
+            self._skip[row] = skip
+        if self._n[row]:
+            held_t, held = self._held(row)
+            values = np.concatenate([held, values])
+            t = np.concatenate([held_t, t])
         if len(t) < self.size:
-            self._values[asset], self._times[asset] = values, t
+            self._hold(row, t, values)
             return None
         n = (len(t) - self.size) // self.hop + 1
         # (k - size + 1, channels, size) view, then every hop-th start.
@@ -120,6 +157,70 @@ class Windower:
             values=np.ascontiguousarray(view.transpose(0, 2, 1)),
         )
         consumed = n * self.hop
-        self._values[asset], self._times[asset] = values[consumed:], t[consumed:]
-        self._skip[asset] = max(0, consumed - len(t))
+        self._hold(row, t[consumed:], values[consumed:])
+        self._skip[row] = max(0, consumed - len(t))
         return out
+
+    def update_tick(self, rows: np.ndarray, t: np.ndarray, values: np.ndarray) -> Batch:
+        """Add one sample to each of ``rows`` (distinct rows from :meth:`row`; ``t`` (n,),
+        ``values`` (n, n_channels)) at once; return the windows they complete, in the order
+        of ``rows``. The same windows as :meth:`update` one asset at a time."""
+        skipping = self._skip[rows] > 0
+        if skipping.any():
+            self._skip[rows[skipping]] -= 1
+            keep = ~skipping
+            rows, t, values = rows[keep], t[keep], values[keep]
+        pos = self._pos[rows]
+        self._values[rows, pos] = values
+        self._times[rows, pos] = t
+        self._pos[rows] = (pos + 1) % self.size
+        n = self._n[rows] + 1
+        full = n >= self.size
+        if not full.any():
+            self._n[rows] = n
+            return Batch.empty(self.size, self.n_channels)
+        ready = rows[full]
+        # Oldest first: the ring from the slot after the newest sample round to it.
+        at = (self._pos[ready][:, None] + np.arange(self.size)) % self.size
+        win_t = self._times[ready[:, None], at]
+        out = Batch(assets=[self._names[r] for r in ready.tolist()], start=win_t[:, 0],
+                    end=win_t[:, -1], values=self._values[ready[:, None], at])
+        n[full] -= self.hop
+        over = full & (n < 0)
+        if over.any():
+            self._skip[rows[over]] = -n[over]
+            n[over] = 0
+        self._n[rows] = n
+        return out
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Complete windows of several assets: ``assets[i]`` is the asset of window ``i``;
+    ``start``, ``end`` and ``values`` as in :class:`Windows`."""
+
+    assets: list[str]
+    start: np.ndarray
+    end: np.ndarray
+    values: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.end)
+
+    @classmethod
+    def empty(cls, size: int, n_channels: int) -> Batch:
+        return cls([], np.zeros(0), np.zeros(0), np.zeros((0, size, n_channels)))
+
+    @classmethod
+    def of(cls, parts: list[Windows | Batch], size: int, n_channels: int) -> Batch:
+        """One batch of windows and batches, in the order given."""
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return cls.empty(size, n_channels)
+        if len(parts) == 1 and isinstance(parts[0], Batch):
+            return parts[0]
+        assets = [a for p in parts for a in (
+            p.assets if isinstance(p, Batch) else [p.asset] * len(p))]
+        return cls(assets, np.concatenate([p.start for p in parts]),
+                   np.concatenate([p.end for p in parts]),
+                   np.concatenate([p.values for p in parts]))

@@ -20,6 +20,7 @@ from agent.monitors.envelope import EnvelopeMonitor
 from agent.monitors.quality import QualityMonitor
 from agent.outbox import Outbox
 from agent.windows import Windower
+from bench.agent_perf import agent_pipeline
 from bench.false_alarms import false_alarms
 from contract import wire
 
@@ -222,4 +223,5 @@ ALL: dict[str, Callable[[int], dict]] = {
     "outbox": outbox,
     "false_alarms": false_alarms,
     "estimate": estimate,
+    "agent_pipeline": agent_pipeline,
 }

@@ -21,7 +21,6 @@ statistic has come back down. Gaps are instants, reported once.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,6 +32,8 @@ from agent.monitors import Event
 __all__ = ["ChannelLimits", "QualityMonitor"]
 
 logger = logging.getLogger(__name__)
+
+_INTERVALS = 16  # intervals between samples an asset's usual interval is the median of
 
 
 @dataclass(frozen=True)
@@ -127,19 +128,56 @@ class QualityMonitor:
         self.rejected_readings = 0
         self._active: dict[str, set[tuple[str, str]]] = {}  # asset -> (channel, detector)
         self._pending: list[Event] = []
-        # Per asset, per watched channel: last value, length of its run, when it began.
-        self._runs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        self._tail: dict[str, np.ndarray] = {}  # last 2w-1 clean samples of stepped channels
-        self._tail_t: dict[str, np.ndarray] = {}
-        self._armed: dict[str, np.ndarray] = {}
-        self._last_t: dict[str, float] = {}
-        self._intervals: dict[str, deque[float]] = {}
+        # One row per asset in every array below (`row()`), so that a tick of many assets is
+        # checked with a few whole-array operations (`clean_tick`).
+        self._rows: dict[str, int] = {}
+        m, k, w = len(self._watched), len(self._step), self.step_window
+        self._flagged = np.zeros(0, dtype=bool)  # the asset has a condition on now
+        # Per watched channel: last value, length of its run, when it began.
+        self._last = np.zeros((0, m))
+        self._run = np.zeros((0, m))
+        self._began = np.zeros((0, m))
+        # The last 2w-1 clean samples of stepped channels (the newest `_tail_n`, at the end).
+        self._tail = np.zeros((0, 2 * w - 1, k))
+        self._tail_t = np.zeros((0, 2 * w - 1))
+        self._tail_n = np.zeros(0, dtype=np.int64)
+        self._armed = np.zeros((0, k), dtype=bool)
+        self._last_t = np.zeros(0)  # NaN: no sample yet
+        # The last 16 intervals between samples, a ring (`_iv_n` of them, the next at
+        # `_iv_at`); the empty slots hold inf.
+        self._iv = np.zeros((0, _INTERVALS))
+        self._iv_n = np.zeros(0, dtype=np.int64)
+        self._iv_at = np.zeros(0, dtype=np.int64)
+
+    def row(self, asset: str) -> int:
+        """The asset's row in the state arrays (added on first sight)."""
+        row = self._rows.get(asset)
+        if row is None:
+            row = self._rows[asset] = len(self._rows)
+            if row >= len(self._flagged):
+                self._grow(max(16, len(self._flagged)))
+        return row
+
+    def _grow(self, n: int) -> None:
+        def more(a: np.ndarray, fill: float | bool) -> np.ndarray:
+            return np.concatenate([a, np.full((n, *a.shape[1:]), fill, dtype=a.dtype)])
+
+        self._flagged = more(self._flagged, False)
+        self._last, self._run, self._began = (
+            more(self._last, np.nan), more(self._run, 0.0), more(self._began, 0.0))
+        self._tail, self._tail_t = more(self._tail, 0.0), more(self._tail_t, 0.0)
+        self._tail_n = more(self._tail_n, 0)
+        self._armed = more(self._armed, True)
+        self._last_t = more(self._last_t, np.nan)
+        self._iv, self._iv_n, self._iv_at = (
+            more(self._iv, np.inf), more(self._iv_n, 0), more(self._iv_at, 0))
 
     # -- conditions ------------------------------------------------------------------------
     def _start(self, asset: str, channel: str, detector: str, event: Event) -> None:
         active = self._active.setdefault(asset, set())
         if (channel, detector) not in active:
             active.add((channel, detector))
+            self._flagged[self.row(asset)] = True
             self._pending.append(event)
             logger.warning("%s %s on %s: %s", detector, channel, asset, event.detail)
 
@@ -147,6 +185,7 @@ class QualityMonitor:
         active = self._active.get(asset)
         if active and (channel, detector) in active:
             active.discard((channel, detector))
+            self._flagged[self.row(asset)] = bool(active)
             self._pending.append(Event(asset, at_s, channel, detector, None, detail,
                                        state="end", signal="channel", channels=(channel,)))
 
@@ -191,6 +230,68 @@ class QualityMonitor:
                 self._check_steps(asset, t, values)
         return t, values
 
+    def clean_tick(self, assets: Sequence[str], rows: np.ndarray, t: np.ndarray,
+                   values: np.ndarray) -> np.ndarray:
+        """:meth:`clean` for one sample of each of many assets (``rows`` from :meth:`row`,
+        distinct; ``t`` (n,), ``values`` (n, channels)); return which samples are kept.
+
+        The same checks, events and state as :meth:`clean` one asset at a time: every
+        asset whose sample is quiet (usable, no condition on, no run reaching its limit, no
+        step test near its threshold, no gap possible) is checked and updated with a few
+        whole-array operations; the others, rare, go through :meth:`clean` in their order.
+        """
+        w = values[:, self._watched]
+        with np.errstate(invalid="ignore"):
+            odd = ~np.isfinite(values).all(axis=1) | ((w < self._lo) | (w > self._hi)).any(axis=1)
+        quiet = ~odd & ~self._flagged[rows]
+        # Gaps: an interval longer than gap_factor times the shortest of the last ones.
+        last_t = self._last_t[rows]
+        dt = np.where(np.isnan(last_t), 0.0, t - last_t)
+        quiet &= (self._iv_n[rows] < 8) | (dt <= self.gap_factor * self._iv[rows].min(axis=1))
+        # Stuck: a run reaching its limit, or a long run ending.
+        last, run = self._last[rows], self._run[rows]
+        starts = last != w
+        run_at = np.where(starts, 1.0, run + 1.0)
+        quiet &= ~((run_at == self._stuck_limit) | (starts & (run >= self._stuck_limit))).any(
+            axis=1)
+        # Steps: only where the test has its 2w samples and comes near a threshold (or must
+        # re-arm).
+        k = self.step_window
+        if self._step:
+            cols = [self._watched[i] for i in self._step]
+            held = self._tail_n[rows]
+            x = np.concatenate([self._tail[rows], values[:, None, cols]], axis=1)
+            c = np.cumsum(x, axis=1)
+            recent = (c[:, -1] - c[:, k - 1]) / k
+            before = (c[:, k - 1] - 0.0) / k
+            z = np.abs(recent - before) / (self._step_noise * np.sqrt(2.0 / k))
+            tested = held >= 2 * k - 1
+            busy = ((z > self._step_h) | ~self._armed[rows]).any(axis=1)
+            quiet &= ~(tested & busy)
+        q = np.flatnonzero(quiet)
+        if len(q):
+            r = rows[q]
+            grows = dt[q] > 0
+            if grows.any():
+                g = r[grows]
+                at = self._iv_at[g]
+                self._iv[g, at] = dt[q][grows]
+                self._iv_at[g] = (at + 1) % _INTERVALS
+                self._iv_n[g] = np.minimum(self._iv_n[g] + 1, _INTERVALS)
+            self._last_t[r] = t[q]
+            self._began[r] = np.where(starts[q], t[q, None], self._began[r])
+            self._last[r], self._run[r] = w[q], run_at[q]
+            if self._step:
+                self._tail[r] = x[q, 1:]
+                self._tail_t[r, :-1] = self._tail_t[r, 1:]
+                self._tail_t[r, -1] = t[q]
+                self._tail_n[r] = np.minimum(held[q] + 1, 2 * k - 1)
+        keep: np.ndarray = quiet.copy()
+        for i in np.flatnonzero(~quiet).tolist():
+            kept, _ = self.clean(assets[i], t[i:i + 1], values[i:i + 1])
+            keep[i] = len(kept) > 0
+        return keep
+
     def _flag(self, asset: str, t: np.ndarray, channel: str, bad: np.ndarray, detector: str,
               what: str) -> None:
         if bad.any():
@@ -209,13 +310,15 @@ class QualityMonitor:
         """A gap: an interval more than ``gap_factor`` times the median of the asset's 16
         positive intervals before it (once there are 8). Whole-array: a block of 20,000
         vibration samples costs a few array operations, not 20,000 Python steps."""
-        last = self._last_t.get(asset)
-        steps = np.diff(np.r_[t[0] if last is None else last, t])
-        recent = self._intervals.setdefault(asset, deque(maxlen=16))
-        before = np.fromiter(recent, dtype=np.float64, count=len(recent))
+        row = self.row(asset)
+        last = self._last_t[row]
+        steps = np.diff(np.r_[t[0] if np.isnan(last) else last, t])
+        n, at = int(self._iv_n[row]), int(self._iv_at[row])
+        ring = self._iv[row]  # a view: written back below
+        before = ring[:n] if n < _INTERVALS else np.roll(ring, -at)  # oldest first
         positive = steps[steps > 0]
         # Every interval, oldest first; step i is judged against the (at most) 16 positive
-        # intervals before it: those before it in `seq` end at `known + seen[i]`.
+        # intervals before it: those before it in `seq` end at `len(before) + seen[i]`.
         seq = np.r_[before, positive]
         seen = np.cumsum(steps > 0) - (steps > 0)
         end = len(before) + seen
@@ -224,8 +327,8 @@ class QualityMonitor:
         # No step above gap_factor times the shortest interval anywhere: no gap (the usual
         # case, settled without the per-step windows).
         if enough.any() and len(seq) and steps.max() > self.gap_factor * seq.min():
-            lo = np.maximum(end - 16, 0)
-            cum_min = _window_min(seq, 16)  # cum_min[k]: min of seq[max(0, k-15):k+1]
+            lo = np.maximum(end - _INTERVALS, 0)
+            cum_min = _window_min(seq, _INTERVALS)  # min of seq[max(0, k-15):k+1]
             shortest = np.where(enough, cum_min[np.maximum(end - 1, 0)], np.inf)
             for i in np.flatnonzero(steps > self.gap_factor * shortest).tolist():
                 dt = float(steps[i])
@@ -235,15 +338,17 @@ class QualityMonitor:
                         asset, float(t[i]), "samples", "gap", dt,
                         f"no samples for {dt:.6g} s (usually every {usual:.6g} s)",
                         signal="asset", since_s=float(t[i] - dt)))
-        recent.extend(positive[-16:].tolist())
-        self._last_t[asset] = float(t[-1])
+        keep = seq[-_INTERVALS:]
+        ring[:] = np.inf
+        ring[:len(keep)] = keep
+        self._iv_n[row], self._iv_at[row] = len(keep), len(keep) % _INTERVALS
+        self._last_t[row] = float(t[-1])
 
     def _check_stuck(self, asset: str, t: np.ndarray, x: np.ndarray) -> None:
         """Runs of identical samples, every watched channel at once (x: (n, m))."""
         n, m = x.shape
-        state = self._runs.get(asset)
-        last, run, began = state if state is not None else (
-            np.full(m, np.nan), np.zeros(m), np.full(m, float(t[0])))
+        row = self.row(asset)
+        last, run, began = self._last[row], self._run[row], self._began[row]
         starts = np.vstack([last, x[:-1]]) != x  # True where a new run begins
         pos = np.arange(n)[:, None]
         begun = np.maximum.accumulate(np.where(starts, pos, -1), axis=0)
@@ -253,7 +358,7 @@ class QualityMonitor:
         before = np.vstack([run, run_at[:-1]])  # length of the run the previous sample ended
         hits = run_at == self._stuck_limit
         ends = starts & (before >= self._stuck_limit)
-        self._runs[asset] = (x[-1].copy(), run_at[-1].astype(np.float64), began_t[-1].copy())
+        self._last[row], self._run[row], self._began[row] = x[-1], run_at[-1], began_t[-1]
         if not (hits.any() or ends.any()):
             return
         for p, i in sorted(zip(*np.nonzero(hits | ends), strict=True)):
@@ -272,9 +377,13 @@ class QualityMonitor:
     def _check_steps(self, asset: str, t: np.ndarray, values: np.ndarray) -> None:
         w = self.step_window
         cols = [self._watched[i] for i in self._step]
-        x = np.vstack([self._tail.get(asset, np.zeros((0, len(cols)))), values[:, cols]])
-        tt = np.r_[self._tail_t.get(asset, np.zeros(0)), t]
-        self._tail[asset], self._tail_t[asset] = x[-(2 * w - 1):], tt[-(2 * w - 1):]
+        row = self.row(asset)
+        held = int(self._tail_n[row])
+        x = np.vstack([self._tail[row, len(self._tail_t[row]) - held:], values[:, cols]])
+        tt = np.r_[self._tail_t[row, len(self._tail_t[row]) - held:], t]
+        keep = min(len(tt), 2 * w - 1)
+        self._tail[row, -keep:], self._tail_t[row, -keep:] = x[-keep:], tt[-keep:]
+        self._tail_n[row] = keep
         if len(x) < 2 * w:
             return
         c = np.vstack([np.zeros((1, x.shape[1])), np.cumsum(x, axis=0)])
@@ -282,9 +391,7 @@ class QualityMonitor:
         recent = (c[end] - c[end - w]) / w
         before = (c[end - w] - c[end - 2 * w]) / w
         z = np.abs(recent - before) / (self._step_noise * np.sqrt(2.0 / w))
-        armed = self._armed.get(asset)
-        if armed is None:
-            armed = self._armed[asset] = np.ones(len(self._step), dtype=bool)
+        armed = self._armed[row]
         busy = ((z > self._step_h).any(axis=0) | ~armed)
         for k in np.flatnonzero(busy).tolist():  # the rest stayed armed and below threshold
             for p in range(len(z)):

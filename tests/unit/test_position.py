@@ -297,12 +297,12 @@ def test_a_run_killed_between_flush_and_save_rescores_only_the_boundary_ticks(
                 flushed_through = i
                 first._save_position()
 
-    def save_then_die(position: Position) -> None:
+    def save_then_die(position: Position, state: tuple[str, bytes] | None = None) -> None:
         nonlocal saves
         saves += 1
         if saves == 4:  # the 4th flush's position (tick 100) never makes it to disk
             raise KeyboardInterrupt
-        PositionStore.save(first.positions, position)
+        PositionStore.save(first.positions, position, state)
 
     first.source.ticks = ticks  # type: ignore[method-assign]
     first.positions.save = save_then_die  # type: ignore[method-assign]
