@@ -21,6 +21,7 @@ import logging
 import math
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -81,6 +82,7 @@ class Row:
 
 # The reason kept for dropped rows the broker had acknowledged; told as "dropped".
 _SENT_DROPPED = "dropped-sent"
+_OPEN_TRIES = 100  # 50 ms apart: how long opening waits for a file another process opens
 
 
 @dataclass
@@ -120,7 +122,16 @@ class Outbox:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # One connection shared by the pipeline and the publisher thread, under a lock.
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            # Switching a new file to WAL while another process opens it can be refused at
+            # once ("database is locked", no busy wait): try again for a few seconds.
+            for attempt in range(_OPEN_TRIES):
+                try:
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or attempt == _OPEN_TRIES - 1:
+                        raise
+                    time.sleep(0.05)
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_TABLES)
             self._upgrade()
@@ -328,7 +339,10 @@ class Outbox:
         if not seqs:
             return
         with self._lock:
-            self._db.execute("BEGIN")
+            # IMMEDIATE: the write lock before the read. A deferred transaction that read
+            # first could not write after the position store (another connection) committed
+            # in between, and would fail at once with "database is locked".
+            self._db.execute("BEGIN IMMEDIATE")
             sent = sum(self._db.execute(
                 "SELECT COUNT(*) FROM outbox WHERE seq = ? AND sent_at IS NOT NULL", (s,)
             ).fetchone()[0] for s in seqs)
@@ -450,7 +464,7 @@ class Outbox:
             if at <= hi:
                 gaps.append((at, hi))
             if gaps:
-                self._db.execute("BEGIN")
+                self._db.execute("BEGIN IMMEDIATE")  # reads, then writes: see ack
                 for a, b in gaps:
                     self._record("gone", _Run(a, b))
                 self._db.execute("COMMIT")
