@@ -90,19 +90,34 @@ def _fill(base: str, token: str, state: Path, broker: int) -> dict[str, Any]:
                 raise SystemExit("screenshots: the aggregator did not store every window")
             time.sleep(0.2)
         truth = _truth()
+
+        def fails_at(asset: str) -> str:
+            """When the engine fails: its record's last window plus its remaining cycles,
+            so the gateways' per-window estimate is checked against the truth."""
+            scores = api.get(f"/assets/{asset}/scores", params={"limit": 1000}).json()
+            last = datetime.fromisoformat(scores[-1]["window_end"])
+            return (last + truth[asset] * timedelta(seconds=600)).isoformat()
+
         maintenance = api.get("/tickets", params={"kind": "maintenance"}).json()
         for i, t in enumerate(sorted(maintenance, key=lambda t: t["id"])[OPEN_LEFT:]):
             real = truth.get(t["asset"], 999) <= 30
-            body: dict[str, Any] = ({"outcome": "confirmed_failure", "note": "failed"}
+            body: dict[str, Any] = ({"outcome": "confirmed_failure", "note": "failed",
+                                     "failed_at": fails_at(t["asset"])}
                                     if real and i % 3 else
                                     {"outcome": "preventive_action", "note": "fixed in time"}
                                     if real else
                                     {"outcome": "no_fault_found", "note": "checked, fine"})
             api.post(f"/tickets/{t['id']}/resolve", json=body).raise_for_status()
-        api.post("/failures", json={
-            "site": "plant1", "line": "line2", "asset": "engine-027",
-            "at": (datetime.now(UTC) - timedelta(days=1)).isoformat(),
-            "note": "seized: no ticket warned of it"}).raise_for_status()
+        # Every engine that fails within 30 cycles and had no ticket: a missed failure,
+        # reported at its true time.
+        ticketed = {t["asset"] for t in maintenance}
+        for line, engines in LINES.items():
+            for asset in (f"engine-{i:03d}" for i in engines):
+                if truth[asset] <= 30 and asset not in ticketed:
+                    api.post("/failures", json={
+                        "site": "plant1", "line": line, "asset": asset,
+                        "at": fails_at(asset),
+                        "note": "seized: no ticket warned of it"}).raise_for_status()
         opened = [t for t in api.get("/tickets").json() if t["status"] != "resolved"]
     return {"windows_scored": scored, "tickets": len(maintenance), "open": len(opened),
             "first_open": opened[-1]["id"] if opened else None}
