@@ -6,11 +6,9 @@ being silently ignored on a gateway nobody looks at.
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
-from urllib.parse import urlparse
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -20,11 +18,15 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
-    field_validator,
 )
 
 from agent.errors import ConfigError
-from agent.sources.config import MqttSourceConfig, OpcUaSourceConfig, TableSourceConfig
+from agent.sources.config import (
+    MqttBroker,
+    MqttSourceConfig,
+    OpcUaSourceConfig,
+    TableSourceConfig,
+)
 
 __all__ = [
     "AgentConfig",
@@ -96,48 +98,16 @@ SourceConfig = Annotated[
 _SOURCE_TAGS = ("replay", "table", "mqtt", "opcua")
 
 
-class MqttConfig(_Config):
-    url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host:port or mqtts://")
+class MqttConfig(_Config, MqttBroker):
+    _SECTION: ClassVar[str] = "mqtt"
     protocol: Literal["3.1.1", "5"] = "3.1.1"
     client_id: str | None = Field(None, description="defaults to linewatch-agent-<agent id>")
     username: str | None = None
-    password_env: str | None = Field(
-        None, description="name of the environment variable holding the password"
-    )
     keepalive_s: int = Field(30, ge=5)
     max_inflight: int = Field(
         20, ge=1, le=1000, description="messages handed to the broker and not yet acknowledged"
     )
     ca_file: Path | None = Field(None, description="CA bundle for mqtts://")
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        u = urlparse(value)
-        if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
-            raise ValueError("must look like mqtt://host:port or mqtts://host:port")
-        return value
-
-    @property
-    def host(self) -> str:
-        return urlparse(self.url).hostname or "127.0.0.1"
-
-    @property
-    def port(self) -> int:
-        u = urlparse(self.url)
-        return u.port or (8883 if u.scheme == "mqtts" else 1883)
-
-    @property
-    def tls(self) -> bool:
-        return urlparse(self.url).scheme == "mqtts"
-
-    def password(self) -> str | None:
-        if self.password_env is None:
-            return None
-        value = os.environ.get(self.password_env)
-        if value is None:
-            raise ConfigError(f"mqtt.password_env: environment variable {self.password_env} unset")
-        return value
 
 
 class OutboxConfig(_Config):

@@ -17,7 +17,7 @@ import os
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -26,10 +26,12 @@ from agent.errors import ConfigError
 
 __all__ = [
     "CsvConfig",
+    "MqttBroker",
     "MqttSourceConfig",
     "MqttTopicConfig",
     "OpcUaNodeConfig",
     "OpcUaSourceConfig",
+    "PasswordFromEnv",
     "TableAssetConfig",
     "TableChannelConfig",
     "TableConfig",
@@ -44,6 +46,51 @@ TIME_UNITS_S = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9, "min": 60.0, "h": 
 
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class PasswordFromEnv(BaseModel):
+    """A password read from the environment variable ``password_env`` names, never from
+    the file. ``_SECTION`` is the config section an error names."""
+
+    _SECTION: ClassVar[str] = "source"
+    password_env: str | None = Field(
+        None, description="name of the environment variable holding the password")
+
+    def password(self) -> str | None:
+        if self.password_env is None:
+            return None
+        value = os.environ.get(self.password_env)
+        if value is None:
+            raise ConfigError(f"{self._SECTION}.password_env: environment variable "
+                              f"{self.password_env} unset")
+        return value
+
+
+class MqttBroker(PasswordFromEnv):
+    """A broker's address, ``url`` mqtt://host:port or mqtts://host:port, checked."""
+
+    url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host:port or mqtts://")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        u = urlparse(value)
+        if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+            raise ValueError("must look like mqtt://host:port or mqtts://host:port")
+        return value
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        u = urlparse(self.url)
+        return u.port or (8883 if u.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlparse(self.url).scheme == "mqtts"
 
 
 # --- tabular files ---------------------------------------------------------------------
@@ -244,15 +291,12 @@ class MqttTopicConfig(_Config):
         return self
 
 
-class MqttSourceConfig(_Live):
+class MqttSourceConfig(_Live, MqttBroker):
     """Readings that sensors or a PLC bridge publish as JSON on an MQTT broker."""
 
     type: Literal["mqtt"]
-    url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host:port or mqtts://")
     client_id: str | None = Field(None, description="default: linewatch-input-<agent id>")
     username: str | None = None
-    password_env: str | None = Field(
-        None, description="name of the environment variable holding the password")
     ca_file: Path | None = Field(None, description="CA bundle for mqtts://")
     keepalive_s: int = Field(30, ge=5)
     topics: list[MqttTopicConfig] = Field(min_length=1)
@@ -262,32 +306,6 @@ class MqttSourceConfig(_Live):
         0.0, ge=0, description="one channel per message: values of one asset this close "
         "in time form one sample (a channel missing from it is a missing value)")
 
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        u = urlparse(value)
-        if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
-            raise ValueError("must look like mqtt://host:port or mqtts://host:port")
-        return value
-
-    @property
-    def host(self) -> str:
-        return urlparse(self.url).hostname or "127.0.0.1"
-
-    @property
-    def port(self) -> int:
-        u = urlparse(self.url)
-        return u.port or (8883 if u.scheme == "mqtts" else 1883)
-
-    def password(self) -> str | None:
-        if self.password_env is None:
-            return None
-        value = os.environ.get(self.password_env)
-        if value is None:
-            raise ConfigError(f"source.password_env: environment variable "
-                              f"{self.password_env} unset")
-        return value
-
 
 class OpcUaNodeConfig(_Config):
     node: str = Field(description="node id, e.g. 'ns=2;s=Press1.Temperature' or 'ns=2;i=7'")
@@ -295,7 +313,7 @@ class OpcUaNodeConfig(_Config):
     channel: str
 
 
-class OpcUaSourceConfig(_Live):
+class OpcUaSourceConfig(_Live, PasswordFromEnv):
     """Values of an OPC UA server's nodes, by subscription (data change notifications)."""
 
     type: Literal["opcua"]
@@ -309,7 +327,6 @@ class OpcUaSourceConfig(_Live):
         0.0, ge=0, description="values of one asset this close in time form one sample")
     retry_max_s: float = Field(30.0, ge=1, description="longest wait between reconnects")
     username: str | None = None
-    password_env: str | None = None
 
     @field_validator("url")
     @classmethod
@@ -327,12 +344,3 @@ class OpcUaSourceConfig(_Live):
                 raise ValueError(f"two nodes for asset {n.asset!r}, channel {n.channel!r}")
             seen.add((n.asset, n.channel))
         return self
-
-    def password(self) -> str | None:
-        if self.password_env is None:
-            return None
-        value = os.environ.get(self.password_env)
-        if value is None:
-            raise ConfigError(f"source.password_env: environment variable "
-                              f"{self.password_env} unset")
-        return value

@@ -47,7 +47,7 @@ from agent.errors import SourceError
 from agent.monitors import Event
 from agent.sources import Reading
 from agent.sources.config import MqttSourceConfig, MqttTopicConfig
-from agent.sources.samples import SampleAssembler
+from agent.sources.samples import SampleAssembler, take
 from agent.sources.table import parse_time
 from contract.card import ModelCard
 from outage.mqtt import BrokerLink
@@ -230,16 +230,7 @@ class MqttSource:
         self.start()
         while not self._closed.is_set():
             self.link.tick()
-            try:
-                batch = [self._queue.get(timeout=_TICK_S)]
-            except queue.Empty:
-                batch = []
-            while batch and len(batch) < _BATCH:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            yield self.readings(batch)
+            yield self.readings(take(self._queue, _TICK_S, _BATCH))
 
     def readings(self, batch: Sequence[tuple[str, bytes, float]]) -> list[Reading]:
         """The readings in messages (topic, payload, arrival time), per asset in time order;

@@ -41,7 +41,7 @@ from agent.errors import SourceError
 from agent.monitors import Event
 from agent.sources import Reading
 from agent.sources.config import OpcUaSourceConfig
-from agent.sources.samples import SampleAssembler
+from agent.sources.samples import SampleAssembler, take
 from contract.card import ModelCard
 from outage.failures import FailureLog
 
@@ -131,16 +131,7 @@ class OpcUaSource:
     def ticks(self) -> Iterator[list[Reading]]:
         self.start()
         while not self._closed.is_set():
-            try:
-                batch = [self._queue.get(timeout=_TICK_S)]
-            except queue.Empty:
-                batch = []
-            while batch and len(batch) < _BATCH:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            yield self.readings(batch)
+            yield self.readings(take(self._queue, _TICK_S, _BATCH))
 
     def readings(self, batch: Sequence[tuple[str, Any, float]]) -> list[Reading]:
         """Samples from (node id, value, time) notifications, per asset in time order."""

@@ -3,12 +3,14 @@ sensor, an OPC UA node per channel)."""
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-__all__ = ["SampleAssembler"]
+__all__ = ["SampleAssembler", "take"]
 
 
 @dataclass
@@ -62,3 +64,25 @@ class SampleAssembler:
         if absent and self._on_missing is not None:
             self._on_missing(asset, absent[0])
         return asset, np.array([row.t]), values
+
+
+def take(q: queue.Queue[Any], wait_s: float, most: int) -> list[Any]:
+    """What a live source's receiving thread queued, for one tick: up to ``most`` items,
+    waiting at most ``wait_s`` for the first (none: an empty tick, so the agent can stop).
+
+    >>> q: queue.Queue[int] = queue.Queue()
+    >>> for i in range(5):
+    ...     q.put(i)
+    >>> take(q, 0.01, 3), take(q, 0.01, 3), take(q, 0.01, 3)
+    ([0, 1, 2], [3, 4], [])
+    """
+    try:
+        batch = [q.get(timeout=wait_s)]
+    except queue.Empty:
+        return []
+    while len(batch) < most:
+        try:
+            batch.append(q.get_nowait())
+        except queue.Empty:
+            break
+    return batch
