@@ -237,6 +237,7 @@ class Influx1Store:
     """
 
     name = "influx1"
+    batch_lines = BATCH_LINES  # lines per request body
 
     def __init__(
         self,
@@ -323,10 +324,11 @@ class Influx1Store:
             return
         if not self._database_ready:
             self._create_database()
-        for start in range(0, len(lines), BATCH_LINES):
-            self._write_body("\n".join(lines[start : start + BATCH_LINES]))
+        for start in range(0, len(lines), self.batch_lines):
+            self._write_body("\n".join(lines[start : start + self.batch_lines]))
 
     def _write_body(self, body: str) -> None:
+        """POST one body of lines to /write (influx2 sends it its own way)."""
         params = {"db": self.database, "precision": "ns"}
         response = self._request("POST", "/write", params=params, content=body.encode())
         if response.status_code == 404 and "database not found" in response.text:

@@ -26,9 +26,7 @@ mapping to the bucket (2.2 and later map every bucket to a database of its own n
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from datetime import datetime, timedelta
-from itertools import chain
 from typing import Any
 
 import urllib3.exceptions
@@ -39,8 +37,7 @@ from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
 from aggregator.errors import SeriesError, SeriesUnavailableError
-from aggregator.series import DriftPoint, HealthPoint, PredictionPoint
-from aggregator.series.influx1 import BATCH_LINES, PING_TIMEOUT_S, Influx1Store, line_protocol
+from aggregator.series.influx1 import BATCH_LINES, PING_TIMEOUT_S, Influx1Store
 
 __all__ = ["Influx2Store", "WriteRetry"]
 
@@ -151,20 +148,10 @@ class Influx2Store(Influx1Store):
         )
         self._writes = self._client.write_api(write_options=SYNCHRONOUS)
 
-    def write(
-        self,
-        points: Sequence[PredictionPoint],
-        drift: Sequence[DriftPoint] = (),
-        health: Sequence[HealthPoint] = (),
-    ) -> None:
-        # Requests are not one transaction, but a retry of the whole call rewrites what
-        # the first try stored with the same identities: nothing doubles.
-        everything: chain[PredictionPoint | DriftPoint | HealthPoint] = chain(
-            points, drift, health
-        )
-        lines = [line_protocol(p) for p in everything]
-        for start in range(0, len(lines), self.batch_lines):
-            self._post("\n".join(lines[start : start + self.batch_lines]).encode())
+    def _write_body(self, body: str) -> None:
+        # influx1's write() builds the same lines and cuts them into bodies of
+        # ``batch_lines``; a retry of the whole call rewrites the same identities.
+        self._post(body.encode())
 
     def _post(self, body: bytes) -> None:
         try:
