@@ -6,7 +6,6 @@ being silently ignored on a gateway nobody looks at.
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -25,6 +24,7 @@ from agent.sources.config import (
     MqttBroker,
     MqttSourceConfig,
     OpcUaSourceConfig,
+    ReplayOptions,
     TableSourceConfig,
 )
 
@@ -59,25 +59,11 @@ class ModelConfig(_Config):
     dir: Path = Field(description="model directory holding model.onnx and card.json")
 
 
-class ReplaySourceConfig(_Config):
+class ReplaySourceConfig(ReplayOptions):
     type: Literal["replay"] = "replay"
     path: Path = Field(description="recorded data file (or directory of IMS snapshots)")
     format: Literal["cmapss", "ai4i", "ims"] | None = Field(
         None, description="file format; defaults to the model card's input format"
-    )
-    assets: list[str] | None = Field(None, description="replay only these assets")
-    speed: float = Field(1.0, ge=0, description="times faster than real time; 0 = no pacing")
-    step_s: float = Field(
-        1.0, gt=0, description="seconds of plant time per time unit of the file (e.g. a cycle)"
-    )
-    tick: float = Field(1.0, gt=0, description="file time units handed over per tick")
-    start: datetime | None = Field(
-        None, description="plant time of t=0 in the file (UTC); default: when the replay starts"
-    )
-    loop: bool = Field(False, description="start again at the end instead of stopping")
-    resume: bool = Field(
-        True, description="after a restart, continue where the last run stopped (the "
-        "position is kept in the outbox file); false: replay from the beginning"
     )
 
 

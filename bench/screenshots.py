@@ -3,10 +3,10 @@
 Starts the aggregator on scratch stores with its embedded broker, lets two agents replay
 FD001 engines through the shipped model (plant time ending now), resolves most maintenance
 tickets as the truth file says (a real fault within 30 cycles of failure, else a false
-alarm; a few stay open) and reports one missed failure, all through the REST API, then
-photographs the pages at tablet width (768 px) in Debian's chromium, driven by Playwright
-(never a downloaded browser). Prints one JSON object: the files written and what the
-aggregator held.
+alarm; a few stay open) and reports, at its true time, each failure no ticket warned of,
+all through the REST API, then photographs the pages at tablet width (768 px) in
+Debian's chromium, driven by Playwright (never a downloaded browser). Prints one JSON
+object: the files written and what the aggregator held.
 """
 
 from __future__ import annotations

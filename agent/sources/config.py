@@ -32,6 +32,7 @@ __all__ = [
     "OpcUaNodeConfig",
     "OpcUaSourceConfig",
     "PasswordFromEnv",
+    "ReplayOptions",
     "TableAssetConfig",
     "TableChannelConfig",
     "TableConfig",
@@ -182,7 +183,11 @@ class TableConfig(_Config):
         description="text read as a missing value (it is counted and skipped like NaN)")
 
 
-class _ReplayOptions(_Config):
+class ReplayOptions(_Config):
+    """How a recorded file is replayed: which assets, how fast, from when, and whether
+    it loops or resumes (shared by the shipped formats' replay and the table source)."""
+
+
     path: Path = Field(description="a file, a directory (every file in it) or a glob pattern")
     assets: list[str] | None = Field(None, description="replay only these assets")
     speed: float = Field(1.0, ge=0, description="times faster than real time; 0 = no pacing")
@@ -200,7 +205,7 @@ class _ReplayOptions(_Config):
     )
 
 
-class TableSourceConfig(_ReplayOptions):
+class TableSourceConfig(ReplayOptions):
     """Replay a plant's own CSV or Parquet files through a column mapping."""
 
     type: Literal["table"]
