@@ -50,8 +50,11 @@ __all__ = [
     "AndonEvent",
     "AndonState",
     "AndonTicket",
+    "Artifact",
+    "Assignment",
     "Budget",
     "Delivery",
+    "Deployment",
     "DriftEvent",
     "Envelope",
     "Estimate",
@@ -71,6 +74,7 @@ __all__ = [
     "command_subscription",
     "command_topic",
     "decode",
+    "decode_assignment",
     "decode_delivery",
     "decode_andon_event",
     "decode_andon_state",
@@ -89,7 +93,7 @@ MAX_SEQ = 2**63 - 1  # a signed 64-bit column holds it everywhere
 TOPIC_ROOT = "linewatch/v1"
 KINDS = ("status", "predictions", "drift", "health")
 # Commands the aggregator sends one agent, under ``.../{agent}/cmd/{command}``.
-COMMANDS = ("delivery",)
+COMMANDS = ("delivery", "model")
 MAX_SPANS = 1000
 # The item kind each data topic carries.
 ITEM_KINDS = {"predictions": "prediction", "drift": "drift", "health": "health"}
@@ -193,13 +197,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ModelRef(_Strict):
-    """The model that produced the items, and the threshold its card sets for alerts."""
-
-    name: Name
-    version: Name
-    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-    threshold: Probability
 
 
 class Prediction(_Strict):
@@ -235,6 +232,25 @@ class _Optional(_Strict):
             if data.get(name, 0) is None:
                 del data[name]
         return data
+
+
+class ModelRef(_Optional):
+    """The model that produced the items, and the threshold its card sets for alerts.
+
+    ``role``: ``shadow`` when the model runs beside the live one to be judged: its items are
+    stored but open no ticket. Absent (or ``live``): the model whose alerts count."""
+
+    _OMIT_WHEN_NONE = frozenset({"role"})
+
+    name: Name
+    version: Name
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    threshold: Probability
+    role: Literal["live", "shadow"] | None = None
+
+    @property
+    def shadow(self) -> bool:
+        return self.role == "shadow"
 
 
 class Range(_Strict):
@@ -393,15 +409,37 @@ class Estimate(_Optional):
         return self
 
 
+class Deployment(_Optional):
+    """What models an agent runs after its latest model assignment, reported in the next
+    health item as soon as it tried (and in every one after it).
+
+    ``state``: ``applied`` (the assignment ``assignment`` runs: ``live`` and, if any,
+    ``shadow``), or ``refused`` (nothing changed, ``live`` and ``shadow`` still score, and
+    ``reason`` says why: a wrong sha256 or signature, a failed self-test, a download that
+    failed, a card this agent cannot serve). ``at``: when it tried (wall-clock time)."""
+
+    _OMIT_WHEN_NONE = frozenset({"assignment", "shadow"})
+
+    assignment: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    state: Literal["applied", "refused"]
+    at: datetime
+    live: ModelRef
+    shadow: ModelRef | None = None
+    reason: Annotated[str, Field(max_length=1000)] = ""
+
+    _utc_at = field_validator("at")(_utc)
+
+
 class Health(_Optional):
     """Periodic counters of one agent, cumulative since it started.
 
     ``undeliverable`` lists the messages the agent knows it will never deliver and has not
     yet seen the aggregator account for; a health report that carries it is never dropped.
-    ``estimate`` is the agent's label-free estimate of its alerts' precision and recall.
+    ``estimate`` is the agent's label-free estimate of its alerts' precision and recall;
+    ``deployment`` what models it runs since its latest model assignment.
     """
 
-    _OMIT_WHEN_NONE = frozenset({"monitoring", "undeliverable", "estimate"})
+    _OMIT_WHEN_NONE = frozenset({"monitoring", "undeliverable", "estimate", "deployment"})
 
     kind: Literal["health"] = "health"
     at: datetime
@@ -413,6 +451,7 @@ class Health(_Optional):
     monitoring: Thresholds | None = None
     undeliverable: Annotated[list[Undeliverable], Field(max_length=MAX_SPANS)] | None = None
     estimate: Estimate | None = None
+    deployment: Deployment | None = None
 
     _utc_at = field_validator("at")(_utc)
 
@@ -501,6 +540,46 @@ class Delivery(_Strict):
     stored_through: Annotated[int, Field(ge=-1, le=MAX_SEQ)]
     missing: Annotated[list[Span], Field(max_length=MAX_SPANS)] = Field(default_factory=list)
     resend: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    _utc_ts = field_validator("ts")(_utc)
+
+
+class Artifact(_Strict):
+    """One signed model version as the registry serves it (``contract.artifact`` says what
+    the file holds and what the signature covers). ``url``: where to fetch it, absolute
+    (http or https); ``sha256`` and ``size`` of the file; ``signature``: base64 ed25519
+    over ``signed_message(name, version, sha256)``."""
+
+    name: Name
+    version: Name
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    size: Annotated[int, Field(ge=1)]
+    url: Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^https?://")]
+    signature: Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class Assignment(_Optional):
+    """The models one agent is to run: published retained, QoS 1, on
+    ``command_topic(site, line, agent, "model")`` whenever the registry's assignments for
+    it change, so an agent that was offline gets the latest on reconnecting.
+
+    ``live`` scores and alerts; ``stage`` says whether this agent runs it as the fleet's
+    ``live`` version or as a ``canary`` (live on a share of agents while it is judged).
+    ``shadow``, if any, scores the same windows beside it: its items are published with
+    ``ModelRef.role = "shadow"`` and open no ticket. ``id`` changes with every assignment;
+    the agent reports the outcome under it (``Deployment.assignment``). An empty retained
+    payload clears the topic: the agent keeps what it runs."""
+
+    _OMIT_WHEN_NONE = frozenset({"shadow"})
+
+    schema_: Literal[1] = Field(alias="schema")
+    agent: Name
+    ts: datetime
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    stage: Literal["live", "canary"]
+    live: Artifact
+    shadow: Artifact | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     _utc_ts = field_validator("ts")(_utc)
@@ -606,7 +685,8 @@ def decode_andon_event(raw: bytes) -> AndonEvent:
     return _decode(AndonEvent, raw)  # type: ignore[return-value]
 
 
-def encode(message: Envelope | Status | Delivery | AndonState | AndonEvent) -> bytes:
+def encode(message: Envelope | Status | Delivery | Assignment | AndonState | AndonEvent
+           ) -> bytes:
     """Serialize to compact UTF-8 JSON; refuses to produce an oversized payload."""
     raw = message.model_dump_json(by_alias=True, exclude_none=False).encode()
     if len(raw) > MAX_PAYLOAD_BYTES:
@@ -689,3 +769,16 @@ def decode_delivery(raw: bytes) -> Delivery:
     """
     return _decode(Delivery, raw)  # type: ignore[return-value]
 
+
+
+def decode_assignment(raw: bytes) -> Assignment:
+    """Parse and validate a model assignment.
+
+    >>> art = Artifact(name="m", version="2", sha256="0" * 64, size=10,
+    ...                url="http://agg:8000/registry/m/2/artifact", signature="c2ln")
+    >>> a = Assignment(schema_=SCHEMA, agent="gw-1", ts=datetime(2026, 1, 1, tzinfo=UTC),
+    ...                id="a1", stage="live", live=art)
+    >>> decode_assignment(encode(a)) == a
+    True
+    """
+    return _decode(Assignment, raw)  # type: ignore[return-value]

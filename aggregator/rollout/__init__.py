@@ -1,0 +1,2 @@
+"""Judging a model version before and while it takes over: the promotion gate's figures
+(``gate``) computed from what the agents' shadow and canary runs stored."""
