@@ -46,15 +46,26 @@ def test_a_package_imports_only_the_floors_below_it(package: str) -> None:
 
 
 def test_the_contract_needs_only_the_standard_library_and_pydantic() -> None:
-    third_party = set()
+    third_party: dict[str, set[str]] = {}
     for path in (ROOT / "contract").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                      else [node.module] if isinstance(node, ast.ImportFrom) and node.module
                      and node.level == 0 else [])
-            third_party.update(n.split(".")[0] for n in names)
-    third_party -= set(sys.stdlib_module_names) | {"contract", "__future__"}
-    assert third_party == {"pydantic"}
+            for n in names:
+                third_party.setdefault(n.split(".")[0], set()).add(path.name)
+    for name in set(sys.stdlib_module_names) | {"contract", "__future__"}:
+        third_party.pop(name, None)
+    # Only signing and verifying an artifact needs cryptography, imported when a key is used.
+    assert third_party == {"pydantic": third_party["pydantic"], "cryptography": {"artifact.py"}}
+
+
+def test_reading_the_contract_loads_no_cryptography() -> None:
+    code = ("import sys, contract.wire, contract.card, contract.artifact\n"
+            "print('cryptography' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False"
 
 
 def test_the_agents_entry_point_loads_neither_the_aggregator_nor_the_cli() -> None:
