@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="consumers: which of node_red,bare_python,linewatch")
     p.add_argument("--aggregator-src", type=Path, default=None, metavar="DIR",
                    help="consumers: run the aggregator from this checkout (before/after)")
+    p.add_argument("--baseline-src", type=Path, default=None, metavar="DIR",
+                   help="consumers: also run the aggregator of this checkout, as "
+                   "linewatch_baseline, in the same run (before/after)")
     args = p.parse_args(argv)
     if args.names == ["consumers"]:
         # Minutes, npm, and real servers: only when asked for by name.
@@ -36,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
             kwargs["batch_sizes"] = args.batch_sizes
         if args.consumers:
             kwargs["consumers"] = args.consumers
+        if args.baseline_src:
+            kwargs["baseline"] = args.baseline_src.resolve()
         if args.aggregator_src:
             kwargs["source"] = args.aggregator_src.resolve()
         return _write(args.out, {"consumers": consumers.run_all(
