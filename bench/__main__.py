@@ -13,10 +13,16 @@ from bench import cases
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sizing"]:
+        # Not a benchmark: a table computed from a consumers run's JSON.
+        from bench import sizing
+        return sizing.main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m bench")
     p.add_argument("names", nargs="*", help=f"benchmarks to run (default all): {sorted(cases.ALL)}"
                    "; 'consumers' (alone) runs bench.consumers: Node-RED, a bare consumer and "
-                   "the aggregator on real servers")
+                   "the aggregator on real servers; 'sizing [--from FILE]' prints the sizing "
+                   "table computed from a consumers run")
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--items", type=int, default=100_000,
