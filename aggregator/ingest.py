@@ -13,7 +13,10 @@ Per batch, in this order (the order is the guarantee):
    points: nothing doubles);
 4. one SQL transaction: seen msg_ids (``dedupe``), quarantine rows (``quarantine``), then
    the accepted batch goes to each reaction in turn (``reactions``: the agent registry,
-   the maintenance rule, ...), all in that same transaction.
+   the maintenance rule, ...), all in that same transaction. Envelopes of a shadow model
+   (``ModelRef.role == "shadow"``) are stored and confirmed like any other, but their
+   predictions and drift items reach only the reactions that account for messages
+   (agents, delivery): no rule state, condition or ticket comes of them.
 
 Only when ``handle_batch`` returns may the subscriber acknowledge the messages.
 """
@@ -25,7 +28,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal, cast
 from uuid import UUID
@@ -48,6 +51,9 @@ logger = logging.getLogger(__name__)
 
 # Pruning old msg_ids is one indexed DELETE; every ten minutes is plenty.
 _PRUNE_EVERY_S = 600.0
+# Reactions that account for messages (who sent what, which seqs are stored), not for what
+# the items say: they see a shadow model's messages like any other.
+_ACCOUNTING = frozenset({"agents", "delivery"})
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -214,9 +220,17 @@ class Ingestor:
         for rejected in parsed:
             if isinstance(rejected, Rejected):
                 session.add(quarantine_row(rejected, now))
-        batch = Batch(data, [p for p in parsed if isinstance(p, StatusMessage)], now)
+        statuses = [p for p in parsed if isinstance(p, StatusMessage)]
+        batch = Batch(data, statuses, now)
+        judged = batch
+        if any(d.envelope.model.shadow for d in data):
+            # A shadow model is being judged, not trusted: its windows and drift items are
+            # stored, deduped and confirmed (the reactions that account for messages see
+            # them), but no rule, condition or ticket ever sees them.
+            judged = Batch([replace(d, points=[], drift=[]) if d.envelope.model.shadow else d
+                            for d in data], statuses, now)
         for reaction in self.reactions:
-            reaction.react(session, batch)
+            reaction.react(session, batch if reaction.name in _ACCOUNTING else judged)
         return fresh
 
     def _count(self, parsed: list[Parsed], outcomes: list[Outcome]) -> None:

@@ -13,10 +13,16 @@ from bench import cases
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sizing"]:
+        # Not a benchmark: a table computed from a consumers run's JSON.
+        from bench import sizing
+        return sizing.main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m bench")
     p.add_argument("names", nargs="*", help=f"benchmarks to run (default all): {sorted(cases.ALL)}"
                    "; 'consumers' (alone) runs bench.consumers: Node-RED, a bare consumer and "
-                   "the aggregator on real servers")
+                   "the aggregator on real servers; 'sizing [--from FILE]' prints the sizing "
+                   "table computed from a consumers run")
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--items", type=int, default=100_000,
@@ -27,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="consumers: which of node_red,bare_python,linewatch")
     p.add_argument("--aggregator-src", type=Path, default=None, metavar="DIR",
                    help="consumers: run the aggregator from this checkout (before/after)")
+    p.add_argument("--baseline-src", type=Path, default=None, metavar="DIR",
+                   help="consumers: also run the aggregator of this checkout, as "
+                   "linewatch_baseline, in the same run (before/after)")
     args = p.parse_args(argv)
     if args.names == ["consumers"]:
         # Minutes, npm, and real servers: only when asked for by name.
@@ -36,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
             kwargs["batch_sizes"] = args.batch_sizes
         if args.consumers:
             kwargs["consumers"] = args.consumers
+        if args.baseline_src:
+            kwargs["baseline"] = args.baseline_src.resolve()
         if args.aggregator_src:
             kwargs["source"] = args.aggregator_src.resolve()
         return _write(args.out, {"consumers": consumers.run_all(

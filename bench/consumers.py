@@ -45,6 +45,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 from servers import InfluxServer, MosquittoServer, free_port  # noqa: E402
 
 CONSUMERS = ("node_red", "bare_python", "linewatch")
+# The aggregator from another checkout (``baseline``), run beside this one's for figures
+# before and after a change in one run, on the same broker, database and machine load.
+BASELINE = "linewatch_baseline"
 BATCH_SIZES = (1, 10, 100)
 AGENTS = 4
 ASSETS_PER_AGENT = 25
@@ -135,7 +138,8 @@ class Consumer:
     """One consumer process under test."""
 
     def __init__(self, kind: str, mosquitto: MosquittoServer, influx: InfluxServer,
-                 database: str, workdir: Path, run: int, source: Path = ROOT) -> None:
+                 database: str, workdir: Path, run: int, source: Path = ROOT,
+                 baseline: Path | None = None) -> None:
         self.source = source
         self.kind, self.database, self.workdir = kind, database, workdir
         self.log = workdir / f"{kind}.log"
@@ -154,6 +158,8 @@ class Consumer:
                                       "--influx-url", influx.url, "--database", database,
                                       "--topic", topic, "--client-id", self.client_id], {})
         else:
+            if kind == BASELINE:
+                self.source = baseline if baseline is not None else source
             env = {"LINEWATCH_MQTT_URL": mosquitto.url, "LINEWATCH_INFLUX_URL": influx.url,
                    "LINEWATCH_INFLUX_DATABASE": database,
                    "LINEWATCH_DB_URL": f"sqlite:///{workdir / 'linewatch.db'}",
@@ -219,10 +225,11 @@ def wait_ready(consumer: Consumer, publisher: Publisher, influx: InfluxServer, r
 
 def measure(kind: str, per_message: int, items: int, run: int, mosquitto: MosquittoServer,
             influx: InfluxServer, publisher: Publisher, workdir: Path,
-            settle_s: float, source: Path = ROOT) -> dict[str, Any]:
+            settle_s: float, source: Path = ROOT,
+            baseline: Path | None = None) -> dict[str, Any]:
     msgs = messages(items, per_message, run)
     database = f"bench_{kind}_{run}"
-    consumer = Consumer(kind, mosquitto, influx, database, workdir, run, source)
+    consumer = Consumer(kind, mosquitto, influx, database, workdir, run, source, baseline)
     try:
         wait_ready(consumer, publisher, influx, run)
         prefix = f"bench-{run}-"
@@ -243,7 +250,7 @@ def measure(kind: str, per_message: int, items: int, run: int, mosquitto: Mosqui
             "wall_s": round(wall, 2), "publish_s": round(publish_s, 2),
             "points_per_cpu_s": round(count / cpu) if cpu > 0 else None,
         }
-        if kind == "linewatch":
+        if kind in ("linewatch", BASELINE):
             result["broker_disconnects"] = consumer.disconnects()
             result["healthz_mqtt"] = consumer.healthz_mqtt()
         return result
@@ -254,9 +261,13 @@ def measure(kind: str, per_message: int, items: int, run: int, mosquitto: Mosqui
 
 def run_all(items: int = 100_000, repeats: int = 2, batch_sizes: tuple[int, ...] = BATCH_SIZES,
             consumers: tuple[str, ...] = CONSUMERS, settle_s: float = 30.0,
-            source: Path = ROOT, log: Callable[[str], None] = print) -> dict[str, Any]:
+            source: Path = ROOT, baseline: Path | None = None,
+            log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every consumer at every batch size, ``repeats`` times, interleaved; medians.
-    ``source`` is the checkout the aggregator runs from (default this one)."""
+    ``source`` is the checkout the aggregator runs from (default this one); ``baseline``
+    another checkout whose aggregator runs too, as consumer ``linewatch_baseline``."""
+    if baseline is not None and BASELINE not in consumers:
+        consumers = (*consumers, BASELINE)
     if "node_red" in consumers:
         nodered.install()
     mosquitto, influx = MosquittoServer(), InfluxServer()
@@ -276,7 +287,7 @@ def run_all(items: int = 100_000, repeats: int = 2, batch_sizes: tuple[int, ...]
                         workdir = Path(tmp) / f"{kind}-{per_message}-{repeat}"
                         workdir.mkdir()
                         result = measure(kind, per_message, items, run, mosquitto, influx,
-                                         publisher, workdir, settle_s, source)
+                                         publisher, workdir, settle_s, source, baseline)
                         result["load_average_1m"] = round(os.getloadavg()[0], 2)
                         log(f"{kind} x{per_message} #{repeat + 1}: {result}")
                         runs[kind][per_message].append(result)
@@ -286,6 +297,7 @@ def run_all(items: int = 100_000, repeats: int = 2, batch_sizes: tuple[int, ...]
         influx.stop()
     return {
         "items": items, "repeats": repeats, "cpus": os.cpu_count(), "source": str(source),
+        "baseline": None if baseline is None else str(baseline),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "medians": {c: {f"items_per_message_{b}": _medians(rs) for b, rs in by.items()}
@@ -316,7 +328,7 @@ def _ratios(runs: dict[str, dict[int, list[dict[str, Any]]]],
         return out
     for b in batch_sizes:
         ours = _medians(runs["linewatch"][b])["points_per_cpu_s"]
-        for other in ("node_red", "bare_python"):
+        for other in ("node_red", "bare_python", BASELINE):
             if other in runs and ours:
                 theirs = _medians(runs[other][b])["points_per_cpu_s"]
                 if theirs:

@@ -186,12 +186,19 @@ def line_protocol(p: PredictionPoint | DriftPoint | HealthPoint) -> str:
         )
     # Predictions are the bulk of every write: one f-string, no per-field dispatch.
     return (
-        f"{MEASUREMENT},agent={_tag(p.agent)},asset={_tag(p.asset)}"
-        f",line={_tag(p.line)},model={_tag(p.model)}"
-        f",model_version={_tag(p.model_version)},site={_tag(p.site)}"
+        f"{_series(p.agent, p.asset, p.line, p.model, p.model_version, p.site)}"
         f" score={float(p.score)!r},alert={'true' if p.alert else 'false'},seq={p.seq}i"
         f",window_start_ns={to_ns(p.window_start)}i {to_ns(p.window_end)}"
     )
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _series(agent: str, asset: str, line: str, model: str, model_version: str,
+            site: str) -> str:
+    """A prediction's measurement and tag set: the same for every window of an asset, so
+    built once (one cache look-up a point instead of one per tag)."""
+    return (f"{MEASUREMENT},agent={_tag(agent)},asset={_tag(asset)},line={_tag(line)}"
+            f",model={_tag(model)},model_version={_tag(model_version)},site={_tag(site)}")
 
 
 def _line(
