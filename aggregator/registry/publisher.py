@@ -200,7 +200,7 @@ class ModelPublisher:
         shadow = (None if desired.shadow is None
                   else store.artifact_of(self.settings, artifact(desired.shadow)))
         return Assignment(schema_=SCHEMA, agent=agent, ts=datetime.now(UTC),
-                          id=uuid.uuid4().hex, stage=desired.stage,  # type: ignore[arg-type]
+                          id=uuid.uuid4().hex, stage=desired.stage,
                           live=live, shadow=shadow)
 
     def _publish(self, topic: str, raw: bytes) -> bool:

@@ -23,6 +23,7 @@ from aggregator.api.deps import SessionDep, SettingsDep
 from aggregator.api.responses import AUTH, DB_DOWN, Responses
 from aggregator.api.schemas import ErrorOut
 from aggregator.api.security import READ, AdminToken
+from aggregator.errors import AggregatorError
 from aggregator.registry import lifecycle, store
 from aggregator.registry.models import ModelAssignment, ModelVersion
 from aggregator.registry.publisher import ModelPublisher
@@ -166,11 +167,11 @@ def _assignment_out(session: SessionDep, row: ModelAssignment) -> AssignmentOut:
     return out
 
 
-def _fail(exc: Exception) -> HTTPException:
-    status = {store.RegistryOffError: 503, store.ArtifactRejectedError: 422,
+def _fail(exc: AggregatorError) -> HTTPException:
+    status: int = {store.RegistryOffError: 503, store.ArtifactRejectedError: 422,
               store.VersionConflictError: 409, store.VersionNotFoundError: 404,
               lifecycle.AssignmentNotFoundError: 404,
-              lifecycle.AssignmentStateError: 409}[type(exc)]
+              lifecycle.AssignmentStateError: 409}.get(type(exc), 500)
     return HTTPException(status, str(exc))
 
 
