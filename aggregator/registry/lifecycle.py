@@ -116,8 +116,8 @@ def verdict_json(verdict: Verdict, decision: str, at: datetime) -> dict[str, Any
 
 def agent_infos(session: Session) -> list[AgentInfo]:
     """Every known agent, with the registered version it reports running (if any)."""
-    registered = set(session.execute(select(ModelVersion.name, ModelVersion.version))
-                     .tuples())
+    registered = {(name, version) for name, version in
+                  session.execute(select(ModelVersion.name, ModelVersion.version))}
     infos = []
     for row in session.scalars(select(AgentRecord).order_by(AgentRecord.agent_id)):
         reported = (row.model_name, row.model_version) if row.model_name else None

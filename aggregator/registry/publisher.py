@@ -150,8 +150,8 @@ class ModelPublisher:
                                     .where(ModelAssignment.state == "active")))
         wanted = resolve(agents, rows)
         published = {p.agent_id: p for p in session.scalars(select(PublishedModel))}
-        states = dict(session.execute(select(AgentRecord.agent_id, AgentRecord.state))
-                      .tuples())
+        states = {agent: state for agent, state in
+                  session.execute(select(AgentRecord.agent_id, AgentRecord.state))}
         previous, self._states = self._states, states
         versions: dict[VersionKey, ModelVersion] = {}
         sent = 0

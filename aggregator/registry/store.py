@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
-from sqlalchemy.orm import Session, undefer
+from sqlalchemy.orm import Session
 
 from aggregator.db import Ticket
 from aggregator.errors import AggregatorError
@@ -181,8 +181,7 @@ def list_versions(session: Session, name: str | None = None) -> list[ModelVersio
 
 
 def read_artifact(session: Session, sha256: str) -> bytes:
-    data = session.scalar(select(ModelVersion.artifact).where(ModelVersion.sha256 == sha256)
-                          .options(undefer(ModelVersion.artifact)))
+    data = session.scalar(select(ModelVersion.artifact).where(ModelVersion.sha256 == sha256))
     if data is None:
         raise VersionNotFoundError(f"no artifact with sha256 {sha256}")
     return bytes(data)
