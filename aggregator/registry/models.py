@@ -25,7 +25,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import Mapped, deferred, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
 
 from aggregator.db import NAME_LENGTH, Base, UTCDateTime
 
@@ -58,7 +58,7 @@ class ModelVersion(Base):
     size: Mapped[int] = mapped_column(Integer)
     signature: Mapped[str] = mapped_column(String(256))
     # Deferred: listing versions must not read every artifact.
-    artifact: Mapped[bytes] = deferred(mapped_column(LargeBinary))
+    artifact: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     uploaded_by: Mapped[str] = mapped_column(String(NAME_LENGTH))
     uploaded_at: Mapped[datetime] = mapped_column(UTCDateTime)
     answers_ticket: Mapped[int | None] = mapped_column(

@@ -112,6 +112,10 @@ class ModelPublisher:
                     next_check = self._clock() + self.settings.registry_check_s
                     self.check()
                 self.sync()
+            except store.RegistryOffError as exc:  # no public URL: nothing to point to
+                self._counts["failures"] += 1
+                self._failures.failed("off", str(exc), retry_in_s=RETRY_S)
+                wait = RETRY_S
             except Exception as exc:  # SQL down, the gate failing, a bug: keep going
                 self._counts["failures"] += 1
                 self._failures.failed(type(exc).__name__, f"model assignments: {exc}",

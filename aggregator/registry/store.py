@@ -57,7 +57,12 @@ class RegistryOffError(AggregatorError):
 
 
 class ArtifactRejectedError(AggregatorError):
-    """An uploaded artifact that is no valid model version; the message says why."""
+    """An uploaded artifact that is no valid model version; the message says why.
+    ``field``: ``body``, or ``answers`` for a ticket that does not exist."""
+
+    def __init__(self, message: str, field: str = "body") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class VersionConflictError(AggregatorError):
@@ -148,7 +153,7 @@ def upload(session: Session, settings: Settings, data: bytes, *, uploaded_by: st
         raise VersionConflictError(f"these bytes are stored as {same_bytes.name} "
                                    f"{same_bytes.version}")
     if answers is not None and session.get(Ticket, answers) is None:
-        raise ArtifactRejectedError(f"answers={answers}: no such ticket")
+        raise ArtifactRejectedError(f"answers={answers}: no such ticket", "answers")
     row = ModelVersion(
         name=card.name, version=card.version,
         card=card.model_dump(mode="json"), sha256=sha256, size=len(data),

@@ -15,12 +15,13 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from aggregator import audit
 from aggregator.api.deps import SessionDep, SettingsDep
-from aggregator.api.responses import AUTH, DB_DOWN, Responses
+from aggregator.api.responses import AUTH, BAD_BODY, DB_DOWN, Responses
 from aggregator.api.schemas import ErrorOut
 from aggregator.api.security import READ, AdminToken
 from aggregator.errors import AggregatorError
@@ -31,11 +32,13 @@ from contract.wire import Name
 
 __all__ = [
     "ArtifactOut",
+    "AgentsTarget",
     "AssignmentIn",
     "AssignmentOut",
     "DecisionOut",
     "PromoteIn",
     "RollbackIn",
+    "SiteTarget",
     "VersionDetailOut",
     "VersionOut",
     "assign",
@@ -60,12 +63,11 @@ def _error(status: int, description: str) -> Responses:
     return {status: {"model": ErrorOut, "description": description}}
 
 
-OFF = _error(503, "the registry is off (no LINEWATCH_SIGNING_KEY_FILE, or no "
-             "LINEWATCH_PUBLIC_URL to publish with), or the SQL database cannot be reached")
+OFF = _error(503, "the registry is off (no LINEWATCH_SIGNING_KEY_FILE), or the SQL "
+             "database cannot be reached")
 NOT_FOUND = _error(404, "no such model version, artifact or assignment")
 CONFLICT = _error(409, "other bytes for a stored version; an assignment that cannot do "
                   "this; a promotion the gate refused (with its reasons and figures)")
-REJECTED = _error(422, "not a valid model artifact: the answer names the problem")
 
 
 class _Out(BaseModel):
@@ -116,24 +118,40 @@ class ArtifactOut(BaseModel):
     version: VersionOut
 
 
+class AgentsTarget(BaseModel):
+    """These agents, by id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agents: list[Name] = Field(min_length=1, max_length=10_000)
+
+
+class SiteTarget(BaseModel):
+    """Every agent of a site, or of one of its lines."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    site: Name
+    line: Name | None = None
+
+
 class AssignmentIn(BaseModel):
-    """A version at a stage on a target: ``agents``, or ``site`` (and ``line``)."""
+    """A version at a stage on a target: ``{"agents": [...]}`` or ``{"site": ..., "line":
+    ...}`` (line optional)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: Name
     version: Name
     stage: Literal["shadow", "canary", "live"]
-    agents: list[Name] | None = Field(None, min_length=1, max_length=10_000)
-    site: Name | None = None
-    line: Name | None = None
-    share: float | None = Field(None, gt=0, le=1, description="canaries: the share of the "
-                                "target's agents that run it live")
+    target: AgentsTarget | SiteTarget
+    share: float | None = Field(None, gt=0, le=1, description="canaries only: the share of "
+                                "the target's agents that run it live")
 
-    @model_validator(mode="after")
-    def _one_target(self) -> AssignmentIn:
-        lifecycle.Target(tuple(self.agents) if self.agents else None, self.site, self.line)
-        return self
+    def as_target(self) -> lifecycle.Target:
+        if isinstance(self.target, AgentsTarget):
+            return lifecycle.Target(agents=tuple(self.target.agents))
+        return lifecycle.Target(site=self.target.site, line=self.target.line)
 
 
 class PromoteIn(BaseModel):
@@ -181,7 +199,7 @@ _ERRORS = (store.RegistryOffError, store.ArtifactRejectedError, store.VersionCon
 
 
 @router.post("/versions", status_code=201,
-             responses=AUTH | OFF | CONFLICT | REJECTED | {200: {"model": ArtifactOut}})
+             responses=AUTH | OFF | CONFLICT | BAD_BODY | {200: {"model": ArtifactOut}})
 def upload(data: Annotated[bytes, Body(media_type=_GZIP)], response: Response,
            session: SessionDep, settings: SettingsDep, caller: AdminToken,
            answers: Annotated[int | None, Query(ge=1, le=2**31 - 1, description=(
@@ -189,10 +207,16 @@ def upload(data: Annotated[bytes, Body(media_type=_GZIP)], response: Response,
     """Upload a model version: the body is the exact bytes of ``contract.artifact.pack``
     (``linewatch registry publish`` sends them). The registry checks the card and the
     model's sha256 and signs it. 201 stored; 200 the same bytes were stored already; 409
-    other bytes under that name and version; 422 not a valid artifact; 503 no signing key."""
+    other bytes under that name and version; 422 not a valid artifact (the message names
+    the problem); 503 no signing key."""
     try:
         done = store.upload(session, settings, data, uploaded_by=caller.actor.name,
                             answers=answers)
+    except store.ArtifactRejectedError as exc:
+        # FastAPI's own 422 body, so one schema describes every refused request.
+        where = ("query", "answers") if exc.field == "answers" else ("body",)
+        raise RequestValidationError([{"type": "value_error", "loc": where,
+                                       "msg": str(exc), "input": None}]) from exc
     except _ERRORS as exc:
         raise _fail(exc) from exc
     row = done.version
@@ -260,18 +284,17 @@ def list_assignments(session: SessionDep, state: Annotated[
 
 
 @router.post("/assignments", status_code=201,
-             responses=AUTH | OFF | NOT_FOUND | CONFLICT)
-def assign(body: AssignmentIn, request: Request, session: SessionDep, settings: SettingsDep,
+             responses=AUTH | DB_DOWN | NOT_FOUND | CONFLICT | BAD_BODY)
+def assign(body: AssignmentIn, request: Request, session: SessionDep,
            caller: AdminToken) -> AssignmentOut:
     """Assign a version: ``shadow`` (runs beside the live model, judged, opens no
     ticket), ``canary`` (live on ``share`` of the target's agents) or ``live``. The agents
-    get it on their retained ``model`` command topic within a second."""
+    get it on their retained ``model`` command topic within a second (once
+    ``LINEWATCH_PUBLIC_URL`` is set: the artifacts' URLs start with it)."""
     try:
-        store.artifact_url(settings, "0" * 64)  # publishable at all?
         row = lifecycle.assign(
             session, name=body.name, version=body.version, stage=body.stage,
-            target=lifecycle.Target(tuple(body.agents) if body.agents else None,
-                                    body.site, body.line),
+            target=body.as_target(),
             share=body.share, actor=caller.actor)
     except _ERRORS as exc:
         raise _fail(exc) from exc
@@ -281,7 +304,7 @@ def assign(body: AssignmentIn, request: Request, session: SessionDep, settings: 
 
 
 @router.post("/assignments/{assignment_id}/promote",
-             responses=AUTH | OFF | NOT_FOUND | CONFLICT)
+             responses=AUTH | DB_DOWN | NOT_FOUND | CONFLICT | BAD_BODY)
 def promote(assignment_id: AssignmentId, request: Request, session: SessionDep,
             caller: AdminToken, body: PromoteIn | None = None) -> DecisionOut:
     """Promote shadow -> canary (give ``share``) or canary -> live, if the promotion gate
@@ -310,7 +333,7 @@ def promote(assignment_id: AssignmentId, request: Request, session: SessionDep,
 
 
 @router.post("/assignments/{assignment_id}/rollback",
-             responses=AUTH | DB_DOWN | NOT_FOUND | CONFLICT)
+             responses=AUTH | DB_DOWN | NOT_FOUND | CONFLICT | BAD_BODY)
 def rollback(assignment_id: AssignmentId, body: RollbackIn, request: Request,
              session: SessionDep, caller: AdminToken) -> DecisionOut:
     """End an active assignment: its agents go back to what they ran before (a canary's
