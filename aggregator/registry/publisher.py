@@ -78,6 +78,7 @@ class ModelPublisher:
         self._states: dict[str, str] | None = None  # agent -> state at the last sync
         self._lock = threading.Lock()  # one sync at a time (thread, tests, routes)
         self._failures = FailureLog(logger)
+        self._check_failures = FailureLog(logger)
         self._counts = {"published": 0, "cleared": 0, "republished": 0, "rolled_back": 0,
                         "failures": 0}
 
@@ -106,25 +107,31 @@ class ModelPublisher:
     def _run(self) -> None:
         next_check = self._clock() + self.settings.registry_check_s
         while not self._stopping.is_set():
-            wait = POLL_S
-            try:
-                if self.judge is not None and self._clock() >= next_check:
-                    next_check = self._clock() + self.settings.registry_check_s
-                    self.check()
-                self.sync()
-            except store.RegistryOffError as exc:  # no public URL: nothing to point to
-                self._counts["failures"] += 1
-                self._failures.failed("off", str(exc), retry_in_s=RETRY_S)
-                wait = RETRY_S
-            except Exception as exc:  # SQL down, the gate failing, a bug: keep going
-                self._counts["failures"] += 1
-                self._failures.failed(type(exc).__name__, f"model assignments: {exc}",
-                                      retry_in_s=RETRY_S, exc_info=exc)
-                wait = RETRY_S
-            else:
-                self._failures.recovered("publishing model assignments again")
-            self._wake.wait(wait)
+            ok = True
+            if self.judge is not None and self._clock() >= next_check:
+                next_check = self._clock() + self.settings.registry_check_s
+                ok = self._guarded(self.check, "judging canaries", self._check_failures)
+            ok = self._guarded(self.sync, "publishing model assignments",
+                               self._failures) and ok
+            self._wake.wait(POLL_S if ok else RETRY_S)
             self._wake.clear()
+
+    def _guarded(self, step: Callable[[], object], doing: str, log: FailureLog) -> bool:
+        """Run one step; a failure (SQL down, the gate failing, a bug) is counted and
+        logged, and the thread goes on."""
+        try:
+            step()
+        except store.RegistryOffError as exc:  # no public URL: nothing to point agents to
+            self._counts["failures"] += 1
+            log.failed("off", str(exc), retry_in_s=RETRY_S)
+            return False
+        except Exception as exc:
+            self._counts["failures"] += 1
+            log.failed(type(exc).__name__, f"{doing}: {exc!r}", retry_in_s=RETRY_S,
+                       exc_info=exc)
+            return False
+        log.recovered(f"{doing} again")
+        return True
 
     # -- work ------------------------------------------------------------------------------
     def check(self, now: datetime | None = None) -> int:

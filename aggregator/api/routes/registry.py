@@ -36,6 +36,7 @@ __all__ = [
     "AssignmentIn",
     "AssignmentOut",
     "DecisionOut",
+    "GateRefusedOut",
     "PromoteIn",
     "RollbackIn",
     "SiteTarget",
@@ -165,6 +166,15 @@ class RollbackIn(BaseModel):
 
     reason: str = Field(min_length=1, max_length=2000, pattern=r"[^\x00-\x20\x7f]")
     ticket: bool = Field(False, description="also open a retraining ticket saying why")
+
+
+class GateRefusedOut(BaseModel):
+    """A promotion the gate refused (409): why, and the figures it judged by."""
+
+    detail: str
+    reasons: list[str]
+    ready: bool = Field(description="false: not enough common windows to judge yet")
+    figures: dict[str, Any] | None
 
 
 class DecisionOut(BaseModel):
@@ -304,7 +314,10 @@ def assign(body: AssignmentIn, request: Request, session: SessionDep,
 
 
 @router.post("/assignments/{assignment_id}/promote",
-             responses=AUTH | DB_DOWN | NOT_FOUND | CONFLICT | BAD_BODY)
+             responses=AUTH | DB_DOWN | NOT_FOUND | BAD_BODY | {409: {
+                 "model": GateRefusedOut | ErrorOut,
+                 "description": "the gate refused (its reasons and figures), or the "
+                 "assignment cannot be promoted (not active, live already, no baseline)"}})
 def promote(assignment_id: AssignmentId, request: Request, session: SessionDep,
             caller: AdminToken, body: PromoteIn | None = None) -> DecisionOut:
     """Promote shadow -> canary (give ``share``) or canary -> live, if the promotion gate
@@ -320,11 +333,13 @@ def promote(assignment_id: AssignmentId, request: Request, session: SessionDep,
     if new is None:
         last = session.get(ModelAssignment, assignment_id)
         figures = last.figures[-1] if last is not None and last.figures else {}
-        return JSONResponse(status_code=409, content={  # type: ignore[return-value]
-            "detail": "the promotion gate refused: " + ("; ".join(verdict.reasons)
-                                                        or "not passed"),
-            "reasons": list(verdict.reasons), "ready": verdict.ready,
-            "figures": figures.get("figures")})
+        refused = GateRefusedOut(
+            detail="the promotion gate refused: " + ("; ".join(verdict.reasons)
+                                                     or "not passed"),
+            reasons=list(verdict.reasons), ready=verdict.ready,
+            figures=figures.get("figures"))
+        return JSONResponse(status_code=409,  # type: ignore[return-value]
+                            content=refused.model_dump(mode="json"))
     _wake(request)
     old = session.get(ModelAssignment, assignment_id)
     assert old is not None
