@@ -610,3 +610,8 @@ def open_engine(url: str, *, create: bool = True) -> Engine:
 def open_sessions(engine: Engine) -> SessionFactory:
     """Session factory; objects stay readable after commit (they are copied to ...Out)."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+# The registry's tables are defined with the registry (aggregator.registry.models); imported
+# here so that Base.metadata, which the migrations are checked against, always has them.
+from aggregator.registry import models as _registry_models  # noqa: E402,F401

@@ -292,6 +292,25 @@ class Settings(BaseSettings):
         default_factory=lambda: list(_ANDON_KINDS),
         description="Ticket kinds a line's andon shows (JSON list).")
 
+    # -- model registry (aggregator.registry) ---------------------------------------------
+    signing_key_file: Path | None = Field(
+        None,
+        description="ed25519 private key (PEM) the registry signs model artifacts with "
+        "(`linewatch registry keygen` writes one; agents trust its signing.pub). None: the "
+        "registry is off and refuses uploads.",
+    )
+    public_url: str | None = Field(
+        None, pattern=r"^https?://[^\s]+$",
+        description="Base URL the agents reach this aggregator at, e.g. "
+        "https://aggregator.plant1:8000; artifact URLs in model assignments are "
+        "{public_url}/registry/artifacts/{sha256}. None: assignments cannot be published.",
+    )
+    registry_check_s: float = Field(
+        60.0, gt=0, le=86_400,
+        description="How often every active canary is judged by the promotion gate (and "
+        "rolled back when its figures fail).",
+    )
+
     @field_validator("mqtt_url")
     @classmethod
     def _check_mqtt_url(cls, value: str | None) -> str | None:

@@ -141,6 +141,12 @@ def _token(args: argparse.Namespace) -> int:
     return token_command(args)
 
 
+def _registry(args: argparse.Namespace) -> int:
+    from linewatch.registry import run
+
+    return run(args)
+
+
 def _health_report(args: argparse.Namespace) -> int:
     from aggregator.__main__ import report_command
 
@@ -312,6 +318,14 @@ def _parser() -> argparse.ArgumentParser:
                        formatter_class=_RAW)
     add_report_arguments(r)
     r.set_defaults(func=_health_report)
+
+    from linewatch.registry import DESCRIPTION as REGISTRY_DESCRIPTION
+    from linewatch.registry import add_arguments as add_registry_arguments
+
+    m = sub.add_parser("registry", help="make the signing key; publish a model version",
+                       description=REGISTRY_DESCRIPTION, formatter_class=_RAW)
+    add_registry_arguments(m)
+    m.set_defaults(func=_registry)
 
     d = sub.add_parser("demo", help="embedded broker + aggregator + agents replaying FD001",
                        description=_DEMO_DESCRIPTION, epilog=_DEMO_EPILOG, formatter_class=_RAW)

@@ -28,6 +28,7 @@ from aggregator.api.routes import (
     metrics,
     model_health,
     notifications,
+    registry,
     tickets,
     tokens,
 )
@@ -46,6 +47,8 @@ from aggregator.metrics import Metrics
 from aggregator.notify import intents as notify
 from aggregator.notify.worker import Notifier
 from aggregator.reactions import standard as standard_reactions
+from aggregator.registry.lifecycle import gate_judge
+from aggregator.registry.publisher import ModelPublisher
 from aggregator.series import open_series
 from aggregator.settings import Settings
 from aggregator.subscriber import Subscriber
@@ -84,6 +87,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.callback(notifier.stop)
         subscriber.start()
         stack.callback(subscriber.stop)
+        # Model assignments, on the same client; canaries judged by the promotion gate.
+        app.state.registry_judge = gate_judge(series)
+        publisher = ModelPublisher(settings, ingestor.session_factory,
+                                   subscriber.confirmer.client,
+                                   judge=lambda s, q: app.state.registry_judge(s, q))
+        publisher.start()
+        stack.callback(publisher.stop)
+        app.state.model_publisher = publisher
 
         with ingestor.session_factory() as session:
             if not auth.count_active(session):
@@ -152,6 +163,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(docs.router)
     app.include_router(notifications.router)
     app.include_router(metrics.router)
+    app.include_router(registry.router)
     app.mount(docs.STATIC_PREFIX, StaticFiles(directory=STATIC_DIR), name="static")
     app.add_exception_handler(TicketNotFoundError, _not_found)
     app.add_exception_handler(TicketStateError, _conflict)

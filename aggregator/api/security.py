@@ -19,7 +19,9 @@ at all is refused with 400 before the token is looked at. Nothing is done with i
 Public, on purpose: ``/healthz`` and ``/readyz`` (probes carry no token), the docs pages
 ``/docs`` and ``/redoc`` and their vendored assets under ``/static``, and
 ``/openapi.json``: the API's shape, already public in the source, holds no data, and the
-docs pages must load it before anyone can press "Authorize".
+docs pages must load it before anyone can press "Authorize". And
+``/registry/artifacts/{sha256}``: the agents fetch model artifacts by URL alone; the bytes
+are content-addressed and signed (``aggregator.api.routes.registry``).
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ __all__ = [
     "scope_checker",
 ]
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/redoc", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/redoc", "/openapi.json",
+                          "/registry/artifacts/{sha256}"})
 """Routes answered without a token (and the ``/static`` mount of the docs' assets)."""
 
 _HOW = "send it as 'Authorization: Bearer <token>' (create one with `linewatch token create`)"

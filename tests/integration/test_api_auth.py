@@ -84,6 +84,15 @@ ROUTES: dict[tuple[str, str], str | None] = {
     ("DELETE", "/tokens/{token_id}"): "admin",
     ("GET", "/notifications"): "read",
     ("GET", "/metrics"): "read",
+    ("POST", "/registry/versions"): "admin",
+    ("GET", "/registry/versions"): "read",
+    ("GET", "/registry/versions/{name}/{version}"): "read",
+    # Content-addressed and signed: agents fetch it by URL alone (routes/registry.py).
+    ("GET", "/registry/artifacts/{sha256}"): None,
+    ("GET", "/registry/assignments"): "read",
+    ("POST", "/registry/assignments"): "admin",
+    ("POST", "/registry/assignments/{assignment_id}/promote"): "admin",
+    ("POST", "/registry/assignments/{assignment_id}/rollback"): "admin",
 }
 # The web pages (aggregator/web): a session cookie, not the Authorization header, with the
 # same scopes (None: public). Tested in test_web.py: without a session they redirect to
@@ -111,13 +120,17 @@ BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/tickets/{ticket_id}/notes"): {"text": "checked"},
     ("POST", "/failures"): None,  # no body: 422 once authorized
     ("POST", "/tokens"): None,  # no body: 422 once authorized
+    ("POST", "/registry/versions"): None,  # no body: 503 (no signing key) once authorized
+    ("POST", "/registry/assignments"): None,
+    ("POST", "/registry/assignments/{assignment_id}/rollback"): {"reason": "test"},
 }
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 
 
 def url_of(path: str) -> str:
     return (path.replace("{ticket_id}", "999").replace("{token_id}", "999")
-            .replace("{asset}", "pump-999"))
+            .replace("{asset}", "pump-999").replace("{assignment_id}", "999")
+            .replace("{name}", "m").replace("{version}", "9").replace("{sha256}", "0" * 64))
 
 
 @pytest.fixture
@@ -177,7 +190,9 @@ def test_every_route_needs_a_token_of_its_scope(api: tuple[TestClient, int]) -> 
             return client.request(method, url, json=body, headers=headers)
 
         if needed is None:
-            assert call().status_code in (200, 503), (method, path)  # readyz may say 503
+            # readyz may say 503; no artifact has the sha256 asked for.
+            ok = (404,) if path == "/registry/artifacts/{sha256}" else (200, 503)
+            assert call().status_code in ok, (method, path)
             continue
         assert_unauthorized(call(), "needs an API token")
         for wrong in ("Bearer", "Bearer nonsense", f"Bearer {auth.new_secret()}",

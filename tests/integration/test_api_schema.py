@@ -51,6 +51,7 @@ from aggregator_support import (
 )
 from fastapi.routing import iter_route_contexts
 from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error, positive_data_acceptance
 from servers import InfluxServer, free_port
 
 from aggregator.api.app import create_app
@@ -89,6 +90,12 @@ schema.config.checks.update(included_check_names=CHECKS)
 # schemathesis would let pass by default), nor 5xx.
 schema.config.checks.positive_data_acceptance.expected_statuses = ["2xx", "404", "409"]
 PLACEHOLDER = "scope:"
+# POST /registry/versions takes a model artifact's raw bytes: sent as generated. No
+# generated body is a signed-off artifact (a gzipped tar of a card and the model it
+# hashes), and this service has no signing key (503: the registry is off), so a valid
+# request cannot be accepted here; tests/integration/test_registry.py covers the upload.
+schemathesis.serializer.alias("application/gzip", "application/octet-stream")
+NO_VALID_BODY = {("POST", "/registry/versions")}
 
 
 @schema.auth(refresh_interval=None)  # no caching: asked for every case
@@ -195,7 +202,10 @@ def test_every_operation_conforms(case: schemathesis.Case, service: ServerThread
         # Given to the call, not written into the case: a case may be run again, against
         # the other store configuration's service.
         headers = bearer(api_token(service, marked.removeprefix(PLACEHOLDER)))
-    case.call_and_validate(base_url=service.url, headers=headers, timeout=10)
+    excluded = ([not_a_server_error, positive_data_acceptance]
+                if (case.method.upper(), case.path) in NO_VALID_BODY else None)
+    case.call_and_validate(base_url=service.url, headers=headers, timeout=10,
+                           excluded_checks=excluded)
 
 
 def test_every_operation_asks_for_a_scope_but_the_probes() -> None:
@@ -203,7 +213,8 @@ def test_every_operation_asks_for_a_scope_but_the_probes() -> None:
     the two probes."""
     operations = {(m.upper(), p) for p, ops in schema.raw_schema["paths"].items() for m in ops}
     public = {op for op in operations if SCOPES[op] is None}
-    assert public == {("GET", "/healthz"), ("GET", "/readyz")}
+    assert public == {("GET", "/healthz"), ("GET", "/readyz"),
+                      ("GET", "/registry/artifacts/{sha256}")}
     for method, path in operations - public:
         declared = schema.raw_schema["paths"][path][method.lower()]["security"]
         assert declared == [{"APIToken": [SCOPES[(method, path)]]}], (method, path)
