@@ -158,7 +158,11 @@ class Rollout:
                 assignment, self._next = self._next, None
             if assignment is None:
                 return
-            outcome = self.prepare(assignment)
+            try:
+                outcome = self.prepare(assignment)
+            except Exception as exc:  # noqa: BLE001 - a bug here must not stop later ones
+                logger.exception("model assignment %s: unexpected failure", assignment.id)
+                outcome = Refused(assignment, "error", f"error preparing the models: {exc}")
             if outcome is None:
                 continue  # superseded or stopping
             with self._lock:
