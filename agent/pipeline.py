@@ -188,8 +188,10 @@ class _Batcher:
             self._write_columns(p.slice(0, half))
             self._write_columns(p.slice(half, len(p.score)))
             return
+        # A shadow model's alerts open no ticket: its rows are telemetry, dropped first.
         self._outbox.put(seq, str(msg_id), self._topics["predictions"], "predictions",
-                         payload, droppable=not p.alert.any(), make_room=True,
+                         payload, droppable=self._model.shadow or not p.alert.any(),
+                         make_room=True,
                          windows=len(p.score), ts=ts)
 
     def _write(self, kind: str, items: list[wire.Item]) -> None:
@@ -208,7 +210,7 @@ class _Batcher:
             return
         # Alerts, drift events and the health reports that tell the aggregator which
         # messages it will never get must survive a full outbox; plain telemetry may not.
-        droppable = (
+        droppable = self._model.shadow or (
             kind == "health" and not any(cast(wire.Health, i).undeliverable for i in items)
         ) or (
             kind == "predictions" and not any(cast(wire.Prediction, i).alert for i in items)
@@ -376,7 +378,7 @@ class Agent:
     def _swap(self, new: Prepared) -> None:
         """Put a prepared assignment in place of what runs, all at once. Whatever fails
         before the pointer is written leaves the old models scoring, reported as refused."""
-        assignment = new.assignment
+        assignment, began = new.assignment, time.perf_counter()
         try:
             live = self._live(new.live)
             shadow = None if new.shadow is None else self._shadow(new.shadow, new.live)
@@ -406,12 +408,13 @@ class Agent:
             shadow=None if shadow is None else shadow.ref)
         self.progress.models_applied += 1
         self._refusals.recovered(f"model assignment {assignment.id} applied")
-        logger.info("model assignment %s applied (%s): %s %s replaces %s %s%s", assignment.id,
-                    assignment.stage, self.model_ref.name, self.model_ref.version, old.name,
-                    old.version, "" if shadow is None else
-                    f"; shadow {shadow.ref.name} {shadow.ref.version}")
         self._health(force=True)
         self._flush()
+        logger.info("model assignment %s applied (%s): %s %s replaces %s %s%s; scoring paused "
+                    "%.0f ms between two ticks", assignment.id, assignment.stage,
+                    self.model_ref.name, self.model_ref.version, old.name, old.version,
+                    "" if shadow is None else f"; shadow {shadow.ref.name} {shadow.ref.version}",
+                    (time.perf_counter() - began) * 1e3)
 
     def _refuse(self, refused: Refused) -> None:
         """Report a refused assignment at once; the running models keep scoring."""

@@ -105,11 +105,13 @@ class Registry:
 
     def assign(self, agent: str, id: str, live: wire.Artifact,
                shadow: wire.Artifact | None = None) -> None:
-        payload = wire.encode(wire.Assignment(
+        self.send(agent, wire.encode(wire.Assignment(
             schema_=wire.SCHEMA, agent=agent, ts=datetime.now(UTC), id=id, stage="live",
-            live=live, shadow=shadow))
+            live=live, shadow=shadow)))
+
+    def send(self, agent: str, payload: bytes, *, retain: bool = True) -> None:
         info = self.client.publish(wire.command_topic("plant1", "line1", agent, "model"),
-                                   payload, qos=1, retain=True)
+                                   payload, qos=1, retain=retain)
         info.wait_for_publish(timeout=10)
 
     def close(self) -> None:
@@ -256,6 +258,11 @@ def test_tampered_bytes_and_a_wrong_signature_are_refused_and_the_old_model_scor
         tampered[len(tampered) // 3] ^= 0x01
         run = _Running(_config(tmp_path, mosquitto.url, "gw-refuse", [registry.public]))
         run.scoring()
+        # An unreadable command is counted and logged; an empty one clears the topic.
+        registry.send("gw-refuse", b'{"schema": 1, "agent": "gw-refuse"}', retain=False)
+        registry.send("gw-refuse", b"")
+        wait_until(lambda: run.agent.publisher.bad_commands == 1, 10,
+                   what="the unreadable command counted")
         registry.assign("gw-refuse", "tampered", registry.artifact(v2, body=bytes(tampered)))
         wait_until(lambda: any(d.assignment == "tampered" for d in collector.deployments()),
                    20, what="the tampered artifact's report")
@@ -273,6 +280,7 @@ def test_tampered_bytes_and_a_wrong_signature_are_refused_and_the_old_model_scor
         assert refused["forged"].reason.startswith("signature ")
         assert refused["forged"].live.version == V1
         assert report.progress.models_refused == 2 and report.progress.models_applied == 0
+        assert run.agent.publisher.bad_commands == 1
         # The old model kept scoring, after both refusals too.
         assert {e.model.version for e, _ in collector.items("prediction")} == {V1}
         assert report.progress.windows_scored > scored

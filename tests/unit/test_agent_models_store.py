@@ -230,3 +230,19 @@ def test_a_version_in_the_store_is_not_downloaded_again(
         assignment(art)), Prepared)
     # Nothing served now: it can only come from the store, checked against its signature.
     assert isinstance(_rollout(tmp_path, [public], {}).prepare(assignment(art)), Prepared)
+
+
+def test_the_model_keys_of_the_config_are_rebased_and_default_per_agent(
+        tmp_path: Path) -> None:
+    from agent import config
+
+    base = {"agent": {"id": "gw-9", "site": "s", "line": "l"},
+            "source": {"type": "replay", "path": "data.txt"}}
+    cfg = config.parse({**base, "model": {"dir": "m"}}, base=tmp_path)
+    assert cfg.model.trusted_keys == [] and cfg.model_store == Path("var/agent/gw-9/models")
+    cfg = config.parse({**base, "model": {"dir": "m", "trusted_keys": ["keys/r.pem", "/k.pem"],
+                                          "store": "models-here"}}, base=tmp_path)
+    assert cfg.model.trusted_keys == [tmp_path / "keys" / "r.pem", Path("/k.pem")]
+    assert cfg.model_store == tmp_path / "models-here"
+    with pytest.raises(config.ConfigError, match="fetch_attempts"):
+        config.parse({**base, "model": {"dir": "m", "fetch_attempts": 0}})
