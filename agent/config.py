@@ -65,7 +65,8 @@ class ModelConfig(_Config):
         default_factory=list, description="PEM ed25519 public keys of the model registry; "
         "none: every model assignment is refused")
     store: Path | None = Field(None, description="where assigned models and the pointer to "
-                               "the running ones are kept; default var/agent/<id>/models")
+                               "the running ones are kept; default: models/ next to the "
+                               "outbox (var/agent/<id>/models)")
     fetch_timeout_s: float = Field(30.0, gt=0, description="socket timeout of one download")
     fetch_attempts: int = Field(5, ge=1, le=20, description="downloads tried, with backoff, "
                                 "before an assignment is refused")
@@ -179,7 +180,8 @@ class AgentConfig(_Config):
 
     @property
     def model_store(self) -> Path:
-        return self.model.store or Path("var") / "agent" / self.agent.id / "models"
+        # Next to the outbox: the agent's state in one directory, var/agent/<id> by default.
+        return self.model.store or self.outbox_path.parent / "models"
 
 
 def parse(data: object, *, base: Path | None = None) -> AgentConfig:

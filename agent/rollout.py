@@ -93,6 +93,7 @@ def download(url: str, size: int, timeout_s: float) -> bytes:
                                "the assignment says")
             return b"".join(chunks)
     except urllib.error.HTTPError as exc:
+        exc.close()  # it holds the response's socket
         raise _Refusal("download", f"download of {url} failed: HTTP {exc.code} {exc.reason}",
                        retry=exc.code >= 500 or exc.code == 429) from exc
     except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
@@ -107,14 +108,15 @@ class Rollout:
 
     def __init__(self, store: ModelStore, keys: list[Path], running: ModelCard, *,
                  agent_id: str, done: str | None = None, timeout_s: float = 30.0,
-                 attempts: int = 5, fetch: Callable[[str, int, float], bytes] = download
-                 ) -> None:
+                 attempts: int = 5, backoff_s: float = _BACKOFF_S,
+                 fetch: Callable[[str, int, float], bytes] = download) -> None:
         self.store = store
         self.keys = keys
         self.running = running
         self.agent_id = agent_id
         self.timeout_s = timeout_s
         self.attempts = attempts
+        self.backoff_s = backoff_s
         self._fetch = fetch
         self._done: set[str] = {done} if done else set()
         self._lock = threading.Condition()
@@ -232,14 +234,14 @@ class Rollout:
         return path.name, model
 
     def _download(self, art: wire.Artifact) -> bytes:
-        wait = _BACKOFF_S
+        wait = self.backoff_s
         for attempt in range(1, self.attempts + 1):
             try:
                 return self._fetch(art.url, art.size, self.timeout_s)
             except _Refusal as exc:
                 if not exc.retry or attempt == self.attempts:
                     raise
-                logger.warning("%s (attempt %d of %d); again in %.0f s", exc.reason, attempt,
+                logger.warning("%s (attempt %d of %d); again in %.3g s", exc.reason, attempt,
                                self.attempts, wait)
             if self._stop.wait(wait):
                 raise _Superseded

@@ -240,9 +240,94 @@ def test_the_model_keys_of_the_config_are_rebased_and_default_per_agent(
             "source": {"type": "replay", "path": "data.txt"}}
     cfg = config.parse({**base, "model": {"dir": "m"}}, base=tmp_path)
     assert cfg.model.trusted_keys == [] and cfg.model_store == Path("var/agent/gw-9/models")
+    moved = config.parse({**base, "model": {"dir": "m"}, "outbox": {"path": "/o/box.db"}})
+    assert moved.model_store == Path("/o/models")  # the agent's state stays together
     cfg = config.parse({**base, "model": {"dir": "m", "trusted_keys": ["keys/r.pem", "/k.pem"],
                                           "store": "models-here"}}, base=tmp_path)
     assert cfg.model.trusted_keys == [tmp_path / "keys" / "r.pem", Path("/k.pem")]
     assert cfg.model_store == tmp_path / "models-here"
     with pytest.raises(config.ConfigError, match="fetch_attempts"):
         config.parse({**base, "model": {"dir": "m", "fetch_attempts": 0}})
+
+
+class _Server:
+    """A real HTTP server answering each GET with the next (status, body, length) in
+    ``answers`` (the last one repeats); ``length`` None: no Content-Length, body until
+    the connection closes."""
+
+    def __init__(self, answers: list[tuple[int, bytes, int | None]]) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                status, body, length = answers[min(server.requests, len(answers) - 1)]
+                server.requests += 1
+                self.send_response(status)
+                if length is not None:
+                    self.send_header("Content-Length", str(length))
+                else:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_port}/artifact"
+        import threading
+
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+
+def test_download_takes_at_most_the_announced_size_over_real_http() -> None:
+    from agent.rollout import _Refusal
+
+    body = b"x" * 1000
+    for length in (1000, None):
+        server = _Server([(200, body, length)])
+        try:
+            assert download(server.url, 1000, 5.0) == body
+            with pytest.raises(_Refusal, match="more than the 999 bytes|1000 bytes "
+                               "announced") as exc:
+                download(server.url, 999, 5.0)
+            assert exc.value.cause == "too_large" and not exc.value.retry
+        finally:
+            server.close()
+    server = _Server([(404, b"", 0)])
+    try:
+        with pytest.raises(_Refusal, match="HTTP 404") as exc:
+            download(server.url, 10, 5.0)
+        assert not exc.value.retry
+    finally:
+        server.close()
+
+
+def test_server_errors_are_retried_with_backoff_then_the_download_succeeds(
+        tmp_path: Path, key: tuple[bytes, Path]) -> None:
+    private, public = key
+    art, data = signed(version(tmp_path, "2.0.0"), private)
+    server = _Server([(503, b"", 0), (503, b"", 0), (200, data, len(data))])
+    try:
+        art = art.model_copy(update={"url": server.url})
+        rollout = Rollout(ModelStore(tmp_path / "store"), [public], ModelCard.load(MODEL),
+                          agent_id="gw-1", attempts=3, backoff_s=0.01)
+        assert isinstance(rollout.prepare(assignment(art)), Prepared)
+        assert server.requests == 3
+        # Two attempts only: refused, and the reason says what the server answered.
+        server.requests = 0
+        again = Rollout(ModelStore(tmp_path / "other"), [public], ModelCard.load(MODEL),
+                        agent_id="gw-1", attempts=2, backoff_s=0.01)
+        got = again.prepare(assignment(art))
+        assert isinstance(got, Refused) and got.cause == "download"
+        assert "HTTP 503" in got.reason and server.requests == 2
+    finally:
+        server.close()
