@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from agent.inference import OnnxModel
 from contract import artifact as artifacts
 from contract import wire
-from contract.card import ModelCard
+from contract.card import CardError, ModelCard
 
 __all__ = ["CURRENT", "PREVIOUS", "ModelStore", "Pointer", "Start", "choose", "differences",
            "write_atomic"]
@@ -208,7 +208,13 @@ def choose(store: ModelStore, fallback: Path) -> Start:
     source and windows cannot serve is skipped too. ``fallback`` failing raises."""
     for name in store.clean():
         logger.info("model store: removed %s, left by an interrupted unpack or write", name)
-    base = ModelCard.load(fallback)
+    try:
+        base: ModelCard | None = ModelCard.load(fallback)
+    except CardError as exc:
+        # An assigned model that works is still run; model.dir's problem is raised only
+        # if it has to run.
+        logger.warning("model.dir is unusable (%s): only an assigned model can run", exc)
+        base = None
     problems: list[str] = []
     tried: Pointer | None = None
     for which in (CURRENT, PREVIOUS):
@@ -227,8 +233,8 @@ def choose(store: ModelStore, fallback: Path) -> Start:
         except Exception as exc:  # noqa: BLE001 - any load failure means: not this one
             problem = f"{which} names a model that fails to load or self-test: {exc}"
         else:
-            diff = [d for m in (live, shadow) if m is not None
-                    for d in differences(base, m.card)]
+            diff = [] if base is None else [d for m in (live, shadow) if m is not None
+                                            for d in differences(base, m.card)]
             if not diff:
                 logger.info("model store: running %s (assignment %s)%s", pointer.live,
                             pointer.assignment,

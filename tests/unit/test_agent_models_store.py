@@ -331,3 +331,19 @@ def test_server_errors_are_retried_with_backoff_then_the_download_succeeds(
         assert "HTTP 503" in got.reason and server.requests == 2
     finally:
         server.close()
+
+
+def test_an_assigned_model_runs_even_when_model_dir_is_unusable(
+        tmp_path: Path, key: tuple[bytes, Path]) -> None:
+    from contract.card import CardError
+
+    private, _ = key
+    store = ModelStore(tmp_path / "store")
+    empty = tmp_path / "no-model"
+    empty.mkdir()
+    with pytest.raises(CardError):
+        choose(store, empty)
+    store.point(Pointer(live=_installed(store, tmp_path, private, "2.0.0"), assignment="a1",
+                        at=AT))
+    start = choose(store, empty)
+    assert start.pointer is not None and start.live.card.version == "2.0.0"
