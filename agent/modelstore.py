@@ -79,11 +79,11 @@ def _fsync_dir(path: Path) -> None:
 
 
 class ModelStore:
-    """The store directory ``root`` (created)."""
+    """The store directory ``root``, created with the first version put in it: an agent
+    that is never assigned a model never writes there."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
 
     def dir_name(self, art: wire.Artifact) -> str:
         return f"{art.name}-{art.version}-{art.sha256[:12]}"
@@ -93,7 +93,9 @@ class ModelStore:
 
     def clean(self) -> list[str]:
         """Remove what a killed unpack or pointer write left; return the names removed."""
-        removed = []
+        removed: list[str] = []
+        if not self.root.is_dir():
+            return removed
         for p in sorted(self.root.glob(_TMP + "*")):
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
@@ -121,6 +123,7 @@ class ModelStore:
 
     def point(self, pointer: Pointer) -> None:
         """Make ``pointer`` current; the current one, if readable, becomes the previous."""
+        self.root.mkdir(parents=True, exist_ok=True)
         old, _ = self.pointer(CURRENT)
         if old is not None and old != pointer:
             write_atomic(self.root / PREVIOUS, old.model_dump_json().encode())
@@ -147,6 +150,7 @@ class ModelStore:
     def install(self, art: wire.Artifact, data: bytes) -> Path:
         """Unpack verified artifact bytes into the version's directory, whole or not at all."""
         final = self.root / self.dir_name(art)
+        self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=_TMP, dir=self.root))
         try:
             artifacts.unpack(data, tmp / "model")

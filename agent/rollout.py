@@ -210,6 +210,9 @@ class Rollout:
             except artifacts.ArtifactError as exc:
                 raise _Refusal(exc.reason, f"{exc.reason} of {art.name} {art.version}: "
                                f"{exc.detail}") from exc
+            except OSError as exc:
+                raise _Refusal("store", f"store: cannot unpack {art.name} {art.version} "
+                               f"into {self.store.root}: {exc}") from exc
             logger.info("model %s %s downloaded and verified (%d bytes) into %s", art.name,
                         art.version, len(data), path)
         else:

@@ -71,7 +71,8 @@ def key(tmp_path: Path) -> tuple[bytes, Path]:
 def test_pointer_writes_keep_the_previous_one_and_leave_no_temporary_file(
         tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "store")
-    assert store.pointer() == (None, "")
+    assert store.pointer() == (None, "") and store.clean() == []
+    assert not store.root.exists()  # nothing written until something is assigned
     first = Pointer(live="m-1-aaa", assignment="a1", at=AT)
     second = Pointer(live="m-2-bbb", shadow="m-3-ccc", assignment="a2", at=AT)
     store.point(first)
@@ -204,7 +205,7 @@ def test_every_refusal_names_its_cause(tmp_path: Path, key: tuple[bytes, Path]) 
     stranger.write_bytes(artifacts.public_pem(artifacts.generate_key()))
     got = _rollout(tmp_path, [stranger], {art.url: data}).prepare(assignment(art))
     assert isinstance(got, Refused) and got.reason.startswith("signature ")
-    assert not list((tmp_path / "store").iterdir())  # refused before a byte was unpacked
+    assert not (tmp_path / "store").exists()  # refused before a byte was unpacked
 
     bad, bad_data = signed(version(tmp_path, "3.0.0", broken=True),
                            private, url="http://h/bad")
