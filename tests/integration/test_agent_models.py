@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -214,11 +215,23 @@ def _all_in(collector: Collector, report: RunReport) -> None:
     time.sleep(0.5)  # anything extra would arrive now
 
 
+def _restarted(config: AgentConfig, caplog: pytest.LogCaptureFixture) -> tuple[str, str]:
+    """The model a new agent on ``config`` starts with, and what it said of its saved
+    windows and monitors."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="agent.pipeline"):
+        agent = Agent(config)
+    agent.outbox.close()
+    agent.positions.close()
+    return agent.model_ref.version, caplog.text
+
+
 def test_an_assigned_version_replaces_the_model_between_two_windows(
-        tmp_path: Path, mosquitto: Any) -> None:
+        tmp_path: Path, mosquitto: Any, caplog: pytest.LogCaptureFixture) -> None:
     with _setup(tmp_path, mosquitto, "gw-swap") as (registry, collector):
         v2 = registry.artifact(_version(tmp_path, "2.0.0"))
-        run = _Running(_config(tmp_path, mosquitto.url, "gw-swap", [registry.public]))
+        config = _config(tmp_path, mosquitto.url, "gw-swap", [registry.public])
+        run = _Running(config)
         run.scoring()
         registry.assign("gw-swap", "as-2", v2)
         report = run.finish()
@@ -247,6 +260,15 @@ def test_an_assigned_version_replaces_the_model_between_two_windows(
         pointer, _ = ModelStore(tmp_path / "gw-swap" / "models").pointer()
         assert pointer is not None and pointer.assignment == "as-2"
         assert pointer.live == f"{v2.name}-2.0.0-{v2.sha256[:12]}"
+
+    # Restarted, it runs the new version and its windows and monitors go on from the state
+    # saved after the swap; back on model.dir, that state is not the old model's: ignored.
+    version, said = _restarted(config, caplog)
+    assert version == "2.0.0" and "windows and monitors continue from their state" in said
+    (config.model_store / "current.json").unlink()
+    (config.model_store / "previous.json").unlink(missing_ok=True)
+    version, said = _restarted(config, caplog)
+    assert version == V1 and "the saved monitor state is for another model" in said
 
 
 def test_tampered_bytes_and_a_wrong_signature_are_refused_and_the_old_model_scores(
