@@ -5,12 +5,12 @@ stored it: the retained ``Delivery`` on this agent's ``cmd/delivery`` topic, to 
 publisher subscribes at every connection (``agent.delivery``). That message also asks for
 rows again (gaps, or everything after a broker lost its session), and rows left unconfirmed
 for too long go again on their own. With ``publish.confirm: broker`` (no linewatch
-aggregator behind the broker) a row leaves on its PUBACK, as in the first release. Model
-assignments come on the same subscription (``cmd/model``, retained): read on the drain
-thread and handed at once to the rollout (``agent.rollout``), whatever ``publish.confirm``
-says. While the
+aggregator behind the broker) a row leaves on its PUBACK, as in the first release. While the
 connection is down, paho keeps the messages already handed to it and resends them after
 reconnecting (MQTT 3.1.1 §4.4); the outbox keeps everything else, across restarts too.
+Model assignments come on the same subscription (``cmd/model``, retained), whatever
+``publish.confirm`` says: read on the drain thread and handed at once to the rollout
+(``agent.rollout``).
 
 Failures are told through ``outage``: every failed connection attempt, refused CONNACK and
 lost connection by ``BrokerLink`` (first of each kind at WARNING with the reason and when
