@@ -56,7 +56,20 @@ class AgentIdConfig(_Config):
 
 
 class ModelConfig(_Config):
-    dir: Path = Field(description="model directory holding model.onnx and card.json")
+    """The model the agent starts with, and how it takes models the registry assigns it
+    (``agent.rollout``): an assignment runs only if a trusted key signed its artifact."""
+
+    dir: Path = Field(description="model directory holding model.onnx and card.json; what "
+                      "runs while no assigned model in the store passes its self-test")
+    trusted_keys: list[Path] = Field(
+        default_factory=list, description="PEM ed25519 public keys of the model registry; "
+        "none: every model assignment is refused")
+    store: Path | None = Field(None, description="where assigned models and the pointer to "
+                               "the running ones are kept; default: models/ next to the "
+                               "outbox (var/agent/<id>/models)")
+    fetch_timeout_s: float = Field(30.0, gt=0, description="socket timeout of one download")
+    fetch_attempts: int = Field(5, ge=1, le=20, description="downloads tried, with backoff, "
+                                "before an assignment is refused")
 
 
 class ReplaySourceConfig(ReplayOptions):
@@ -165,6 +178,11 @@ class AgentConfig(_Config):
     def outbox_path(self) -> Path:
         return self.outbox.path or Path("var") / "agent" / self.agent.id / "outbox.db"
 
+    @property
+    def model_store(self) -> Path:
+        # Next to the outbox: the agent's state in one directory, var/agent/<id> by default.
+        return self.model.store or self.outbox_path.parent / "models"
+
 
 def parse(data: object, *, base: Path | None = None) -> AgentConfig:
     """Validate a mapping; relative paths are taken from ``base`` when given."""
@@ -191,7 +209,10 @@ def _rebase(config: AgentConfig, base: Path) -> AgentConfig:
 
     return config.model_copy(
         update={
-            "model": config.model.model_copy(update={"dir": fix(config.model.dir)}),
+            "model": config.model.model_copy(update={
+                "dir": fix(config.model.dir), "store": fix(config.model.store),
+                "trusted_keys": [base / p if not p.is_absolute() else p
+                                 for p in config.model.trusted_keys]}),
             "source": config.source.model_copy(update={"path": fix(config.source.path)})
             if isinstance(config.source, ReplaySourceConfig | TableSourceConfig)
             else config.source,

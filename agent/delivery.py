@@ -27,7 +27,7 @@ from agent.outbox import Outbox
 from contract import wire
 from outage.failures import FailureLog, span
 
-__all__ = ["PING_PONG_S", "Confirmation", "Tracker"]
+__all__ = ["PING_PONG_S", "Confirmation", "ModelCommands", "Tracker"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,25 @@ class Confirmation:
     @property
     def topic(self) -> str:
         return wire.command_topic(self.site, self.line, self.agent, "delivery")
+
+
+@dataclass(frozen=True)
+class ModelCommands:
+    """Model assignments (``agent.rollout``), read from this agent's ``cmd/model`` topic,
+    go to ``handler`` (called on the publisher's drain thread: it must return at once)."""
+
+    site: str
+    line: str
+    agent: str
+    handler: Callable[[wire.Assignment], None]
+
+    @property
+    def subscription(self) -> str:
+        return wire.command_subscription(self.site, self.line, self.agent)
+
+    @property
+    def topic(self) -> str:
+        return wire.command_topic(self.site, self.line, self.agent, "model")
 
 
 class Tracker:

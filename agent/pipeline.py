@@ -5,6 +5,15 @@ or a killed process loses nothing; the publisher drains it in order, and a row l
 outbox when the aggregator confirms it stored it (``publish.confirm``). Next to the outbox,
 the source's position (``agent.position``) is saved after every flush, so a restarted agent
 resumes its replay where the outputs stop instead of scoring it again.
+
+The models come from the model store (``agent.modelstore``: what the registry assigned and
+passed its self-test, else ``model.dir``) and change while the agent runs: the rollout thread
+(``agent.rollout``) prepares an assignment, and the loop swaps it in between two ticks, all
+that depends on the card at once (model, features, drift monitors' calibration, estimator,
+threshold, the ModelRef of the messages), after flushing what the old model scored. Every
+window is scored once, by the old model or the new one. A shadow model scores the same
+windows beside the live one; its predictions and its estimate go out in envelopes of their
+own (``ModelRef.role = "shadow"``) and feed none of the live model's monitors.
 """
 
 from __future__ import annotations
@@ -23,11 +32,12 @@ import numpy as np
 
 from agent import checkpoint
 from agent.config import AgentConfig, ReplaySourceConfig
-from agent.delivery import Confirmation
+from agent.delivery import Confirmation, ModelCommands
 from agent.encode import predictions_payload
 from agent.estimate import PerformanceEstimator
 from agent.features import FeatureExtractor
 from agent.inference import OnnxModel
+from agent.modelstore import ModelStore, Pointer, choose
 from agent.monitors import Event
 from agent.monitors.budget import Calibration, calibrate
 from agent.monitors.envelope import EnvelopeMonitor
@@ -36,10 +46,13 @@ from agent.monitors.score import ScoreMonitor
 from agent.outbox import Outbox
 from agent.position import Position, PositionStore, differences
 from agent.publisher import Publisher
+from agent.rollout import Prepared, Refused, Rollout
 from agent.sources import Live, Reading, Resumable, open_source
 from agent.sources.config import TableSourceConfig
 from agent.windows import Batch, Windower, Windows
 from contract import wire
+from contract.card import CardError, ModelCard
+from outage.failures import FailureLog
 
 __all__ = ["Agent", "Predictions", "Progress", "RunReport", "Scored", "run"]
 
@@ -69,6 +82,8 @@ class Progress:
     unconfirmed: int = 0  # acknowledged by the broker, not yet confirmed
     unsent: int = 0  # not yet acknowledged by the broker
     connected: bool = False
+    models_applied: int = 0  # model assignments swapped in, this process
+    models_refused: int = 0  # model assignments refused, this process
 
 
 @dataclass
@@ -122,6 +137,12 @@ class _Batcher:
         a = config.agent
         self._topics = {k: wire.topic(a.site, a.line, a.id, k) for k in self._items}
 
+    def use(self, model: wire.ModelRef) -> None:
+        """Name another model in the envelopes from now on; what waits goes out first, under
+        the model that produced it."""
+        self.flush()
+        self._model = model
+
     def add(self, kind: str, items: Sequence[wire.Item]) -> None:
         self._items[kind].extend(items)
         if len(self._items[kind]) >= self._config.publish.max_items:
@@ -167,8 +188,10 @@ class _Batcher:
             self._write_columns(p.slice(0, half))
             self._write_columns(p.slice(half, len(p.score)))
             return
+        # A shadow model's alerts open no ticket: its rows are telemetry, dropped first.
         self._outbox.put(seq, str(msg_id), self._topics["predictions"], "predictions",
-                         payload, droppable=not p.alert.any(), make_room=True,
+                         payload, droppable=self._model.shadow or not p.alert.any(),
+                         make_room=True,
                          windows=len(p.score), ts=ts)
 
     def _write(self, kind: str, items: list[wire.Item]) -> None:
@@ -187,7 +210,7 @@ class _Batcher:
             return
         # Alerts, drift events and the health reports that tell the aggregator which
         # messages it will never get must survive a full outbox; plain telemetry may not.
-        droppable = (
+        droppable = self._model.shadow or (
             kind == "health" and not any(cast(wire.Health, i).undeliverable for i in items)
         ) or (
             kind == "predictions" and not any(cast(wire.Prediction, i).alert for i in items)
@@ -203,34 +226,18 @@ class Agent:
 
     def __init__(self, config: AgentConfig, *, record: bool = False) -> None:
         self.config = config
-        self.model = OnnxModel(config.model.dir)
-        card = self.model.card
+        self.store = ModelStore(config.model_store)
+        start = choose(self.store, config.model.dir)
+        card = start.live.card
         self.source = open_source(config.source, card, agent_id=config.agent.id)
         self.windower = Windower(card.window.size, card.window.hop, len(card.channel_names))
-        self.extractor = FeatureExtractor(card.features, card.channel_names)
-        self.calibration = self._calibrate()
-        cal = self.calibration
-        self.quality = QualityMonitor(card.channel_names, cal.limits,
-                                      step_window=cal.step_window)
-        self.envelope = EnvelopeMonitor.from_card(card, cal.envelope, cal.allowance)
-        self.score_monitor = None if cal.score is None else ScoreMonitor(*cal.score)
-        self.threshold = card.threshold.value
-        # The card's horizon in plant seconds, where the source says what a time unit of
-        # the data is (file replays); live sources leave the aggregator's check without it.
-        horizon, step = card.output.horizon, getattr(config.source, "step_s", None)
-        self.estimator = PerformanceEstimator(
-            card, window=config.estimate.window, draws=config.estimate.draws,
-            horizon_s=None if horizon is None or step is None else horizon * float(step))
-        self.model_ref = wire.ModelRef(
-            name=card.name, version=card.version, sha256=card.sha256.model,
-            threshold=self.threshold,
-        )
+        live = self._live(start.live)
+        self.quality = QualityMonitor(card.channel_names, live.calibration.limits,
+                                      step_window=live.calibration.step_window)
+        self._use_live(live)
         self.outbox = Outbox(config.outbox_path, config.outbox.max_rows)
         self.positions = PositionStore(config.outbox_path)
-        self._identity = checkpoint.identity({
-            "model": [card.name, card.version, card.sha256.model], "window": card.window,
-            "channels": card.channel_names, "thresholds": self.calibration.report,
-            "estimate": config.estimate, "source": self._fingerprint()})
+        self._identity = self._make_identity()
         self._restored = False  # windows and monitors continue from a checkpoint
         self._resumed_tick = self._seek()
         if config.mqtt.username and config.mqtt.username != config.agent.id:
@@ -240,6 +247,10 @@ class Agent:
                            "will refuse this agent's messages", config.mqtt.username,
                            config.agent.id)
         a, pub = config.agent, config.publish
+        self.rollout = Rollout(
+            self.store, config.model.trusted_keys, card, agent_id=a.id,
+            done=None if start.pointer is None else start.pointer.assignment,
+            timeout_s=config.model.fetch_timeout_s, attempts=config.model.fetch_attempts)
         status = wire.topic(a.site, a.line, a.id, "status")
         self.publisher = Publisher(
             config.mqtt, self.outbox,
@@ -248,8 +259,13 @@ class Agent:
             status=lambda state, ts: wire.encode(self._status(state, ts)),
             confirmation=None if pub.confirm == "broker" else Confirmation(
                 site=a.site, line=a.line, agent=a.id, timeout_s=pub.confirm_timeout_s),
+            models=ModelCommands(site=a.site, line=a.line, agent=a.id,
+                                 handler=self.rollout.submit),
         )
         self.batcher = _Batcher(config, self.outbox, self.model_ref, self.publisher.notify)
+        self.shadow = None if start.shadow is None else self._shadow(start.shadow)
+        self.deployment = self._start_deployment(start.pointer, start.tried, start.problem)
+        self._refusals = FailureLog(logger)
         self.progress = Progress(total_ticks=self.source.total_ticks)
         self._record = record
         self._scored: list[Scored] = []
@@ -260,8 +276,71 @@ class Agent:
         self._last_health = time.monotonic()
         self._spans_told = 0  # the outbox's spans_made in the last health report
 
-    def _calibrate(self) -> Calibration:
-        card, mon = self.model.card, self.config.monitors
+    # --- what depends on the model card ------------------------------------------------------
+
+    def _live(self, model: OnnxModel) -> _Live:
+        """Everything a live model needs, built beside the running one."""
+        card = model.card
+        cal = self._calibrate(card)
+        return _Live(
+            model=model, extractor=FeatureExtractor(card.features, card.channel_names),
+            calibration=cal, envelope=EnvelopeMonitor.from_card(card, cal.envelope,
+                                                                 cal.allowance),
+            score_monitor=None if cal.score is None else ScoreMonitor(*cal.score),
+            estimator=self._estimator(card), ref=_ref(card))
+
+    def _use_live(self, live: _Live) -> None:
+        self.model = live.model
+        self.extractor = live.extractor
+        self.calibration = live.calibration
+        self.envelope = live.envelope
+        self.score_monitor = live.score_monitor
+        self.threshold = live.model.card.threshold.value
+        self.estimator = live.estimator
+        self.model_ref = live.ref
+
+    def _shadow(self, model: OnnxModel, live: OnnxModel | None = None) -> _Shadow:
+        card, features = model.card, (live or self.model).card.features
+        ref = _ref(card, role="shadow")
+        return _Shadow(
+            model=model, ref=ref, estimator=self._estimator(card),
+            # The same features as the live model's: computed once for both.
+            extractor=None if card.features == features else FeatureExtractor(
+                card.features, card.channel_names),
+            batcher=_Batcher(self.config, self.outbox, ref, self.publisher.notify))
+
+    def _estimator(self, card: ModelCard) -> PerformanceEstimator:
+        # The card's horizon in plant seconds, where the source says what a time unit of
+        # the data is (file replays); live sources leave the aggregator's check without it.
+        horizon, step = card.output.horizon, getattr(self.config.source, "step_s", None)
+        return PerformanceEstimator(
+            card, window=self.config.estimate.window, draws=self.config.estimate.draws,
+            horizon_s=None if horizon is None or step is None else horizon * float(step))
+
+    def _make_identity(self) -> str:
+        card = self.model.card
+        return checkpoint.identity({
+            "model": [card.name, card.version, card.sha256.model], "window": card.window,
+            "channels": card.channel_names, "thresholds": self.calibration.report,
+            "estimate": self.config.estimate, "source": self._fingerprint()})
+
+    def _start_deployment(self, pointer: Pointer | None, tried: Pointer | None,
+                          problem: str) -> wire.Deployment | None:
+        """What the health reports say about the models at start: the assignment the
+        store's pointer names, or why it was not used (None: never assigned one)."""
+        if pointer is None and tried is None and not problem:
+            return None
+        shadow = None if self.shadow is None else self.shadow.ref
+        if pointer is not None:
+            return wire.Deployment(assignment=pointer.assignment, state="applied",
+                                   at=pointer.at, live=self.model_ref, shadow=shadow,
+                                   reason=problem[:1000])
+        return wire.Deployment(assignment=None if tried is None else tried.assignment,
+                               state="refused", at=datetime.now(UTC), live=self.model_ref,
+                               shadow=shadow, reason=problem[:1000])
+
+    def _calibrate(self, card: ModelCard) -> Calibration:
+        mon = self.config.monitors
         per_day = mon.windows_per_day
         interval = self.source.sample_interval_s
         if per_day is None and interval:
@@ -286,6 +365,73 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
+
+    # --- model assignments, between two ticks ---------------------------------------------
+
+    def _take_models(self) -> None:
+        for outcome in self.rollout.outcomes():
+            if isinstance(outcome, Prepared):
+                self._swap(outcome)
+            else:
+                self._refuse(outcome)
+
+    def _swap(self, new: Prepared) -> None:
+        """Put a prepared assignment in place of what runs, all at once. Whatever fails
+        before the pointer is written leaves the old models scoring, reported as refused."""
+        assignment, began = new.assignment, time.perf_counter()
+        try:
+            live = self._live(new.live)
+            shadow = None if new.shadow is None else self._shadow(new.shadow, new.live)
+        except (CardError, ValueError) as exc:
+            self._refuse(Refused(assignment, "card", f"card of {assignment.live.name} "
+                                 f"{assignment.live.version} unusable here: {exc}"))
+            return
+        # What the old model scored leaves under its name, and the source's position is
+        # saved with its monitors' state, before anything changes.
+        self._flush()
+        self._save_position()
+        now = datetime.now(UTC)
+        try:
+            self.store.point(Pointer(live=new.live_dir, shadow=new.shadow_dir,
+                                     assignment=assignment.id, at=now))
+        except OSError as exc:
+            self._refuse(Refused(assignment, "store", f"store: cannot write the model "
+                                 f"pointer in {self.store.root}: {exc}"))
+            return
+        old = self.model_ref
+        self._use_live(live)
+        self.batcher.use(self.model_ref)
+        self.shadow = shadow
+        self._identity = self._make_identity()
+        self.deployment = wire.Deployment(
+            assignment=assignment.id, state="applied", at=now, live=self.model_ref,
+            shadow=None if shadow is None else shadow.ref)
+        self.progress.models_applied += 1
+        self._refusals.recovered(f"model assignment {assignment.id} applied")
+        self._health(force=True)
+        self._flush()
+        logger.info("model assignment %s applied (%s): %s %s replaces %s %s%s; scoring paused "
+                    "%.0f ms between two ticks", assignment.id, assignment.stage,
+                    self.model_ref.name, self.model_ref.version, old.name, old.version,
+                    "" if shadow is None else f"; shadow {shadow.ref.name} {shadow.ref.version}",
+                    (time.perf_counter() - began) * 1e3)
+
+    def _refuse(self, refused: Refused) -> None:
+        """Report a refused assignment at once; the running models keep scoring."""
+        self.progress.models_refused += 1
+        self._refusals.failed(refused.cause, f"model assignment {refused.assignment.id} "
+                              f"refused, the running model keeps scoring: {refused.reason}")
+        self.deployment = wire.Deployment(
+            assignment=refused.assignment.id, state="refused", at=datetime.now(UTC),
+            live=self.model_ref, shadow=None if self.shadow is None else self.shadow.ref,
+            reason=refused.reason[:1000])
+        self._health(force=True)
+        self._flush()
+
+    def _flush(self, kind: str | None = None) -> None:
+        self.batcher.flush(kind)
+        if self.shadow is not None:
+            self.shadow.batcher.flush(kind)
 
     # --- where the source starts -----------------------------------------------------------
 
@@ -451,6 +597,18 @@ class Agent:
                 assets, ends.tolist(), scores.tolist(), strict=True))
         self.progress.windows_scored += len(scores)
         self.batcher.add_predictions(Predictions(assets, starts, ends, scores, alerts))
+        if self.shadow is not None:
+            self._score_shadow(self.shadow, ready, x)
+
+    def _score_shadow(self, shadow: _Shadow, ready: Batch, x: np.ndarray) -> None:
+        """The shadow model on the very same windows; it feeds only its own estimator."""
+        if shadow.extractor is not None:
+            x = shadow.extractor.transform(ready.values)
+        scores = shadow.model.run(x)
+        shadow.estimator.update(scores)
+        shadow.windows_scored += len(scores)
+        shadow.batcher.add_predictions(Predictions(
+            ready.assets, ready.start, ready.end, scores, scores >= shadow.ref.threshold))
 
     def _events(self) -> None:
         quality: list[Event] = self.quality.events()
@@ -484,7 +642,14 @@ class Agent:
             monitoring=self.calibration.report,
             estimate=self.estimator.estimate(),
             undeliverable=self.outbox.undeliverable(tell=True) or None,
+            deployment=self.deployment,
         )])
+        if self.shadow is not None:
+            # The shadow's own estimate, under its own ModelRef, stored per version.
+            self.shadow.batcher.add("health", [wire.Health(
+                at=datetime.now(UTC), windows_scored=self.shadow.windows_scored,
+                outbox_depth=self.outbox.depth, estimate=self.shadow.estimator.estimate(),
+            )])
 
     def _rejected(self) -> int:
         """Readings the quality checks skipped, and input a live source dropped."""
@@ -511,7 +676,7 @@ class Agent:
         while True:
             if self.outbox.spans_made != self._spans_told:
                 self._health(force=True)
-                self.batcher.flush()
+                self._flush()
             drained = self.publisher.flush(max(0.0, deadline - time.monotonic()))
             if (drained or time.monotonic() >= deadline
                     or self.outbox.spans_made == self._spans_told):
@@ -522,17 +687,21 @@ class Agent:
         every message confirmed by the aggregator (``publish.confirm: aggregator``) or
         acknowledged by the broker (``broker``)."""
         self.publisher.start()
+        self.rollout.start()
         try:
             self.progress.ticks = self._resumed_tick
             self._warm_up()
+            if self.deployment is not None:
+                self._health(force=True)  # what runs since the last assignment, at once
             for readings in self.source.ticks():
+                self._take_models()
                 ready = self._window(readings)
                 if len(ready):
                     self._score(ready)
                 self._events()
                 self._health()
                 if self.batcher.due():
-                    self.batcher.flush()
+                    self._flush()
                     self._save_position()
                 self.progress.ticks += 1
                 self._update_progress()
@@ -540,9 +709,9 @@ class Agent:
                     break
             # Everything scored goes in first, so that the last health report counts it and
             # names every message dropped to make room for it.
-            self.batcher.flush()
+            self._flush()
             self._health(force=True)
-            self.batcher.flush()
+            self._flush()
             self._save_position()
             # Stopped by a signal: do not hold up a service manager; the outbox keeps the rest.
             drained = self._drain(min(drain_timeout_s, 5.0) if self._stop.is_set()
@@ -557,11 +726,44 @@ class Agent:
                                waiting)
             return RunReport(self.progress, drained, self._scored)
         finally:
+            self.rollout.close()
             if isinstance(self.source, Live):
                 self.source.close()
             self.publisher.close()
             self.outbox.close()
             self.positions.close()
+
+
+@dataclass
+class _Live:
+    """What one live model brings: its features, drift monitors and estimator."""
+
+    model: OnnxModel
+    extractor: FeatureExtractor
+    calibration: Calibration
+    envelope: EnvelopeMonitor
+    score_monitor: ScoreMonitor | None
+    estimator: PerformanceEstimator
+    ref: wire.ModelRef
+
+
+@dataclass
+class _Shadow:
+    """A model scoring beside the live one: ``extractor`` None when its features are the
+    live model's; its envelopes (``batcher``) name it with ``role="shadow"``."""
+
+    model: OnnxModel
+    ref: wire.ModelRef
+    estimator: PerformanceEstimator
+    extractor: FeatureExtractor | None
+    batcher: _Batcher
+    windows_scored: int = 0
+
+
+def _ref(card: ModelCard, role: str | None = None) -> wire.ModelRef:
+    return wire.ModelRef(name=card.name, version=card.version, sha256=card.sha256.model,
+                         threshold=card.threshold.value,
+                         role="shadow" if role == "shadow" else None)
 
 
 def _drop(record: logging.LogRecord) -> bool:

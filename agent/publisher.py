@@ -8,6 +8,9 @@ for too long go again on their own. With ``publish.confirm: broker`` (no linewat
 aggregator behind the broker) a row leaves on its PUBACK, as in the first release. While the
 connection is down, paho keeps the messages already handed to it and resends them after
 reconnecting (MQTT 3.1.1 §4.4); the outbox keeps everything else, across restarts too.
+Model assignments come on the same subscription (``cmd/model``, retained), whatever
+``publish.confirm`` says: read on the drain thread and handed at once to the rollout
+(``agent.rollout``).
 
 Failures are told through ``outage``: every failed connection attempt, refused CONNACK and
 lost connection by ``BrokerLink`` (first of each kind at WARNING with the reason and when
@@ -34,7 +37,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import MqttConfig
-from agent.delivery import Confirmation, Tracker
+from agent.delivery import Confirmation, ModelCommands, Tracker
 from agent.outbox import Outbox
 from contract import wire
 from outage.failures import FailureLog
@@ -75,11 +78,13 @@ class Publisher:
         status_topic: str,
         status: Callable[[str, datetime], bytes],
         confirmation: Confirmation | None = None,
+        models: ModelCommands | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.outbox = outbox
         self.confirmation = confirmation
+        self.models = models
         self._clock = clock
         self._status_topic = status_topic
         self._status = status
@@ -156,10 +161,11 @@ class Publisher:
         info = client.publish(self._status_topic, self._online, qos=1, retain=True)
         # Its PUBACK is handled on this thread after we return, so the mid is known by then.
         self._status_mids.add(info.mid)
-        if self.confirmation is not None:
+        if self._subscription is not None:
             # Every connection: a clean session forgets subscriptions; the retained Delivery
-            # comes again right after, so nothing is missed while disconnected.
-            client.subscribe(self.confirmation.subscription, qos=1)
+            # and model assignment come again right after, so nothing is missed while
+            # disconnected.
+            client.subscribe(self._subscription, qos=1)
         self._connected.set()
         self._wake.set()
 
@@ -200,7 +206,7 @@ class Publisher:
             # and resends: an operator must fix the broker's ACL.
             self._subscribe_log.failed(
                 "refused", f"broker {self.link.broker} refused the subscription to "
-                f"{self.confirmation.subscription if self.confirmation else '?'}: "
+                f"{self._subscription}: "
                 f"{refused[0]}; rows stay in the outbox until the aggregator confirms them",
                 level=logging.ERROR)
         else:
@@ -212,6 +218,14 @@ class Publisher:
         self._wake.set()
 
     # --- drain thread --------------------------------------------------------------------
+
+    @property
+    def _subscription(self) -> str | None:
+        """The filter of this agent's commands, when it reads any."""
+        for reader in (self.confirmation, self.models):
+            if reader is not None:
+                return reader.subscription
+        return None
 
     @property
     def connected(self) -> bool:
@@ -301,15 +315,50 @@ class Publisher:
                 topic, raw = self._commands.get_nowait()
             except queue.Empty:
                 return
+            if self.models is not None and topic == self.models.topic:
+                assignment = self._assignment(raw)
+                if assignment is not None:
+                    self.models.handler(assignment)
+                continue
+            if self.confirmation is None:
+                if topic.endswith("/cmd/delivery"):
+                    continue  # an aggregator's confirmations, not asked for (confirm: broker)
+                self._bad_command(f"an unknown command on {topic}", "unknown")
+                continue
             delivery = self._delivery(topic, raw)
             if delivery is not None and self.tracker is not None:
                 busy = self._resending | set(self._inflight.values())
                 self._queue_again(self.tracker.apply(delivery, busy))
 
+    def _assignment(self, raw: bytes) -> wire.Assignment | None:
+        """The model assignment in a command message, or None: an empty retained payload
+        (the registry cleared the topic: the agent keeps what it runs), or one that is
+        unreadable or for another agent (counted and logged)."""
+        assert self.models is not None
+        if not raw:
+            logger.info("the model assignment topic was cleared: the running models stay")
+            return None
+        try:
+            assignment = wire.decode_assignment(raw)
+        except wire.WireError as exc:
+            self._bad_command(f"an unreadable model assignment ({exc})",
+                              f"model-bad-{exc.reason}")
+            return None
+        if assignment.agent != self.models.agent:
+            self._bad_command(f"a model assignment for agent {assignment.agent!r}",
+                              "model-other-agent")
+            return None
+        self._command_log.recovered("the aggregator's commands are readable again")
+        return assignment
+
+    def _bad_command(self, problem: str, kind: str) -> None:
+        self.bad_commands += 1
+        self._command_log.failed(kind, f"ignored {problem}")
+
     def _delivery(self, topic: str, raw: bytes) -> wire.Delivery | None:
         """The Delivery in a command message, or None (counted and logged) if it is not one
         for this agent."""
-        assert self.confirmation is not None  # only subscribed with a confirmation
+        assert self.confirmation is not None  # only called with a confirmation
         if topic != self.confirmation.topic:
             problem, kind = f"an unknown command on {topic}", "unknown"
         else:
@@ -324,8 +373,7 @@ class Publisher:
                     return delivery
                 problem, kind = (f"a delivery command for agent {delivery.agent!r} on "
                                  f"{topic}"), "other-agent"
-        self.bad_commands += 1
-        self._command_log.failed(kind, f"ignored {problem}")
+        self._bad_command(problem, kind)
         return None
 
     def _queue_again(self, seqs: list[int]) -> None:
@@ -385,7 +433,7 @@ class Publisher:
         while not self._stop.is_set():
             self._wake.wait(_DRAIN_WAIT_S)
             self._wake.clear()
-            if self.tracker is not None:
+            if self._subscription is not None:
                 # Before the acks: a PUBACK that came after a Delivery must not make the
                 # Delivery release a row it never saw (a stale retained one, at connection).
                 # A row a Delivery did confirm before its PUBACK leaves with it (mark_sent).

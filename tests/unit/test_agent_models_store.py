@@ -1,0 +1,350 @@
+"""The gateway's model store (agent.modelstore) and the checks of an assignment
+(agent.rollout): pointer files, content-addressed versions, the choice at start, and every
+refusal an assignment can get. Real models (models/cmapss_fd001 and edited copies of it),
+real keys and artifacts; the download is a function returning the bytes (the HTTP path is
+in tests/integration/test_agent_models.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from agent.inference import OnnxModel
+from agent.modelstore import CURRENT, PREVIOUS, ModelStore, Pointer, choose, differences
+from agent.rollout import Prepared, Refused, Rollout, download
+from contract import artifact as artifacts
+from contract import wire
+from contract.card import ModelCard
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "models" / "cmapss_fd001"
+AT = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def version(tmp: Path, ver: str, *, broken: bool = False, **card: object) -> Path:
+    """A copy of the shipped model with another card version (and other card fields);
+    ``broken``: its self-test expects other outputs than the model gives."""
+    out = tmp / f"src-{ver}"
+    shutil.copytree(MODEL, out)
+    data = json.loads((out / "card.json").read_text())
+    data["version"] = ver
+    for key, value in card.items():
+        section, _, field = key.partition("__")
+        if field:
+            data[section][field] = value
+        else:
+            data[section] = value
+    if broken:
+        data["self_test"]["expected"] = [v + 0.25 for v in data["self_test"]["expected"]]
+    (out / "card.json").write_text(json.dumps(data))
+    return out
+
+
+def signed(src: Path, key: bytes, *, url: str = "http://127.0.0.1:1/a"
+           ) -> tuple[wire.Artifact, bytes]:
+    data = artifacts.pack(src)
+    card = ModelCard.load(src)
+    sha = artifacts.sha256_bytes(data)
+    return wire.Artifact(name=card.name, version=card.version, sha256=sha, size=len(data),
+                         url=url, signature=artifacts.sign(key, card.name, card.version,
+                                                           sha)), data
+
+
+def assignment(live: wire.Artifact, shadow: wire.Artifact | None = None,
+               id: str = "a1") -> wire.Assignment:
+    return wire.Assignment(schema_=wire.SCHEMA, agent="gw-1", ts=AT, id=id, stage="live",
+                           live=live, shadow=shadow)
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> tuple[bytes, Path]:
+    private = artifacts.generate_key()
+    path = tmp_path / "registry.pem"
+    path.write_bytes(artifacts.public_pem(private))
+    return private, path
+
+
+def test_pointer_writes_keep_the_previous_one_and_leave_no_temporary_file(
+        tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+    assert store.pointer() == (None, "") and store.clean() == []
+    assert not store.root.exists()  # nothing written until something is assigned
+    first = Pointer(live="m-1-aaa", assignment="a1", at=AT)
+    second = Pointer(live="m-2-bbb", shadow="m-3-ccc", assignment="a2", at=AT)
+    store.point(first)
+    assert store.pointer() == (first, "") and store.pointer(PREVIOUS) == (None, "")
+    store.point(second)
+    assert store.pointer() == (second, "") and store.pointer(PREVIOUS) == (first, "")
+    store.point(second)  # the same again: the previous one stays what ran before
+    assert store.pointer(PREVIOUS) == (first, "")
+    assert sorted(p.name for p in store.root.iterdir()) == [CURRENT, PREVIOUS]
+
+
+def test_an_unreadable_pointer_says_why_and_leftovers_are_cleaned(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    (tmp_path / CURRENT).write_text('{"live": "../../etc", "at": "2026-01-01T00:00:00Z"}')
+    pointer, problem = store.pointer()
+    assert pointer is None and "is not a model pointer" in problem
+    (tmp_path / ".tmp-x1").mkdir()
+    (tmp_path / ".tmp-x1" / "model.onnx").write_bytes(b"half")
+    (tmp_path / ".tmp-y2").write_bytes(b"{")
+    assert store.clean() == [".tmp-x1", ".tmp-y2"]
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_install_is_content_addressed_and_reuse_checks_the_files_again(
+        tmp_path: Path, key: tuple[bytes, Path]) -> None:
+    private, public = key
+    art, data = signed(version(tmp_path, "2.0.0"), private)
+    store = ModelStore(tmp_path / "store")
+    assert store.reuse(art, [public.read_bytes()]) is None
+    path = store.install(art, data)
+    assert path.name == f"{art.name}-2.0.0-{art.sha256[:12]}"
+    assert store.reuse(art, [public.read_bytes()]) == path
+    OnnxModel(path)  # passes its self-test
+    # A card edited on disk no longer packs to the signed artifact: removed, not reused.
+    card = json.loads((path / "card.json").read_text())
+    card["threshold"]["value"] = 0.01
+    (path / "card.json").write_text(json.dumps(card))
+    assert store.reuse(art, [public.read_bytes()]) is None
+    assert not path.exists() and not list(store.root.glob(".tmp-*"))
+
+
+def _installed(store: ModelStore, tmp_path: Path, private: bytes, ver: str,
+               broken: bool = False, **card: object) -> str:
+    art, data = signed(version(tmp_path, ver, broken=broken, **card), private)
+    return store.install(art, data).name
+
+
+def test_start_takes_current_then_previous_then_model_dir(
+        tmp_path: Path, key: tuple[bytes, Path]) -> None:
+    private, _ = key
+    store = ModelStore(tmp_path / "store")
+    start = choose(store, MODEL)
+    assert start.pointer is None and start.problem == "" and start.live.model_dir == MODEL
+
+    good = _installed(store, tmp_path, private, "2.0.0")
+    store.point(Pointer(live=good, assignment="a1", at=AT))
+    start = choose(store, MODEL)
+    assert start.pointer is not None and start.pointer.assignment == "a1"
+    assert start.live.card.version == "2.0.0" and start.shadow is None
+
+    # The current one fails its self-test (a version whose expected outputs are wrong):
+    # the previous pointer runs, and the start says why.
+    bad = _installed(store, tmp_path, private, "3.0.0", broken=True)
+    store.point(Pointer(live=good, shadow=bad, assignment="a2", at=AT))
+    start = choose(store, MODEL)
+    assert start.pointer is not None and start.pointer.assignment == "a1"
+    assert "self-test" in start.problem and start.tried is not None
+    assert start.tried.assignment == "a2"
+
+    # Neither usable: model.dir.
+    store.point(Pointer(live=bad, assignment="a3", at=AT))
+    shutil.rmtree(store.path(good))
+    start = choose(store, MODEL)
+    assert start.pointer is None and start.live.model_dir == MODEL
+    assert "current.json" in start.problem and "previous.json" in start.problem
+
+
+def test_a_pointer_to_a_model_the_source_cannot_feed_is_skipped(
+        tmp_path: Path, key: tuple[bytes, Path]) -> None:
+    private, _ = key
+    store = ModelStore(tmp_path / "store")
+    card = ModelCard.load(MODEL)
+    other = _installed(store, tmp_path, private, "4.0.0",
+                       window={"size": card.window.size + 1, "hop": card.window.hop})
+    store.point(Pointer(live=other, assignment="a4", at=AT))
+    start = choose(store, MODEL)
+    assert start.pointer is None and "card window differs" in start.problem
+
+
+def test_differences_name_what_differs(tmp_path: Path) -> None:
+    card = ModelCard.load(MODEL)
+    data = json.loads((MODEL / "card.json").read_text())
+    data["window"]["hop"] = card.window.hop + 1
+    data["input"]["channels"] = data["input"]["channels"][::-1]
+    other = ModelCard.model_validate(data)
+    got = differences(card, other)
+    assert [d.split(" (")[0] for d in got] == ["card input channels differ",
+                                              "card window differs"]
+    assert differences(card, card) == []
+
+
+def _rollout(tmp_path: Path, keys: list[Path], served: dict[str, bytes]) -> Rollout:
+    def fetch(url: str, size: int, timeout_s: float) -> bytes:
+        if url in served:
+            return served[url]
+        return download("http://127.0.0.1:9/nothing-listens-here", size, 2.0)
+
+    return Rollout(ModelStore(tmp_path / "store"), keys, ModelCard.load(MODEL),
+                   agent_id="gw-1", fetch=fetch, attempts=1)
+
+
+def test_every_refusal_names_its_cause(tmp_path: Path, key: tuple[bytes, Path]) -> None:
+    private, public = key
+    v2 = version(tmp_path, "2.0.0")
+    art, data = signed(v2, private, url="http://h/ok")
+    got = _rollout(tmp_path, [public], {}).prepare(assignment(art))
+    assert isinstance(got, Refused) and got.cause == "download"
+    assert got.reason.startswith("download ")
+
+    got = _rollout(tmp_path, [], {art.url: data}).prepare(assignment(art))
+    assert isinstance(got, Refused) and "no trusted key configured" in got.reason
+
+    tampered = bytearray(data)
+    tampered[len(tampered) // 2] ^= 0xFF
+    got = _rollout(tmp_path, [public], {art.url: bytes(tampered)}).prepare(assignment(art))
+    assert isinstance(got, Refused) and got.cause == "sha256"
+    assert got.reason.startswith("sha256 ")
+
+    stranger = tmp_path / "stranger.pem"
+    stranger.write_bytes(artifacts.public_pem(artifacts.generate_key()))
+    got = _rollout(tmp_path, [stranger], {art.url: data}).prepare(assignment(art))
+    assert isinstance(got, Refused) and got.reason.startswith("signature ")
+    assert not (tmp_path / "store").exists()  # refused before a byte was unpacked
+
+    bad, bad_data = signed(version(tmp_path, "3.0.0", broken=True),
+                           private, url="http://h/bad")
+    got = _rollout(tmp_path, [public], {bad.url: bad_data}).prepare(assignment(bad))
+    assert isinstance(got, Refused) and got.reason.startswith("self-test ")
+
+    card = ModelCard.load(MODEL)
+    wide, wide_data = signed(version(tmp_path, "4.0.0", window={
+        "size": card.window.size + 5, "hop": card.window.hop}), private, url="http://h/w")
+    got = _rollout(tmp_path, [public], {wide.url: wide_data}).prepare(assignment(wide))
+    assert isinstance(got, Refused) and got.reason.startswith("card window differs")
+
+    ok = _rollout(tmp_path, [public], {art.url: data}).prepare(assignment(art, shadow=art))
+    assert isinstance(ok, Prepared) and ok.live.card.version == "2.0.0"
+    assert ok.live_dir == ok.shadow_dir == f"{art.name}-2.0.0-{art.sha256[:12]}"
+
+
+def test_a_version_in_the_store_is_not_downloaded_again(
+        tmp_path: Path, key: tuple[bytes, Path]) -> None:
+    private, public = key
+    art, data = signed(version(tmp_path, "2.0.0"), private, url="http://h/ok")
+    assert isinstance(_rollout(tmp_path, [public], {art.url: data}).prepare(
+        assignment(art)), Prepared)
+    # Nothing served now: it can only come from the store, checked against its signature.
+    assert isinstance(_rollout(tmp_path, [public], {}).prepare(assignment(art)), Prepared)
+
+
+def test_the_model_keys_of_the_config_are_rebased_and_default_per_agent(
+        tmp_path: Path) -> None:
+    from agent import config
+
+    base = {"agent": {"id": "gw-9", "site": "s", "line": "l"},
+            "source": {"type": "replay", "path": "data.txt"}}
+    cfg = config.parse({**base, "model": {"dir": "m"}}, base=tmp_path)
+    assert cfg.model.trusted_keys == [] and cfg.model_store == Path("var/agent/gw-9/models")
+    moved = config.parse({**base, "model": {"dir": "m"}, "outbox": {"path": "/o/box.db"}})
+    assert moved.model_store == Path("/o/models")  # the agent's state stays together
+    cfg = config.parse({**base, "model": {"dir": "m", "trusted_keys": ["keys/r.pem", "/k.pem"],
+                                          "store": "models-here"}}, base=tmp_path)
+    assert cfg.model.trusted_keys == [tmp_path / "keys" / "r.pem", Path("/k.pem")]
+    assert cfg.model_store == tmp_path / "models-here"
+    with pytest.raises(config.ConfigError, match="fetch_attempts"):
+        config.parse({**base, "model": {"dir": "m", "fetch_attempts": 0}})
+
+
+class _Server:
+    """A real HTTP server answering each GET with the next (status, body, length) in
+    ``answers`` (the last one repeats); ``length`` None: no Content-Length, body until
+    the connection closes."""
+
+    def __init__(self, answers: list[tuple[int, bytes, int | None]]) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                status, body, length = answers[min(server.requests, len(answers) - 1)]
+                server.requests += 1
+                self.send_response(status)
+                if length is not None:
+                    self.send_header("Content-Length", str(length))
+                else:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_port}/artifact"
+        import threading
+
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+
+def test_download_takes_at_most_the_announced_size_over_real_http() -> None:
+    from agent.rollout import _Refusal
+
+    body = b"x" * 1000
+    for length in (1000, None):
+        server = _Server([(200, body, length)])
+        try:
+            assert download(server.url, 1000, 5.0) == body
+            with pytest.raises(_Refusal, match="more than the 999 bytes|1000 bytes "
+                               "announced") as exc:
+                download(server.url, 999, 5.0)
+            assert exc.value.cause == "too_large" and not exc.value.retry
+        finally:
+            server.close()
+    server = _Server([(404, b"", 0)])
+    try:
+        with pytest.raises(_Refusal, match="HTTP 404") as exc:
+            download(server.url, 10, 5.0)
+        assert not exc.value.retry
+    finally:
+        server.close()
+
+
+def test_server_errors_are_retried_with_backoff_then_the_download_succeeds(
+        tmp_path: Path, key: tuple[bytes, Path]) -> None:
+    private, public = key
+    art, data = signed(version(tmp_path, "2.0.0"), private)
+    server = _Server([(503, b"", 0), (503, b"", 0), (200, data, len(data))])
+    try:
+        art = art.model_copy(update={"url": server.url})
+        rollout = Rollout(ModelStore(tmp_path / "store"), [public], ModelCard.load(MODEL),
+                          agent_id="gw-1", attempts=3, backoff_s=0.01)
+        assert isinstance(rollout.prepare(assignment(art)), Prepared)
+        assert server.requests == 3
+        # Two attempts only: refused, and the reason says what the server answered.
+        server.requests = 0
+        again = Rollout(ModelStore(tmp_path / "other"), [public], ModelCard.load(MODEL),
+                        agent_id="gw-1", attempts=2, backoff_s=0.01)
+        got = again.prepare(assignment(art))
+        assert isinstance(got, Refused) and got.cause == "download"
+        assert "HTTP 503" in got.reason and server.requests == 2
+    finally:
+        server.close()
+
+
+def test_an_assigned_model_runs_even_when_model_dir_is_unusable(
+        tmp_path: Path, key: tuple[bytes, Path]) -> None:
+    from contract.card import CardError
+
+    private, _ = key
+    store = ModelStore(tmp_path / "store")
+    empty = tmp_path / "no-model"
+    empty.mkdir()
+    with pytest.raises(CardError):
+        choose(store, empty)
+    store.point(Pointer(live=_installed(store, tmp_path, private, "2.0.0"), assignment="a1",
+                        at=AT))
+    start = choose(store, empty)
+    assert start.pointer is not None and start.live.card.version == "2.0.0"
