@@ -415,7 +415,8 @@ class SeriesStore(Protocol):
     def predictions(
         self, agent: str | None = None, asset: str | None = None
     ) -> list[PredictionPoint]:
-        """Stored points matching the filters, ordered by ``window_end``."""
+        """Stored points matching the filters, of both roles, ordered by ``window_end``, then
+        agent, asset, model and role."""
         ...
 
     def count(self, agent: str | None = None, asset: str | None = None) -> int:

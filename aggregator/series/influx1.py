@@ -366,7 +366,7 @@ class Influx1Store:
         q = f"SELECT {', '.join(_COLUMNS)} FROM {MEASUREMENT}{_where(agent=agent, asset=asset)}"
         points = [_point(row) for row in self._query(q)]
         # InfluxDB orders by time only; break ties the same way every backend does.
-        points.sort(key=lambda p: (p.window_end, p.agent, p.asset, p.model))
+        points.sort(key=lambda p: (p.window_end, p.agent, p.asset, p.model, p.role))
         return points
 
     def count(self, agent: str | None = None, asset: str | None = None) -> int:

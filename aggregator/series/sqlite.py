@@ -268,7 +268,8 @@ class SqliteSeriesStore:
     ) -> list[PredictionPoint]:
         where, args = _where(agent=agent, asset=asset)
         rows = self._fetch(
-            f"{_PREDICTION.select()}{where} ORDER BY window_end_ns, agent, asset, model", args
+            f"{_PREDICTION.select()}{where} ORDER BY window_end_ns, agent, asset, model, role",
+            args,
         )
         return [_prediction(row) for row in rows]
 

@@ -734,6 +734,110 @@ def test_sqlite_file_of_an_older_version_gains_the_estimate_columns(tmp_path: Pa
         store.close()
 
 
+# The embedded store's tables before the role was part of each point's identity.
+_SCHEMA_BEFORE_ROLES = """
+CREATE TABLE IF NOT EXISTS prediction (
+    agent TEXT NOT NULL,
+    asset TEXT NOT NULL,
+    model TEXT NOT NULL,
+    window_end_ns INTEGER NOT NULL,
+    site TEXT NOT NULL,
+    line TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    window_start_ns INTEGER NOT NULL,
+    score REAL NOT NULL,
+    alert INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (agent, asset, model, window_end_ns)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS prediction_asset ON prediction (asset, window_end_ns);
+CREATE INDEX IF NOT EXISTS prediction_end ON prediction (window_end_ns);
+
+CREATE TABLE IF NOT EXISTS drift (
+    agent TEXT NOT NULL,
+    asset TEXT NOT NULL,
+    model TEXT NOT NULL,
+    monitor TEXT NOT NULL,
+    detector TEXT NOT NULL,
+    at_ns INTEGER NOT NULL,
+    site TEXT NOT NULL,
+    line TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    value REAL,
+    detail TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (agent, asset, model, monitor, detector, at_ns)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS drift_at ON drift (at_ns);
+
+CREATE TABLE IF NOT EXISTS health (
+    agent TEXT NOT NULL,
+    model TEXT NOT NULL,
+    at_ns INTEGER NOT NULL,
+    site TEXT NOT NULL,
+    line TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    windows_scored INTEGER NOT NULL,
+    outbox_depth INTEGER NOT NULL,
+    outbox_dropped INTEGER NOT NULL,
+    rejected_readings INTEGER NOT NULL,
+    inference_ms_median REAL,
+    seq INTEGER NOT NULL,
+    est_windows INTEGER,
+    est_alerts INTEGER,
+    est_calibrated INTEGER,
+    est_expected_positives REAL,
+    est_precision REAL,
+    est_precision_low REAL,
+    est_precision_high REAL,
+    est_recall REAL,
+    est_recall_low REAL,
+    est_recall_high REAL,
+    est_f1 REAL,
+    est_f1_low REAL,
+    est_f1_high REAL,
+    est_horizon_s REAL,
+    PRIMARY KEY (agent, model, at_ns)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS health_at ON health (at_ns);
+"""
+
+
+def test_sqlite_file_from_before_roles_is_rebuilt_with_its_points_live(tmp_path: Path
+                                                                        ) -> None:
+    """An embedded store written before shadow models opens with every point kept, as
+    live, and stores a shadow version's points beside them from then on."""
+    import sqlite3
+
+    path = tmp_path / "series.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_SCHEMA_BEFORE_ROLES)
+        conn.execute("INSERT INTO prediction VALUES ('gw-1', 'pump-1', 'bearing-gbt', 20000, "
+                     "'plant1', 'line3', '1.2.0', 10000, 0.75, 1, 3)")
+        conn.execute("INSERT INTO drift (agent, asset, model, monitor, detector, at_ns, site, "
+                     "line, model_version, value, detail, seq) VALUES ('gw-1', '', 'm', "
+                     "'score', 'ADWIN', 5, 'plant1', 'line3', '1', NULL, 'd', 1)")
+        conn.execute("INSERT INTO health (agent, model, at_ns, site, line, model_version, "
+                     "windows_scored, outbox_depth, outbox_dropped, rejected_readings, seq) "
+                     "VALUES ('gw-1', 'm', 7, 'plant1', 'line3', '1', 4, 0, 0, 0, 2)")
+    store = SqliteSeriesStore(path)
+    try:
+        (before,) = store.predictions()
+        assert (before.role, before.score, before.alert, before.seq) == ("live", 0.75, True, 3)
+        assert [(e.role, e.asset) for e in store.drift_events()] == [("live", None)]
+        assert [(h.role, h.windows_scored) for h in store.health()] == [("live", 4)]
+        shadow = dataclasses.replace(before, role="shadow", model_version="2.0.0", score=0.5)
+        store.write([shadow])
+        assert store.predictions() == [before, shadow]
+    finally:
+        store.close()
+    with sqlite3.connect(path) as conn:
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE "
+                                              "type = 'index' AND sql IS NOT NULL")}
+    assert {"prediction_asset", "prediction_end", "drift_at", "health_at"} <= indexes
+    SqliteSeriesStore(path).close()  # opening it again changes nothing
+
+
 # -- the write side, on every backend: influx2 through victoria-metrics ---------------------
 # What a backend stored, as victoria-metrics keeps it: one series per measurement_field and
 # tag set, its (millisecond, value) samples in time order. A string field's value is not
