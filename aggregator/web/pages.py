@@ -564,7 +564,7 @@ def fleet_page(request: Request, session: SessionDep, series: SeriesDep,
 
 # --------------------------------------------------------------------------- models
 
-MODELS_SPAN = timedelta(hours=24)  # the gate figures shown: the last day's
+MODELS_PERIOD = "24h"  # the gate figures shown by default: the last day's
 
 
 @dataclass(frozen=True)
@@ -592,7 +592,8 @@ def _summary(v: Verdict, policy: GatePolicy) -> str:
 
 
 def _pairs(session: Session, series: SeriesDep, settings: SettingsDep,
-           agents: list[AgentOut], now: datetime, policy: GatePolicy) -> list[ShadowPair]:
+           agents: list[AgentOut], since: datetime, until: datetime, policy: GatePolicy
+           ) -> list[ShadowPair]:
     by_pair: dict[tuple[ModelKey, ModelKey], list[str]] = {}
     for a in agents:
         if a.model_name and a.model_version and a.shadow_model_name and a.shadow_model_version:
@@ -607,7 +608,7 @@ def _pairs(session: Session, series: SeriesDep, settings: SettingsDep,
         try:
             verdict: Verdict | None = evaluate(
                 series, session, candidate=shadow, baseline=live, agents=names,
-                since=now - MODELS_SPAN, until=now,
+                since=since, until=until,
                 f1_target=None if target is None else target.value, policy=policy)
         except SeriesUnavailableError as exc:
             logger.warning("models page without gate figures: %s", exc)
@@ -620,15 +621,22 @@ def _pairs(session: Session, series: SeriesDep, settings: SettingsDep,
 
 @router.get("/ui/models")
 def models_page(request: Request, session: SessionDep, series: SeriesDep,
-                settings: SettingsDep, signed: Viewer) -> Response:
+                settings: SettingsDep, signed: Viewer, period: str = MODELS_PERIOD
+                ) -> Response:
     """Which model versions each agent runs (live, shadow), its latest deployment's
     outcome, and for each shadow beside a live version the promotion gate's figures over
-    the last 24 h: the same ``gate.evaluate`` the registry promotes and rolls back by."""
+    the period (the last 24 h unless asked): the same ``gate.evaluate`` the registry
+    promotes and rolls back by."""
+    try:
+        since, until = period_ending(None, parse_period(period))
+    except ValueError as exc:
+        return _page(request, "error.html", {"title": "Models", "message": str(exc),
+                                             "back": "/ui/models"}, 422)
     agents = agents_api.list_agents(session, series)
     policy = GatePolicy()
     return _page(request, "models.html", {
-        "agents": agents,
-        "pairs": _pairs(session, series, settings, agents, datetime.now(UTC), policy),
+        "agents": agents, "period": period,
+        "pairs": _pairs(session, series, settings, agents, since, until, policy),
         "policy": policy,
         "refused": sum(a.deployment is not None and a.deployment.state == "refused"
                        for a in agents),

@@ -300,11 +300,16 @@ def test_the_models_page_shows_versions_per_agent_and_a_refused_deployments_reas
     assert reason in said.inner_text()
     assert said.evaluate("e => getComputedStyle(e).color") == "rgb(180, 35, 24)"  # --red
     assert re.search(r"Shadow model\s+none", refused.inner_text())
-    pair = page.locator("tr.pair[data-shadow='cmapss_fd001 1.1.0']")
-    cells = pair.locator("td").all_inner_texts()
-    assert cells[:5] == ["cmapss_fd001 1.0.0", "cmapss_fd001 1.1.0", "gw-shadow", "30",
-                         "100.0 %"], cells
-    assert cells[-1] == "not yet: 30 of 200 windows"
+    pair = page.locator("li.pair[data-shadow='cmapss_fd001 1.1.0']")
+    assert pair.get_attribute("data-live") == "cmapss_fd001 1.0.0"
+    assert "on gw-shadow" in pair.inner_text()
+    figures = {name: pair.locator(f"[data-figure={name}]").inner_text()
+               for name in ("verdict", "windows", "agreement", "alerts", "drift")}
+    assert figures == {"verdict": "not yet: 30 of 200 windows", "windows": "30",
+                       "agreement": "100.0 %",
+                       "alerts": "0 by the shadow, 0 by the live model; scores differ by "
+                                 "0.010 (median)",
+                       "drift": "0 conditions on its agents"}, figures
     assert no_sideways_scroll(page)
     assert tab.console == []
     page.context.close()
