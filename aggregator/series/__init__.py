@@ -394,7 +394,13 @@ def health_order(p: HealthPoint) -> tuple[int, str, str]:
 
 @runtime_checkable
 class SeriesStore(Protocol):
-    """What the ingestor and the API need from a time-series backend."""
+    """What the ingestor and the API need from a time-series backend.
+
+    Roles: the reads of figures (``scores``, ``alerts``, ``asset_counts``,
+    ``score_counts``, ``drift_events``, ``health_summary``, ``latest_health``,
+    ``estimates`` by default) see live points only; the plain listings and counts
+    (``predictions``, ``count``, ``health``, ``health_count``, ``drift_count``) see both
+    roles, each point saying its own; ``paired`` compares two versions in either role."""
 
     name: str
 
