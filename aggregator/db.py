@@ -287,6 +287,16 @@ class AgentRecord(Base):
     # The agent's false-alarm budget (drift alarms per day), from its health reports: what
     # the retraining rule measures the fleet's drift conditions against.
     alarm_budget_per_day: Mapped[float | None] = mapped_column(Float, default=None)
+    # What it runs since its latest model assignment (``Health.deployment``): model_name and
+    # model_version above are the live model (from live envelopes only), these the model
+    # run beside it as shadow, and whether the assignment was applied or refused and why.
+    shadow_model_name: Mapped[str | None] = mapped_column(String(NAME_LENGTH), default=None)
+    shadow_model_version: Mapped[str | None] = mapped_column(String(NAME_LENGTH),
+                                                             default=None)
+    deployment_assignment: Mapped[str | None] = mapped_column(String(64), default=None)
+    deployment_state: Mapped[str | None] = mapped_column(String(16), default=None)
+    deployment_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    deployment_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
     __table_args__ = (CheckConstraint(_in("state", AGENT_STATES), name="ck_agents_state"),)
 

@@ -15,7 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from aggregator.series import DriftPoint, HealthPoint, PredictionPoint, StoredEstimate
+from aggregator.series import (
+    DriftPoint,
+    HealthPoint,
+    PredictionPoint,
+    StoredEstimate,
+    role_of,
+)
 from contract.wire import (
     DriftEvent,
     Envelope,
@@ -106,7 +112,7 @@ def _data(parts: TopicParts, envelope: Envelope) -> DataMessage:
     sender: dict[str, Any] = {
         "site": parts.site, "line": parts.line, "agent": envelope.agent,
         "model": envelope.model.name, "model_version": envelope.model.version,
-        "seq": envelope.seq,
+        "seq": envelope.seq, "role": role_of(envelope.model),
     }
     points: list[PredictionPoint] = []
     drift: list[DriftPoint] = []
@@ -118,7 +124,7 @@ def _data(parts: TopicParts, envelope: Envelope) -> DataMessage:
             # Positional: the bulk of every message, and keyword expansion costs more.
             points.append(PredictionPoint(
                 site, line, agent, item.asset, model, version, item.window_start,
-                item.window_end, item.score, item.alert, seq,
+                item.window_end, item.score, item.alert, seq, sender["role"],
             ))
         elif isinstance(item, DriftEvent):
             drift.append(DriftPoint(

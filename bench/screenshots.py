@@ -4,7 +4,8 @@ Starts the aggregator on scratch stores with its embedded broker, lets two agent
 FD001 engines through the shipped model (plant time ending now), resolves most maintenance
 tickets as the truth file says (a real fault within 30 cycles of failure, else a false
 alarm; a few stay open) and reports, at its true time, each failure no ticket warned of,
-all through the REST API, then photographs the pages at tablet width (768 px) in
+all through the REST API; has one agent run a candidate version as shadow and another
+refuse it (for the models page), then photographs the pages at tablet width (768 px) in
 Debian's chromium, driven by Playwright (never a downloaded browser). Prints one JSON
 object: the files written and what the aggregator held.
 """
@@ -123,10 +124,71 @@ def _fill(base: str, token: str, state: Path, broker: int) -> dict[str, Any]:
             "first_open": opened[-1]["id"] if opened else None}
 
 
+def _candidate(base: str, token: str, broker: int) -> dict[str, Any]:
+    """For the models page: gw-line1 runs a candidate version as shadow beside the live
+    one (each of its windows scored again, a little higher), and gw-line2
+    refused that assignment. Sent as the agents would, through the broker."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from contract.wire import Deployment, Envelope, Health, ModelRef, Prediction, encode, topic
+
+    card = json.loads((MODEL / "card.json").read_text())
+    live = ModelRef(name=card["name"], version=card["version"], sha256=card["sha256"]["model"],
+                    threshold=card["threshold"]["value"])
+    candidate = live.model_copy(update={"version": "1.1.0", "sha256": "0" * 64})
+    now = datetime.now(UTC)
+    with httpx.Client(base_url=base, timeout=30,
+                      headers={"Authorization": f"Bearer {token}"}) as api:
+        agents = {a["agent"]: a for a in api.get("/agents").json()}
+        since = (now - timedelta(days=3)).isoformat()
+        windows = [Prediction(asset=asset, window_start=p["window_start"],
+                              window_end=p["window_end"], score=min(1.0, p["score"] * 1.05),
+                              alert=p["score"] * 1.05 >= live.threshold)
+                   for asset in (f"engine-{i:03d}" for i in LINES["line1"])
+                   for p in api.get(f"/assets/{asset}/scores",
+                                    params={"since": since, "limit": 1000}).json()]
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="screenshots-candidate")
+        client.connect("127.0.0.1", broker)
+        client.loop_start()
+        sent = []
+        for agent, line, state in (("gw-line1", "line1", "applied"),
+                                   ("gw-line2", "line2", "refused")):
+            seq = agents[agent]["last_seq"] + 1
+            deployment = Deployment(
+                assignment="fd001-1.1.0", state=state, at=now - timedelta(hours=23),
+                live=live, shadow=candidate if state == "applied" else None,
+                reason="" if state == "applied" else "sha256 of the downloaded model does "
+                "not match the assignment's")
+            health = Envelope.build(agent, seq, live, [Health(
+                at=now, windows_scored=0, outbox_depth=0, deployment=deployment)])
+            sent.append(client.publish(topic("plant1", line, agent, "health"), encode(health),
+                                       qos=1))
+            if state == "applied":
+                shadow = candidate.model_copy(update={"role": "shadow"})
+                for n, start in enumerate(range(0, len(windows), 500)):
+                    batch = Envelope.build(agent, seq + 1 + n, shadow,
+                                           windows[start:start + 500])  # type: ignore[arg-type]
+                    sent.append(client.publish(topic("plant1", line, agent, "predictions"),
+                                               encode(batch), qos=1))
+        for info in sent:
+            info.wait_for_publish(10)
+        client.disconnect()
+        client.loop_stop()
+        deadline = time.monotonic() + 30
+        while not all(a.get("deployment") for a in api.get("/agents").json()):
+            if time.monotonic() > deadline:
+                raise SystemExit("screenshots: the deployments were not recorded")
+            time.sleep(0.2)
+    return {"shadow_windows": len(windows)}
+
+
 def _shoot(base: str, token: str, out: Path, ticket: int | None) -> list[str]:
     from playwright.sync_api import sync_playwright
 
-    pages = {"tickets": "/ui/tickets", "fleet": "/ui/fleet", "health": "/ui/health"}
+    # The replay's windows end a day ago and more: the models page's gate over 3 days.
+    pages = {"tickets": "/ui/tickets", "fleet": "/ui/fleet", "models": "/ui/models?period=3d",
+             "health": "/ui/health"}
     if ticket is not None:
         pages["ticket"] = f"/ui/tickets/{ticket}"
     written = []
@@ -169,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         if not server.app.state.subscriber.wait_ready(10):
             raise SystemExit("screenshots: the aggregator did not subscribe to its broker")
         filled = _fill(base, token, state, broker)
+        filled |= _candidate(base, token, broker)
         written = _shoot(base, token, args.out, filled.pop("first_open"))
     finally:
         server.stop()

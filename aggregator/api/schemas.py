@@ -15,6 +15,7 @@ from aggregator.outcomes import OUTCOME_MEANINGS, Outcome
 from contract.wire import MAX_NAME, Name
 
 __all__ = [
+    "AgentDeploymentOut",
     "AgentHealthOut",
     "AgentOut",
     "AssetEventsOut",
@@ -332,6 +333,17 @@ class DeliveryOut(_Out):
         "were received, of those received or reported undeliverable; None without any")
 
 
+class AgentDeploymentOut(_Out):
+    """The outcome of the agent's latest model assignment, as it reported it."""
+
+    assignment: str | None = Field(description="the assignment's id, if it had one")
+    state: Literal["applied", "refused"] = Field(
+        description="applied: the assignment's models score now; refused: nothing changed")
+    reason: str | None = Field(description="why it was refused (a wrong signature or "
+                               "sha256, a failed self-test, a failed download, ...)")
+    at: datetime = Field(description="when the agent tried (its clock)")
+
+
 class AgentOut(_Out):
     agent: str = Field(validation_alias="agent_id")
     site: str
@@ -340,8 +352,14 @@ class AgentOut(_Out):
     state_at: datetime | None
     last_seen: datetime | None
     last_seq: int | None
-    model_name: str | None
+    model_name: str | None = Field(description="the live model: its alerts count")
     model_version: str | None
+    shadow_model_name: str | None = Field(
+        None, description="the model scored beside the live one to be judged (stored, opens "
+        "no ticket); None without one")
+    shadow_model_version: str | None = None
+    deployment: AgentDeploymentOut | None = Field(
+        None, description="its latest model assignment's outcome; None before the first")
     predictions_count: int
     health: AgentHealthOut | None = Field(
         None, description="the agent's latest health report, if it sent one"

@@ -1,10 +1,14 @@
 """Agent registry: what the aggregator last heard from each agent.
 
-Data messages bump ``last_seen``, ``last_seq``, the model and the predictions count;
-retained status messages (``online``, or ``offline`` from the last will) set the state.
-State changes are ordered by the agent's own timestamps, never by arrival: a broker
-delivers a retained status or a last will late (after a reconnect, or from a session
-older than the agent's current one), and the newest fact must win.
+Data messages bump ``last_seen``, ``last_seq``, the live model and the predictions count;
+a shadow model's envelopes (``ModelRef.role`` shadow) never set the live model nor add to
+the count. Health items carry the agent's latest model deployment (``Health.deployment``):
+the shadow model it runs and whether its latest assignment was applied or refused, and
+why, the newest by the agent's own ``at`` winning. Retained status messages (``online``,
+or ``offline`` from the last will) set the state. State changes are ordered by the
+agent's own timestamps, never by arrival: a broker delivers a retained status or a last
+will late (after a reconnect, or from a session older than the agent's current one), and
+the newest fact must win.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from sqlalchemy.orm import Session
 from aggregator.db import AgentRecord
 from aggregator.reactions import Batch
 from aggregator.validate import DataMessage
-from contract.wire import Health, TopicParts
+from contract.wire import Deployment, Health, TopicParts
 
 __all__ = ["AgentRegistry"]
 
@@ -37,18 +41,24 @@ class AgentRegistry:
             items = sorted(by_agent[agent], key=lambda d: d.envelope.seq)
             newest = items[-1]
             row = _agent(session, newest.parts, rows)
-            env = newest.envelope
+            live = [d for d in items if not d.envelope.model.shadow]
             row.site, row.line, row.last_seen = newest.parts.site, newest.parts.line, batch.now
-            if row.last_seq is None or env.seq >= row.last_seq:
-                row.last_seq = env.seq
-                row.model_name, row.model_version = env.model.name, env.model.version
-            row.predictions_count += sum(len(d.points) for d in items)
-            for item in items:
+            if live and (row.last_seq is None or live[-1].envelope.seq >= row.last_seq):
+                model = live[-1].envelope.model
+                row.model_name, row.model_version = model.name, model.version
+            if row.last_seq is None or newest.envelope.seq >= row.last_seq:
+                row.last_seq = newest.envelope.seq
+            row.predictions_count += sum(len(d.points) for d in live)
+            for item in live:
                 if item.health:
                     for report in item.envelope.items:
-                        if isinstance(report, Health) and report.monitoring is not None:
+                        if not isinstance(report, Health):
+                            continue
+                        if report.monitoring is not None:
                             b = report.monitoring.budget
                             row.alarm_budget_per_day = b.alarms / b.per_days
+                        if report.deployment is not None:
+                            _deployed(row, report.deployment)
             _seen_alive(row, max(d.envelope.ts for d in items))
         for update in sorted(batch.statuses, key=lambda s: _order(s.status.state, s.status.ts)):
             row = _agent(session, update.parts, rows)
@@ -59,6 +69,17 @@ class AgentRegistry:
                 row.state, row.state_at, row.last_seen = status.state, status.ts, batch.now
                 if status.model is not None:
                     row.model_name, row.model_version = status.model.name, status.model.version
+
+
+def _deployed(row: AgentRecord, d: Deployment) -> None:
+    """The agent's newest deployment report (by its ``at``) onto its row. Applied or
+    refused, ``shadow`` is what scores beside the live model now."""
+    if row.deployment_at is not None and d.at < row.deployment_at:
+        return
+    row.deployment_at, row.deployment_state = d.at, d.state
+    row.deployment_assignment, row.deployment_reason = d.assignment, d.reason or None
+    row.shadow_model_name = None if d.shadow is None else d.shadow.name
+    row.shadow_model_version = None if d.shadow is None else d.shadow.version
 
 
 def _order(state: str, ts: datetime) -> tuple[datetime, int]:

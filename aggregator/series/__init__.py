@@ -16,7 +16,15 @@ and an upsert. The identities are
 - prediction: (agent, asset, model, window_end);
 - drift event: (agent, asset, model, monitor, detector, at), a fleet-wide event (no
   asset) being one more "asset";
-- health report: (agent, model, at).
+- health report: (agent, model, at);
+
+each with the ``role`` of the model that produced it: a shadow model (run beside the live
+one to be judged, see ``contract.wire.ModelRef.role``) may be another version of the same
+model name, scoring the same windows, and must not overwrite the live model's points.
+Reads that feed a live figure (alerts, score histories, assets seen, score counts, health
+summaries, the newest health report, estimates, drift events) count live points only, so
+a shadow never moves a number a person or a rule acts on; :meth:`SeriesStore.paired`
+reads both roles, to compare two versions on the same windows.
 
 That is what lets the ingestor retry a whole batch after an outage without doubling
 anything. It also means that two events of one monitor and detector at the same instant
@@ -25,17 +33,22 @@ are one event: the same fact, reported twice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import statistics
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from aggregator.settings import Settings
-    from contract.wire import Estimate
+    from contract.wire import Estimate, ModelRef
 
 __all__ = [
+    "LIVE",
+    "PAIR_READ_LIMIT",
     "READ_LIMIT",
+    "ROLES",
+    "SHADOW",
     "TIME_MAX",
     "TIME_MIN",
     "AssetsSeen",
@@ -44,6 +57,7 @@ __all__ = [
     "HealthPoint",
     "StoredEstimate",
     "HealthSummary",
+    "Paired",
     "PredictionPoint",
     "ScoreCounts",
     "SeriesStore",
@@ -54,10 +68,25 @@ __all__ = [
     "health_order",
     "from_ns",
     "open_series",
+    "pair_up",
+    "role_of",
     "to_ns",
 ]
 
 READ_LIMIT = 1000  # rows a newest-first read returns unless told otherwise
+# Windows of each version a paired read looks at (the newest in its period): a day of a
+# few dozen assets at one window a minute, and a bound on what one gate check reads.
+PAIR_READ_LIMIT = 50_000
+
+LIVE = "live"
+SHADOW = "shadow"
+ROLES = (LIVE, SHADOW)
+
+
+def role_of(model: ModelRef) -> str:
+    """The stored role of what ``model`` produced: ``shadow`` or ``live`` (the wire's
+    absent role is live)."""
+    return SHADOW if model.shadow else LIVE
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
@@ -142,6 +171,7 @@ class PredictionPoint:
     score: float
     alert: bool
     seq: int
+    role: str = LIVE
 
     def __post_init__(self) -> None:
         # Inline: this runs for every stored window, and the helper's **kwargs cost more.
@@ -169,6 +199,7 @@ class DriftPoint:
     model: str
     model_version: str
     seq: int
+    role: str = LIVE
 
     def __post_init__(self) -> None:
         _require_aware(at=self.at)
@@ -264,6 +295,7 @@ class HealthPoint:
     model_version: str
     seq: int
     estimate: StoredEstimate | None = None
+    role: str = LIVE
 
     def __post_init__(self) -> None:
         _require_aware(at=self.at)
@@ -307,6 +339,48 @@ class HealthSummary:
     inference_ms_max: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class Paired:
+    """Two model versions compared on the windows both scored (same agent, asset and
+    window end): how many, on how many both made the same alert decision, the median
+    absolute difference of their scores, and each one's alerts among them."""
+
+    windows: int
+    agreements: int
+    score_mad: float | None
+    candidate_alerts: int
+    baseline_alerts: int
+
+
+def pair_up(candidate: Iterable[PredictionPoint], baseline: Iterable[PredictionPoint]
+            ) -> Paired:
+    """The :class:`Paired` figures of two versions' points: one shared computation, so
+    every backend answers the same numbers from the same points.
+
+    >>> from datetime import UTC
+    >>> def p(end, score, alert, version):
+    ...     return PredictionPoint("s", "l", "gw", "pump", "m", version, datetime(2026, 1, 1,
+    ...         tzinfo=UTC), datetime(2026, 1, 1, 0, end, tzinfo=UTC), score, alert, 0)
+    >>> pair_up([p(1, 0.9, True, "2"), p(2, 0.2, False, "2"), p(3, 0.1, False, "2")],
+    ...         [p(1, 0.8, True, "1"), p(2, 0.6, True, "1")])
+    Paired(windows=2, agreements=1, score_mad=0.25, candidate_alerts=1, baseline_alerts=2)
+    """
+    theirs = {(b.agent, b.asset, b.window_end): b for b in baseline}
+    agreements = candidate_alerts = baseline_alerts = 0
+    diffs: list[float] = []
+    for c in candidate:
+        b = theirs.pop((c.agent, c.asset, c.window_end), None)
+        if b is None:
+            continue
+        diffs.append(abs(c.score - b.score))
+        agreements += c.alert == b.alert
+        candidate_alerts += c.alert
+        baseline_alerts += b.alert
+    return Paired(len(diffs), agreements,
+                  round(statistics.median(diffs), 12) if diffs else None,
+                  candidate_alerts, baseline_alerts)
+
+
 def drift_order(p: DriftPoint) -> tuple[int, str, str, str, str, str]:
     """Sort key of drift reads: newest first, then by identity (a fleet-wide event, no
     asset, before the assets' events). Every backend returns this order."""
@@ -320,7 +394,13 @@ def health_order(p: HealthPoint) -> tuple[int, str, str]:
 
 @runtime_checkable
 class SeriesStore(Protocol):
-    """What the ingestor and the API need from a time-series backend."""
+    """What the ingestor and the API need from a time-series backend.
+
+    Roles: the reads of figures (``scores``, ``alerts``, ``asset_counts``,
+    ``score_counts``, ``drift_events``, ``health_summary``, ``latest_health``,
+    ``estimates`` by default) see live points only; the plain listings and counts
+    (``predictions``, ``count``, ``health``, ``health_count``, ``drift_count``) see both
+    roles, each point saying its own; ``paired`` compares two versions in either role."""
 
     name: str
 
@@ -341,7 +421,8 @@ class SeriesStore(Protocol):
     def predictions(
         self, agent: str | None = None, asset: str | None = None
     ) -> list[PredictionPoint]:
-        """Stored points matching the filters, ordered by ``window_end``."""
+        """Stored points matching the filters, of both roles, ordered by ``window_end``, then
+        agent, asset, model and role."""
         ...
 
     def count(self, agent: str | None = None, asset: str | None = None) -> int:
@@ -419,9 +500,20 @@ class SeriesStore(Protocol):
         """Number of stored health reports (of ``agent``, if given)."""
         ...
 
-    def estimates(self, since: datetime, until: datetime) -> list[HealthPoint]:
+    def estimates(self, since: datetime, until: datetime, *, role: str | None = LIVE
+                  ) -> list[HealthPoint]:
         """Per (agent, model, model version), its newest health report with ``since <= at
-        < until`` that carries an estimate, ordered by those three."""
+        < until`` that carries an estimate, ordered by those three: of the live models,
+        or of the models in ``role``, or of both with ``role=None`` (a version runs in
+        one role on an agent at a time)."""
+        ...
+
+    def paired(self, candidate: tuple[str, str], baseline: tuple[str, str],
+               agents: Sequence[str], since: datetime, until: datetime, *,
+               limit: int = PAIR_READ_LIMIT) -> Paired:
+        """``candidate`` and ``baseline`` (model, version) compared on the windows both
+        scored on ``agents`` with ``since <= window_end < until``, in either role, among
+        the newest ``limit`` windows of each there (:func:`pair_up`)."""
         ...
 
     def ping(self) -> bool:

@@ -19,6 +19,12 @@ Schema (tags sorted by key, as InfluxDB recommends; timestamps in ns):
   _high], est_recall[...], est_f1[...], est_horizon_s (float, each omitted when None);
   timestamp = at.
 
+Each kind carries one more tag, ``role``, written only when it is ``shadow`` (a model run
+beside the live one to be judged): live series keep the tag set they always had, so the
+existing series and dashboards are unchanged, and a shadow point is a series of its own
+even when the shadow is another version of the live model's name. Reads of live figures
+ask for ``role != 'shadow'``, which a series without the tag satisfies.
+
 Same measurement + tag set + timestamp is the same point in InfluxDB, so rewriting a batch
 after an outage replaces points instead of doubling them.
 """
@@ -39,11 +45,14 @@ import httpx
 from aggregator.errors import SeriesError, SeriesUnavailableError
 from aggregator.series import (
     ESTIMATE_COLUMNS,
+    LIVE,
+    PAIR_READ_LIMIT,
     READ_LIMIT,
     AssetsSeen,
     DriftPoint,
     HealthPoint,
     HealthSummary,
+    Paired,
     PredictionPoint,
     ScoreCounts,
     StoredEstimate,
@@ -52,6 +61,7 @@ from aggregator.series import (
     drift_order,
     from_ns,
     health_order,
+    pair_up,
     to_ns,
 )
 
@@ -76,12 +86,13 @@ PING_TIMEOUT_S = 2.0
 _TAG_SPECIALS = (",", "=", " ")
 _COLUMNS = (
     "score", "alert", "seq", "window_start_ns",
-    "site", "line", "agent", "asset", "model", "model_version",
+    "site", "line", "agent", "asset", "model", "model_version", "role",
 )
 _DRIFT_COLUMNS = (
     "value", "detail", "seq",
-    "site", "line", "agent", "asset", "model", "model_version", "monitor", "detector",
+    "site", "line", "agent", "asset", "model", "model_version", "monitor", "detector", "role",
 )
+_LIVE = "role != 'shadow'"  # also true of a series without the tag: every live one
 # A health report's counters: field name -> how a stored value reads back. Both writers
 # (this module's and influx2's, which sends the same lines) and the reader take the field
 # list from here, so a new field of HealthPoint is one more entry. None is never written.
@@ -93,7 +104,7 @@ HEALTH_FIELDS: dict[str, Callable[[Any], int | float]] = {
     "inference_ms_median": float,
 }
 _HEALTH_COLUMNS = (*HEALTH_FIELDS, "seq", *ESTIMATE_COLUMNS, "site", "line", "agent", "model",
-                   "model_version")
+                   "model_version", "role")
 
 
 def escape_tag(value: str) -> str:
@@ -173,32 +184,40 @@ def line_protocol(p: PredictionPoint | DriftPoint | HealthPoint) -> str:
             DRIFT, to_ns(p.at),
             tags={"agent": p.agent, "asset": p.asset, "detector": p.detector, "line": p.line,
                   "model": p.model, "model_version": p.model_version, "monitor": p.monitor,
-                  "site": p.site},
+                  "role": _shadow(p.role), "site": p.site},
             fields={"value": p.value, "detail": p.detail, "seq": p.seq},
         )
     if isinstance(p, HealthPoint):
         return _line(
             HEALTH, to_ns(p.at),
             tags={"agent": p.agent, "line": p.line, "model": p.model,
-                  "model_version": p.model_version, "site": p.site},
+                  "model_version": p.model_version, "role": _shadow(p.role), "site": p.site},
             fields={**{name: getattr(p, name) for name in HEALTH_FIELDS}, "seq": p.seq,
                     **({} if p.estimate is None else p.estimate.columns())},
         )
     # Predictions are the bulk of every write: one f-string, no per-field dispatch.
     return (
-        f"{_series(p.agent, p.asset, p.line, p.model, p.model_version, p.site)}"
+        f"{_series(p.agent, p.asset, p.line, p.model, p.model_version, p.role, p.site)}"
         f" score={float(p.score)!r},alert={'true' if p.alert else 'false'},seq={p.seq}i"
         f",window_start_ns={to_ns(p.window_start)}i {to_ns(p.window_end)}"
     )
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _series(agent: str, asset: str, line: str, model: str, model_version: str,
+def _series(agent: str, asset: str, line: str, model: str, model_version: str, role: str,
             site: str) -> str:
     """A prediction's measurement and tag set: the same for every window of an asset, so
-    built once (one cache look-up a point instead of one per tag)."""
+    built once (one cache look-up a point instead of one per tag). A live point has no
+    role tag, so series written before roles existed stay the same series."""
+    shadow = "" if role == LIVE else f",role={_tag(role)}"
     return (f"{MEASUREMENT},agent={_tag(agent)},asset={_tag(asset)},line={_tag(line)}"
-            f",model={_tag(model)},model_version={_tag(model_version)},site={_tag(site)}")
+            f",model={_tag(model)},model_version={_tag(model_version)}{shadow}"
+            f",site={_tag(site)}")
+
+
+def _shadow(role: str) -> str | None:
+    """The role tag's value: none at all for a live point."""
+    return None if role == LIVE else role
 
 
 def _line(
@@ -356,7 +375,7 @@ class Influx1Store:
         q = f"SELECT {', '.join(_COLUMNS)} FROM {MEASUREMENT}{_where(agent=agent, asset=asset)}"
         points = [_point(row) for row in self._query(q)]
         # InfluxDB orders by time only; break ties the same way every backend does.
-        points.sort(key=lambda p: (p.window_end, p.agent, p.asset, p.model))
+        points.sort(key=lambda p: (p.window_end, p.agent, p.asset, p.model, p.role))
         return points
 
     def count(self, agent: str | None = None, asset: str | None = None) -> int:
@@ -371,7 +390,7 @@ class Influx1Store:
         until: datetime | None = None,
         limit: int = READ_LIMIT,
     ) -> list[PredictionPoint]:
-        where = _where(asset=asset, site=site, since=since, until=until)
+        where = _where(asset=asset, site=site, since=since, until=until, live=True)
         q = (f"SELECT {', '.join(_COLUMNS)} FROM {MEASUREMENT}{where} "
              f"ORDER BY time ASC LIMIT {check_limit(limit)}")
         # InfluxDB orders by time only; break ties the same way every backend does.
@@ -381,7 +400,7 @@ class Influx1Store:
     def alerts(self, since: datetime, until: datetime, limit: int = READ_LIMIT
                ) -> list[PredictionPoint]:
         q = (f"SELECT {', '.join(_COLUMNS)} FROM {MEASUREMENT}"
-             f"{_where(since=since, until=until)} AND alert = true "
+             f"{_where(since=since, until=until, live=True)} AND alert = true "
              f"ORDER BY time ASC LIMIT {check_limit(limit)}")
         # InfluxDB orders by time only; break ties the same way every backend does.
         return sorted((_point(row) for row in self._query(q)),
@@ -390,7 +409,8 @@ class Influx1Store:
     def asset_counts(self, since: datetime, until: datetime) -> list[AssetsSeen]:
         # InfluxQL counts distinct field values, never tag values: one series per asset
         # (GROUP BY the tags), counted here. count(score) is the cheapest aggregate.
-        q = (f"SELECT count(score) FROM {MEASUREMENT}{_where(since=since, until=until)} "
+        q = (f"SELECT count(score) FROM {MEASUREMENT}"
+             f"{_where(since=since, until=until, live=True)} "
              "GROUP BY site, line, model, model_version, asset")
         counts: dict[tuple[str, str, str, str], int] = {}
         for row in self._query(q):
@@ -401,7 +421,8 @@ class Influx1Store:
     def score_counts(self, model: str, model_version: str, since: datetime,
                      until: datetime, edges: Sequence[float]) -> ScoreCounts:
         # InfluxQL has no CASE: one count per edge, all statements in one request.
-        where = _where(model=model, model_version=model_version, since=since, until=until)
+        where = _where(model=model, model_version=model_version, since=since, until=until,
+                       live=True)
         counts = [f"SELECT count(score) FROM {MEASUREMENT}{where}",
                   f"SELECT count(score) FROM {MEASUREMENT}{where} AND alert = true"]
         counts += [f"SELECT count(score) FROM {MEASUREMENT}{where} AND score <= "
@@ -437,7 +458,7 @@ class Influx1Store:
         offset: int = 0,
     ) -> list[DriftPoint]:
         where = _where(agent=agent, asset=asset, detector=detector, site=site, since=since,
-                       until=until)
+                       until=until, live=True)
         q = (
             f"SELECT {', '.join(_DRIFT_COLUMNS)} FROM {DRIFT}{where} "
             f"ORDER BY time DESC LIMIT {check_limit(limit)} OFFSET {check_offset(offset)}"
@@ -457,7 +478,7 @@ class Influx1Store:
 
     def health_summary(self, since: datetime, until: datetime) -> list[HealthSummary]:
         q = (f"SELECT count(seq), median(inference_ms_median), max(inference_ms_median) "
-             f"FROM {HEALTH}{_where(since=since, until=until)} "
+             f"FROM {HEALTH}{_where(since=since, until=until, live=True)} "
              "GROUP BY site, line, agent, model, model_version")
         out = []
         for row in self._query(q):
@@ -471,21 +492,41 @@ class Influx1Store:
     def latest_health(self) -> dict[str, HealthPoint]:
         # With GROUP BY, LIMIT applies per group: the newest report of each agent.
         columns = ", ".join(c for c in _HEALTH_COLUMNS if c != "agent")
-        q = f"SELECT {columns} FROM {HEALTH} GROUP BY agent ORDER BY time DESC LIMIT 1"
+        q = (f"SELECT {columns} FROM {HEALTH}{_where(live=True)} GROUP BY agent "
+             "ORDER BY time DESC LIMIT 1")
         return {point.agent: point for point in map(_health, self._query(q))}
 
-    def estimates(self, since: datetime, until: datetime) -> list[HealthPoint]:
+    def estimates(self, since: datetime, until: datetime, *, role: str | None = LIVE
+                  ) -> list[HealthPoint]:
         # With GROUP BY, LIMIT applies per series: each sender's newest report that has an
-        # estimate (a point without the field fails the comparison).
-        group = ("agent", "model", "model_version")
+        # estimate (a point without the field fails the comparison). A version runs in one
+        # role on an agent at a time, so grouping by the role too splits nothing.
+        group = ("agent", "model", "model_version", "role")
         columns = ", ".join(c for c in _HEALTH_COLUMNS if c not in group)
-        q = (f"SELECT {columns} FROM {HEALTH}{_where(since=since, until=until)} "
+        where = _where(since=since, until=until, live=role == LIVE,
+                       role=None if role in (None, LIVE) else role)
+        q = (f"SELECT {columns} FROM {HEALTH}{where} "
              f"AND est_windows >= 0 GROUP BY {', '.join(group)} ORDER BY time DESC LIMIT 1")
         found = map(_health, self._query(q))
         return sorted(found, key=lambda p: (p.agent, p.model, p.model_version))
 
     def health_count(self, agent: str | None = None) -> int:
         return self._count("seq", HEALTH, _where(agent=agent))
+
+    def paired(self, candidate: tuple[str, str], baseline: tuple[str, str],
+               agents: Sequence[str], since: datetime, until: datetime, *,
+               limit: int = PAIR_READ_LIMIT) -> Paired:
+        if not agents:
+            return pair_up((), ())
+        anyone = " OR ".join(f"agent = {quote_literal(a)}" for a in agents)
+
+        def newest(model: tuple[str, str]) -> list[PredictionPoint]:
+            where = _where(model=model[0], model_version=model[1], since=since, until=until)
+            return [_point(row) for row in self._query(
+                f"SELECT {', '.join(_COLUMNS)} FROM {MEASUREMENT}{where} AND ({anyone}) "
+                f"ORDER BY time DESC LIMIT {check_limit(limit)}")]
+
+        return pair_up(newest(candidate), newest(baseline))
 
     def _count(self, field: str, measurement: str, where: str) -> int:
         # count() of a field every point has: InfluxQL cannot count points as such.
@@ -520,8 +561,10 @@ def _statement_error(result: dict[str, Any], q: str) -> None:
 
 
 def _where(*, since: datetime | None = None, until: datetime | None = None,
-           **tags: str | None) -> str:
+           live: bool = False, **tags: str | None) -> str:
     clauses = [f"{tag} = {quote_literal(v)}" for tag, v in tags.items() if v is not None]
+    if live:
+        clauses.append(_LIVE)
     if since is not None:
         clauses.append(f"time >= {to_ns(since)}")  # an integer time literal is in ns
     if until is not None:
@@ -535,6 +578,7 @@ def _point(row: dict[str, Any]) -> PredictionPoint:
         model=row["model"], model_version=row["model_version"],
         window_start=from_ns(int(row["window_start_ns"])), window_end=from_ns(int(row["time"])),
         score=float(row["score"]), alert=bool(row["alert"]), seq=int(row["seq"]),
+        role=row.get("role") or LIVE,
     )
 
 
@@ -546,6 +590,7 @@ def _drift(row: dict[str, Any]) -> DriftPoint:
         at=from_ns(int(row["time"])), monitor=row["monitor"], detector=row["detector"],
         value=None if value is None else float(value), detail=row["detail"],
         model=row["model"], model_version=row["model_version"], seq=int(row["seq"]),
+        role=row.get("role") or LIVE,
     )
 
 
@@ -556,5 +601,5 @@ def _health(row: dict[str, Any]) -> HealthPoint:
         site=row["site"], line=row["line"], agent=row["agent"], at=from_ns(int(row["time"])),
         model=row["model"], model_version=row["model_version"], seq=int(row["seq"]),
         **counters,  # type: ignore[arg-type]
-        estimate=StoredEstimate.from_columns(row),
+        estimate=StoredEstimate.from_columns(row), role=row.get("role") or LIVE,
     )

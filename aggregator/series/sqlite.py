@@ -19,17 +19,21 @@ from typing import Any, NamedTuple
 from aggregator.errors import SeriesUnavailableError
 from aggregator.series import (
     ESTIMATE_COLUMNS,
+    LIVE,
+    PAIR_READ_LIMIT,
     READ_LIMIT,
     AssetsSeen,
     DriftPoint,
     HealthPoint,
     HealthSummary,
+    Paired,
     PredictionPoint,
     ScoreCounts,
     StoredEstimate,
     check_limit,
     check_offset,
     from_ns,
+    pair_up,
     to_ns,
 )
 
@@ -54,10 +58,9 @@ CREATE TABLE IF NOT EXISTS prediction (
     score REAL NOT NULL,
     alert INTEGER NOT NULL,
     seq INTEGER NOT NULL,
-    PRIMARY KEY (agent, asset, model, window_end_ns)
+    role TEXT NOT NULL DEFAULT 'live',
+    PRIMARY KEY (agent, asset, model, window_end_ns, role)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS prediction_asset ON prediction (asset, window_end_ns);
-CREATE INDEX IF NOT EXISTS prediction_end ON prediction (window_end_ns);
 
 CREATE TABLE IF NOT EXISTS drift (
     agent TEXT NOT NULL,
@@ -72,9 +75,9 @@ CREATE TABLE IF NOT EXISTS drift (
     value REAL,
     detail TEXT NOT NULL,
     seq INTEGER NOT NULL,
-    PRIMARY KEY (agent, asset, model, monitor, detector, at_ns)
+    role TEXT NOT NULL DEFAULT 'live',
+    PRIMARY KEY (agent, asset, model, monitor, detector, at_ns, role)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS drift_at ON drift (at_ns);
 
 CREATE TABLE IF NOT EXISTS health (
     agent TEXT NOT NULL,
@@ -103,8 +106,18 @@ CREATE TABLE IF NOT EXISTS health (
     est_f1_low REAL,
     est_f1_high REAL,
     est_horizon_s REAL,
-    PRIMARY KEY (agent, model, at_ns)
+    role TEXT NOT NULL DEFAULT 'live',
+    PRIMARY KEY (agent, model, at_ns, role)
 ) WITHOUT ROWID;
+"""
+# After the tables are in their current shape (see _migrate): the older tables' indexes
+# go with them when they are rebuilt.
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS prediction_asset ON prediction (asset, window_end_ns);
+CREATE INDEX IF NOT EXISTS prediction_end ON prediction (window_end_ns);
+CREATE INDEX IF NOT EXISTS prediction_version ON prediction (model, model_version,
+                                                             window_end_ns);
+CREATE INDEX IF NOT EXISTS drift_at ON drift (at_ns);
 CREATE INDEX IF NOT EXISTS health_at ON health (at_ns);
 """
 
@@ -131,17 +144,17 @@ class _Table(NamedTuple):
 
 _PREDICTION = _Table(
     "prediction",
-    ("agent", "asset", "model", "window_end_ns"),
+    ("agent", "asset", "model", "window_end_ns", "role"),
     ("site", "line", "model_version", "window_start_ns", "score", "alert", "seq"),
 )
 _DRIFT = _Table(
     "drift",
-    ("agent", "asset", "model", "monitor", "detector", "at_ns"),
+    ("agent", "asset", "model", "monitor", "detector", "at_ns", "role"),
     ("site", "line", "model_version", "value", "detail", "seq"),
 )
 _HEALTH = _Table(
     "health",
-    ("agent", "model", "at_ns"),
+    ("agent", "model", "at_ns", "role"),
     ("site", "line", "model_version", "windows_scored", "outbox_depth", "outbox_dropped",
      "rejected_readings", "inference_ms_median", "seq", *ESTIMATE_COLUMNS),
 )
@@ -149,6 +162,10 @@ _HEALTH = _Table(
 # version gains them when opened.
 _ADDED = {"health": {c: "INTEGER" if c in ("est_windows", "est_alerts", "est_calibrated")
                      else "REAL" for c in ESTIMATE_COLUMNS}}
+# Tables whose identity gained the role (a shadow model's points beside the live one's):
+# SQLite cannot change a primary key in place, so a file written before is rebuilt once,
+# its rows copied as live.
+_KEYED_BY_ROLE = (_PREDICTION, _DRIFT, _HEALTH)
 
 
 class SqliteSeriesStore:
@@ -178,22 +195,41 @@ class SqliteSeriesStore:
             self._conn.executescript(_SCHEMA)
             # typeshed's protocol wants int in and out; SQLite passes REAL values through.
             self._conn.create_aggregate("median", 1, _Median)  # type: ignore[arg-type]
-            self._add_columns()
+            self._migrate()
+            self._conn.executescript(_INDEXES)
 
-    def _add_columns(self) -> None:
+    def _migrate(self) -> None:
         # Under the write lock: two processes opening one older file at once must not both
-        # add a column (the second would fail with "duplicate column name").
+        # add a column (the second would fail with "duplicate column name") or rebuild.
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             for table, columns in _ADDED.items():
-                have = {row[1] for row in self._conn.execute(f"PRAGMA table_info({table})")}
+                have = self._columns(table)
                 for column, kind in columns.items():
                     if column not in have:
                         self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            for keyed in _KEYED_BY_ROLE:
+                if "role" not in self._columns(keyed.name):
+                    self._rebuild_with_role(keyed)
             self._conn.execute("COMMIT")
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
+
+    def _columns(self, table: str) -> set[str]:
+        return {row[1] for row in self._conn.execute(f"PRAGMA table_info({table})")}
+
+    def _rebuild_with_role(self, table: _Table) -> None:
+        """``table`` of an older file, recreated with the role in its key, rows kept."""
+        old = f"{table.name}_before_role"
+        self._conn.execute(f"ALTER TABLE {table.name} RENAME TO {old}")
+        create = next(part for part in _SCHEMA.split(";")
+                      if f"CREATE TABLE IF NOT EXISTS {table.name} (" in part)
+        self._conn.execute(create)
+        columns = ", ".join(c for c in table.key + table.rest if c != "role")
+        self._conn.execute(f"INSERT INTO {table.name} ({columns}, role) "
+                           f"SELECT {columns}, 'live' FROM {old}")
+        self._conn.execute(f"DROP TABLE {old}")  # its indexes go with it
 
     def write(
         self,
@@ -232,7 +268,8 @@ class SqliteSeriesStore:
     ) -> list[PredictionPoint]:
         where, args = _where(agent=agent, asset=asset)
         rows = self._fetch(
-            f"{_PREDICTION.select()}{where} ORDER BY window_end_ns, agent, asset, model", args
+            f"{_PREDICTION.select()}{where} ORDER BY window_end_ns, agent, asset, model, role",
+            args,
         )
         return [_prediction(row) for row in rows]
 
@@ -249,7 +286,7 @@ class SqliteSeriesStore:
         limit: int = READ_LIMIT,
     ) -> list[PredictionPoint]:
         # The prediction_asset index (asset, window_end_ns) serves the range.
-        where, args = _where(asset=asset, site=site, since=since, until=until,
+        where, args = _where(asset=asset, site=site, role=LIVE, since=since, until=until,
                              time="window_end_ns")
         rows = self._fetch(
             f"{_PREDICTION.select()}{where} ORDER BY window_end_ns, agent, model LIMIT ?",
@@ -259,14 +296,14 @@ class SqliteSeriesStore:
 
     def alerts(self, since: datetime, until: datetime, limit: int = READ_LIMIT
                ) -> list[PredictionPoint]:
-        where, args = _where(since=since, until=until, time="window_end_ns")
+        where, args = _where(role=LIVE, since=since, until=until, time="window_end_ns")
         rows = self._fetch(
             f"{_PREDICTION.select()}{where} AND alert ORDER BY window_end_ns, agent, asset, "
             "model LIMIT ?", [*args, check_limit(limit)])
         return [_prediction(row) for row in rows]
 
     def asset_counts(self, since: datetime, until: datetime) -> list[AssetsSeen]:
-        where, args = _where(since=since, until=until, time="window_end_ns")
+        where, args = _where(role=LIVE, since=since, until=until, time="window_end_ns")
         rows = self._fetch(
             f"SELECT site, line, model, model_version, count(DISTINCT asset) FROM prediction"
             f"{where} GROUP BY site, line, model, model_version "
@@ -278,8 +315,8 @@ class SqliteSeriesStore:
 
     def score_counts(self, model: str, model_version: str, since: datetime,
                      until: datetime, edges: Sequence[float]) -> ScoreCounts:
-        where, args = _where(model=model, model_version=model_version, since=since,
-                             until=until, time="window_end_ns")
+        where, args = _where(model=model, model_version=model_version, role=LIVE,
+                             since=since, until=until, time="window_end_ns")
         below = "".join(", coalesce(sum(score <= ?), 0)" for _ in edges)
         ((windows, alerts, *at_most),) = self._fetch(
             f"SELECT count(*), coalesce(sum(alert), 0){below} FROM prediction{where}",
@@ -301,7 +338,7 @@ class SqliteSeriesStore:
         offset: int = 0,
     ) -> list[DriftPoint]:
         where, args = _where(agent=agent, asset=asset, detector=detector, site=site,
-                             since=since, until=until)
+                             role=LIVE, since=since, until=until)
         rows = self._fetch(
             f"{_DRIFT.select()}{where} "
             "ORDER BY at_ns DESC, agent, asset, model, monitor, detector LIMIT ? OFFSET ?",
@@ -322,7 +359,7 @@ class SqliteSeriesStore:
         return [_health(row) for row in rows]
 
     def health_summary(self, since: datetime, until: datetime) -> list[HealthSummary]:
-        where, args = _where(since=since, until=until)
+        where, args = _where(role=LIVE, since=since, until=until)
         rows = self._fetch(
             "SELECT site, line, agent, model, model_version, count(*), "
             f"median(inference_ms_median), max(inference_ms_median) FROM health{where} "
@@ -336,22 +373,44 @@ class SqliteSeriesStore:
     def latest_health(self) -> dict[str, HealthPoint]:
         # The primary key starts with agent, so each max() is an index seek.
         rows = self._fetch(
-            f"{_HEALTH.select()} AS h WHERE at_ns = "
-            "(SELECT max(at_ns) FROM health WHERE agent = h.agent) ORDER BY agent, model",
+            f"{_HEALTH.select()} AS h WHERE role = 'live' AND at_ns = (SELECT max(at_ns) "
+            "FROM health WHERE agent = h.agent AND role = 'live') ORDER BY agent, model",
             [],
         )
         return {point.agent: point for point in map(_health, rows)}
 
-    def estimates(self, since: datetime, until: datetime) -> list[HealthPoint]:
+    def estimates(self, since: datetime, until: datetime, *, role: str | None = LIVE
+                  ) -> list[HealthPoint]:
         bounds = (to_ns(since), to_ns(until))
+        # '%' matches every role: one statement for both cases.
+        roles = (role or "%",) * 2
         with self._lock:
             rows = self._conn.execute(
-                f"{_HEALTH.select()} AS h WHERE est_windows IS NOT NULL AND at_ns >= ? "
-                "AND at_ns < ? AND at_ns = (SELECT max(at_ns) FROM health WHERE "
-                "agent = h.agent AND model = h.model AND model_version = h.model_version "
-                "AND est_windows IS NOT NULL AND at_ns >= ? AND at_ns < ?) "
-                "ORDER BY agent, model, model_version", bounds + bounds).fetchall()
+                f"{_HEALTH.select()} AS h WHERE est_windows IS NOT NULL AND role LIKE ? "
+                "AND at_ns >= ? AND at_ns < ? AND at_ns = (SELECT max(at_ns) FROM health "
+                "WHERE agent = h.agent AND model = h.model AND model_version = "
+                "h.model_version AND est_windows IS NOT NULL AND role LIKE ? AND at_ns >= ? "
+                "AND at_ns < ?) ORDER BY agent, model, model_version",
+                (roles[0], *bounds, roles[1], *bounds)).fetchall()
         return [_health(row) for row in rows]
+
+    def paired(self, candidate: tuple[str, str], baseline: tuple[str, str],
+               agents: Sequence[str], since: datetime, until: datetime, *,
+               limit: int = PAIR_READ_LIMIT) -> Paired:
+        if not agents:
+            return pair_up((), ())
+        marks = ", ".join("?" * len(agents))
+
+        def newest(model: tuple[str, str]) -> list[PredictionPoint]:
+            # The prediction_version index serves the range of one version.
+            rows = self._fetch(
+                f"{_PREDICTION.select()} WHERE model = ? AND model_version = ? AND "
+                f"window_end_ns >= ? AND window_end_ns < ? AND agent IN ({marks}) "
+                "ORDER BY window_end_ns DESC LIMIT ?",
+                [*model, to_ns(since), to_ns(until), *agents, check_limit(limit)])
+            return [_prediction(row) for row in rows]
+
+        return pair_up(newest(candidate), newest(baseline))
 
     def health_count(self, agent: str | None = None) -> int:
         return self._count(_HEALTH, _where(agent=agent))
@@ -413,33 +472,34 @@ def _where(*, since: datetime | None = None, until: datetime | None = None,
 # -- rows <-> points, in the column order of the _Table ---------------------------------
 def _prediction_row(p: PredictionPoint) -> tuple[Any, ...]:
     return (
-        p.agent, p.asset, p.model, to_ns(p.window_end), p.site, p.line, p.model_version,
-        to_ns(p.window_start), p.score, int(p.alert), p.seq,
+        p.agent, p.asset, p.model, to_ns(p.window_end), p.role, p.site, p.line,
+        p.model_version, to_ns(p.window_start), p.score, int(p.alert), p.seq,
     )
 
 
 def _prediction(row: tuple[Any, ...]) -> PredictionPoint:
-    agent, asset, model, end_ns, site, line, version, start_ns, score, alert, seq = row
+    agent, asset, model, end_ns, role, site, line, version, start_ns, score, alert, seq = row
     return PredictionPoint(
         site=site, line=line, agent=agent, asset=asset, model=model, model_version=version,
         window_start=from_ns(start_ns), window_end=from_ns(end_ns), score=score,
-        alert=bool(alert), seq=seq,
+        alert=bool(alert), seq=seq, role=role,
     )
 
 
 def _drift_row(p: DriftPoint) -> tuple[Any, ...]:
     return (
-        p.agent, p.asset or "", p.model, p.monitor, p.detector, to_ns(p.at), p.site, p.line,
-        p.model_version, p.value, p.detail, p.seq,
+        p.agent, p.asset or "", p.model, p.monitor, p.detector, to_ns(p.at), p.role, p.site,
+        p.line, p.model_version, p.value, p.detail, p.seq,
     )
 
 
 def _drift(row: tuple[Any, ...]) -> DriftPoint:
-    agent, asset, model, monitor, detector, at_ns, site, line, version, value, detail, seq = row
+    (agent, asset, model, monitor, detector, at_ns, role, site, line, version, value, detail,
+     seq) = row
     return DriftPoint(
         site=site, line=line, agent=agent, asset=asset or None, at=from_ns(at_ns),
         monitor=monitor, detector=detector, value=value, detail=detail, model=model,
-        model_version=version, seq=seq,
+        model_version=version, seq=seq, role=role,
     )
 
 
@@ -448,18 +508,21 @@ _NO_ESTIMATE = (None,) * len(ESTIMATE_COLUMNS)
 
 def _health_row(p: HealthPoint) -> tuple[Any, ...]:
     return (
-        p.agent, p.model, to_ns(p.at), p.site, p.line, p.model_version, p.windows_scored,
+        p.agent, p.model, to_ns(p.at), p.role, p.site, p.line, p.model_version,
+        p.windows_scored,
         p.outbox_depth, p.outbox_dropped, p.rejected_readings, p.inference_ms_median, p.seq,
         *(_NO_ESTIMATE if p.estimate is None else p.estimate.columns().values()),
     )
 
 
 def _health(row: tuple[Any, ...]) -> HealthPoint:
-    agent, model, at_ns, site, line, version, scored, depth, dropped, rejected, ms, seq = row[:12]
+    (agent, model, at_ns, role, site, line, version, scored, depth, dropped, rejected, ms,
+     seq) = row[:13]
     return HealthPoint(
         site=site, line=line, agent=agent, at=from_ns(at_ns), windows_scored=scored,
         outbox_depth=depth, outbox_dropped=dropped, rejected_readings=rejected,
         inference_ms_median=ms, model=model, model_version=version, seq=seq,
-        estimate=StoredEstimate.from_columns(dict(zip(ESTIMATE_COLUMNS, row[12:],
+        estimate=StoredEstimate.from_columns(dict(zip(ESTIMATE_COLUMNS, row[13:],
                                                       strict=True))),
+        role=role,
     )

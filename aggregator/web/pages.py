@@ -1,4 +1,5 @@
-"""The web pages' routes: sign in, tickets (risk cards and the actions), fleet, model health.
+"""The web pages' routes: sign in, tickets (risk cards and the actions), fleet, models
+(versions per agent and the promotion gate's figures), model health.
 
 Who may do what is the API's rule: a session acts with its token's name and scope (read
 to look, write to act), and every change calls the REST API's own route function
@@ -39,7 +40,7 @@ from aggregator.api.deps import SeriesDep, SessionDep, SettingsDep
 from aggregator.api.routes import agents as agents_api
 from aggregator.api.routes import failures as failures_api
 from aggregator.api.routes import tickets as tickets_api
-from aggregator.api.schemas import AssignIn, FailureIn, NoteIn, ResolveIn
+from aggregator.api.schemas import AgentOut, AssignIn, FailureIn, NoteIn, ResolveIn
 from aggregator.api.security import scope_checker
 from aggregator.db import AssetCondition, Ticket
 from aggregator.errors import (
@@ -51,6 +52,7 @@ from aggregator.errors import (
 from aggregator.figures import GroupFigures, HealthFigures
 from aggregator.modelhealth import DEFAULT_PERIOD, model_health, parse_period, period_ending
 from aggregator.outcomes import NOT_COUNTED, OUTCOME_MEANINGS
+from aggregator.rollout.gate import GatePolicy, ModelKey, Verdict, evaluate
 from aggregator.rules import SENSOR_DETECTORS
 from aggregator.web import risk, sessions
 
@@ -67,8 +69,10 @@ __all__ = [
     "acting_form",
     "assign",
     "fleet_page",
+    "ShadowPair",
     "health_page",
     "install",
+    "models_page",
     "note",
     "report_failure",
     "resolve",
@@ -555,6 +559,87 @@ def fleet_page(request: Request, session: SessionDep, series: SeriesDep,
     return _page(request, "fleet.html", {
         "agents": agents,
         "online": sum(a.state == "online" for a in agents),
+    })
+
+
+# --------------------------------------------------------------------------- models
+
+MODELS_PERIOD = "24h"  # the gate figures shown by default: the last day's
+
+
+@dataclass(frozen=True)
+class ShadowPair:
+    """A (live, shadow) pair of model versions, the agents running it, and the promotion
+    gate's figures over the last day with its verdict in plain words."""
+
+    live: ModelKey
+    shadow: ModelKey
+    agents: list[str]
+    verdict: Verdict | None  # None when the series store did not answer
+    summary: str
+
+
+def _summary(v: Verdict, policy: GatePolicy) -> str:
+    """The verdict in one phrase: ready, not yet (and how far), or would fail (why)."""
+    if v.passed:
+        return "ready to promote"
+    # Before it is ready the first reason is the window count; the rest are failures.
+    failed = "; ".join(v.reasons if v.ready else v.reasons[1:])
+    if v.ready:
+        return f"would fail: {failed}"
+    text = f"not yet: {v.figures.windows} of {policy.min_windows} windows"
+    return f"{text}; would fail: {failed}" if failed else text
+
+
+def _pairs(session: Session, series: SeriesDep, settings: SettingsDep,
+           agents: list[AgentOut], since: datetime, until: datetime, policy: GatePolicy
+           ) -> list[ShadowPair]:
+    by_pair: dict[tuple[ModelKey, ModelKey], list[str]] = {}
+    for a in agents:
+        if a.model_name and a.model_version and a.shadow_model_name and a.shadow_model_version:
+            key = (ModelKey(a.model_name, a.model_version),
+                   ModelKey(a.shadow_model_name, a.shadow_model_version))
+            by_pair.setdefault(key, []).append(a.agent)
+    out = []
+    for (live, shadow), names in sorted(by_pair.items(), key=lambda kv: (
+            kv[0][0].name, kv[0][0].version, kv[0][1].name, kv[0][1].version)):
+        card = risk.card_of(settings.models_dir, shadow.name, shadow.version)
+        target = None if card is None else card.metrics.get("test_window_f1")
+        try:
+            verdict: Verdict | None = evaluate(
+                series, session, candidate=shadow, baseline=live, agents=names,
+                since=since, until=until,
+                f1_target=None if target is None else target.value, policy=policy)
+        except SeriesUnavailableError as exc:
+            logger.warning("models page without gate figures: %s", exc)
+            verdict = None
+        summary = "figures unavailable: the series store does not answer" \
+            if verdict is None else _summary(verdict, policy)
+        out.append(ShadowPair(live, shadow, names, verdict, summary))
+    return out
+
+
+@router.get("/ui/models")
+def models_page(request: Request, session: SessionDep, series: SeriesDep,
+                settings: SettingsDep, signed: Viewer, period: str = MODELS_PERIOD
+                ) -> Response:
+    """Which model versions each agent runs (live, shadow), its latest deployment's
+    outcome, and for each shadow beside a live version the promotion gate's figures over
+    the period (the last 24 h unless asked): the same ``gate.evaluate`` the registry
+    promotes and rolls back by."""
+    try:
+        since, until = period_ending(None, parse_period(period))
+    except ValueError as exc:
+        return _page(request, "error.html", {"title": "Models", "message": str(exc),
+                                             "back": "/ui/models"}, 422)
+    agents = agents_api.list_agents(session, series)
+    policy = GatePolicy()
+    return _page(request, "models.html", {
+        "agents": agents, "period": period,
+        "pairs": _pairs(session, series, settings, agents, since, until, policy),
+        "policy": policy,
+        "refused": sum(a.deployment is not None and a.deployment.state == "refused"
+                       for a in agents),
     })
 
 

@@ -111,6 +111,7 @@ WEB_ROUTES: dict[tuple[str, str], str | None] = {
     ("POST", "/ui/tickets/{ticket_id}/resolve"): "write",
     ("POST", "/ui/failures"): "write",
     ("GET", "/ui/fleet"): "read",
+    ("GET", "/ui/models"): "read",
     ("GET", "/ui/health"): "read",
 }
 # A request each route accepts (given the scope), on ids that do not exist: nothing changes.

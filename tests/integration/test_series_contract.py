@@ -516,6 +516,94 @@ def test_health_summary_per_agent_and_model_version_in_a_period(store: SeriesSto
     assert store.health_summary(T0 - timedelta(days=1), T0) == []
 
 
+# -- roles: a shadow model's points are kept apart, and live figures ignore them --------
+SHADOW = {"role": "shadow", "model_version": "2.0.0"}
+
+
+def test_a_shadow_point_beside_the_live_one_is_a_point_of_its_own(store: SeriesStore
+                                                                    ) -> None:
+    """Same agent, asset, model name and window: the shadow version's score is stored
+    beside the live one's, and neither overwrites the other, on every kind."""
+    live = [point(i, score=0.9 if i == 1 else 0.2) for i in range(3)]
+    shadow = [point(i, score=0.8, **SHADOW) for i in range(3)]
+    events = [drift_point(0), drift_point(0, **SHADOW)]
+    reports = [health_point(0), health_point(0, **SHADOW, windows_scored=7)]
+    store.write(live + shadow, drift=events, health=reports)
+    store.write(shadow)  # a retry doubles nothing
+    assert store.count() == 6
+    got = store.predictions()
+    assert [p for p in got if p.role == "live"] == live
+    assert [p for p in got if p.role == "shadow"] == shadow
+    assert sorted(store.health(), key=lambda p: p.role) == reports
+    assert store.drift_count() == 2
+
+
+def test_live_reads_count_live_points_only(store: SeriesStore) -> None:
+    """Every read that feeds a live figure ignores shadow points, whatever they hold."""
+    live = [point(i, score=0.2) for i in range(4)]
+    shadow = [point(i, score=0.95, **SHADOW) for i in range(4)]
+    shadow += [point(1, asset="pump-9", score=0.95, **SHADOW)]  # an asset only it scored
+    est = StoredEstimate(windows=50, alerts=2, calibrated=True, f1=0.5, f1_low=0.4,
+                         f1_high=0.6)
+    reports = [health_point(1, estimate=est),
+               health_point(2, **SHADOW, estimate=est),  # newer than the live one
+               health_point(3, agent="gw-2", **SHADOW, estimate=est)]
+    events = [drift_point(1), drift_point(2, **SHADOW)]
+    store.write(live + shadow, drift=events, health=reports)
+    since, until = T0, T0 + timedelta(days=1)
+    assert store.alerts(since, until) == []
+    assert store.scores("pump-1", since=since, until=until) == live
+    assert store.scores("pump-9") == []
+    assert store.asset_counts(since, until) == [
+        AssetsSeen("plant1", "line3", SENDER["model"], "1.2.0", 1)]
+    assert store.score_counts(SENDER["model"], "2.0.0", since, until, [0.5]) == \
+        ScoreCounts(0, 0, (0,))
+    assert store.score_counts(SENDER["model"], "1.2.0", since, until, [0.5]) == \
+        ScoreCounts(4, 0, (4,))
+    assert [h.reports for h in store.health_summary(since, until)] == [1]
+    assert store.latest_health() == {"gw-1": reports[0]}
+    assert store.estimates(since, until) == [reports[0]]
+    assert store.estimates(since, until, role="shadow") == reports[1:]
+    assert store.estimates(since, until, role=None) == reports
+    assert store.drift_events() == [events[0]]
+
+
+def test_paired_read_compares_two_versions_on_the_windows_both_scored(store: SeriesStore
+                                                                      ) -> None:
+    """Same agent, asset and window end, in [since, until), on the agents asked: both
+    roles count, since a candidate is judged as shadow and again as canary."""
+    base = {"model_version": "1.2.0"}
+    cand = SHADOW
+    baseline = [point(i, score=0.1 * i, **base) for i in range(10)]
+    candidate = [point(i, score=0.1 * i + (0.3 if i in (6, 8) else 0.05), **cand)
+                 for i in range(2, 12)]  # windows 2..9 common, 10 and 11 its own
+    elsewhere = [point(i, agent="gw-9", score=0.99, **cand) for i in range(10)] + \
+        [point(i, agent="gw-9", score=0.0, **base) for i in range(10)]
+    other_asset = [point(3, asset="pump-2", score=0.9, **cand)]  # baseline never scored it
+    store.write(baseline + candidate + elsewhere + other_asset)
+    since, until = T0, T0 + timedelta(days=1)
+    paired = store.paired((SENDER["model"], "2.0.0"), (SENDER["model"], "1.2.0"),
+                          ["gw-1", "gw-2"], since, until)
+    # Windows 2..9: alerts (score >= 0.7) candidate at 6 (0.9), 7 (0.75), 8 (1.1), 9;
+    # baseline at 7, 8, 9 (0.7 rounds below: 0.1 * 7 = 0.7000000000000001 alerts).
+    common = range(2, 10)
+    c_alert = [candidate[i - 2].alert for i in common]
+    b_alert = [baseline[i].alert for i in common]
+    assert paired.windows == 8
+    assert paired.agreements == sum(x == y for x, y in zip(c_alert, b_alert, strict=True))
+    assert paired.candidate_alerts == sum(c_alert)
+    assert paired.baseline_alerts == sum(b_alert)
+    assert paired.score_mad == pytest.approx(0.05)
+    # The period bounds window_end, the limit each version's newest windows.
+    later = store.paired((SENDER["model"], "2.0.0"), (SENDER["model"], "1.2.0"),
+                         ["gw-1"], baseline[6].window_end, until, limit=3)
+    assert later.windows == 3 - 2  # candidate's newest 3 are 9, 10, 11: only 9 common
+    assert store.paired((SENDER["model"], "2.0.0"), (SENDER["model"], "1.2.0"), [],
+                        since, until).windows == 0
+    assert store.paired((SENDER["model"], "2.0.0"), (SENDER["model"], "1.2.0"), ["gw-9"],
+                        since, until).agreements == 0
+
+
 def test_one_write_stores_all_three_kinds(store: SeriesStore) -> None:
     points = [point(i) for i in range(3)]
     events = [drift_point(i) for i in range(2)]
@@ -646,6 +734,110 @@ def test_sqlite_file_of_an_older_version_gains_the_estimate_columns(tmp_path: Pa
         store.close()
 
 
+# The embedded store's tables before the role was part of each point's identity.
+_SCHEMA_BEFORE_ROLES = """
+CREATE TABLE IF NOT EXISTS prediction (
+    agent TEXT NOT NULL,
+    asset TEXT NOT NULL,
+    model TEXT NOT NULL,
+    window_end_ns INTEGER NOT NULL,
+    site TEXT NOT NULL,
+    line TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    window_start_ns INTEGER NOT NULL,
+    score REAL NOT NULL,
+    alert INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (agent, asset, model, window_end_ns)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS prediction_asset ON prediction (asset, window_end_ns);
+CREATE INDEX IF NOT EXISTS prediction_end ON prediction (window_end_ns);
+
+CREATE TABLE IF NOT EXISTS drift (
+    agent TEXT NOT NULL,
+    asset TEXT NOT NULL,
+    model TEXT NOT NULL,
+    monitor TEXT NOT NULL,
+    detector TEXT NOT NULL,
+    at_ns INTEGER NOT NULL,
+    site TEXT NOT NULL,
+    line TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    value REAL,
+    detail TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (agent, asset, model, monitor, detector, at_ns)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS drift_at ON drift (at_ns);
+
+CREATE TABLE IF NOT EXISTS health (
+    agent TEXT NOT NULL,
+    model TEXT NOT NULL,
+    at_ns INTEGER NOT NULL,
+    site TEXT NOT NULL,
+    line TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    windows_scored INTEGER NOT NULL,
+    outbox_depth INTEGER NOT NULL,
+    outbox_dropped INTEGER NOT NULL,
+    rejected_readings INTEGER NOT NULL,
+    inference_ms_median REAL,
+    seq INTEGER NOT NULL,
+    est_windows INTEGER,
+    est_alerts INTEGER,
+    est_calibrated INTEGER,
+    est_expected_positives REAL,
+    est_precision REAL,
+    est_precision_low REAL,
+    est_precision_high REAL,
+    est_recall REAL,
+    est_recall_low REAL,
+    est_recall_high REAL,
+    est_f1 REAL,
+    est_f1_low REAL,
+    est_f1_high REAL,
+    est_horizon_s REAL,
+    PRIMARY KEY (agent, model, at_ns)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS health_at ON health (at_ns);
+"""
+
+
+def test_sqlite_file_from_before_roles_is_rebuilt_with_its_points_live(tmp_path: Path
+                                                                        ) -> None:
+    """An embedded store written before shadow models opens with every point kept, as
+    live, and stores a shadow version's points beside them from then on."""
+    import sqlite3
+
+    path = tmp_path / "series.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_SCHEMA_BEFORE_ROLES)
+        conn.execute("INSERT INTO prediction VALUES ('gw-1', 'pump-1', 'bearing-gbt', 20000, "
+                     "'plant1', 'line3', '1.2.0', 10000, 0.75, 1, 3)")
+        conn.execute("INSERT INTO drift (agent, asset, model, monitor, detector, at_ns, site, "
+                     "line, model_version, value, detail, seq) VALUES ('gw-1', '', 'm', "
+                     "'score', 'ADWIN', 5, 'plant1', 'line3', '1', NULL, 'd', 1)")
+        conn.execute("INSERT INTO health (agent, model, at_ns, site, line, model_version, "
+                     "windows_scored, outbox_depth, outbox_dropped, rejected_readings, seq) "
+                     "VALUES ('gw-1', 'm', 7, 'plant1', 'line3', '1', 4, 0, 0, 0, 2)")
+    store = SqliteSeriesStore(path)
+    try:
+        (before,) = store.predictions()
+        assert (before.role, before.score, before.alert, before.seq) == ("live", 0.75, True, 3)
+        assert [(e.role, e.asset) for e in store.drift_events()] == [("live", None)]
+        assert [(h.role, h.windows_scored) for h in store.health()] == [("live", 4)]
+        shadow = dataclasses.replace(before, role="shadow", model_version="2.0.0", score=0.5)
+        store.write([shadow])
+        assert store.predictions() == [before, shadow]
+    finally:
+        store.close()
+    with sqlite3.connect(path) as conn:
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE "
+                                              "type = 'index' AND sql IS NOT NULL")}
+    assert {"prediction_asset", "prediction_end", "drift_at", "health_at"} <= indexes
+    SqliteSeriesStore(path).close()  # opening it again changes nothing
+
+
 # -- the write side, on every backend: influx2 through victoria-metrics ---------------------
 # What a backend stored, as victoria-metrics keeps it: one series per measurement_field and
 # tag set, its (millisecond, value) samples in time order. A string field's value is not
@@ -672,12 +864,14 @@ def samples(written: Iterable[AnyPoint]) -> Samples:
     for p in written:
         kind = type(p)
         tags = frozenset((t, getattr(p, t)) for t in _TAGS[kind] if getattr(p, t) is not None)
+        if p.role != "live":  # the role tag exists on shadow points only
+            tags |= {("role", p.role)}
         ms = to_ns(getattr(p, _TIMESTAMPS[kind])) // 1_000_000
         values = [(f.name, getattr(p, f.name)) for f in dataclasses.fields(p)]
         if isinstance(p, HealthPoint) and p.estimate is not None:
             values += list(p.estimate.columns().items())  # stored flat, one field each
         for name, value in values:
-            if name in _TAGS[kind] or name == _TIMESTAMPS[kind] or value is None \
+            if name in _TAGS[kind] or name in ("role", _TIMESTAMPS[kind]) or value is None \
                     or isinstance(value, StoredEstimate):
                 continue
             if isinstance(value, datetime):
@@ -690,7 +884,7 @@ def samples(written: Iterable[AnyPoint]) -> Samples:
 _STRING_SERIES = {
     f"{_MEASUREMENTS[kind]}_{f.name}"
     for kind in _MEASUREMENTS for f in dataclasses.fields(kind)
-    if f.type == "str" and f.name not in _TAGS[kind]
+    if f.type == "str" and f.name not in _TAGS[kind] and f.name != "role"
 }
 
 
@@ -766,9 +960,12 @@ def test_written_points_are_stored_as_sent(writer: Writer) -> None:
         drift_point(0, detector="stuck"),
         drift_point(3, monitor=ODD_NAMES[4], detector=ODD_NAMES[7]),
     ]
+    # A shadow beside the live model, with its name, on the same windows and instants.
+    points += [point(0, role="shadow", model_version="2.0.0", score=0.25)]
     reports = [health_point(0, inference_ms_median=None), health_point(1),
                health_point(1, agent="gw-2", windows_scored=2**53),
-               health_point(2, estimate=ESTIMATE)]
+               health_point(2, estimate=ESTIMATE),
+               health_point(2, role="shadow", model_version="2.0.0", estimate=ESTIMATE)]
     writer.store.write(points[::-1], drift=events, health=reports)
     assert_stored(writer.stored(), samples(points + events + reports), rel=writer.rel)
 

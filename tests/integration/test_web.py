@@ -43,7 +43,7 @@ from servers import MosquittoServer, ServerError
 
 from agent.pipeline import Agent
 from aggregator.server import ServerThread
-from contract.wire import DriftEvent, ModelRef, Range
+from contract.wire import Deployment, DriftEvent, Health, ModelRef, Prediction, Range
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,7 @@ CHROMIUM = "/usr/bin/chromium"
 NEAR = ["engine-018", "engine-020", "engine-024", "engine-031"]
 FAR = ["engine-001", "engine-002"]
 NOW = datetime.now(UTC).replace(microsecond=0)
-PAGES = ["/ui/tickets", "/ui/fleet", "/ui/health"]
+PAGES = ["/ui/tickets", "/ui/fleet", "/ui/models", "/ui/health"]
 TABLET = {"width": 768, "height": 1024}
 
 
@@ -62,6 +62,7 @@ class Plant:
     api: httpx.Client  # admin
     tokens: dict[str, str]  # technician (write), viewer (read)
     tickets: list[dict[str, Any]]  # maintenance tickets, open after the setup
+    broker: MosquittoServer
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +117,7 @@ def plant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plant]:
                    what="a ticket for the drifting sensor")
         tokens = {"technician": api_token(server, "write", "technician"),
                   "viewer": api_token(server, "read", "viewer")}
-        yield Plant(server, api, tokens, maintenance[2:])
+        yield Plant(server, api, tokens, maintenance[2:], broker)
     finally:
         api.close()
         server.stop()
@@ -243,6 +244,74 @@ def test_every_page_renders_with_the_apis_figures_on_a_tablet(plant: Plant,
         page.goto(f"{plant.server.url}{docs}")
     assert tab.console == []
     assert tab.hosts == {aggregator}
+    page.context.close()
+
+
+def test_the_models_page_shows_versions_per_agent_and_a_refused_deployments_reason(
+        plant: Plant, browser: Any) -> None:
+    """Two gateways on an assignment: one runs a candidate as shadow beside the live
+    version (its gate figures: windows both scored in the last 24 h), one refused it (in
+    red, with its reason). Their models come from their own messages, through Mosquitto."""
+    card = json.loads((ROOT / "models" / "cmapss_fd001" / "card.json").read_text())
+    live = ModelRef(name="cmapss_fd001", version="1.0.0", sha256=card["sha256"]["model"],
+                    threshold=card["threshold"]["value"])
+    shadow = live.model_copy(update={"version": "1.1.0", "sha256": "cd" * 32,
+                                     "role": "shadow"})
+    candidate = shadow.model_copy(update={"role": None})
+    reason = "signature does not verify with the trusted key"
+    began = NOW - timedelta(hours=3)
+
+    def windows(asset: str, score: float) -> list[Prediction]:
+        # Far below the threshold: no ticket for the other tests to meet.
+        return [Prediction(asset=asset, window_start=began + timedelta(minutes=i),
+                           window_end=began + timedelta(minutes=i + 1), score=score,
+                           alert=False) for i in range(30)]
+
+    def report(state: str, why: str = "") -> Health:
+        return Health(at=began + timedelta(minutes=40), windows_scored=30, outbox_depth=0,
+                      deployment=Deployment(assignment="fd001-1.1.0", state=state,
+                                            at=began + timedelta(minutes=1), live=live,
+                                            shadow=candidate if state == "applied" else None,
+                                            reason=why))
+
+    with Publisher(plant.broker.host, plant.broker.port, data_topic("gw-shadow", line="line1"),
+                   client_id="web-models") as pub:
+        pub.publish(payload("gw-shadow", 0, windows("engine-101", 0.01), live))
+        pub.publish(payload("gw-shadow", 1, windows("engine-101", 0.02), shadow))
+        pub.publish(payload("gw-shadow", 2, [report("applied")], live),
+                    data_topic("gw-shadow", "health", line="line1"))
+        pub.publish(payload("gw-refused", 0, [report("refused", reason)], live),
+                    data_topic("gw-refused", "health", line="line1"))
+    wait_until(lambda: {a["agent"]: a.get("deployment") for a in
+                        plant.api.get("/agents").json()}.get("gw-refused"), 30,
+               what="both deployments reported")
+
+    tab = open_tab(browser, plant, "viewer")
+    page = tab.page
+    page.goto(f"{plant.server.url}/ui/models")
+    assert page.locator("nav a[aria-current=page]").inner_text() == "Models"
+    on = page.locator("li.agent[data-agent=gw-shadow]").inner_text()
+    assert re.search(r"Live model\s+cmapss_fd001 1\.0\.0", on), on
+    assert re.search(r"Shadow model\s+cmapss_fd001 1\.1\.0", on), on
+    assert "applied" in on and "fd001-1.1.0" in on
+    refused = page.locator("li.agent.refused[data-agent=gw-refused]")
+    assert refused.count() == 1
+    said = refused.locator(".refused-text")
+    assert reason in said.inner_text()
+    assert said.evaluate("e => getComputedStyle(e).color") == "rgb(180, 35, 24)"  # --red
+    assert re.search(r"Shadow model\s+none", refused.inner_text())
+    pair = page.locator("li.pair[data-shadow='cmapss_fd001 1.1.0']")
+    assert pair.get_attribute("data-live") == "cmapss_fd001 1.0.0"
+    assert "on gw-shadow" in pair.inner_text()
+    figures = {name: pair.locator(f"[data-figure={name}]").inner_text()
+               for name in ("verdict", "windows", "agreement", "alerts", "drift")}
+    assert figures == {"verdict": "not yet: 30 of 200 windows", "windows": "30",
+                       "agreement": "100.0 %",
+                       "alerts": "0 by the shadow, 0 by the live model; scores differ by "
+                                 "0.010 (median)",
+                       "drift": "0 conditions on its agents"}, figures
+    assert no_sideways_scroll(page)
+    assert tab.console == []
     page.context.close()
 
 

@@ -1,5 +1,6 @@
-"""``GET /agents``: every agent the aggregator has heard from, with its latest health and
-which of its messages are stored; ``GET /agents/{agent_id}/completeness``: its windows
+"""``GET /agents``: every agent the aggregator has heard from, with its latest health, the
+models it runs (live, shadow) and its latest deployment's outcome, and which of its
+messages are stored; ``GET /agents/{agent_id}/completeness``: its windows
 per hour, received against reported undeliverable. Both need a read token."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from aggregator.api.deps import SeriesDep, SessionDep
 from aggregator.api.params import Limit, Since, Until
 from aggregator.api.responses import AUTH, DB_DOWN, Responses
 from aggregator.api.schemas import (
+    AgentDeploymentOut,
     AgentHealthOut,
     AgentOut,
     CompletenessOut,
@@ -32,7 +34,7 @@ from aggregator.reactions.delivery import ledger_of
 from aggregator.series import HealthPoint, SeriesStore
 from contract.wire import MAX_NAME, Name
 
-__all__ = ["agent_completeness", "list_agents", "router"]
+__all__ = ["agent_completeness", "deployment_of", "list_agents", "router"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ def list_agents(session: SessionDep, series: SeriesDep) -> list[AgentOut]:
     return [
         AgentOut.model_validate(row).model_copy(update={
             "health": _health(latest, row), "delivery": delivery.get(row.agent_id),
+            "deployment": deployment_of(row),
         })
         for row in rows
     ]
@@ -126,6 +129,16 @@ def _deliveries(session: Session, now: datetime) -> dict[str, DeliveryOut]:
             completeness_24h=_percent(*day.get(row.agent_id, (0, 0))),
         )
     return out
+
+
+def deployment_of(row: AgentRecord) -> AgentDeploymentOut | None:
+    """The agent's latest deployment outcome, None before it reported one."""
+    if row.deployment_state is None or row.deployment_at is None:
+        return None
+    return AgentDeploymentOut(
+        assignment=row.deployment_assignment,
+        state=row.deployment_state,
+        reason=row.deployment_reason, at=row.deployment_at)
 
 
 def _latest_health(series: SeriesStore) -> dict[str, HealthPoint]:
