@@ -24,8 +24,7 @@ from alembic import op
 __all__ = ["downgrade", "upgrade"]
 
 revision: str = "0011"
-# "0010" (the registry) once merged; "0009" until then, so this branch migrates.
-down_revision: str | Sequence[str] | None = "0009"
+down_revision: str | Sequence[str] | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
