@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from aggregator.db import Ticket
@@ -160,8 +161,15 @@ def upload(session: Session, settings: Settings, data: bytes, *, uploaded_by: st
         signature=artifact.sign(key, card.name, card.version, sha256), artifact=data,
         uploaded_by=uploaded_by, uploaded_at=now or datetime.now(UTC),
         answers_ticket=answers)
-    session.add(row)
-    session.flush()
+    try:
+        with session.begin_nested():  # another upload of it may win the race
+            session.add(row)
+    except IntegrityError:
+        stored = find(session, card.name, card.version)
+        if stored is not None and stored.sha256 == sha256:
+            return Upload(stored, created=False)
+        raise VersionConflictError(f"{card.name} {card.version} was stored with other "
+                                   "bytes meanwhile") from None
     return Upload(row, created=True)
 
 
