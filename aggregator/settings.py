@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import urllib.parse
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aggregator.notify.targets import TargetConfig
+
+if TYPE_CHECKING:
+    from aggregator.rollout.gate import GatePolicy
 
 __all__ = ["MqttEndpoint", "Settings", "load_settings"]
 
@@ -310,6 +313,27 @@ class Settings(BaseSettings):
         description="How often every active canary is judged by the promotion gate (and "
         "rolled back when its figures fail).",
     )
+    gate_min_windows: int = Field(
+        200, ge=1, description="The promotion gate judges nothing before the candidate and "
+        "the model it would replace scored this many of the same windows.")
+    gate_min_agreement: float = Field(
+        0.95, ge=0, le=1, description="Share of those windows on which both must take the "
+        "same alert decision.")
+    gate_f1_margin: float = Field(
+        0.05, ge=0, le=1, description="How far the candidate's estimated F1 may fall below "
+        "its card's test_window_f1.")
+    gate_max_new_drift: int = Field(
+        0, ge=0, description="Drift conditions that may start on the judged agents during a "
+        "stage before the gate fails it.")
+
+    def gate_policy(self) -> GatePolicy:
+        """The promotion gate's thresholds, as set for this plant."""
+        from aggregator.rollout.gate import GatePolicy
+
+        return GatePolicy(min_windows=self.gate_min_windows,
+                          min_agreement=self.gate_min_agreement,
+                          f1_margin=self.gate_f1_margin,
+                          max_new_drift=self.gate_max_new_drift)
 
     @field_validator("mqtt_url")
     @classmethod

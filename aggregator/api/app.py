@@ -88,7 +88,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         subscriber.start()
         stack.callback(subscriber.stop)
         # Model assignments, on the same client; canaries judged by the promotion gate.
-        app.state.registry_judge = gate_judge(series)
+        app.state.registry_judge = gate_judge(series, settings.gate_policy())
         publisher = ModelPublisher(settings, ingestor.session_factory,
                                    subscriber.confirmer.client,
                                    judge=lambda s, q: app.state.registry_judge(s, q))

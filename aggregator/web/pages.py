@@ -633,7 +633,7 @@ def models_page(request: Request, session: SessionDep, series: SeriesDep,
         return _page(request, "error.html", {"title": "Models", "message": str(exc),
                                              "back": "/ui/models"}, 422)
     agents = agents_api.list_agents(session, series)
-    policy = GatePolicy()
+    policy = settings.gate_policy()
     return _page(request, "models.html", {
         "agents": agents, "period": period,
         "pairs": _pairs(session, series, settings, agents, since, until, policy),
