@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,7 +31,7 @@ from aggregator.errors import AggregatorError
 from aggregator.reactions.retraining import scope_key
 from aggregator.registry import store
 from aggregator.registry.models import ModelAssignment, ModelVersion
-from aggregator.registry.resolve import AgentInfo, canary_agents, covered, desired_for
+from aggregator.registry.resolve import AgentInfo, canary_agents, covered, covers, desired_for
 from aggregator.rollout.gate import GatePolicy, ModelKey, Verdict, evaluate
 from aggregator.series import SeriesStore
 
@@ -118,11 +118,19 @@ def agent_infos(session: Session) -> list[AgentInfo]:
     """Every known agent, with the registered version it reports running (if any)."""
     registered = {(name, version) for name, version in
                   session.execute(select(ModelVersion.name, ModelVersion.version))}
+    stages = list(session.scalars(
+        select(ModelAssignment).where(ModelAssignment.stage.in_(("shadow", "canary")),
+                                      ModelAssignment.baseline_version.is_not(None))
+        .order_by(ModelAssignment.created_at.desc(), ModelAssignment.id.desc())))
     infos = []
     for row in session.scalars(select(AgentRecord).order_by(AgentRecord.agent_id)):
         reported = (row.model_name, row.model_version) if row.model_name else None
-        infos.append(AgentInfo(row.agent_id, row.site, row.line,
-                               reported if reported in registered else None))
+        info = AgentInfo(row.agent_id, row.site, row.line,
+                         reported if reported in registered else None)
+        latest = next((s for s in stages if covers(s, info)), None)
+        if latest is not None and latest.baseline_version is not None:
+            info = replace(info, own=(latest.model_name, latest.baseline_version))
+        infos.append(info)
     return infos
 
 

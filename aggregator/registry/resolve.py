@@ -3,10 +3,12 @@
 Per agent, the assignments that cover it (its id listed, its site, or its site and line)
 are ranked: a list of agents before a line before a site, then the newest. Then:
 
-- ``live``: the best live assignment; without one, the version the agent reports running
-  if the registry holds it (so a shadow or canary can be judged against an agent's own
-  configured model); without that, nothing: the agent keeps its configuration and gets
-  no message.
+- ``live``: the best live assignment; without one, the agent's own version: the live
+  version it ran when the latest shadow or canary stage that covered it began (so an
+  ended stage hands it back exactly what it ran before, even after it ran a canary's
+  version), else the version it reports running if the registry holds it (so a shadow
+  or canary can be judged against an agent's own configured model); without that,
+  nothing: the agent keeps its configuration and gets no message.
 - a canary that picked the agent (``ceil(share * n)`` of its target's ``n`` known agents,
   those with the lowest sha256 of agent id and version: stable while the fleet is)
   becomes its live with stage ``canary``, and the live version above its shadow: the gate
@@ -36,6 +38,8 @@ class AgentInfo:
     site: str
     line: str
     reported: VersionKey | None = None  # what it last said it runs, if registered
+    # The live version it ran when the latest shadow or canary stage covering it began.
+    own: VersionKey | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +96,14 @@ def _best(rows: Sequence[ModelAssignment], stage: str, agent: AgentInfo,
 def desired_for(agent: AgentInfo, rows: Sequence[ModelAssignment],
                 picked: dict[int, set[str]]) -> Desired | None:
     live = _best(rows, "live", agent, picked)
-    base: VersionKey | None = (live.model_name, live.version) if live else agent.reported
+    base: VersionKey | None = ((live.model_name, live.version) if live
+                               else agent.own or agent.reported)
     canary = _best(rows, "canary", agent, picked)
     if canary is not None:
         candidate = (canary.model_name, canary.version)
+        if live is None and canary.baseline_version is not None:
+            # What the agent reports now is the candidate itself once it runs it.
+            base = (canary.model_name, canary.baseline_version)
         ids = (canary.id,) + ((live.id,) if live else ())
         return Desired("canary", candidate, base if base != candidate else None, ids)
     if base is None:
@@ -105,7 +113,9 @@ def desired_for(agent: AgentInfo, rows: Sequence[ModelAssignment],
         ids = ((live.id,) if live else ()) + (shadow.id,)
         return Desired("live", base, (shadow.model_name, shadow.version), ids)
     if live is None:
-        return None  # only the agent's own model: nothing to tell it
+        # Never touched by a stage: only the agent's own model, nothing to tell it. Once
+        # a stage ended: its own version again, without the stage's models.
+        return None if agent.own is None else Desired("live", base, None, ())
     return Desired("live", base, None, (live.id,))
 
 
