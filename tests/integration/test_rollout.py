@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,9 +152,11 @@ def plant(tmp_path: Path, mosquitto: MosquittoServer) -> Iterator[tuple[_Plant, 
     server = ServerThread(settings)
     server.start()
     assert server.app.state.subscriber.wait_ready(10)
+    running = _Plant(server, api_token(server, "admin", "release-manager"))
     try:
-        yield _Plant(server, api_token(server, "admin", "release-manager")), public
+        yield running, public
     finally:
+        running.http.close()
         server.stop()
 
 
@@ -227,3 +230,53 @@ def test_shadow_canary_rollback_and_a_failing_canary_rolled_back_by_the_gate(
     for a in agents:
         assert a.report is not None
         assert a.report.progress.models_refused == 0
+
+
+def test_a_tampered_artifact_and_a_wrong_signature_are_refused_and_the_old_model_scores(
+        plant: tuple[_Plant, Path], tmp_path: Path, mosquitto: MosquittoServer) -> None:
+    """What the aggregator serves is changed behind its back (its database, or anything
+    on the way): the agent refuses it, says why, and its model keeps scoring."""
+    registry, public = plant
+    registry.upload(MODEL)
+    registry.upload(_version(tmp_path, "2.0.0"))
+    registry.upload(_version(tmp_path, "4.0.0"))
+    database = sqlite3.connect(tmp_path / "agg.db")
+    with database:
+        (data,) = database.execute("SELECT artifact FROM model_versions WHERE version = "
+                                   "'2.0.0'").fetchone()
+        tampered = bytearray(data)
+        tampered[len(tampered) // 2] ^= 0xFF
+        database.execute("UPDATE model_versions SET artifact = ? WHERE version = '2.0.0'",
+                         (bytes(tampered),))
+        (sha,) = database.execute("SELECT sha256 FROM model_versions WHERE version = "
+                                  "'4.0.0'").fetchone()
+        other_key = artifact.generate_key()
+        database.execute("UPDATE model_versions SET signature = ? WHERE version = '4.0.0'",
+                         (artifact.sign(other_key, "cmapss_fd001", "4.0.0", sha),))
+    database.close()
+    gateway = _Agent(tmp_path, mosquitto, "gw-a", public)
+    try:
+        wait_until(lambda: registry.agents().get("gw-a", {}).get("model_version") == V1, 60,
+                   what="the agent known, running the shipped version")
+        for version, why in (("2.0.0", "sha256 "), ("4.0.0", "signature ")):
+            registry.assign(version, "live")
+
+            def refused(version: str = version) -> dict[str, Any] | None:
+                seen = registry.agents()["gw-a"]
+                deployment = seen["deployment"] or {}
+                return seen if deployment.get("state") == "refused" and version in \
+                    deployment.get("reason", "") else None
+            seen = wait_until(refused, 60, what=f"{version} refused")
+            assert seen["deployment"]["reason"].startswith(why), seen["deployment"]
+            assert seen["model_version"] == V1
+            scored = seen["predictions_count"]
+            wait_until(lambda scored=scored: registry.agents()["gw-a"]["predictions_count"]
+                       > scored + 50, 30, what="the shipped version still scoring")
+            assert registry.agents()["gw-a"]["model_version"] == V1
+    finally:
+        gateway.stop()
+    assert gateway.report is not None and gateway.report.progress.models_refused == 2
+    assert gateway.report.progress.models_applied == 0
+    store = tmp_path / "gw-a" / "models"  # created with the first version installed
+    assert not store.exists() or not [p for p in store.iterdir()
+                                      if "2.0.0" in p.name or "4.0.0" in p.name]
