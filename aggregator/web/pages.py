@@ -52,6 +52,8 @@ from aggregator.errors import (
 from aggregator.figures import GroupFigures, HealthFigures
 from aggregator.modelhealth import DEFAULT_PERIOD, model_health, parse_period, period_ending
 from aggregator.outcomes import NOT_COUNTED, OUTCOME_MEANINGS
+from aggregator.registry import store as registry_store
+from aggregator.registry.models import ModelAssignment
 from aggregator.rollout.gate import GatePolicy, ModelKey, Verdict, evaluate
 from aggregator.rules import SENSOR_DETECTORS
 from aggregator.web import risk, sessions
@@ -577,6 +579,9 @@ class ShadowPair:
     agents: list[str]
     verdict: Verdict | None  # None when the series store did not answer
     summary: str
+    # The live version is a canary judged against the old version as its shadow (the
+    # candidate is the live one); otherwise the shadow is the candidate.
+    canary: bool = False
 
 
 def _summary(v: Verdict, policy: GatePolicy) -> str:
@@ -600,23 +605,37 @@ def _pairs(session: Session, series: SeriesDep, settings: SettingsDep,
             key = (ModelKey(a.model_name, a.model_version),
                    ModelKey(a.shadow_model_name, a.shadow_model_version))
             by_pair.setdefault(key, []).append(a.agent)
+    canaries = {ModelKey(name, version) for name, version in session.execute(
+        select(ModelAssignment.model_name, ModelAssignment.version).where(
+            ModelAssignment.state == "active", ModelAssignment.stage == "canary"))}
     out = []
     for (live, shadow), names in sorted(by_pair.items(), key=lambda kv: (
             kv[0][0].name, kv[0][0].version, kv[0][1].name, kv[0][1].version)):
-        card = risk.card_of(settings.models_dir, shadow.name, shadow.version)
-        target = None if card is None else card.metrics.get("test_window_f1")
+        canary = live in canaries
+        candidate, baseline = (live, shadow) if canary else (shadow, live)
         try:
             verdict: Verdict | None = evaluate(
-                series, session, candidate=shadow, baseline=live, agents=names,
-                since=since, until=until,
-                f1_target=None if target is None else target.value, policy=policy)
+                series, session, candidate=candidate, baseline=baseline, agents=names,
+                since=since, until=until, f1_target=_f1_target(session, settings, candidate),
+                policy=policy)
         except SeriesUnavailableError as exc:
             logger.warning("models page without gate figures: %s", exc)
             verdict = None
         summary = "figures unavailable: the series store does not answer" \
             if verdict is None else _summary(verdict, policy)
-        out.append(ShadowPair(live, shadow, names, verdict, summary))
+        out.append(ShadowPair(live, shadow, names, verdict, summary, canary))
     return out
+
+
+def _f1_target(session: Session, settings: SettingsDep, model: ModelKey) -> float | None:
+    """The card's per-window test F1 of a version: the registry's copy of its card, else
+    the card in the models directory."""
+    uploaded = registry_store.find(session, model.name, model.version)
+    if uploaded is not None:
+        return registry_store.f1_target(uploaded.card)
+    card = risk.card_of(settings.models_dir, model.name, model.version)
+    target = None if card is None else card.metrics.get("test_window_f1")
+    return None if target is None else target.value
 
 
 @router.get("/ui/models")

@@ -307,8 +307,8 @@ def test_the_models_page_shows_versions_per_agent_and_a_refused_deployments_reas
                for name in ("verdict", "windows", "agreement", "alerts", "drift")}
     assert figures == {"verdict": "not yet: 30 of 200 windows", "windows": "30",
                        "agreement": "100.0 %",
-                       "alerts": "0 by the shadow, 0 by the live model; scores differ by "
-                                 "0.010 (median)",
+                       "alerts": "0 by the shadow, 0 by the version it would replace; "
+                                 "scores differ by 0.010 (median)",
                        "drift": "0 conditions on its agents"}, figures
     assert no_sideways_scroll(page)
     assert tab.console == []
