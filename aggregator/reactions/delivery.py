@@ -96,6 +96,8 @@ class DeliveryTracking:
                            agent, env.seq, ledger.highest)
             self._closed(agent, change.filled, now, f"message {env.seq} arrived")
             self._given_up(row, agent, change.given_up)
+            if not item.health:
+                continue  # only health reports carry undeliverable spans: skip the scan
             for report in env.items:
                 if isinstance(report, Health) and report.undeliverable:
                     for span in report.undeliverable:
