@@ -156,7 +156,10 @@ class Ingestor:
         """
         now = datetime.now(UTC)
         parsed = [parse(m) for m in messages]
-        fresh = self._fresh(parsed)
+        # Each data message's msg_id as stored, made once (dedupe reads it three times).
+        ids = {i: str(item.envelope.msg_id) for i, item in enumerate(parsed)
+               if isinstance(item, DataMessage)}
+        fresh = self._fresh(ids)
         data = [_as_data(parsed[i]) for i in sorted(fresh)]
         started = time.perf_counter()
         self.series.write(
@@ -167,7 +170,7 @@ class Ingestor:
         self.on_series_write(time.perf_counter() - started)
         try:
             with self.session_factory() as session, session.begin():
-                fresh = self._commit(session, parsed, fresh, now)
+                fresh = self._commit(session, parsed, ids, fresh, now)
         except OperationalError as exc:
             raise DatabaseUnavailableError(f"SQL database: {exc.orig!r}") from exc
         outcomes = [_outcome(item, i in fresh) for i, item in enumerate(parsed)]
@@ -192,12 +195,12 @@ class Ingestor:
         return pruned
 
     # -- steps --------------------------------------------------------------------------
-    def _fresh(self, parsed: list[Parsed]) -> set[int]:
-        """Indexes of data messages whose msg_id is new (in this batch and in the DB)."""
+    def _fresh(self, ids: dict[int, str]) -> set[int]:
+        """Indexes of data messages whose msg_id (``ids``: by index) is new (in this batch
+        and in the DB)."""
         first: dict[str, int] = {}
-        for i, item in enumerate(parsed):
-            if isinstance(item, DataMessage):
-                first.setdefault(str(item.envelope.msg_id), i)
+        for i, msg_id in ids.items():
+            first.setdefault(msg_id, i)
         if not first:
             return set()
         try:
@@ -208,15 +211,17 @@ class Ingestor:
         return {i for msg_id, i in first.items() if msg_id not in seen}
 
     def _commit(
-        self, session: Session, parsed: list[Parsed], fresh: set[int], now: datetime
+        self, session: Session, parsed: list[Parsed], ids: dict[int, str], fresh: set[int],
+        now: datetime,
     ) -> set[int]:
         # Checked again inside the transaction: another replica may have handled one of
         # these since _fresh(); its points were just rewritten (harmless), but it must not
         # count twice or feed the reactions twice.
-        seen = dedupe.seen(session, {str(_as_data(parsed[i]).envelope.msg_id) for i in fresh})
-        fresh = {i for i in fresh if str(_as_data(parsed[i]).envelope.msg_id) not in seen}
-        data = [_as_data(parsed[i]) for i in sorted(fresh)]
-        dedupe.mark_seen(session, data, now)
+        seen = dedupe.seen(session, {ids[i] for i in fresh})
+        fresh = {i for i in fresh if ids[i] not in seen}
+        order = sorted(fresh)
+        data = [_as_data(parsed[i]) for i in order]
+        dedupe.mark_seen(session, data, now, [ids[i] for i in order])
         for rejected in parsed:
             if isinstance(rejected, Rejected):
                 session.add(quarantine_row(rejected, now))

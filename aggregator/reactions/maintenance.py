@@ -67,12 +67,7 @@ class MaintenanceReaction:
             old = self._parsed(key, old_json)
             # In window order; a window not newer than the last one seen is stale (a
             # redelivered or replayed window is never counted twice).
-            fresh: list[tuple[PredictionPoint, float]] = []
-            last = old[-1].window_end if old else None
-            for entry in sorted(by_key[key], key=_window_end):
-                if last is None or entry[0].window_end > last:
-                    fresh.append(entry)
-                    last = entry[0].window_end
+            fresh = _fresh(by_key[key], old[-1].window_end if old else None)
             if not fresh:
                 continue
             hits = k_of_n_triggers([w.alert for w in old], [p.alert for p, _ in fresh],
@@ -147,6 +142,29 @@ class MaintenanceReaction:
 
 def _window_end(entry: tuple[PredictionPoint, float]) -> datetime:
     return entry[0].window_end
+
+
+def _fresh(entries: list[tuple[PredictionPoint, float]],
+           last: datetime | None) -> list[tuple[PredictionPoint, float]]:
+    """The entries newer than ``last`` and than every entry before them, in window order.
+
+    Windows nearly always arrive in order, and then ``entries`` are the answer as they
+    stand: only when one is not newer than the one before are they sorted (a key call per
+    entry is most of what sorting costs).
+    """
+    previous = last
+    for point, _ in entries:
+        if previous is not None and point.window_end <= previous:
+            break
+        previous = point.window_end
+    else:
+        return entries  # strictly increasing, all after ``last``: what sorting would keep
+    fresh = []
+    for entry in sorted(entries, key=_window_end):
+        if last is None or entry[0].window_end > last:
+            fresh.append(entry)
+            last = entry[0].window_end
+    return fresh
 
 
 class _Windows:

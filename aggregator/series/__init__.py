@@ -69,6 +69,7 @@ __all__ = [
     "from_ns",
     "open_series",
     "pair_up",
+    "prediction_points",
     "role_of",
     "to_ns",
 ]
@@ -89,7 +90,6 @@ def role_of(model: ModelRef) -> str:
     return SHADOW if model.shadow else LIVE
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_US = timedelta(microseconds=1)
 # What InfluxDB's signed 64-bit nanosecond timestamps hold, the narrowest of the backends,
 # to the whole second inside.
 TIME_MIN = datetime(1677, 9, 21, 0, 12, 44, tzinfo=UTC)
@@ -112,7 +112,10 @@ def to_ns(value: datetime) -> int:
     >>> to_ns(datetime(2026, 1, 1, 0, 0, 0, 1, tzinfo=UTC))
     1767225600000001000
     """
-    return (value - _EPOCH) // _ONE_US * 1000
+    # The timedelta's own parts: half the cost of dividing by a one-microsecond
+    # timedelta, and as exact (this runs twice for every prediction written to InfluxDB).
+    d = value - _EPOCH
+    return ((d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds) * 1000
 
 
 def from_ns(value: int) -> datetime:
@@ -177,6 +180,55 @@ class PredictionPoint:
         # Inline: this runs for every stored window, and the helper's **kwargs cost more.
         if self.window_start.tzinfo is None or self.window_end.tzinfo is None:
             _require_aware(window_start=self.window_start, window_end=self.window_end)
+
+
+@dataclass(slots=True)
+class _UncheckedPrediction:
+    """``PredictionPoint``'s very fields and slots, neither frozen nor checked: what
+    :func:`prediction_points` builds and then turns into a ``PredictionPoint``."""
+
+    site: str
+    line: str
+    agent: str
+    asset: str
+    model: str
+    model_version: str
+    window_start: datetime
+    window_end: datetime
+    score: float
+    alert: bool
+    seq: int
+    role: str = LIVE
+
+
+# The class swap in prediction_points needs the very same slots, in the same order.
+if getattr(_UncheckedPrediction, "__slots__", None) != getattr(PredictionPoint, "__slots__", ()):
+    raise TypeError("_UncheckedPrediction must have PredictionPoint's fields, in order")
+
+
+def prediction_points(
+    site: str, line: str, agent: str, model: str, model_version: str, seq: int, role: str,
+    predictions: Iterable[Any],
+) -> list[PredictionPoint]:
+    """The stored points of a decoded envelope's predictions (``contract.wire.Prediction``,
+    whose times the contract already checked to be aware UTC), all sent with one model and
+    seq.
+
+    The bulk of ingest: a frozen dataclass's ``__init__`` sets each of its 12 fields
+    through ``object.__setattr__`` and then runs ``__post_init__``, 5-8 times the cost of
+    a plain slots class. Each point is built as that plain twin and becomes a
+    ``PredictionPoint`` by a class swap (same slots, so the same memory layout): an equal,
+    frozen ``PredictionPoint`` in every respect, for a fifth of the CPU.
+    """
+    out: list[PredictionPoint] = []
+    append = out.append
+    point, frozen = _UncheckedPrediction, PredictionPoint
+    for p in predictions:
+        built: Any = point(site, line, agent, p.asset, model, model_version, p.window_start,
+                           p.window_end, p.score, p.alert, seq, role)
+        built.__class__ = frozen
+        append(built)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
