@@ -85,7 +85,8 @@ def publish(model_dir: Path, url: str, token: str, answers: int | None = None
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:  # noqa: S310
             return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
-        body = exc.read()
+        with exc:  # it holds the response's socket
+            body = exc.read()
         try:
             answer = json.loads(body)
         except ValueError:
