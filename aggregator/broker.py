@@ -47,6 +47,9 @@ class EmbeddedBroker:
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._error: BaseException | None = None
+        # Every connection the listener accepted: amqtt closes the sessions it knows of, but
+        # not one cut off before its CONNECT, whose socket then outlives the loop.
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def url(self) -> str:
@@ -116,8 +119,23 @@ class EmbeddedBroker:
         # amqtt's Broker takes the running loop in its constructor, so build it here.
         from amqtt.broker import Broker  # type: ignore[import-untyped]
 
-        self._broker = Broker(self._config())
-        await self._broker.start()
+        broker = Broker(self._config())
+        accept = broker.stream_connected
+        writers = self._writers
+
+        async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                          listener_name: str) -> None:
+            writers.add(writer)
+            try:
+                await accept(reader, writer, listener_name)
+            finally:
+                writers.discard(writer)
+                writer.close()
+
+        # Looked up on the instance when start() builds the listener's callback.
+        broker.stream_connected = tracked
+        self._broker = broker
+        await broker.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Close every client session and the listener, then end the thread. Idempotent."""
@@ -145,3 +163,8 @@ class EmbeddedBroker:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        for writer in list(self._writers):
+            writer.close()
+        self._writers.clear()
+        # One loop round lets the transports' close callbacks run before the loop stops.
+        await asyncio.sleep(0)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import socket
 import threading
+import warnings
 from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
@@ -87,3 +90,22 @@ def test_busy_port_is_a_broker_error(broker: EmbeddedBroker) -> None:
 def test_refuses_a_bad_port() -> None:
     with pytest.raises(ValueError, match="port"):
         EmbeddedBroker("127.0.0.1", 0)
+
+
+def test_stop_closes_a_connection_that_never_sent_connect() -> None:
+    """A client cut off before its CONNECT (a probe, a half-open link) must not leave its
+    socket to the garbage collector after the broker's loop is gone: that warning surfaces
+    in whatever runs next."""
+    embedded = EmbeddedBroker("127.0.0.1", free_port())
+    embedded.start()
+    probe = socket.create_connection(("127.0.0.1", embedded.port))
+    try:
+        wait_until(lambda: len(embedded._writers) == 1, what="the connection accepted")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            embedded.stop()
+            gc.collect()
+        assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
+        assert probe.recv(1) == b""  # the broker closed its end
+    finally:
+        probe.close()
