@@ -13,10 +13,12 @@ Per batch, in this order (the order is the guarantee):
    points: nothing doubles);
 4. one SQL transaction: seen msg_ids (``dedupe``), quarantine rows (``quarantine``), then
    the accepted batch goes to each reaction in turn (``reactions``: the agent registry,
-   the maintenance rule, ...), all in that same transaction. Envelopes of a shadow model
-   (``ModelRef.role == "shadow"``) are stored and confirmed like any other, but their
-   predictions and drift items reach only the reactions that account for messages
-   (agents, delivery): no rule state, condition or ticket comes of them.
+   the maintenance rule, ...), all in that same transaction. The reactions that account
+   for messages (agents, delivery) see the whole batch; the others see it in event-time
+   slices (``reactions.eventtime``: cut at its drift events, so a backlog is judged as it
+   was live). Envelopes of a shadow model (``ModelRef.role == "shadow"``) are stored and
+   confirmed like any other, but reach only the accounting reactions: no rule state,
+   condition or ticket comes of them.
 
 Only when ``handle_batch`` returns may the subscriber acknowledge the messages.
 """
@@ -28,7 +30,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, cast
 from uuid import UUID
@@ -40,7 +42,7 @@ from aggregator import dedupe
 from aggregator.db import SessionFactory
 from aggregator.errors import DatabaseUnavailableError
 from aggregator.quarantine import RejectionLog, quarantine_row
-from aggregator.reactions import Batch, Reaction, standard
+from aggregator.reactions import Batch, Reaction, eventtime, standard
 from aggregator.series import SeriesStore
 from aggregator.settings import Settings
 from aggregator.validate import DataMessage, Parsed, RawMessage, Rejected, StatusMessage, parse
@@ -227,15 +229,19 @@ class Ingestor:
                 session.add(quarantine_row(rejected, now))
         statuses = [p for p in parsed if isinstance(p, StatusMessage)]
         batch = Batch(data, statuses, now)
+        for reaction in self.reactions:
+            if reaction.name in _ACCOUNTING:
+                reaction.react(session, batch)
+        # A shadow model is being judged, not trusted: its messages are stored, deduped and
+        # confirmed (the accounting reactions above saw them), but no rule, condition or
+        # ticket ever sees them, nor its health reports' estimates.
         judged = batch
         if any(d.envelope.model.shadow for d in data):
-            # A shadow model is being judged, not trusted: its windows and drift items are
-            # stored, deduped and confirmed (the reactions that account for messages see
-            # them), but no rule, condition or ticket ever sees them.
-            judged = Batch([replace(d, points=[], drift=[]) if d.envelope.model.shadow else d
-                            for d in data], statuses, now)
-        for reaction in self.reactions:
-            reaction.react(session, batch if reaction.name in _ACCOUNTING else judged)
+            judged = Batch([d for d in data if not d.envelope.model.shadow], statuses, now)
+        for part in eventtime.slices(judged):
+            for reaction in self.reactions:
+                if reaction.name not in _ACCOUNTING:
+                    reaction.react(session, part)
         return fresh
 
     def _count(self, parsed: list[Parsed], outcomes: list[Outcome]) -> None:

@@ -50,8 +50,9 @@ def report(minute: int, high: float) -> Health:
                       f1=f1))
 
 
-def send(ingestor: Ingestor, seq: int, *health: Health, agent: str = "gw-1") -> None:
-    env = envelope(agent, seq, list(health), model=FD001)
+def send(ingestor: Ingestor, seq: int, *health: Health, agent: str = "gw-1",
+         model: ModelRef = FD001) -> None:
+    env = envelope(agent, seq, list(health), model=model)
     (outcome,) = ingestor.handle_batch([RawMessage(data_topic(agent, "health"), encode(env))])
     assert outcome.status == "accepted", outcome
 
@@ -97,6 +98,23 @@ def test_an_uncalibrated_or_alert_free_estimate_neither_counts_nor_breaks_the_ru
     assert retraining(sessions) == []
     send(ingestor, 1, report(3, TARGET - 0.2))
     assert len(retraining(sessions)) == 1
+
+
+def test_a_shadow_models_estimates_open_nothing_and_leave_the_live_run_alone(
+    plant: tuple[Ingestor, SessionFactory, Settings],
+) -> None:
+    """A shadow model is judged by the promotion gate, not by tickets; its reports come
+    from the same gateway, so they must not count in (or break) the live model's run."""
+    ingestor, sessions, _ = plant
+    shadow = FD001.model_copy(update={"role": "shadow"})  # the card's version: a target
+    below, above = TARGET - 0.01, TARGET + 0.01
+    send(ingestor, 0, report(0, below), report(1, below), report(2, below), model=shadow)
+    assert retraining(sessions) == []
+    send(ingestor, 1, report(3, below), report(4, below))  # live: two in a row
+    send(ingestor, 2, report(5, above), model=shadow)  # would end the live run if counted
+    send(ingestor, 3, report(6, below))
+    (ticket,) = retraining(sessions)
+    assert ticket.evidence["performance"]["reports_below"] == 3
 
 
 def outcomes(sessions: SessionFactory, settings: Settings, real: int, false: int) -> None:

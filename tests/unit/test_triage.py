@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from aggregator import tickets
 from aggregator.db import AssetCondition, SessionFactory, Ticket, open_engine, open_sessions
-from aggregator.ingest import Ingestor
+from aggregator.ingest import Ingestor, RawMessage
 from aggregator.series.sqlite import SqliteSeriesStore
 from contract.wire import DriftEvent, Range
 
@@ -205,3 +205,58 @@ def test_a_condition_that_ended_no_longer_holds_the_risk_back(
     feed.condition("pump-1", "s2.mean", "envelope", ["s2"], minute=4, state="end")
     feed.scores("pump-1", [0.9, 0.9, 0.9], start=6)
     assert sorted(live(sessions)) == [("maintenance", "pump-1"), ("sensor", "pump-1")]
+
+
+# Three assets' histories, in plant time: (minute of arrival, what came). pump-1's alerts
+# come before the sensor fault that explains them is detected; pump-2's fault is known
+# before its alerts; pump-3's alerts began before its fault did.
+HISTORY: list[tuple[str, str, list[Any]]] = [
+    ("predictions", "pump-1", [0.9, 0.9, 0.9]),  # windows ending at minutes 3..5
+    ("drift", "pump-2", [_event("pump-2", "s11", "step", ["s11"], 2, 1, "start")]),
+    ("predictions", "pump-2", [0.9, 0.9, 0.9]),
+    ("predictions", "pump-3", [0.9, 0.9, 0.9]),
+    ("drift", "pump-1", [_event("pump-1", "s11", "step", ["s11"], 8, 2, "start")]),
+    ("drift", "pump-3", [_event("pump-3", "s4", "step", ["s4"], 9, 6, "start")]),
+]
+
+
+def _digest(sessions: SessionFactory, site: str) -> list[tuple[Any, ...]]:
+    """What a maintenance lead sees of a site's tickets (not when they were received)."""
+    return sorted(
+        (t.asset, t.kind, t.status, t.opened_at, t.escalations,
+         t.evidence.get("reclassified_from", {}).get("kind"),
+         len(t.evidence.get("untrusted_risk", {}).get("scores", [])))
+        for t in all_tickets(sessions) if t.site == site)
+
+
+def test_a_backlog_is_judged_in_event_time_as_it_was_live(
+    ingestor: Ingestor, sessions: SessionFactory
+) -> None:
+    """The same history received live (a message at a time) and as one backlog batch whose
+    messages arrive kind by kind (all drift first, as an outbox flush may send them):
+    the same tickets, reclassifications included."""
+    for asset in ("other-1", "other-2", "other-3"):  # the sites know more assets
+        for site in ("live", "late"):
+            ingestor.handle(data_topic(AGENT, site=site), payload(AGENT, 0, predictions(
+                asset, [0.1])))
+    backlog = []
+    for seq, (kind, asset, items) in enumerate(HISTORY, start=1):
+        if kind == "predictions":
+            items = predictions(asset, items, start=3)
+        outcome = ingestor.handle(data_topic(AGENT, kind, site="live"),
+                                  payload(AGENT, seq, items))
+        assert outcome.status == "accepted"
+        backlog.append(RawMessage(data_topic(AGENT, kind, site="late"),
+                                  payload(AGENT, seq, items)))
+    backlog.sort(key=lambda m: "predictions" in m.topic)  # every drift message first
+    assert {o.status for o in ingestor.handle_batch(backlog)} == {"accepted"}
+
+    live_tickets = _digest(sessions, "live")
+    assert [(asset, kind, reclassified) for asset, kind, _, _, _, reclassified, _
+            in live_tickets] == [
+        ("pump-1", "sensor", "maintenance"),  # opened on its alerts, then explained
+        ("pump-2", "sensor", None),
+        ("pump-3", "maintenance", None),  # its alerts began before the fault: they stand
+        ("pump-3", "sensor", None)]
+    assert live_tickets[1][-1] == 3  # pump-2's risk is evidence on its sensor ticket
+    assert _digest(sessions, "late") == live_tickets
