@@ -42,7 +42,7 @@ from contract.card import ModelCard
 pytestmark = pytest.mark.integration
 
 V1 = ModelCard.load(MODEL).version
-TICK_S = 0.05  # replay pace: 203 ticks, about 10 s
+TICK_S = 0.025  # replay pace: 203 ticks, about 5 s
 
 
 def _version(tmp: Path, ver: str, *, broken: bool = False) -> Path:

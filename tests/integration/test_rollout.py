@@ -220,8 +220,12 @@ def test_shadow_canary_rollback_and_a_failing_canary_rolled_back_by_the_gate(
         retraining = [t for t in registry.call("GET", "/tickets",
                                                params={"kind": "retraining"}).json()
                       if t["model_version"] == "3.0.0"]
-        assert len(retraining) == 1
-        rollout = retraining[0]["evidence"]["rollout"]
+        # One ticket for the rollback. A canary that alerts on nearly every window may
+        # also trip its agent's alert-rate monitor: that one is the drift rule's, and says so.
+        (rolled_back,) = [t for t in retraining if "rollout" in t["evidence"]]
+        assert all("rollout" in t["evidence"] or "assets_moved" in t["evidence"]
+                   for t in retraining)
+        rollout = rolled_back["evidence"]["rollout"]
         assert rollout["assignment"] == forced and rollout["reasons"]
         registry.running({a: (V1, None) for a in AGENTS},
                          "both back on the shipped version after the automatic rollback")
