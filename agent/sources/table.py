@@ -199,11 +199,14 @@ def _read_file(file: Path, table: TableConfig, channels: Sequence[str],
                 else table.asset.template.format(_stem(file)))
         names = np.full(n, name, dtype=object)
     out = []
+    # Parsed once for the file: per asset it was a pass over every row for each asset.
+    times = (None if table.time.column is None
+             else _times(file, columns[table.time.column], table.time, once))
     assets = list(dict.fromkeys(names.tolist()))  # first appearance
     for asset in assets:
         rows = np.flatnonzero(names == asset)
-        if table.time.column is not None:
-            t = _times(file, columns[table.time.column], table.time, once)[rows]
+        if times is not None:
+            t = times[rows]
         else:
             t = np.arange(len(rows), dtype=np.float64) * float(table.time.period_s or 1.0)
         keep = np.isfinite(t)
