@@ -17,7 +17,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from aggregator.db import AssetCondition, RuleState
-from aggregator.rules import SENSOR_DETECTORS, triage
+from aggregator.rules import SENSOR_DETECTORS, ConditionLike, triage
 from contract.wire import DriftEvent, Envelope, TopicParts
 
 __all__ = [
@@ -81,26 +81,43 @@ def active(session: Session, site: str, assets: Iterable[str]) -> dict[str, list
     return out
 
 
-def during(session: Session, site: str, asset: str, start: datetime,
-           end: datetime) -> list[AssetCondition]:
-    """The asset's conditions active at some time in [start, end] (event time: begun by
-    ``end``, not ended by ``start``), oldest first, ended ones included."""
-    query = select(AssetCondition).where(
-        AssetCondition.site == site, AssetCondition.asset == asset,
-        AssetCondition.since <= end,
-        or_(AssetCondition.ended_at.is_(None), AssetCondition.ended_at > start))
-    return list(session.scalars(query.order_by(AssetCondition.since, AssetCondition.id)))
+def during(session: Session, site: str,
+                spans: dict[str, tuple[datetime, datetime]]) -> dict[str, list[AssetCondition]]:
+    """By asset, its conditions active at some time in its own [start, end] (event time:
+    begun by ``end``, not ended by ``start``), oldest first, ended ones included; one
+    query per 500 assets."""
+    out: dict[str, list[AssetCondition]] = {asset: [] for asset in spans}
+    names = sorted(spans)
+    for first in range(0, len(names), 500):  # every backend's parameter limit
+        chunk = names[first:first + 500]
+        start = min(spans[a][0] for a in chunk)
+        end = max(spans[a][1] for a in chunk)
+        query = select(AssetCondition).where(
+            AssetCondition.site == site, AssetCondition.asset.in_(chunk),
+            AssetCondition.since <= end,
+            or_(AssetCondition.ended_at.is_(None), AssetCondition.ended_at > start))
+        for row in session.scalars(query.order_by(AssetCondition.since, AssetCondition.id)):
+            low, high = spans[row.asset]
+            if row.since <= high and (row.ended_at is None or row.ended_at > low):
+                out[row.asset].append(row)
+    return out
 
 
 def foreign_assets(session: Session, site: str, model: str, version: str,
-                   sensor_channels: int) -> dict[str, list[AssetCondition]]:
-    """Assets of the site whose active conditions triage as foreign to the model."""
-    query = select(AssetCondition).where(
+                   sensor_channels: int) -> dict[str, list[ConditionLike]]:
+    """Assets of the site whose active conditions triage as foreign to the model, with
+    those conditions (what triage reads of them: detector, channels, since).
+
+    Asked once per batch slice, over every active condition of the site: only the columns
+    triage reads are loaded, not whole rows (a site out of its envelope has thousands).
+    """
+    query = select(AssetCondition.asset, AssetCondition.detector, AssetCondition.channels,
+                   AssetCondition.since).where(
         AssetCondition.site == site, AssetCondition.model_name == model,
         AssetCondition.model_version == version, AssetCondition.ended_at.is_(None),
         AssetCondition.asset != FLEET)
-    by_asset: dict[str, list[AssetCondition]] = {}
-    for row in session.scalars(query):
+    by_asset: dict[str, list[ConditionLike]] = {}
+    for row in session.execute(query):
         by_asset.setdefault(row.asset, []).append(row)
     return {a: rows for a, rows in by_asset.items()
             if triage(rows, sensor_channels).kind == "foreign"}

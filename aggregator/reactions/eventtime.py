@@ -14,7 +14,7 @@ A batch without drift events is one slice, itself: nothing is copied on the comm
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -32,9 +32,18 @@ def slices(batch: Batch) -> list[Batch]:
     Statuses go with the first slice; a message contributes to every slice it has items
     in, keeping its topic, envelope header and model, and its items' order.
     """
-    cuts = sorted({d.at for item in batch.data for d in item.drift})
-    if not cuts:
+    instants = sorted({d.at for item in batch.data for d in item.drift})
+    if not instants:
         return [batch]
+    # Instants with nothing else between them are one cut: their events reach the
+    # reactions together, as they would in one message, and each slice costs a round of
+    # every reaction.
+    others = sorted({p.window_end for item in batch.data for p in item.points}
+                    | {h.at for item in batch.data for h in item.health})
+    cuts = [instants[0]]
+    for at in instants[1:]:
+        if bisect_left(others, at) > bisect_left(others, cuts[-1]):
+            cuts.append(at)
     parts: list[list[DataMessage]] = [[] for _ in range(len(cuts) + 1)]
     for item in batch.data:
         for index, piece in _cut(item, cuts):

@@ -27,7 +27,7 @@ from aggregator import conditions, tickets
 from aggregator.db import AssetCondition
 from aggregator.reactions import Batch
 from aggregator.reactions.state import Windows, load_states, save_states
-from aggregator.rules import KOfN, ScoredWindow, k_of_n_triggers, triage
+from aggregator.rules import KOfN, ScoredWindow, Verdict, k_of_n_triggers, triage
 from aggregator.series import PredictionPoint
 from aggregator.settings import Settings
 
@@ -85,8 +85,14 @@ class MaintenanceReaction:
             changed[key] = new_json
             self._memo[key] = (new_json, windows)
         save_states(session, self.name, changed, batch.now)
-        for site, asset, triggers in triggered:
-            self._triggered(session, site, asset, triggers, batch)
+        # One query per site for what was active at any trigger's window end.
+        for site in sorted({site for site, _, _ in triggered}):
+            mine = [(asset, triggers) for s, asset, triggers in triggered if s == site]
+            during = conditions.during(session, site, {
+                asset: (triggers[0].point.window_end, triggers[-1].point.window_end)
+                for asset, triggers in mine})
+            for asset, triggers in mine:
+                self._triggered(session, site, asset, triggers, during[asset], batch)
 
     def _parsed(self, key: tuple[str, str], stored: Windows) -> list[ScoredWindow]:
         """The windows a row holds; parsed again only when it is not what this reaction
@@ -97,15 +103,24 @@ class MaintenanceReaction:
         return [ScoredWindow.from_json(w) for w in stored]
 
     def _triggered(self, session: Session, site: str, asset: str, triggers: list[_Trigger],
-                   batch: Batch) -> None:
+                   during: list[AssetCondition], batch: Batch) -> None:
         """Every trigger, in event-time order: trusted ones open or escalate the asset's
         maintenance ticket (the first opens it at its window's end, each later one is an
-        escalation); untrusted ones go to the sensor or inspect ticket as evidence."""
-        # One query for all of them: what was active at any trigger's window end.
-        during = conditions.during(session, site, asset, triggers[0].point.window_end,
-                                   triggers[-1].point.window_end)
-        trusted = [t for t in triggers if not self._untrusted(session, site, asset, t,
-                                                              during, batch)]
+        escalation); untrusted ones go to the sensor or inspect ticket as evidence.
+        ``during``: the asset's conditions active at some trigger's window end."""
+        trusted = []
+        # Per ticket kind, the newest untrusted trigger (its windows are the evidence kept)
+        # and how many there were: an asset out of the envelope may trigger on every window.
+        held: dict[tickets.Kind, tuple[_Trigger, Verdict, int]] = {}
+        for trigger in triggers:
+            verdict = self._distrust(trigger, during)
+            if verdict is None:
+                trusted.append(trigger)
+                continue
+            kind: tickets.Kind = "sensor" if verdict.kind == "sensor" else "inspect"
+            held[kind] = (trigger, verdict, held.get(kind, (trigger, verdict, 0))[2] + 1)
+        for kind, (trigger, verdict, count) in held.items():
+            self._hold(session, site, asset, kind, trigger, verdict, count, batch)
         if not trusted:
             return
         first, last = trusted[0], trusted[-1]
@@ -118,26 +133,31 @@ class MaintenanceReaction:
             cooldown=self.cooldown,
         )
 
-    def _untrusted(self, session: Session, site: str, asset: str, trigger: _Trigger,
-                   during: list[AssetCondition], batch: Batch) -> bool:
+    def _distrust(self, trigger: _Trigger, during: list[AssetCondition]) -> Verdict | None:
+        """Why the trigger's risk is not trusted (a condition active at its window end
+        that triage judges), or None when it is."""
         at = trigger.point.window_end
         active = [r for r in during if r.since <= at and (r.ended_at is None or r.ended_at > at)]
         if not active:
-            return False
+            return None
         verdict = triage(active, self.sensor_channels)
         if verdict.kind is None or verdict.since is None or verdict.since > at:
-            return False
-        evidence = {"k": self.k, "n": self.n, "scores": [w.to_json() for w in trigger.windows]}
-        kind: tickets.Kind = "sensor" if verdict.kind == "sensor" else "inspect"
+            return None
+        return verdict
+
+    def _hold(self, session: Session, site: str, asset: str, kind: tickets.Kind,
+              trigger: _Trigger, verdict: Verdict, count: int, batch: Batch) -> None:
+        """Put the untrusted risk on the asset's sensor or inspect ticket, and say so once."""
         ticket = tickets.open_ticket(session, site, asset, kind)
         if ticket is not None:
-            ticket.evidence = {**ticket.evidence, "untrusted_risk": evidence}
+            ticket.evidence = {**ticket.evidence, "untrusted_risk": {
+                "k": self.k, "n": self.n, "scores": [w.to_json() for w in trigger.windows]}}
             ticket.updated_at = batch.now
-        logger.info("%s/%s: risk over the threshold in %s of %s windows, not trusted: %s "
-                    "since %s (%s)", site, asset, sum(w.alert for w in trigger.windows),
-                    len(trigger.windows), verdict.kind, verdict.since.isoformat(),
+        since = "?" if verdict.since is None else verdict.since.isoformat()
+        logger.info("%s/%s: the rule triggered %d time%s up to %s, not trusted: %s since %s "
+                    "(%s)", site, asset, count, "" if count == 1 else "s",
+                    trigger.point.window_end.isoformat(), verdict.kind, since,
                     ", ".join(verdict.channels))
-        return True
 
 
 def _window_end(entry: tuple[PredictionPoint, float]) -> datetime:

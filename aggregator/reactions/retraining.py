@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from aggregator import conditions, tickets
 from aggregator.db import AgentRecord, AssetCondition, RuleState, Ticket
 from aggregator.reactions import Batch
-from aggregator.rules import ScoredWindow, poisson_tail
+from aggregator.rules import ConditionLike, ScoredWindow, poisson_tail
 from aggregator.settings import Settings
 from contract.wire import DriftEvent
 
@@ -153,7 +153,7 @@ def _agents(session: Session, site: str, line: str | None,
 
 def _bundle(session: Session, site: str, recent: list[AssetCondition],
             moved: dict[str, list[AssetCondition]], rate_agents: list[str],
-            blind: dict[str, list[AssetCondition]], expected: float, p: float,
+            blind: dict[str, list[ConditionLike]], expected: float, p: float,
             n_agents: int) -> dict[str, Any]:
     start = min(r.since for r in recent)
     end = max(r.detected_at for r in recent)

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from aggregator import conditions, tickets
 from aggregator.db import AssetCondition, RuleState, Ticket
 from aggregator.reactions import Batch
-from aggregator.rules import SENSOR_DETECTORS, Verdict, triage
+from aggregator.rules import SENSOR_DETECTORS, ConditionLike, Verdict, triage
 from aggregator.settings import Settings
 from contract.wire import DriftEvent
 
@@ -56,7 +56,7 @@ def first_alert(ticket: Ticket) -> datetime | None:
 
 
 def fleet_wide(session: Session, site: str, model: str, version: str,
-               settings: Settings) -> dict[str, list[AssetCondition]] | None:
+               settings: Settings) -> dict[str, list[ConditionLike]] | None:
     """The site's foreign assets when they are too many to be the assets' fault."""
     foreign = conditions.foreign_assets(session, site, model, version,
                                         settings.triage_sensor_channels)
@@ -93,7 +93,7 @@ class TriageReaction:
         for site in sorted({site for site, _ in touched}):
             assets = sorted(a for s, a in touched if s == site)
             active = conditions.active(session, site, assets)
-            fleets: dict[tuple[str, str], dict[str, list[AssetCondition]] | None] = {}
+            fleets: dict[tuple[str, str], dict[str, list[ConditionLike]] | None] = {}
             for asset in assets:
                 model, version, threshold = touched[site, asset]
                 if (model, version) not in fleets:
@@ -107,7 +107,7 @@ class TriageReaction:
 
     def _asset(self, session: Session, site: str, asset: str, rows: list[AssetCondition],
                model: str, version: str, threshold: float,
-               fleet: dict[str, list[AssetCondition]] | None, now: datetime) -> None:
+               fleet: dict[str, list[ConditionLike]] | None, now: datetime) -> None:
         verdict = triage(rows, self.settings.triage_sensor_channels)
         if verdict.kind is None:
             return
@@ -170,7 +170,7 @@ def _evidence(verdict: Verdict, rows: Iterable[AssetCondition]) -> dict[str, Any
     }
 
 
-def _supersede(session: Session, site: str, fleet: dict[str, list[AssetCondition]],
+def _supersede(session: Session, site: str, fleet: dict[str, list[ConditionLike]],
                now: datetime) -> None:
     """Close the open inspect tickets of a fleet-wide shift's assets, the sensor tickets
     that only a range suggested, and the maintenance tickets whose alerts began after the
