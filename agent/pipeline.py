@@ -400,6 +400,12 @@ class Agent:
             return
         old = self.model_ref
         self._use_live(live)
+        limits = live.calibration
+        if (limits.limits, limits.step_window) != (self.quality.limits,
+                                                   self.quality.step_window):
+            self.quality = self.quality.handover(limits.limits,
+                                                 step_window=limits.step_window)
+            self._rows.clear()  # the quality rows it caches were the old monitor's
         self.batcher.use(self.model_ref)
         self.shadow = shadow
         self._identity = self._make_identity()

@@ -172,6 +172,28 @@ class QualityMonitor:
         self._iv, self._iv_n, self._iv_at = (
             more(self._iv, np.inf), more(self._iv_n, 0), more(self._iv_at, 0))
 
+    def handover(self, limits: dict[str, ChannelLimits], *, step_window: int) -> QualityMonitor:
+        """A monitor for other limits (a new model's card) that takes over from this one.
+
+        Conditions judged by the old limits do not carry over: each one still active ends
+        at its asset's last reading, saying why, and the new limits judge from the next
+        reading on (a condition that still holds starts again under them). Events not yet
+        taken and the count of rejected readings go on.
+        """
+        new = QualityMonitor(self.channels, limits, step_window=step_window,
+                             impossible_spans=self.impossible_spans,
+                             gap_factor=self.gap_factor)
+        for asset in sorted(self._active):
+            at = float(self._last_t[self.row(asset)])
+            for channel, detector in sorted(self._active[asset]):
+                self._end(asset, channel, detector, at,
+                          f"the model changed: {channel} is judged by its card's limits "
+                          "from the next reading on")
+        new._pending = self._pending
+        self._pending = []
+        new.rejected_readings = self.rejected_readings
+        return new
+
     # -- conditions ------------------------------------------------------------------------
     def _start(self, asset: str, channel: str, detector: str, event: Event) -> None:
         active = self._active.setdefault(asset, set())

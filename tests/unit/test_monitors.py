@@ -181,3 +181,28 @@ def test_the_alert_rate_monitor_is_quiet_at_the_reference_rate_and_fires_above_i
     (event,) = m.events()
     assert event.state == "start" and 19_900 <= event.since_s <= event.at_s < 20_500
     assert event.current is not None and event.current > 0.2
+
+
+def test_a_new_models_limits_take_over_and_the_old_conditions_end_saying_why() -> None:
+    old = QualityMonitor(["t", "p"], {"t": ChannelLimits(0.0, 10.0, stuck_samples=3),
+                                      "p": ChannelLimits(0.0, 1.0)})
+    stuck = np.array([[2.0, 0.5]] * 4)
+    old.clean("a", np.arange(4.0), stuck)
+    old.clean("b", np.arange(2.0), np.array([[np.nan, 0.5], [3.0, 0.5]]))  # one rejected
+    assert [(e.asset, e.monitor, e.detector, e.state) for e in old.events()] == [
+        ("a", "t", "stuck", "start"), ("b", "t", "nan", "start"), ("b", "t", "nan", "end")]
+
+    # The new card no longer counts a flat t as stuck.
+    new = old.handover({"t": ChannelLimits(0.0, 10.0), "p": ChannelLimits(0.0, 1.0)},
+                       step_window=old.step_window)
+    (ended,) = new.events()
+    assert (ended.asset, ended.monitor, ended.detector, ended.state) == ("a", "t", "stuck", "end")
+    assert ended.at_s == 3.0 and "the model changed" in ended.detail
+    assert new.rejected_readings == old.rejected_readings == 1
+    new.clean("a", np.arange(4.0, 10.0), np.array([[2.0, 0.5]] * 6))
+    assert new.events() == []  # judged by the new limits only
+
+    # Limits that still call it stuck: it starts again once they see it.
+    again = old.handover(old.limits, step_window=old.step_window)
+    again.clean("a", np.arange(4.0, 8.0), stuck)
+    assert [(e.detector, e.state) for e in again.events()] == [("stuck", "start")]
