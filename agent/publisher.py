@@ -214,6 +214,14 @@ class Publisher:
                                           f"broker {self.link.broker} again")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        subscription = self._subscription
+        if subscription is None or not mqtt.topic_matches_sub(subscription, msg.topic):
+            # Not a command, nor anything asked for: amqtt (the embedded broker) hands a
+            # connecting client the retained messages of every client's subscriptions,
+            # its own status among them. Not the sender's fault: nothing to warn of.
+            logger.debug("ignored a message on %s, which this agent did not subscribe to",
+                         msg.topic)
+            return
         self._commands.put((msg.topic, bytes(msg.payload)))
         self._wake.set()
 

@@ -22,7 +22,7 @@ import pytest
 from agent_support import agent_cfg
 from aggregator_support import wait_until
 from paho.mqtt.enums import CallbackAPIVersion
-from servers import MosquittoServer
+from servers import MosquittoServer, free_port
 
 from agent import config as agent_config
 from agent.config import MqttConfig
@@ -30,6 +30,7 @@ from agent.delivery import PING_PONG_S, Confirmation
 from agent.outbox import Outbox
 from agent.pipeline import Agent, RunReport
 from agent.publisher import Publisher
+from aggregator.broker import EmbeddedBroker
 from contract import wire
 
 pytestmark = pytest.mark.integration
@@ -367,3 +368,44 @@ def test_an_overflowing_outbox_reports_exactly_what_it_dropped(
         assert u.first_at is not None and u.last_at is not None
         assert began <= u.first_at <= u.last_at <= ended
     assert reports[0].drained and reports[0].progress.confirmed == len(received)
+
+
+def test_what_the_broker_sends_beyond_the_subscription_is_not_a_bad_command(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """amqtt, the embedded broker of the demo, hands a connecting client the retained
+    messages matching anybody's subscription: the agent's own retained status reached it as
+    an "unknown command", with a warning at every start. Real amqtt and a real listener
+    subscribed to everything, as the aggregator is."""
+    broker = EmbeddedBroker("127.0.0.1", free_port())
+    broker.start()
+    listener = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="everything")
+    subscribed = threading.Event()
+    listener.on_subscribe = lambda *_a: subscribed.set()
+    listener.connect("127.0.0.1", broker.port)
+    listener.loop_start()
+    publisher = None
+    try:
+        listener.subscribe("linewatch/v1/#", qos=1)
+        assert subscribed.wait(5)
+        status = wire.topic(SITE, LINE, AGENT, "status")
+        listener.publish(status, b'{"retained": "status"}', qos=1, retain=True).wait_for_publish(5)
+        caplog.set_level(logging.DEBUG, logger="agent.publisher")
+        publisher = Publisher(
+            MqttConfig(url=broker.url), Outbox(tmp_path / "outbox.db"),
+            client_id=f"linewatch-agent-{AGENT}", status_topic=status,
+            status=lambda state, ts: wire.encode(wire.Status.build(AGENT, state)),
+            confirmation=Confirmation(site=SITE, line=LINE, agent=AGENT, timeout_s=60))
+        publisher.start()
+        wait_until(lambda: any(r.getMessage() == f"ignored a message on {status}, which this "
+                               "agent did not subscribe to" for r in caplog.records), 10,
+                   what="the stray retained status")
+        assert publisher.bad_commands == 0
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    finally:
+        if publisher is not None:
+            publisher.close()
+            publisher.outbox.close()
+        listener.loop_stop()
+        listener.disconnect()
+        broker.stop()
