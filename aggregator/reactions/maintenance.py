@@ -72,8 +72,11 @@ class MaintenanceReaction:
             fresh = _fresh(by_key[key], old[-1].window_end if old else None)
             if not fresh:
                 continue
-            hits = k_of_n_triggers([w.alert for w in old], [p.alert for p in fresh],
-                                   self.k, self.n)
+            before, alerts = [w.alert for w in old], [p.alert for p in fresh]
+            # With no alert among the new windows nor the n - 1 before them, no window can
+            # leave k >= 1 of n alerting: a quiet asset's windows are not counted one by one.
+            hits = (k_of_n_triggers(before, alerts, self.k, self.n)
+                    if True in alerts or True in before[len(before) + 1 - self.n:] else [])
             # Window objects only for what is kept (the last n) and what triggered.
             every = _Windows(old, fresh)
             if hits:
