@@ -106,6 +106,35 @@ def test_fast_lines_equal_line_protocol() -> None:
     assert prediction_lines([]) == []
 
 
+def test_fast_lines_tell_senders_apart_by_value() -> None:
+    # Senders are told apart by identity first: equal names that are other objects, and
+    # senders that differ in one field only, interleaved, must still get their own tags.
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    end = t + timedelta(minutes=1)
+
+    def copy(text: str) -> str:
+        return "".join(list(text))  # equal, not the same object
+
+    points = [
+        PredictionPoint("plant", "l1", "gw-1", "pump", "m", "3", t, end, 0.1, False, 1),
+        PredictionPoint(copy("plant"), copy("l1"), copy("gw-1"), copy("pump"), copy("m"),
+                        copy("3"), t, end, 0.2, False, 1),
+        PredictionPoint("plant", "l1", "gw-1", "pump", "m", "3", t, end, 0.1, False, 2),
+        PredictionPoint("plant", "l1", "gw-2", "pump", "m", "3", t, end, 0.1, False, 1),
+        PredictionPoint("plant", "l2", "gw-1", "pump", "m", "3", t, end, 0.1, False, 1),
+        PredictionPoint("plant", "l1", "gw-1", "pump", "m", "4", t, end, 0.1, False, 1),
+        PredictionPoint("plant", "l1", "gw-1", "pump", "n", "3", t, end, 0.1, False, 1),
+        PredictionPoint("other", "l1", "gw-1", "pump", "m", "3", t, end, 0.1, False, 1),
+        PredictionPoint("plant", "l1", "gw-1", "pump", "m", "3", t, end, 0.1, False, 1,
+                        SHADOW),
+        PredictionPoint("plant", "l1", "gw-1", "fan", "m", "3", t, end, 0.1, False, 1),
+        PredictionPoint("plant", "l1", "gw-1", "pump", "m", "3", t, end, 0.1, False, 1),
+    ]
+    lines = prediction_lines(points)
+    assert lines == [line_protocol(p) for p in points]
+    assert len(set(lines)) == len(lines) - 1  # only the first and last are the same line
+
+
 def test_fast_lines_of_parsed_messages_equal_line_protocol() -> None:
     messages = [parse(RawMessage(data_topic(f"gw-{n}"), payload(f"gw-{n}", n, [
         *predictions("engine-1", [0.1, 0.8, 0.75], start=n),
