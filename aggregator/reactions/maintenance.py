@@ -52,12 +52,7 @@ class MaintenanceReaction:
         self._memo: dict[tuple[str, str], tuple[Windows, list[ScoredWindow]]] = {}
 
     def react(self, session: Session, batch: Batch) -> None:
-        # Points only, no (point, threshold) pair each: a tuple per window cost more than
-        # the rest of this loop; the rare trigger looks its threshold up (_Thresholds).
-        by_key: dict[tuple[str, str], list[PredictionPoint]] = defaultdict(list)
-        for item in batch.data:
-            for point in item.points:
-                by_key[point.site, point.asset].append(point)
+        by_key = _by_key(batch)
         if not by_key:
             return
         stored = load_states(session, self.name, by_key, batch.now)
@@ -144,6 +139,28 @@ class MaintenanceReaction:
                     len(trigger.windows), verdict.kind, verdict.since.isoformat(),
                     ", ".join(verdict.channels))
         return True
+
+
+def _by_key(batch: Batch) -> dict[tuple[str, str], list[PredictionPoint]]:
+    """The batch's points by (site, asset), in arrival order.
+
+    No tuple per point, neither a (site, asset) key nor a (point, threshold) pair: with a
+    batch's tens of thousands of points alive, each such tuple cost more than the rest of
+    this loop (the garbage collector counts them too). A message's points share one site,
+    so the site's assets are looked up again only when a point's site is another object;
+    the rare trigger looks its threshold up (``_Thresholds``).
+    """
+    by_site: dict[str, defaultdict[str, list[PredictionPoint]]] = {}
+    site: str | None = None
+    assets: defaultdict[str, list[PredictionPoint]] = defaultdict(list)
+    for item in batch.data:
+        for point in item.points:
+            if point.site is not site:
+                site = point.site
+                assets = by_site.setdefault(site, defaultdict(list))
+            assets[point.asset].append(point)
+    return {(name, asset): points for name, by_asset in by_site.items()
+            for asset, points in by_asset.items()}
 
 
 def _window_end(point: PredictionPoint) -> datetime:
