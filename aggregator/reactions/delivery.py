@@ -243,10 +243,13 @@ def _add_hours(
     wanted = sorted({h for received, lost in hours.values() for h in (*received, *lost)})
     if not wanted:
         return
+    # Held here: the session's identity map keeps an unchanged object only while someone
+    # else refers to it, and without this every get() below was one more SELECT.
+    loaded: list[DeliveryHour] = []
     for start in range(0, len(agents), _CHUNK):
         chunk = agents[start:start + _CHUNK]
-        session.scalars(select(DeliveryHour).where(
-            DeliveryHour.agent_id.in_(chunk), DeliveryHour.hour.in_(wanted))).all()
+        loaded += session.scalars(select(DeliveryHour).where(
+            DeliveryHour.agent_id.in_(chunk), DeliveryHour.hour.in_(wanted)))
     for agent in agents:
         received, lost = hours[agent]
         for hour in sorted(set(received) | set(lost)):

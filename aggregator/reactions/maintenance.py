@@ -52,16 +52,13 @@ class MaintenanceReaction:
         self._memo: dict[tuple[str, str], tuple[Windows, list[ScoredWindow]]] = {}
 
     def react(self, session: Session, batch: Batch) -> None:
-        by_key: dict[tuple[str, str], list[tuple[PredictionPoint, float]]] = defaultdict(list)
-        for item in batch.data:
-            threshold = item.envelope.model.threshold
-            for point in item.points:
-                by_key[point.site, point.asset].append((point, threshold))
+        by_key = _by_key(batch)
         if not by_key:
             return
         stored = load_states(session, self.name, by_key, batch.now)
         changed: dict[tuple[str, str], Windows] = {}
         triggered: list[tuple[str, str, list[_Trigger]]] = []
+        threshold = _Thresholds(batch)
         for key in sorted(by_key):
             old_json = stored.get(key, [])
             old = self._parsed(key, old_json)
@@ -70,13 +67,17 @@ class MaintenanceReaction:
             fresh = _fresh(by_key[key], old[-1].window_end if old else None)
             if not fresh:
                 continue
-            hits = k_of_n_triggers([w.alert for w in old], [p.alert for p, _ in fresh],
-                                   self.k, self.n)
+            before, alerts = [w.alert for w in old], [p.alert for p in fresh]
+            # With no alert among the new windows nor the n - 1 before them, no window can
+            # leave k >= 1 of n alerting: a quiet asset's windows are not counted one by one.
+            hits = (k_of_n_triggers(before, alerts, self.k, self.n)
+                    if True in alerts or True in before[len(before) + 1 - self.n:] else [])
             # Window objects only for what is kept (the last n) and what triggered.
             every = _Windows(old, fresh)
             if hits:
                 triggered.append((*key, [
-                    _Trigger(*fresh[i], every.slice(len(old) + i + 1 - self.n, len(old) + i + 1))
+                    _Trigger(fresh[i], threshold(fresh[i]),
+                             every.slice(len(old) + i + 1 - self.n, len(old) + i + 1))
                     for i in hits]))
             windows = every.slice(len(every) - self.n, len(every))
             kept = max(0, len(windows) - len(fresh))
@@ -160,39 +161,82 @@ class MaintenanceReaction:
                     ", ".join(verdict.channels))
 
 
-def _window_end(entry: tuple[PredictionPoint, float]) -> datetime:
-    return entry[0].window_end
+def _by_key(batch: Batch) -> dict[tuple[str, str], list[PredictionPoint]]:
+    """The batch's points by (site, asset), in arrival order.
+
+    No tuple per point, neither a (site, asset) key nor a (point, threshold) pair: with a
+    batch's tens of thousands of points alive, each such tuple cost more than the rest of
+    this loop (the garbage collector counts them too). A message's points share one site,
+    so the site's assets are looked up again only when a point's site is another object;
+    the rare trigger looks its threshold up (``_Thresholds``).
+    """
+    by_site: dict[str, defaultdict[str, list[PredictionPoint]]] = {}
+    site: str | None = None
+    assets: defaultdict[str, list[PredictionPoint]] = defaultdict(list)
+    for item in batch.data:
+        for point in item.points:
+            if point.site is not site:
+                site = point.site
+                assets = by_site.setdefault(site, defaultdict(list))
+            assets[point.asset].append(point)
+    return {(name, asset): points for name, by_asset in by_site.items()
+            for asset, points in by_asset.items()}
 
 
-def _fresh(entries: list[tuple[PredictionPoint, float]],
-           last: datetime | None) -> list[tuple[PredictionPoint, float]]:
-    """The entries newer than ``last`` and than every entry before them, in window order.
+def _window_end(point: PredictionPoint) -> datetime:
+    return point.window_end
 
-    Windows nearly always arrive in order, and then ``entries`` are the answer as they
+
+def _fresh(points: list[PredictionPoint], last: datetime | None) -> list[PredictionPoint]:
+    """The points newer than ``last`` and than every point before them, in window order.
+
+    Windows nearly always arrive in order, and then ``points`` are the answer as they
     stand: only when one is not newer than the one before are they sorted (a key call per
-    entry is most of what sorting costs).
+    point is most of what sorting costs).
     """
     previous = last
-    for point, _ in entries:
+    for point in points:
         if previous is not None and point.window_end <= previous:
             break
         previous = point.window_end
     else:
-        return entries  # strictly increasing, all after ``last``: what sorting would keep
+        return points  # strictly increasing, all after ``last``: what sorting would keep
     fresh = []
-    for entry in sorted(entries, key=_window_end):
-        if last is None or entry[0].window_end > last:
-            fresh.append(entry)
-            last = entry[0].window_end
+    for point in sorted(points, key=_window_end):
+        if last is None or point.window_end > last:
+            fresh.append(point)
+            last = point.window_end
     return fresh
+
+
+class _Thresholds:
+    """The threshold each point of a batch was judged against: its envelope model's. Most
+    batches have one; a map by point is made only for a batch with several, and only when
+    a trigger asks."""
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+        # By hex: 0.0 and -0.0 are equal, yet each goes into a ticket as it came.
+        found = {t.hex(): t for t in (item.envelope.model.threshold for item in batch.data
+                                      if item.points)}
+        self.only = next(iter(found.values())) if len(found) == 1 else None
+        self.by_point: dict[int, float] | None = None
+
+    def __call__(self, point: PredictionPoint) -> float:
+        if self.only is not None:
+            return self.only
+        if self.by_point is None:
+            # By identity: the very point objects of the batch's messages, alive meanwhile.
+            self.by_point = {id(p): item.envelope.model.threshold
+                             for item in self.batch.data for p in item.points}
+        return self.by_point[id(point)]
 
 
 class _Windows:
     """An asset's stored windows followed by a batch's fresh ones, as one sequence whose
     fresh windows become ``ScoredWindow`` objects only when asked for."""
 
-    def __init__(self, old: list[ScoredWindow],
-                 fresh: list[tuple[PredictionPoint, float]]) -> None:
+    def __init__(self, old: list[ScoredWindow], fresh: list[PredictionPoint]) -> None:
         self.old, self.fresh = old, fresh
 
     def __len__(self) -> int:
@@ -204,7 +248,7 @@ class _Windows:
             if i < len(self.old):
                 out.append(self.old[i])
             else:
-                p = self.fresh[i - len(self.old)][0]
+                p = self.fresh[i - len(self.old)]
                 out.append(ScoredWindow(p.window_end, p.score, p.alert))
         return out
 

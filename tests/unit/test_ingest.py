@@ -478,6 +478,26 @@ def test_k_of_n_opens_one_ticket_and_later_triggers_escalate(
     assert [s["score"] for s in ticket.evidence["scores"]] == [0.9, 0.2, 0.8, 0.95, 0.97]
 
 
+def test_tickets_of_one_batch_keep_their_own_models_threshold(
+    ingestor: Ingestor, sessions: SessionFactory
+) -> None:
+    # Two models with two thresholds in one batch: each ticket names the threshold of the
+    # message whose window triggered it, however the rule groups the batch's windows.
+    other = MODEL.model_copy(update={"version": "2.0.0", "threshold": 0.5})
+    ingestor.handle_batch([
+        RawMessage(TOPIC, payload(AGENT, 0, predictions("pump-1", [0.9, 0.8, 0.75]))),
+        RawMessage(data_topic("gw-8"), payload("gw-8", 0, predictions(
+            "pump-2", [0.6, 0.55, 0.52], threshold=0.5), other)),
+        RawMessage(TOPIC, payload(AGENT, 1, predictions(
+            "pump-3", [0.2, 0.6, 0.55, 0.52], threshold=0.5), other)),
+    ])
+    found = {t.asset: (t.agent, t.model_version, t.threshold, t.escalations)
+             for t in rows(sessions, Ticket)}
+    assert found == {"pump-1": (AGENT, MODEL.version, 0.7, 0),
+                     "pump-2": ("gw-8", "2.0.0", 0.5, 0),
+                     "pump-3": (AGENT, "2.0.0", 0.5, 0)}
+
+
 def test_tickets_do_not_depend_on_how_windows_were_batched(
     ingestor: Ingestor, sessions: SessionFactory
 ) -> None:
