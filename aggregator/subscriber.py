@@ -95,7 +95,7 @@ DUPLICATE_ADVICE = "every aggregator replica needs its own LINEWATCH_MQTT_CLIENT
 
 # The cyclic garbage collector's generation-0 threshold while ingesting (CPython's default
 # is 700): see _tune_gc.
-GC_THRESHOLD = (50_000, 20, 100)
+GC_THRESHOLD = (500_000, 20, 100)
 
 
 def _tune_gc() -> None:
