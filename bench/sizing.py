@@ -115,15 +115,23 @@ def _newest() -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench sizing", description=__doc__.split(
         "\n\n")[0])
-    p.add_argument("--from", dest="source", type=Path, default=None, metavar="FILE",
-                   help="a bench consumers JSON (default: the newest in bench/results)")
+    p.add_argument("--from", dest="sources", type=Path, action="append", metavar="FILE",
+                   help="a bench consumers JSON (default: the newest in bench/results); "
+                        "again for another run's batch sizes (a size in two files: the "
+                        "first one's)")
     p.add_argument("--headroom", type=float, default=0.5,
                    help="share of the measured rate kept free (default 0.5)")
     args = p.parse_args(argv)
-    source = args.source or _newest()
-    table = rows(load(source), args.headroom)
+    sources = args.sources or [_newest()]
+    table: list[Row] = []
+    for source in sources:
+        known = {r.items_per_message for r in table}
+        table += [r for r in rows(load(source), args.headroom)
+                  if r.items_per_message not in known]
+    table.sort(key=lambda r: r.items_per_message)  # stable: core before replica
     print(markdown(table, args.headroom))
-    print(f"\nFrom {source.name}; assets and agents rounded down.", file=sys.stderr)
+    print(f"\nFrom {', '.join(s.name for s in sources)}; assets and agents rounded down.",
+          file=sys.stderr)
     return 0
 
 

@@ -3,6 +3,7 @@ JSON: every expected figure is derived here from the fixture's own numbers."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -95,3 +96,23 @@ def test_a_file_without_the_aggregators_figures_is_refused(tmp_path: Path) -> No
         sizing.load(path)
     with pytest.raises(ValueError, match="headroom"):
         sizing.rows(FIXTURE, headroom=1.0)
+
+
+def test_two_runs_make_one_table_by_batch_size(
+        source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A slow batch size run on its own (fewer repeats) joins the other run's table; a
+    size in both files is the first file's."""
+    from bench.__main__ import main
+
+    other = copy.deepcopy(FIXTURE)
+    medians, runs = other["medians"]["linewatch"], other["runs"]["linewatch"]
+    medians["items_per_message_100"] = {"points_per_cpu_s": 80_000, "lost": 0}
+    medians["items_per_message_10"] = {"points_per_cpu_s": 1, "lost": 0}  # not taken
+    runs["100"] = [{"stored": 9000, "wall_s": 0.3}]
+    later = tmp_path / "bench-20260102T000000.json"
+    later.write_text(json.dumps({"results": {"consumers": other}}))
+
+    assert main(["sizing", "--from", str(source), "--from", str(later)]) == 0
+    first = sizing.rows(sizing.load(source))
+    extra = [r for r in sizing.rows(sizing.load(later)) if r.items_per_message == 100]
+    assert capsys.readouterr().out.strip() == sizing.markdown(first + extra)
