@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -269,6 +269,35 @@ def test_an_assigned_version_replaces_the_model_between_two_windows(
     (config.model_store / "previous.json").unlink(missing_ok=True)
     version, said = _restarted(config, caplog)
     assert version == V1 and "the saved monitor state is for another model" in said
+
+
+def test_a_card_with_other_limits_takes_over_the_quality_checks_at_the_swap(
+        tmp_path: Path, mosquitto: Any) -> None:
+    """The new card says sensor_11's noise in training was a hundredth of what it is (so
+    the usual wander of its mean reads as steps): the agent checks by it from the swap on,
+    not before, and not by the shipped card's limits any more."""
+    with _setup(tmp_path, mosquitto, "gw-limits") as (registry, collector):
+        strict = _version(tmp_path, "2.0.0")
+        card = json.loads((strict / "card.json").read_text())
+        channel = card["reference"]["monitoring"]["channels"]["sensor_11"]
+        shipped_noise = channel["noise"]
+        channel["noise"] = shipped_noise / 100
+        (strict / "card.json").write_text(json.dumps(card))
+        run = _Running(_config(tmp_path, mosquitto.url, "gw-limits", [registry.public]))
+        run.scoring()
+        assert run.agent.quality.limits["sensor_11"].noise == shipped_noise
+        registry.assign("gw-limits", "strict", registry.artifact(strict))
+        report = run.finish()
+        _all_in(collector, report)
+
+        assert report.progress.models_applied == 1
+        assert run.agent.quality.limits["sensor_11"].noise == shipped_noise / 100
+        swapped = min(p.window_end for e, p in collector.items("prediction")
+                      if e.model.version == "2.0.0")
+        steps = [d for _, d in collector.items("drift")
+                 if d.detector == "step" and d.monitor == "sensor_11" and d.state != "end"]
+        assert steps, "the new limits found nothing to say"
+        assert min(d.at for d in steps) >= swapped - timedelta(minutes=10)  # one tick
 
 
 def test_tampered_bytes_and_a_wrong_signature_are_refused_and_the_old_model_scores(
