@@ -15,19 +15,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from aggregator.db import AgentRecord
 from aggregator.reactions import Batch
+from aggregator.reactions.state import locked_agents
 from aggregator.validate import DataMessage
 from contract.wire import Deployment, Health, TopicParts
 
 __all__ = ["AgentRegistry"]
-
-# Agents looked up in one IN (...): every backend accepts this many bound parameters.
-_CHUNK = 500
 
 
 class AgentRegistry:
@@ -39,7 +36,8 @@ class AgentRegistry:
         by_agent: dict[str, list[DataMessage]] = {}
         for item in batch.data:
             by_agent.setdefault(item.envelope.agent, []).append(item)
-        rows = _locked(session, {*by_agent, *(s.parts.agent for s in batch.statuses)})
+        rows = locked_agents(session, AgentRecord,
+                             {*by_agent, *(s.parts.agent for s in batch.statuses)})
         for agent in sorted(by_agent):
             # One write per field and agent: what the newest message (by seq) says.
             items = sorted(by_agent[agent], key=lambda d: d.envelope.seq)
@@ -102,20 +100,6 @@ def _seen_alive(row: AgentRecord, sent_at: datetime) -> None:
         row.state == "offline" and row.state_at is not None and sent_at > row.state_at
     ):
         row.state, row.state_at = "online", sent_at
-
-
-def _locked(session: Session, agents: set[str]) -> dict[str, AgentRecord]:
-    """The rows of those of ``agents`` known already, locked for this transaction, in one
-    SELECT per 500 (not one per agent: a batch's SQL round trips are most of what it costs
-    per message); agent order, so two transactions lock rows in the same order."""
-    wanted = sorted(agents)
-    rows: dict[str, AgentRecord] = {}
-    for start in range(0, len(wanted), _CHUNK):
-        chunk = wanted[start:start + _CHUNK]
-        rows.update((row.agent_id, row) for row in session.scalars(
-            select(AgentRecord).where(AgentRecord.agent_id.in_(chunk))
-            .order_by(AgentRecord.agent_id).with_for_update()))
-    return rows
 
 
 def _agent(session: Session, parts: TopicParts, rows: dict[str, AgentRecord]) -> AgentRecord:

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from aggregator.db import AgentDelivery, DeliveryHour
 from aggregator.delivery import MAX_GAPS, Arrival, Gap, Ledger, apportion, hour_of, spread
 from aggregator.reactions import Batch
+from aggregator.reactions.state import locked_agents
 from aggregator.validate import DataMessage
 from contract.wire import Health, Undeliverable
 
@@ -63,7 +64,7 @@ class DeliveryTracking:
         # rows of every agent of the batch and one for their hours, not one per agent and
         # hour: a batch's SQL round trips are most of what it costs per message.
         agents = sorted(by_agent)
-        rows = _locked_rows(session, agents)
+        rows = locked_agents(session, AgentDelivery, agents)
         hours: dict[str, tuple[Counter[datetime], Counter[datetime]]] = {}
         for agent in agents:
             row = rows.get(agent) or _locked(session, agent)
@@ -219,18 +220,6 @@ def _locked(session: Session, agent: str) -> AgentDelivery:
             raise
         row = found
     return row
-
-
-def _locked_rows(session: Session, agents: Sequence[str]) -> dict[str, AgentDelivery]:
-    """The rows of those of ``agents`` (sorted) that exist, locked for this transaction in
-    that order, one SELECT per 500 agents (what every backend takes in one IN)."""
-    rows: dict[str, AgentDelivery] = {}
-    for start in range(0, len(agents), _CHUNK):
-        chunk = agents[start:start + _CHUNK]
-        rows.update((row.agent_id, row) for row in session.scalars(
-            select(AgentDelivery).where(AgentDelivery.agent_id.in_(chunk))
-            .order_by(AgentDelivery.agent_id).with_for_update()))
-    return rows
 
 
 def _add_hours(

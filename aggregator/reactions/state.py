@@ -16,16 +16,16 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from aggregator.db import RuleState
+from aggregator.db import AgentDelivery, AgentRecord, RuleState
 
-__all__ = ["Windows", "load_states", "locked_state", "save_states"]
+__all__ = ["Windows", "load_states", "locked_agents", "locked_state", "save_states"]
 
 # [{"window_end": iso, "score": float, "alert": bool}, ...], oldest first
 Windows = list[dict[str, Any]]
@@ -34,6 +34,25 @@ Key = tuple[str, str]  # (site, asset)
 _CHUNK = 500  # every backend's limit on bound parameters in one IN (...) is above this
 
 _TABLE = cast(Table, RuleState.__table__)
+
+
+_AgentRow = TypeVar("_AgentRow", AgentRecord, AgentDelivery)
+
+
+def locked_agents(session: Session, model: type[_AgentRow],
+                  agents: Iterable[str]) -> dict[str, _AgentRow]:
+    """The rows of ``model`` of those of ``agents`` that exist, by agent, locked for this
+    transaction in one SELECT per 500 (not one per agent: a batch's SQL round trips are
+    most of what it costs per message); in agent order, so two transactions lock rows in
+    the same order."""
+    wanted = sorted(set(agents))
+    rows: dict[str, _AgentRow] = {}
+    for start in range(0, len(wanted), _CHUNK):
+        chunk = wanted[start:start + _CHUNK]
+        rows.update((row.agent_id, row) for row in session.scalars(
+            select(model).where(model.agent_id.in_(chunk))
+            .order_by(model.agent_id).with_for_update()))
+    return rows
 
 
 def locked_state(session: Session, rule: str, site: str, asset: str, now: datetime) -> RuleState:

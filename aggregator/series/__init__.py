@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields, make_dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -182,28 +182,14 @@ class PredictionPoint:
             _require_aware(window_start=self.window_start, window_end=self.window_end)
 
 
-@dataclass(slots=True)
-class _UncheckedPrediction:
-    """``PredictionPoint``'s very fields and slots, neither frozen nor checked: what
-    :func:`prediction_points` builds and then turns into a ``PredictionPoint``."""
-
-    site: str
-    line: str
-    agent: str
-    asset: str
-    model: str
-    model_version: str
-    window_start: datetime
-    window_end: datetime
-    score: float
-    alert: bool
-    seq: int
-    role: str = LIVE
-
-
-# The class swap in prediction_points needs the very same slots, in the same order.
-if getattr(_UncheckedPrediction, "__slots__", None) != getattr(PredictionPoint, "__slots__", ()):
-    raise TypeError("_UncheckedPrediction must have PredictionPoint's fields, in order")
+# PredictionPoint's very fields and slots, in order, neither frozen nor checked: what
+# prediction_points builds and then turns into a PredictionPoint by a class swap (which
+# needs the same slots); derived, so the two cannot drift apart.
+_UncheckedPrediction = make_dataclass(
+    "_UncheckedPrediction",
+    [(f.name, f.type) if f.default is MISSING else (f.name, f.type, field(default=f.default))
+     for f in fields(PredictionPoint)],
+    slots=True)
 
 
 def prediction_points(
