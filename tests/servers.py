@@ -62,16 +62,48 @@ class BinaryNotFoundError(ServerError):
     """Raised when the server's executable is on neither PATH, /usr/sbin nor /usr/bin."""
 
 
+# Ports are handed out below the kernel's ephemeral range (32768-60999 by default), each
+# pytest-xdist worker from its own slice, round-robin. A port the kernel picks (a client's
+# local port, another worker's bind to port 0) can then never be one a test has stopped a
+# server on and means to start it on again, and a client connecting to a stopped server's
+# port can never connect to itself (TCP simultaneous open: paho then reads its own CONNECT
+# and reports a protocol error instead of a refused connection).
+_PORT_RANGE = (20_000, 32_000)
+
+
+def _port_slice() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    count = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), index + 1)
+    low, high = _PORT_RANGE
+    size = (high - low) // count
+    return range(low + index * size, low + (index + 1) * size)
+
+
+_PORTS = _port_slice()
+_next_port = _PORTS.start + os.getpid() % len(_PORTS)
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that nothing listens on right now.
 
-    >>> 0 < free_port() < 65536
+    Successive calls in one process cycle through the worker's slice, so a port a test
+    has just released is the last one to be handed out again.
+
+    >>> 20_000 <= free_port() < 32_000
     True
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    global _next_port
+    for _ in range(len(_PORTS)):
+        port = _next_port
+        _next_port = _PORTS.start + (_next_port + 1 - _PORTS.start) % len(_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    raise ServerError(f"no free port in {_PORTS.start}-{_PORTS.stop - 1} on {HOST}")
 
 
 def find_binary(name: str) -> str:
