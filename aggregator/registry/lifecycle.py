@@ -141,7 +141,10 @@ def _active(session: Session) -> list[ModelAssignment]:
 
 
 def _get(session: Session, assignment_id: int) -> ModelAssignment:
-    row = session.get(ModelAssignment, assignment_id, with_for_update=True)
+    # populate_existing: the row may be loaded already, and what counts is its state now
+    # that it is locked (another replica may just have ended it).
+    row = session.get(ModelAssignment, assignment_id, with_for_update=True,
+                      populate_existing=True)
     if row is None:
         raise AssignmentNotFoundError(f"no model assignment {assignment_id}")
     return row
@@ -329,6 +332,8 @@ def check_canaries(session: Session, judge: Judge, *, now: datetime | None = Non
             continue
         verdict = judge(session, _question(session, row, now))
         if not verdict.ready or verdict.passed:
+            continue
+        if _get(session, row.id).state != "active":  # another replica rolled it back
             continue
         why = "; ".join(verdict.reasons) or "the gate's figures failed"
         logger.warning("canary %s %s (assignment %d) fails the gate: %s; rolling it back",

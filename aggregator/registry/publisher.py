@@ -14,8 +14,10 @@ One thread: a sync every ``POLL_S`` (and at once after ``wake``, which the REST 
 call after a change), and the canary check (``lifecycle.check_canaries``) every
 ``registry_check_s``. It publishes on the subscriber's paho client, like the delivery
 confirmations (``aggregator.confirm``), and only while it is connected: paho's reconnect
-brings the next sync. Replicas each run it; they read the same rows, and a message one
-of them publishes twice carries the same content.
+brings the next sync. Replicas each run it and read the same rows; a change is published
+with the agent's row locked and recorded before the lock is let go, so the replica that
+waited finds it made and publishes nothing (a returning agent's message may go out once
+per replica: the same bytes, the same ``id``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from aggregator.db import AgentRecord, SessionFactory
+from aggregator.reactions.state import locked_agents
 from aggregator.registry import lifecycle, store
 from aggregator.registry.models import ModelAssignment, ModelVersion, PublishedModel
 from aggregator.registry.resolve import Desired, VersionKey, resolve
@@ -169,36 +172,52 @@ class ModelPublisher:
         for agent in agents:
             desired, last = wanted[agent.agent_id], published.get(agent.agent_id)
             topic = command_topic(agent.site, agent.line, agent.agent_id, "model")
-            if desired is None:
-                if last is not None and self._publish(topic, b""):
-                    session.delete(last)
-                    session.commit()
-                    self._counts["cleared"] += 1
-                    sent += 1
-                continue
-            if last is None or last.desired != desired.as_json():
-                message = self._message(session, agent.agent_id, desired, versions)
-                raw = encode(message)
-                if not self._publish(topic, raw):
-                    continue
-                if last is None:
-                    last = PublishedModel(agent_id=agent.agent_id)
-                    session.add(last)
-                last.message_id, last.desired = message.id, desired.as_json()
-                last.payload, last.published_at = raw.decode(), datetime.now(UTC)
-                session.commit()
-                logger.info("model assignment %s to %s: %s %s (%s)%s", message.id,
-                            agent.agent_id, *desired.live, desired.stage,
-                            "" if desired.shadow is None
-                            else f", shadow {desired.shadow[0]} {desired.shadow[1]}")
-                self._counts["published"] += 1
-                sent += 1
-            elif (previous is not None and previous.get(agent.agent_id) != "online"
+            if _changed(desired, last):
+                sent += self._change(session, agent.agent_id, topic, desired, versions)
+            elif (last is not None and previous is not None
+                  and previous.get(agent.agent_id) != "online"
                   and states.get(agent.agent_id) == "online"):
                 if self._publish(topic, last.payload.encode()):
                     self._counts["republished"] += 1
                     sent += 1
         return sent
+
+    def _change(self, session: Session, agent: str, topic: str, desired: Desired | None,
+                versions: dict[VersionKey, ModelVersion]) -> int:
+        """Publish one agent's change with its row locked, and record it before the lock
+        goes: a replica that read the same rows waits here, then finds the change made
+        (published once, one message id) instead of publishing it again."""
+        locked_agents(session, AgentRecord, [agent])
+        last = session.get(PublishedModel, agent, populate_existing=True)
+        if not _changed(desired, last):
+            session.commit()
+            return 0
+        if desired is None:
+            assert last is not None
+            if not self._publish(topic, b""):
+                session.rollback()
+                return 0
+            session.delete(last)
+            session.commit()
+            self._counts["cleared"] += 1
+            return 1
+        message = self._message(session, agent, desired, versions)
+        raw = encode(message)
+        if not self._publish(topic, raw):
+            session.rollback()
+            return 0
+        if last is None:
+            last = PublishedModel(agent_id=agent)
+            session.add(last)
+        last.message_id, last.desired = message.id, desired.as_json()
+        last.payload, last.published_at = raw.decode(), datetime.now(UTC)
+        session.commit()
+        logger.info("model assignment %s to %s: %s %s (%s)%s", message.id, agent,
+                    *desired.live, desired.stage,
+                    "" if desired.shadow is None
+                    else f", shadow {desired.shadow[0]} {desired.shadow[1]}")
+        self._counts["published"] += 1
+        return 1
 
     def _message(self, session: Session, agent: str, desired: Desired,
                  versions: dict[VersionKey, ModelVersion]) -> Assignment:
@@ -222,3 +241,9 @@ class ModelPublisher:
                                   f"{mqtt.error_string(info.rc)}", retry_in_s=POLL_S)
             return False
         return True
+
+
+def _changed(desired: Desired | None, last: PublishedModel | None) -> bool:
+    if desired is None:
+        return last is not None
+    return last is None or last.desired != desired.as_json()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from sqlalchemy import select
 from aggregator.db import AuditEntry, Ticket
 from aggregator.registry.lifecycle import Question
 from aggregator.registry.models import PublishedModel
+from aggregator.registry.publisher import ModelPublisher
 from aggregator.rollout.gate import Figures, Verdict
 from aggregator.server import ServerThread
 from aggregator.settings import Settings
@@ -560,3 +562,129 @@ def test_assignments_are_checked(registry: Registry, tmp_path: Path) -> None:
     assert nothing.status_code == 409 and "nothing to compare" in nothing.json()["detail"]
     assert registry.call("POST", "/registry/assignments/999/rollback",
                          json={"reason": "x"}).status_code == 404
+
+
+# -- replicas ---------------------------------------------------------------------------------
+class StallingClient(mqtt.Client):
+    """A replica's paho client whose model publishes wait (at most ``stall_s``) until
+    ``go`` is set: the worst timing, a replica between reading what to publish and
+    recording that it did."""
+
+    def __init__(self, broker: MosquittoServer, client_id: str, stall_s: float) -> None:
+        super().__init__(CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.go = threading.Event()
+        self.stalled = threading.Event()
+        self.stall_s = stall_s
+        self.connect(broker.host, broker.port)
+        self.loop_start()
+        wait_until(self.is_connected, what=f"{client_id} connected")
+
+    def publish(self, topic: str, payload: Any = None, qos: int = 0, retain: bool = False,
+                properties: Any = None) -> mqtt.MQTTMessageInfo:
+        if topic.endswith("/cmd/model"):
+            self.stalled.set()
+            self.go.wait(self.stall_s)
+        return super().publish(topic, payload, qos, retain, properties)
+
+    def flush_to(self, agents: Agents) -> None:
+        """Wait until ``agents`` has everything this client published (one client's QoS 1
+        messages arrive in order: a marker after them arrives last)."""
+        marker = f"linewatch/v1/plant1/line3/{self._client_id.decode()}/cmd/model"
+        before = agents.count(self._client_id.decode())
+        super().publish(marker, b"", qos=1)
+        wait_until(lambda: agents.count(self._client_id.decode()) > before, what="the marker")
+
+    def close(self) -> None:
+        self.disconnect()
+        self.loop_stop()
+
+
+def replica_publisher(registry: Registry, client: mqtt.Client,
+                      judge: Any = None) -> ModelPublisher:
+    app = registry.server.app
+    return ModelPublisher(app.state.settings, app.state.session_factory, client, judge=judge)
+
+
+def test_two_replicas_publish_a_change_once(
+        tmp_path: Path, mosquitto: MosquittoServer, postgres_url: str,
+        keys: tuple[Path, Path]) -> None:
+    drop_schema(postgres_url)
+    registry = start(registry_settings(tmp_path, mosquitto, postgres_url, keys[0],
+                                       free_port()))
+    registry.server.app.state.model_publisher.stop()  # the two below are the replicas
+    agents = Agents(mosquitto, "agents")
+    slow = StallingClient(mosquitto, "replica-a", stall_s=2)
+    fast = StallingClient(mosquitto, "replica-b", stall_s=0)
+    fast.go.set()
+    try:
+        come_online(mosquitto, registry, *LINE3)
+        registry.upload(MODELS / "cmapss_fd001")
+        registry.assign(name="cmapss_fd001", version="1.0.0", stage="live",
+                        target={"site": "plant1", "line": "line3"})
+        a, b = replica_publisher(registry, slow), replica_publisher(registry, fast)
+        sent: dict[str, int] = {}
+        first = threading.Thread(target=lambda: sent.update(a=a.sync()))
+        first.start()
+        assert slow.stalled.wait(10)  # A is inside its first publish
+        sent["b"] = b.sync()  # without a lock B publishes both now, then A again
+        slow.go.set()
+        first.join(30)
+        slow.flush_to(agents)
+        fast.flush_to(agents)
+
+        assert sent["a"] + sent["b"] == 2, sent
+        assert [agents.count(g) for g in ("gw-1", "gw-2")] == [1, 1]
+        with registry.server.app.state.session_factory() as session:
+            rows = {p.agent_id: p.message_id for p in session.scalars(select(PublishedModel))}
+        assert rows == {g: agents.latest(g).id for g in ("gw-1", "gw-2")}  # type: ignore[union-attr]
+        assert a.sync() == b.sync() == 0
+    finally:
+        slow.close()
+        fast.close()
+        agents.close()
+        registry.server.stop()
+        drop_schema(postgres_url)
+
+
+def test_two_replicas_roll_a_failing_canary_back_once(
+        tmp_path: Path, mosquitto: MosquittoServer, postgres_url: str,
+        keys: tuple[Path, Path]) -> None:
+    drop_schema(postgres_url)
+    registry = start(registry_settings(tmp_path, mosquitto, postgres_url, keys[0],
+                                       free_port()))
+    try:
+        come_online(mosquitto, registry, *LINE3)
+        registry.upload(MODELS / "cmapss_fd001")
+        registry.upload(version_dir(tmp_path, "2.0.0"))
+        registry.assign(name="cmapss_fd001", version="1.0.0", stage="live",
+                        target={"site": "plant1", "line": "line3"})
+        canary = registry.assign(name="cmapss_fd001", version="2.0.0", stage="canary",
+                                 target={"site": "plant1", "line": "line3"}, share=0.5).json()
+        b_done = threading.Event()
+
+        def slow_judge(_session: Any, _question: Question) -> Verdict:
+            b_done.wait(10)  # A judged the canary, B rolls it back meanwhile
+            return FAILING
+
+        client = registry.server.app.state.subscriber.confirmer.client
+        a = replica_publisher(registry, client, judge=slow_judge)
+        b = replica_publisher(registry, client, judge=lambda _s, _q: FAILING)
+        rolled: dict[str, int] = {}
+        first = threading.Thread(target=lambda: rolled.update(a=a.check()))
+        first.start()
+        time.sleep(0.3)
+        rolled["b"] = b.check()
+        b_done.set()
+        first.join(30)
+
+        assert rolled == {"a": 0, "b": 1}
+        with registry.server.app.state.session_factory() as session:
+            found = list(session.scalars(select(Ticket).where(Ticket.kind == "retraining")))
+            assert len(found) == 1 and found[0].escalations == 0
+            assert found[0].evidence["rollout"]["assignment"] == canary["id"]
+            actions = [e.action for e in session.scalars(select(AuditEntry))
+                       if e.action == "registry.rollback"]
+            assert actions == ["registry.rollback"]
+    finally:
+        registry.server.stop()
+        drop_schema(postgres_url)
