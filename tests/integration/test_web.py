@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,11 +41,13 @@ from aggregator_support import (
     store_settings,
     wait_until,
 )
-from servers import MosquittoServer, ServerError
+from servers import MosquittoServer, ServerError, free_port
 
 from agent.pipeline import Agent
 from aggregator.server import ServerThread
+from contract import artifact
 from contract.wire import Deployment, DriftEvent, Health, ModelRef, Prediction, Range
+from linewatch.registry import keygen
 
 pytestmark = pytest.mark.integration
 
@@ -77,9 +81,11 @@ def plant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plant]:
     except ServerError as exc:
         broker.close()
         pytest.fail(str(exc), pytrace=False)
+    port = free_port()
     server = start_service(store_settings(
-        tmp_path, mqtt_url=broker.url, mqtt_client_id="agg-web", http_port=0,
-        models_dir=ROOT / "models"))
+        tmp_path, mqtt_url=broker.url, mqtt_client_id="agg-web", http_port=port,
+        models_dir=ROOT / "models", signing_key_file=keygen(tmp_path / "keys")[0],
+        public_url=f"http://127.0.0.1:{port}"))
     api = httpx.Client(base_url=server.url, timeout=30,
                        headers=bearer(api_token(server, "admin", "lead")))
     try:
@@ -310,6 +316,83 @@ def test_the_models_page_shows_versions_per_agent_and_a_refused_deployments_reas
                        "alerts": "0 by the shadow, 0 by the version it would replace; "
                                  "scores differ by 0.010 (median)",
                        "drift": "0 conditions on its agents"}, figures
+    assert no_sideways_scroll(page)
+    assert tab.console == []
+    page.context.close()
+
+
+def test_the_models_page_names_a_canary_and_judges_it_as_the_candidate(
+        plant: Plant, browser: Any, tmp_path: Path) -> None:
+    """A canary from the registry: the new version is live on its agent and the old one
+    runs beside it as shadow. The page must say that the live one is on trial, and judge
+    it, not the old one, as the candidate."""
+    card = json.loads((ROOT / "models" / "cmapss_fd001" / "card.json").read_text())
+    old = ModelRef(name="cmapss_fd001", version="1.0.0", sha256=card["sha256"]["model"],
+                   threshold=card["threshold"]["value"])
+    new = old.model_copy(update={"version": "1.2.0"})
+    began = NOW - timedelta(hours=2)
+
+    def windows(score: float, alert_every: int) -> list[Prediction]:
+        # Far below the threshold apart from alerts too few for a maintenance ticket
+        # (fewer than its 3 of 5).
+        alerts = {i for i in range(20) if alert_every and i % alert_every == 0}
+        return [Prediction(asset="engine-201", window_start=began + timedelta(minutes=i),
+                           window_end=began + timedelta(minutes=i + 1),
+                           score=0.9 if i in alerts else score, alert=i in alerts)
+                for i in range(20)]
+
+    health = Health(at=began + timedelta(minutes=30), windows_scored=20, outbox_depth=0,
+                    deployment=Deployment(assignment="fd001-1.2.0-canary", state="applied",
+                                          at=began, live=new,
+                                          shadow=old.model_copy(update={"role": None})))
+    with Publisher(plant.broker.host, plant.broker.port, data_topic("gw-canary", "health",
+                   line="line2"), client_id="web-canary") as pub:
+        pub.publish(payload("gw-canary", 0, [health], new))
+    wait_until(lambda: "gw-canary" in {a["agent"] for a in plant.api.get("/agents").json()},
+               30, what="the canary's agent")
+
+    copy = Path(shutil.copytree(ROOT / "models" / "cmapss_fd001", tmp_path / "v1.2.0"))
+    changed = json.loads((copy / "card.json").read_text()) | {"version": "1.2.0"}
+    (copy / "card.json").write_text(json.dumps(changed, indent=2))
+    for model_dir in (ROOT / "models" / "cmapss_fd001", copy):
+        up = plant.api.post("/registry/versions", content=artifact.pack(model_dir),
+                            headers={"Content-Type": "application/gzip"})
+        assert up.status_code in (201, 409), up.text  # 1.0.0 may be there from another test
+    target = {"agents": ["gw-canary"]}
+    live = plant.api.post("/registry/assignments", json={
+        "name": "cmapss_fd001", "version": "1.0.0", "stage": "live", "target": target})
+    assert live.status_code == 201, live.text
+    canary = plant.api.post("/registry/assignments", json={
+        "name": "cmapss_fd001", "version": "1.2.0", "stage": "canary", "target": target,
+        "share": 1.0})
+    assert canary.status_code == 201, canary.text
+
+    def stored() -> int:
+        return int(plant.api.get("/healthz").json()["counts"]["predictions_stored"])
+
+    before = stored()
+    with Publisher(plant.broker.host, plant.broker.port, data_topic("gw-canary", line="line2"),
+                   client_id="web-canary") as pub:
+        pub.publish(payload("gw-canary", 1, windows(0.02, 10), new))  # 2 alerts
+        pub.publish(payload("gw-canary", 2, windows(0.01, 0),
+                            old.model_copy(update={"role": "shadow"})))
+    wait_until(lambda: stored() >= before + 40, 30, what="both versions' windows stored")
+
+    tab = open_tab(browser, plant, "viewer")
+    page = tab.page
+    page.goto(f"{plant.server.url}/ui/models")
+    pair = page.locator("li.pair[data-live='cmapss_fd001 1.2.0']")
+    assert pair.count() == 1
+    assert pair.get_attribute("data-shadow") == "cmapss_fd001 1.0.0"
+    head = pair.locator(".head").inner_text()
+    assert re.fullmatch(r"cmapss_fd001 1\.2\.0\s+as canary, live on gw-canary, judged "
+                        r"against cmapss_fd001 1\.0\.0 running beside it as shadow", head), head
+    assert "as shadow beside" not in head
+    # The canary is the candidate: its 2 alerts against the old version's none.
+    alerts = pair.locator("[data-figure=alerts]").inner_text()
+    assert alerts.startswith("2 by the canary, 0 by the version it would replace"), alerts
+    assert pair.locator("[data-figure=verdict]").inner_text().startswith(
+        "not yet: 20 of 200 windows")
     assert no_sideways_scroll(page)
     assert tab.console == []
     page.context.close()
