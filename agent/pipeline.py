@@ -18,6 +18,7 @@ own (``ModelRef.role = "shadow"``) and feed none of the live model's monitors.
 
 from __future__ import annotations
 
+import functools
 import logging
 import statistics
 import threading
@@ -31,7 +32,7 @@ from typing import cast
 import numpy as np
 
 from agent import checkpoint
-from agent.config import AgentConfig, ReplaySourceConfig
+from agent.config import AgentConfig, ReplaySourceConfig, tls_context
 from agent.delivery import Confirmation, ModelCommands
 from agent.encode import predictions_payload
 from agent.estimate import PerformanceEstimator
@@ -46,7 +47,7 @@ from agent.monitors.score import ScoreMonitor
 from agent.outbox import Outbox
 from agent.position import Position, PositionStore, differences
 from agent.publisher import Publisher
-from agent.rollout import Prepared, Refused, Rollout
+from agent.rollout import Prepared, Refused, Rollout, download
 from agent.sources import Live, Reading, Resumable, open_source
 from agent.sources.config import TableSourceConfig
 from agent.windows import Batch, Windower, Windows
@@ -226,6 +227,9 @@ class Agent:
 
     def __init__(self, config: AgentConfig, *, record: bool = False) -> None:
         self.config = config
+        # Built first: a CA file that cannot be loaded is a config error, said before any
+        # model loads or file is written.
+        downloads = tls_context(config.model.ca_file, "model.ca_file")
         self.store = ModelStore(config.model_store)
         start = choose(self.store, config.model.dir)
         card = start.live.card
@@ -250,7 +254,8 @@ class Agent:
         self.rollout = Rollout(
             self.store, config.model.trusted_keys, card, agent_id=a.id,
             done=None if start.pointer is None else start.pointer.assignment,
-            timeout_s=config.model.fetch_timeout_s, attempts=config.model.fetch_attempts)
+            timeout_s=config.model.fetch_timeout_s, attempts=config.model.fetch_attempts,
+            fetch=functools.partial(download, context=downloads))
         status = wire.topic(a.site, a.line, a.id, "status")
         self.publisher = Publisher(
             config.mqtt, self.outbox,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import ssl
 import threading
 import urllib.error
 import urllib.request
@@ -71,12 +72,15 @@ class _Refusal(Exception):
         self.cause, self.reason, self.retry = cause, reason, retry
 
 
-def download(url: str, size: int, timeout_s: float) -> bytes:
+def download(url: str, size: int, timeout_s: float, *,
+             context: ssl.SSLContext | None = None) -> bytes:
     """The bytes at ``url``; raises ``_Refusal`` (``retry`` set for what may pass: network
-    errors and server errors) or when the server sends more than ``size`` bytes."""
+    errors and server errors) or when the server sends more than ``size`` bytes. An https
+    server is verified with ``context`` (``model.ca_file``), else the system's CA store."""
     request = urllib.request.Request(url, headers={"User-Agent": "linewatch-agent"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout_s,  # noqa: S310
+                                    context=context) as response:
             length = response.headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) > size:
                 raise _Refusal("too_large", f"download of {url}: {length} bytes announced, "
@@ -96,7 +100,16 @@ def download(url: str, size: int, timeout_s: float) -> bytes:
         exc.close()  # it holds the response's socket
         raise _Refusal("download", f"download of {url} failed: HTTP {exc.code} {exc.reason}",
                        retry=exc.code >= 500 or exc.code == 429) from exc
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ssl.SSLCertVerificationError):
+            # Not retried: the same certificate fails the same way until the server's
+            # certificate or model.ca_file changes.
+            raise _Refusal("download", f"download of {url} failed: the server's certificate "
+                           f"is not trusted ({exc.reason.verify_message or exc.reason}); "
+                           "model.ca_file names the CA bundle to trust") from exc
+        raise _Refusal("download", f"download of {url} failed: {exc.reason or exc}",
+                       retry=True) from exc
+    except (http.client.HTTPException, OSError) as exc:
         reason = getattr(exc, "reason", None) or exc
         raise _Refusal("download", f"download of {url} failed: {reason}", retry=True) from exc
 

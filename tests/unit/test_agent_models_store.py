@@ -243,10 +243,13 @@ def test_the_model_keys_of_the_config_are_rebased_and_default_per_agent(
     assert cfg.model.trusted_keys == [] and cfg.model_store == Path("var/agent/gw-9/models")
     moved = config.parse({**base, "model": {"dir": "m"}, "outbox": {"path": "/o/box.db"}})
     assert moved.model_store == Path("/o/models")  # the agent's state stays together
+    assert cfg.model.ca_file is None  # the system's CA store
     cfg = config.parse({**base, "model": {"dir": "m", "trusted_keys": ["keys/r.pem", "/k.pem"],
-                                          "store": "models-here"}}, base=tmp_path)
+                                          "store": "models-here", "ca_file": "pki/ca.pem"}},
+                       base=tmp_path)
     assert cfg.model.trusted_keys == [tmp_path / "keys" / "r.pem", Path("/k.pem")]
     assert cfg.model_store == tmp_path / "models-here"
+    assert cfg.model.ca_file == tmp_path / "pki" / "ca.pem"
     with pytest.raises(config.ConfigError, match="fetch_attempts"):
         config.parse({**base, "model": {"dir": "m", "fetch_attempts": 0}})
 
