@@ -72,6 +72,10 @@ class ModelConfig(_Config):
     fetch_timeout_s: float = Field(30.0, gt=0, description="socket timeout of one download")
     fetch_attempts: int = Field(5, ge=1, le=20, description="downloads tried, with backoff, "
                                 "before an assignment is refused")
+    fetch_retry_s: float = Field(60.0, gt=0, description="an assignment refused for a "
+                                 "network or server error is prepared again this long after, "
+                                 "then twice as long each time up to 15 min, until a newer "
+                                 "assignment replaces it")
     ca_file: Path | None = Field(None, description="PEM CA bundle the registry's HTTPS "
                                  "certificate is checked against (a plant's private CA); "
                                  "default: the system's CA store")

@@ -255,6 +255,7 @@ class Agent:
             self.store, config.model.trusted_keys, card, agent_id=a.id,
             done=None if start.pointer is None else start.pointer.assignment,
             timeout_s=config.model.fetch_timeout_s, attempts=config.model.fetch_attempts,
+            retry_s=config.model.fetch_retry_s,
             fetch=functools.partial(download, context=downloads))
         status = wire.topic(a.site, a.line, a.id, "status")
         self.publisher = Publisher(

@@ -67,10 +67,17 @@ class Registry:
         self.public = tmp / "registry.pub.pem"
         self.public.write_bytes(artifacts.public_pem(self.key))
         self.files: dict[str, bytes] = {}
-        files = self.files
+        self.requests = 0
+        self.unavailable = 0  # the next requests answered 503, as by a server that is down
+        files, registry = self.files, self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                registry.requests += 1
+                if registry.unavailable > 0:
+                    registry.unavailable -= 1
+                    self.send_error(503)
+                    return
                 body = files.get(self.path)
                 if body is None:
                     self.send_error(404)
@@ -174,11 +181,11 @@ def _setup(tmp_path: Path, mosquitto: Any, agent: str) -> Iterator[tuple[Registr
         registry.close()
 
 
-def _config(tmp_path: Path, url: str, agent: str, keys: list[Path], **source: Any
-            ) -> AgentConfig:
+def _config(tmp_path: Path, url: str, agent: str, keys: list[Path], *,
+            model: dict[str, Any] | None = None, **source: Any) -> AgentConfig:
     cfg = agent_cfg(tmp_path, url, agent, confirm="broker", speed=600 / TICK_S, **source)
     return cfg.model_copy(update={"model": cfg.model.model_copy(update={
-        "trusted_keys": keys, "store": tmp_path / agent / "models"})})
+        "trusted_keys": keys, "store": tmp_path / agent / "models", **(model or {})})})
 
 
 class _Running:
@@ -352,6 +359,33 @@ def test_an_assignment_made_while_the_agent_was_offline_is_taken_when_it_connect
         assert report.progress.models_applied == 1
         assert "2.0.0" in {e.model.version for e, _ in collector.items("prediction")}
         assert collector.deployments()[-1].assignment == "while-off"
+        keys = _live_keys(collector)
+        assert max(keys.values()) == 1 and set(keys) == {as_key(s) for s in report.scored}
+
+
+def test_a_download_refused_while_the_registry_is_down_is_applied_once_it_is_back(
+        tmp_path: Path, mosquitto: Any) -> None:
+    """The assignment is delivered once (the broker stays up: no reconnection brings it
+    again); the artifact's server answers 503 three times. The agent reports the refusal
+    once, tries again in the background, and applies the model when the server answers."""
+    with _setup(tmp_path, mosquitto, "gw-retry") as (registry, collector):
+        v2 = registry.artifact(_version(tmp_path, "2.0.0"))
+        registry.unavailable = 3
+        run = _Running(_config(tmp_path, mosquitto.url, "gw-retry", [registry.public],
+                               model={"fetch_attempts": 1, "fetch_retry_s": 0.2}))
+        run.scoring()
+        registry.assign("gw-retry", "as-2", v2)
+        report = run.finish()
+        _all_in(collector, report)
+
+        said = [(d.assignment, d.state, d.reason) for d in collector.deployments()]
+        told = [s for n, s in enumerate(said) if n == 0 or said[n - 1] != s]
+        assert [(a, state) for a, state, _ in told] == [("as-2", "refused"),
+                                                        ("as-2", "applied")]
+        assert told[0][2] is not None and "HTTP 503" in told[0][2]
+        assert (report.progress.models_refused, report.progress.models_applied) == (1, 1)
+        assert registry.requests == 4  # three rounds refused, the fourth downloaded
+        assert "2.0.0" in {e.model.version for e, _ in collector.items("prediction")}
         keys = _live_keys(collector)
         assert max(keys.values()) == 1 and set(keys) == {as_key(s) for s in report.scored}
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from agent import rollout as rollouts
 from agent.inference import OnnxModel
 from agent.modelstore import CURRENT, PREVIOUS, ModelStore, Pointer, choose, differences
 from agent.rollout import Prepared, Refused, Rollout, download
@@ -351,3 +354,87 @@ def test_an_assigned_model_runs_even_when_model_dir_is_unusable(
                         at=AT))
     start = choose(store, empty)
     assert start.pointer is not None and start.live.card.version == "2.0.0"
+
+
+class _Flaky:
+    """A fetch that fails like a network that is down (a real refused connection) for the
+    first ``failures`` calls per URL, or for every call to a URL not in ``served``."""
+
+    def __init__(self, served: dict[str, bytes], failures: int) -> None:
+        self.served, self.failures = served, failures
+        self.calls: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, url: str, size: int, timeout_s: float) -> bytes:
+        with self._lock:
+            calls = self.calls.setdefault(url, [])
+            calls.append(time.monotonic())
+        if url in self.served and len(calls) > self.failures:
+            return self.served[url]
+        return download("http://127.0.0.1:9/nothing-listens-here", size, 2.0)
+
+    def count(self, url: str) -> int:
+        with self._lock:
+            return len(self.calls.get(url, []))
+
+
+def _until_prepared(rollout: Rollout, timeout_s: float = 20.0) -> list[Prepared | Refused]:
+    """Every outcome until one is prepared."""
+    got: list[Prepared | Refused] = []
+    deadline = time.monotonic() + timeout_s
+    while not any(isinstance(o, Prepared) for o in got):
+        assert time.monotonic() < deadline, f"no model prepared; got {got}"
+        got += rollout.outcomes()
+        time.sleep(0.01)
+    return got
+
+
+def test_a_failed_download_is_tried_again_in_the_background_with_a_capped_backoff(
+        tmp_path: Path, key: tuple[bytes, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    private, public = key
+    art, data = signed(version(tmp_path, "2.0.0"), private, url="http://h/v2")
+    monkeypatch.setattr(rollouts, "_RETRY_MAX_S", 0.25)  # 15 min, for a test
+    fetch = _Flaky({art.url: data}, failures=4)
+    rollout = Rollout(ModelStore(tmp_path / "store"), [public], ModelCard.load(MODEL),
+                      agent_id="gw-1", attempts=1, retry_s=0.1, fetch=fetch)
+    rollout.start()
+    try:
+        rollout.submit(assignment(art))  # once: nothing delivers it again
+        got = _until_prepared(rollout)
+    finally:
+        rollout.close()
+    # Refused once, for its download (the pipeline reports that), then prepared.
+    assert [type(o) for o in got] == [Refused, Prepared]
+    refused = got[0]
+    assert isinstance(refused, Refused) and refused.cause == "download" and refused.retry
+    assert fetch.count(art.url) == 5
+    # Waits between the rounds: 0.1, doubled, then held at the cap (not 0.4, 0.8).
+    calls = fetch.calls[art.url]
+    gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
+    assert all(gap >= want for gap, want in zip(gaps, [0.1, 0.2, 0.25, 0.25], strict=True))
+    assert gaps[-1] < 0.6, gaps
+
+
+def test_a_newer_assignment_cancels_the_retry_of_an_older_one(
+        tmp_path: Path, key: tuple[bytes, Path]) -> None:
+    private, public = key
+    old, _ = signed(version(tmp_path, "2.0.0"), private, url="http://h/never")
+    new, data = signed(version(tmp_path, "3.0.0"), private, url="http://h/v3")
+    fetch = _Flaky({new.url: data}, failures=0)
+    rollout = Rollout(ModelStore(tmp_path / "store"), [public], ModelCard.load(MODEL),
+                      agent_id="gw-1", attempts=1, retry_s=0.05, fetch=fetch)
+    rollout.start()
+    try:
+        rollout.submit(assignment(old, id="old"))
+        deadline = time.monotonic() + 10
+        while fetch.count(old.url) < 3:  # refused, then tried again in the background
+            assert time.monotonic() < deadline, "the old assignment was not tried again"
+            time.sleep(0.01)
+        rollout.submit(assignment(new, id="new"))
+        got = _until_prepared(rollout)
+        tried = fetch.count(old.url)
+        time.sleep(0.5)  # ten of the old one's retry periods
+        assert fetch.count(old.url) == tried and rollout.outcomes() == []
+    finally:
+        rollout.close()
+    assert [(type(o), o.assignment.id) for o in got] == [(Refused, "old"), (Prepared, "new")]
