@@ -375,15 +375,29 @@ class Agent:
     # --- model assignments, between two ticks ---------------------------------------------
 
     def _take_models(self) -> None:
+        swapped = False
         for outcome in self.rollout.outcomes():
             if isinstance(outcome, Prepared):
-                self._swap(outcome)
+                swapped = self._swap(outcome) or swapped
             else:
                 self._refuse(outcome)
+        if swapped:
+            # After the whole batch: a version prepared later in it is no longer held, and
+            # not pointed to before its own swap.
+            self._prune()
 
-    def _swap(self, new: Prepared) -> None:
+    def _prune(self) -> None:
+        try:
+            self.store.prune()
+        except OSError as exc:
+            # What runs is not affected: the next swap tries again.
+            logger.warning("model store: could not remove the versions no pointer names: %s",
+                           exc)
+
+    def _swap(self, new: Prepared) -> bool:
         """Put a prepared assignment in place of what runs, all at once. Whatever fails
-        before the pointer is written leaves the old models scoring, reported as refused."""
+        before the pointer is written leaves the old models scoring, reported as refused;
+        True when the new ones run."""
         assignment, began = new.assignment, time.perf_counter()
         try:
             live = self._live(new.live)
@@ -391,7 +405,7 @@ class Agent:
         except (CardError, ValueError) as exc:
             self._refuse(Refused(assignment, "card", f"card of {assignment.live.name} "
                                  f"{assignment.live.version} unusable here: {exc}"))
-            return
+            return False
         # What the old model scored leaves under its name, and the source's position is
         # saved with its monitors' state, before anything changes.
         self._flush()
@@ -403,7 +417,7 @@ class Agent:
         except OSError as exc:
             self._refuse(Refused(assignment, "store", f"store: cannot write the model "
                                  f"pointer in {self.store.root}: {exc}"))
-            return
+            return False
         old = self.model_ref
         self._use_live(live)
         limits = live.calibration
@@ -427,6 +441,7 @@ class Agent:
                     self.model_ref.name, self.model_ref.version, old.name, old.version,
                     "" if shadow is None else f"; shadow {shadow.ref.name} {shadow.ref.version}",
                     (time.perf_counter() - began) * 1e3)
+        return True
 
     def _refuse(self, refused: Refused) -> None:
         """Report a refused assignment at once; the running models keep scoring."""

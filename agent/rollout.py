@@ -182,10 +182,19 @@ class Rollout:
             self._lock.notify_all()
 
     def outcomes(self) -> list[Prepared | Refused]:
-        """What finished since the last call (the pipeline's thread, between ticks)."""
+        """What finished since the last call (the pipeline's thread, between ticks). The
+        store no longer holds the directories of those prepared: the caller swaps them in
+        (or not) before it prunes the store."""
         with self._lock:
             out, self._outcomes = self._outcomes, []
+        for outcome in out:
+            if isinstance(outcome, Prepared):
+                self.store.release(self._dirs(outcome.assignment))
         return out
+
+    def _dirs(self, assignment: wire.Assignment) -> list[str]:
+        return [self.store.dir_name(a) for a in (assignment.live, assignment.shadow)
+                if a is not None]
 
     def _take(self) -> tuple[wire.Assignment | None, bool]:
         """The next assignment to prepare, and whether it is a retry of a refused download;
@@ -207,20 +216,29 @@ class Rollout:
             assignment, retried = self._take()
             if assignment is None:
                 return
+            # Held from before the store is looked at until the pipeline takes what was
+            # prepared: a prune in between would remove a version about to run.
+            dirs = self._dirs(assignment)
+            self.store.hold(dirs)
             try:
                 outcome = self.prepare(assignment)
             except Exception as exc:  # noqa: BLE001 - a bug here must not stop later ones
                 logger.exception("model assignment %s: unexpected failure", assignment.id)
                 outcome = Refused(assignment, "error", f"error preparing the models: {exc}")
-            if outcome is None:
-                continue  # superseded or stopping
-            with self._lock:
-                if isinstance(outcome, Prepared) or not outcome.cause == "download":
-                    self._done.add(assignment.id)
-                self._schedule(outcome, retried)
-                if retried and isinstance(outcome, Refused) and outcome.retry:
-                    continue  # reported at the first round: once, not once per round
-                self._outcomes.append(outcome)
+            reported = outcome is not None and self._report(outcome, retried)  # None: superseded
+            if not (reported and isinstance(outcome, Prepared)):
+                self.store.release(dirs)  # held on only for what the pipeline is to swap in
+
+    def _report(self, outcome: Prepared | Refused, retried: bool) -> bool:
+        """Hand ``outcome`` to the pipeline, unless it is a refusal reported already."""
+        with self._lock:
+            if isinstance(outcome, Prepared) or not outcome.cause == "download":
+                self._done.add(outcome.assignment.id)
+            self._schedule(outcome, retried)
+            if retried and isinstance(outcome, Refused) and outcome.retry:
+                return False  # reported at the first round: once, not once per round
+            self._outcomes.append(outcome)
+            return True
 
     def _schedule(self, outcome: Prepared | Refused, retried: bool) -> None:
         """Set when ``outcome``'s assignment is prepared again, if it is (under the lock)."""

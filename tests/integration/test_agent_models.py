@@ -390,6 +390,44 @@ def test_a_download_refused_while_the_registry_is_down_is_applied_once_it_is_bac
         assert max(keys.values()) == 1 and set(keys) == {as_key(s) for s in report.scored}
 
 
+def test_after_three_assignments_the_store_keeps_current_and_previous_and_rolls_back(
+        tmp_path: Path, mosquitto: Any) -> None:
+    with _setup(tmp_path, mosquitto, "gw-prune") as (registry, _):
+        arts = {v: registry.artifact(_version(tmp_path, v)) for v in ("2.0.0", "3.0.0", "4.0.0")}
+        config = _config(tmp_path, mosquitto.url, "gw-prune", [registry.public], loop=True)
+        store = ModelStore(config.model_store)
+        run = _Running(config)
+        try:
+            run.scoring()
+
+            def applied(id: str, art: wire.Artifact) -> None:
+                registry.assign("gw-prune", id, art)
+                wait_until(lambda: run.agent.deployment is not None
+                           and run.agent.deployment.assignment == id, 30,
+                           what=f"assignment {id} reported")
+                assert run.agent.deployment.state == "applied", run.agent.deployment
+                assert run.agent.model_ref.version == art.version
+
+            for v, art in arts.items():
+                applied(f"to-{v}", art)
+            # Pruned right after the swap that wrote the pointer (just after the report).
+            kept = {store.dir_name(arts["3.0.0"]), store.dir_name(arts["4.0.0"])}
+            wait_until(lambda: {p.name for p in store.root.iterdir()} == kept | {
+                "current.json", "previous.json"}, 10, what="2.0.0 removed from the store")
+            # Back to the previous version: from the store, nothing downloaded.
+            registry.files.clear()
+            asked = registry.requests
+            applied("back-to-3", arts["3.0.0"])
+            assert registry.requests == asked
+        finally:
+            run.agent.stop()
+        report = run.finish()
+    assert report.progress.models_applied == 4 and report.progress.models_refused == 0
+    assert sorted(p.name for p in store.root.iterdir()) == sorted(
+        ["current.json", "previous.json", store.dir_name(arts["3.0.0"]),
+         store.dir_name(arts["4.0.0"])])
+
+
 def test_a_shadow_model_scores_the_same_windows_in_envelopes_of_its_own(
         tmp_path: Path, mosquitto: Any) -> None:
     with _setup(tmp_path, mosquitto, "gw-shadow") as (registry, collector):

@@ -7,6 +7,7 @@ in tests/integration/test_agent_models.py)."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import threading
 import time
@@ -438,3 +439,79 @@ def test_a_newer_assignment_cancels_the_retry_of_an_older_one(
     finally:
         rollout.close()
     assert [(type(o), o.assignment.id) for o in got] == [(Refused, "old"), (Prepared, "new")]
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def test_prune_keeps_what_the_pointers_name_and_what_is_held(
+        tmp_path: Path, key: tuple[bytes, Path], caplog: pytest.LogCaptureFixture) -> None:
+    private, _ = key
+    store = ModelStore(tmp_path / "store")
+    v2, v3, v4, v5, v6 = (_installed(store, tmp_path, private, f"{n}.0.0") for n in range(2, 7))
+    store.point(Pointer(live=v3, assignment="a3", at=AT))
+    store.point(Pointer(live=v5, shadow=v6, assignment="a5", at=AT))  # v3 goes to previous
+    store.hold([v4])  # being prepared
+    (store.root / ".tmp-unpacking").mkdir()  # an unpack under way: not a version
+    (store.root / "operator-notes").mkdir()  # not ours: not a version's name either
+    size = _size(store.path(v2))
+    with caplog.at_level(logging.INFO, logger="agent.modelstore"):
+        assert store.prune() == [(v2, size)]
+    assert sorted(p.name for p in store.root.iterdir()) == sorted(
+        [".tmp-unpacking", CURRENT, PREVIOUS, "operator-notes", v3, v4, v5, v6])
+    said = [r for r in caplog.records if "removed" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.INFO
+    assert f"{v2} ({size / 1e3:.1f} kB)" in said[0].getMessage()
+
+    store.release([v4])
+    assert [name for name, _ in store.prune()] == [v4]
+    assert store.prune() == []
+    # The kept ones still start, as current and as previous.
+    assert choose(store, MODEL).live.card.version == "5.0.0"
+    # A pointer that cannot be read might name anything: nothing is removed.
+    (store.root / CURRENT).write_text("{")
+    assert store.prune() == [] and store.path(v5).is_dir() and store.path(v6).is_dir()
+
+
+def test_a_version_being_prepared_is_not_pruned_until_the_pipeline_takes_it(
+        tmp_path: Path, key: tuple[bytes, Path]) -> None:
+    """The live version downloads while the shadow one, in the store but named by no
+    pointer, waits to be checked: a prune then keeps it; so it does once both are prepared
+    and not yet taken (the next assignment's download has begun, so the first is done);
+    once taken, they are the caller's to point to."""
+    private, public = key
+    store = ModelStore(tmp_path / "store")
+    store.point(Pointer(live=_installed(store, tmp_path, private, "4.0.0"), at=AT))
+    shadow, shadow_data = signed(version(tmp_path, "2.0.0"), private)
+    store.install(shadow, shadow_data)  # in the store, named by no pointer
+    live, data = signed(version(tmp_path, "3.0.0"), private, url="http://h/v3")
+    later, later_data = signed(version(tmp_path, "5.0.0"), private, url="http://h/v5")
+    fetching = {live.url: threading.Event(), later.url: threading.Event()}
+    go_on = {live.url: threading.Event(), later.url: threading.Event()}
+
+    def fetch(url: str, size: int, timeout_s: float) -> bytes:
+        fetching[url].set()
+        assert go_on[url].wait(10)
+        return data if url == live.url else later_data
+
+    rollout = Rollout(store, [public], ModelCard.load(MODEL), agent_id="gw-1", fetch=fetch)
+    rollout.start()
+    try:
+        rollout.submit(assignment(live, shadow=shadow, id="first"))
+        assert fetching[live.url].wait(10)
+        assert store.prune() == []  # the shadow's directory is held
+        go_on[live.url].set()
+        rollout.submit(assignment(later, id="second"))
+        assert fetching[later.url].wait(10)
+        assert store.prune() == []  # "first" prepared, not taken yet: still held
+        go_on[later.url].set()
+        got = _until_prepared(rollout)
+        got += [] if len(got) == 2 else _until_prepared(rollout)
+    finally:
+        rollout.close()
+    assert [(type(o), o.assignment.id) for o in got] == [(Prepared, "first"),
+                                                        (Prepared, "second")]
+    # Taken and not pointed to (the pipeline would have swapped them in first): removed.
+    assert sorted(n for n, _ in store.prune()) == sorted(
+        store.dir_name(a) for a in (shadow, live, later))
