@@ -6,6 +6,7 @@ being silently ignored on a gateway nobody looks at.
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -42,6 +43,7 @@ __all__ = [
     "SourceConfig",
     "load",
     "parse",
+    "tls_context",
 ]
 
 
@@ -70,6 +72,13 @@ class ModelConfig(_Config):
     fetch_timeout_s: float = Field(30.0, gt=0, description="socket timeout of one download")
     fetch_attempts: int = Field(5, ge=1, le=20, description="downloads tried, with backoff, "
                                 "before an assignment is refused")
+    fetch_retry_s: float = Field(60.0, gt=0, description="an assignment refused for a "
+                                 "network or server error is prepared again this long after, "
+                                 "then twice as long each time up to 15 min, until a newer "
+                                 "assignment replaces it")
+    ca_file: Path | None = Field(None, description="PEM CA bundle the registry's HTTPS "
+                                 "certificate is checked against (a plant's private CA); "
+                                 "default: the system's CA store")
 
 
 class ReplaySourceConfig(ReplayOptions):
@@ -211,6 +220,7 @@ def _rebase(config: AgentConfig, base: Path) -> AgentConfig:
         update={
             "model": config.model.model_copy(update={
                 "dir": fix(config.model.dir), "store": fix(config.model.store),
+                "ca_file": fix(config.model.ca_file),
                 "trusted_keys": [base / p if not p.is_absolute() else p
                                  for p in config.model.trusted_keys]}),
             "source": config.source.model_copy(update={"path": fix(config.source.path)})
@@ -219,6 +229,18 @@ def _rebase(config: AgentConfig, base: Path) -> AgentConfig:
             "outbox": config.outbox.model_copy(update={"path": fix(config.outbox.path)}),
         }
     )
+
+
+def tls_context(ca_file: Path | None, key: str) -> ssl.SSLContext:
+    """A client context that verifies servers against ``ca_file`` (else the system's CA
+    store); a file that cannot be loaded is a ``ConfigError`` naming ``key``, so it is said
+    at start rather than at the first download, maybe weeks later."""
+    try:
+        return ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
+    except OSError as exc:  # ssl.SSLError too: a file with no PEM certificate in it
+        why = f"cannot load a PEM CA bundle from it: {exc.strerror or exc}"
+        raise ConfigError(f"invalid agent configuration:\n  {key}: {why} (got "
+                          f"{str(ca_file)!r})", [(key, str(ca_file), why)]) from exc
 
 
 def load(path: str | Path) -> AgentConfig:

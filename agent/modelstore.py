@@ -14,14 +14,23 @@ before. Both are written atomically (temporary file, fsync, ``os.replace``, fsyn
 directory), so after a power cut or SIGKILL each is either the old or the new whole file.
 At start the agent takes the first of current, previous and ``model.dir`` whose models load
 and pass their self-test (:func:`choose`).
+
+A gateway has little disk: after each swap, the versions neither pointer names are removed
+(:meth:`ModelStore.prune`), except those being prepared (:meth:`ModelStore.hold`). What
+is left is what the agent can start on, and what a rollback to the previous version takes
+without a download.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
+import threading
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -42,6 +51,7 @@ CURRENT = "current.json"
 PREVIOUS = "previous.json"
 _TMP = ".tmp-"
 _DIR_NAME = r"^[A-Za-z0-9_.-]{1,200}$"
+_VERSION_DIR = re.compile(r"^[^.].*-[0-9a-f]{12}$")  # dir_name's shape: nothing else is pruned
 
 
 class Pointer(BaseModel):
@@ -84,6 +94,8 @@ class ModelStore:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self._lock = threading.Lock()
+        self._held: Counter[str] = Counter()
 
     def dir_name(self, art: wire.Artifact) -> str:
         return f"{art.name}-{art.version}-{art.sha256[:12]}"
@@ -130,6 +142,46 @@ class ModelStore:
         write_atomic(self.root / CURRENT, pointer.model_dump_json().encode())
 
     # --- versions ------------------------------------------------------------------------------
+
+    def hold(self, names: Iterable[str]) -> None:
+        """Keep the directories ``names`` from :meth:`prune` until as many :meth:`release`
+        calls: versions being prepared, or prepared and not swapped in yet (any thread)."""
+        with self._lock:
+            self._held.update(names)
+
+    def release(self, names: Iterable[str]) -> None:
+        with self._lock:
+            self._held.subtract(names)
+            self._held = +self._held  # drops the names no longer held
+
+    def prune(self) -> list[tuple[str, int]]:
+        """Remove the versions that neither ``current.json`` nor ``previous.json`` names
+        (live or shadow) and none holds; return each removed (name, bytes). Nothing is
+        removed while a pointer file is unreadable: it may name any of them."""
+        with self._lock:
+            keep = set(self._held)
+            for which in (CURRENT, PREVIOUS):
+                pointer, problem = self.pointer(which)
+                if problem:
+                    logger.warning("model store: nothing removed: %s", problem)
+                    return []
+                if pointer is not None:
+                    keep.update(n for n in (pointer.live, pointer.shadow) if n is not None)
+            if not self.root.is_dir():
+                return []
+            removed = []
+            for path in sorted(self.root.iterdir()):
+                if path.name in keep or not _VERSION_DIR.match(path.name) or \
+                        not path.is_dir() or path.is_symlink():
+                    continue
+                size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+                self._discard(path)
+                removed.append((path.name, size))
+        if removed:
+            logger.info("model store: removed %d version(s) no pointer names, %.1f kB: %s",
+                        len(removed), sum(b for _, b in removed) / 1e3,
+                        ", ".join(f"{n} ({b / 1e3:.1f} kB)" for n, b in removed))
+        return removed
 
     def reuse(self, art: wire.Artifact, keys: list[bytes]) -> Path | None:
         """The version's directory if it is there and still what the registry signed; a

@@ -18,6 +18,7 @@ own (``ModelRef.role = "shadow"``) and feed none of the live model's monitors.
 
 from __future__ import annotations
 
+import functools
 import logging
 import statistics
 import threading
@@ -31,7 +32,7 @@ from typing import cast
 import numpy as np
 
 from agent import checkpoint
-from agent.config import AgentConfig, ReplaySourceConfig
+from agent.config import AgentConfig, ReplaySourceConfig, tls_context
 from agent.delivery import Confirmation, ModelCommands
 from agent.encode import predictions_payload
 from agent.estimate import PerformanceEstimator
@@ -46,7 +47,7 @@ from agent.monitors.score import ScoreMonitor
 from agent.outbox import Outbox
 from agent.position import Position, PositionStore, differences
 from agent.publisher import Publisher
-from agent.rollout import Prepared, Refused, Rollout
+from agent.rollout import Prepared, Refused, Rollout, download
 from agent.sources import Live, Reading, Resumable, open_source
 from agent.sources.config import TableSourceConfig
 from agent.windows import Batch, Windower, Windows
@@ -226,6 +227,9 @@ class Agent:
 
     def __init__(self, config: AgentConfig, *, record: bool = False) -> None:
         self.config = config
+        # Built first: a CA file that cannot be loaded is a config error, said before any
+        # model loads or file is written.
+        downloads = tls_context(config.model.ca_file, "model.ca_file")
         self.store = ModelStore(config.model_store)
         start = choose(self.store, config.model.dir)
         card = start.live.card
@@ -250,7 +254,9 @@ class Agent:
         self.rollout = Rollout(
             self.store, config.model.trusted_keys, card, agent_id=a.id,
             done=None if start.pointer is None else start.pointer.assignment,
-            timeout_s=config.model.fetch_timeout_s, attempts=config.model.fetch_attempts)
+            timeout_s=config.model.fetch_timeout_s, attempts=config.model.fetch_attempts,
+            retry_s=config.model.fetch_retry_s,
+            fetch=functools.partial(download, context=downloads))
         status = wire.topic(a.site, a.line, a.id, "status")
         self.publisher = Publisher(
             config.mqtt, self.outbox,
@@ -369,15 +375,29 @@ class Agent:
     # --- model assignments, between two ticks ---------------------------------------------
 
     def _take_models(self) -> None:
+        swapped = False
         for outcome in self.rollout.outcomes():
             if isinstance(outcome, Prepared):
-                self._swap(outcome)
+                swapped = self._swap(outcome) or swapped
             else:
                 self._refuse(outcome)
+        if swapped:
+            # After the whole batch: a version prepared later in it is no longer held, and
+            # not pointed to before its own swap.
+            self._prune()
 
-    def _swap(self, new: Prepared) -> None:
+    def _prune(self) -> None:
+        try:
+            self.store.prune()
+        except OSError as exc:
+            # What runs is not affected: the next swap tries again.
+            logger.warning("model store: could not remove the versions no pointer names: %s",
+                           exc)
+
+    def _swap(self, new: Prepared) -> bool:
         """Put a prepared assignment in place of what runs, all at once. Whatever fails
-        before the pointer is written leaves the old models scoring, reported as refused."""
+        before the pointer is written leaves the old models scoring, reported as refused;
+        True when the new ones run."""
         assignment, began = new.assignment, time.perf_counter()
         try:
             live = self._live(new.live)
@@ -385,7 +405,7 @@ class Agent:
         except (CardError, ValueError) as exc:
             self._refuse(Refused(assignment, "card", f"card of {assignment.live.name} "
                                  f"{assignment.live.version} unusable here: {exc}"))
-            return
+            return False
         # What the old model scored leaves under its name, and the source's position is
         # saved with its monitors' state, before anything changes.
         self._flush()
@@ -397,7 +417,7 @@ class Agent:
         except OSError as exc:
             self._refuse(Refused(assignment, "store", f"store: cannot write the model "
                                  f"pointer in {self.store.root}: {exc}"))
-            return
+            return False
         old = self.model_ref
         self._use_live(live)
         limits = live.calibration
@@ -421,6 +441,7 @@ class Agent:
                     self.model_ref.name, self.model_ref.version, old.name, old.version,
                     "" if shadow is None else f"; shadow {shadow.ref.name} {shadow.ref.version}",
                     (time.perf_counter() - began) * 1e3)
+        return True
 
     def _refuse(self, refused: Refused) -> None:
         """Report a refused assignment at once; the running models keep scoring."""

@@ -67,10 +67,17 @@ class Registry:
         self.public = tmp / "registry.pub.pem"
         self.public.write_bytes(artifacts.public_pem(self.key))
         self.files: dict[str, bytes] = {}
-        files = self.files
+        self.requests = 0
+        self.unavailable = 0  # the next requests answered 503, as by a server that is down
+        files, registry = self.files, self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                registry.requests += 1
+                if registry.unavailable > 0:
+                    registry.unavailable -= 1
+                    self.send_error(503)
+                    return
                 body = files.get(self.path)
                 if body is None:
                     self.send_error(404)
@@ -174,11 +181,11 @@ def _setup(tmp_path: Path, mosquitto: Any, agent: str) -> Iterator[tuple[Registr
         registry.close()
 
 
-def _config(tmp_path: Path, url: str, agent: str, keys: list[Path], **source: Any
-            ) -> AgentConfig:
+def _config(tmp_path: Path, url: str, agent: str, keys: list[Path], *,
+            model: dict[str, Any] | None = None, **source: Any) -> AgentConfig:
     cfg = agent_cfg(tmp_path, url, agent, confirm="broker", speed=600 / TICK_S, **source)
     return cfg.model_copy(update={"model": cfg.model.model_copy(update={
-        "trusted_keys": keys, "store": tmp_path / agent / "models"})})
+        "trusted_keys": keys, "store": tmp_path / agent / "models", **(model or {})})})
 
 
 class _Running:
@@ -354,6 +361,71 @@ def test_an_assignment_made_while_the_agent_was_offline_is_taken_when_it_connect
         assert collector.deployments()[-1].assignment == "while-off"
         keys = _live_keys(collector)
         assert max(keys.values()) == 1 and set(keys) == {as_key(s) for s in report.scored}
+
+
+def test_a_download_refused_while_the_registry_is_down_is_applied_once_it_is_back(
+        tmp_path: Path, mosquitto: Any) -> None:
+    """The assignment is delivered once (the broker stays up: no reconnection brings it
+    again); the artifact's server answers 503 three times. The agent reports the refusal
+    once, tries again in the background, and applies the model when the server answers."""
+    with _setup(tmp_path, mosquitto, "gw-retry") as (registry, collector):
+        v2 = registry.artifact(_version(tmp_path, "2.0.0"))
+        registry.unavailable = 3
+        run = _Running(_config(tmp_path, mosquitto.url, "gw-retry", [registry.public],
+                               model={"fetch_attempts": 1, "fetch_retry_s": 0.2}))
+        run.scoring()
+        registry.assign("gw-retry", "as-2", v2)
+        report = run.finish()
+        _all_in(collector, report)
+
+        said = [(d.assignment, d.state, d.reason) for d in collector.deployments()]
+        told = [s for n, s in enumerate(said) if n == 0 or said[n - 1] != s]
+        assert [(a, state) for a, state, _ in told] == [("as-2", "refused"),
+                                                        ("as-2", "applied")]
+        assert told[0][2] is not None and "HTTP 503" in told[0][2]
+        assert (report.progress.models_refused, report.progress.models_applied) == (1, 1)
+        assert registry.requests == 4  # three rounds refused, the fourth downloaded
+        assert "2.0.0" in {e.model.version for e, _ in collector.items("prediction")}
+        keys = _live_keys(collector)
+        assert max(keys.values()) == 1 and set(keys) == {as_key(s) for s in report.scored}
+
+
+def test_after_three_assignments_the_store_keeps_current_and_previous_and_rolls_back(
+        tmp_path: Path, mosquitto: Any) -> None:
+    with _setup(tmp_path, mosquitto, "gw-prune") as (registry, _):
+        arts = {v: registry.artifact(_version(tmp_path, v)) for v in ("2.0.0", "3.0.0", "4.0.0")}
+        config = _config(tmp_path, mosquitto.url, "gw-prune", [registry.public], loop=True)
+        store = ModelStore(config.model_store)
+        run = _Running(config)
+        try:
+            run.scoring()
+
+            def applied(id: str, art: wire.Artifact) -> None:
+                registry.assign("gw-prune", id, art)
+                wait_until(lambda: run.agent.deployment is not None
+                           and run.agent.deployment.assignment == id, 30,
+                           what=f"assignment {id} reported")
+                assert run.agent.deployment.state == "applied", run.agent.deployment
+                assert run.agent.model_ref.version == art.version
+
+            for v, art in arts.items():
+                applied(f"to-{v}", art)
+            # Pruned right after the swap that wrote the pointer (just after the report).
+            kept = {store.dir_name(arts["3.0.0"]), store.dir_name(arts["4.0.0"])}
+            wait_until(lambda: {p.name for p in store.root.iterdir()} == kept | {
+                "current.json", "previous.json"}, 10, what="2.0.0 removed from the store")
+            # Back to the previous version: from the store, nothing downloaded.
+            registry.files.clear()
+            asked = registry.requests
+            applied("back-to-3", arts["3.0.0"])
+            assert registry.requests == asked
+        finally:
+            run.agent.stop()
+        report = run.finish()
+    assert report.progress.models_applied == 4 and report.progress.models_refused == 0
+    assert sorted(p.name for p in store.root.iterdir()) == sorted(
+        ["current.json", "previous.json", store.dir_name(arts["3.0.0"]),
+         store.dir_name(arts["4.0.0"])])
 
 
 def test_a_shadow_model_scores_the_same_windows_in_envelopes_of_its_own(

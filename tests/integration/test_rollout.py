@@ -13,19 +13,28 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import ssl
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from agent_support import MODEL, TEST_FILE
 from aggregator_support import api_token, bearer, wait_until
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from servers import MosquittoServer, free_port
 
 from agent import config as agent_config
 from agent.pipeline import Agent, RunReport
+from aggregator.api.app import create_app
 from aggregator.server import ServerThread
 from aggregator.settings import Settings
 from contract import artifact
@@ -55,12 +64,13 @@ def _version(tmp: Path, version: str, threshold: float | None = None) -> Path:
 class _Agent:
     """A real agent on a thread, trusting the registry's key."""
 
-    def __init__(self, tmp: Path, broker: MosquittoServer, agent_id: str, trusted: Path
-                 ) -> None:
+    def __init__(self, tmp: Path, broker: MosquittoServer, agent_id: str, trusted: Path,
+                 ca_file: Path | None = None) -> None:
         config = agent_config.parse({
             "agent": {"id": agent_id, "site": "plant1", "line": "line1"},
             "model": {"dir": str(MODEL), "trusted_keys": [str(trusted)],
-                      "store": str(tmp / agent_id / "models")},
+                      "store": str(tmp / agent_id / "models"),
+                      "ca_file": None if ca_file is None else str(ca_file)},
             "source": {"type": "replay", "path": str(TEST_FILE), "assets": ENGINES,
                        "step_s": 0.05, "speed": 1, "loop": True},
             "mqtt": {"url": broker.url},
@@ -81,9 +91,10 @@ class _Agent:
 
 
 class _Plant:
-    def __init__(self, server: ServerThread, token: str) -> None:
+    def __init__(self, server: ServerThread | _HttpsServer, token: str) -> None:
         self.server = server
-        self.http = httpx.Client(base_url=server.url, headers=bearer(token), timeout=30)
+        self.http = httpx.Client(base_url=server.url, headers=bearer(token), timeout=30,
+                                 verify=getattr(server, "verify", True))
 
     def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         return self.http.request(method, path, **kwargs)
@@ -136,6 +147,71 @@ class _Plant:
             return r.status_code == 200 or r.json().get("ready", True)
         wait_until(judged, 90, interval_s=1.0, what=f"a verdict on assignment {assignment_id}")
         return answers[-1]
+
+
+def _certificates(out: Path) -> tuple[Path, Path, Path]:
+    """A plant's private CA and, signed by it, a server certificate for 127.0.0.1:
+    (CA bundle, server certificate, server key), PEM files in ``out``."""
+    now = datetime.now(UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "linewatch test plant CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(
+              digital_signature=False, content_commitment=False, key_encipherment=False,
+              data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+              encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+                         critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = out / "ca.pem", out / "server.pem", out / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+class _HttpsServer:
+    """The aggregator under uvicorn with its TLS options, as a plant serves it behind its own
+    CA (``ServerThread`` speaks plain HTTP)."""
+
+    def __init__(self, settings: Settings, cert: Path, key: Path, ca: Path) -> None:
+        self.app = create_app(settings)
+        self.url = f"https://127.0.0.1:{settings.http_port}"
+        self.verify = ssl.create_default_context(cafile=str(ca))
+        self._server = uvicorn.Server(uvicorn.Config(
+            self.app, host="127.0.0.1", port=settings.http_port, lifespan="on",
+            log_config=None, access_log=False, ssl_certfile=str(cert), ssl_keyfile=str(key)))
+        self._thread = threading.Thread(target=self._server.run, name="aggregator-https",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        wait_until(lambda: self._server.started or not self._thread.is_alive(), 30,
+                   what="the aggregator serving HTTPS")
+        assert self._server.started, "the aggregator did not start"
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=30)
 
 
 @pytest.fixture
@@ -285,3 +361,53 @@ def test_a_tampered_artifact_and_a_wrong_signature_are_refused_and_the_old_model
     store = tmp_path / "gw-a" / "models"  # created with the first version installed
     assert not store.exists() or not [p for p in store.iterdir()
                                       if "2.0.0" in p.name or "4.0.0" in p.name]
+
+
+def test_over_https_with_the_plant_ca_the_model_is_taken_and_without_it_refused(
+        tmp_path: Path, mosquitto: MosquittoServer) -> None:
+    """The registry served over HTTPS under a plant's private CA: the agent given it as
+    model.ca_file verifies the server and runs the assigned version; the one left on the
+    system's CA store refuses the download, says the certificate is why, and scores on."""
+    ca, cert, key = _certificates(tmp_path)
+    private, public = keygen(tmp_path / "keys")
+    port = free_port()
+    server = _HttpsServer(Settings(
+        mqtt_url=mosquitto.url, db_url=f"sqlite:///{tmp_path / 'agg.db'}",
+        series_path=tmp_path / "series.db", http_port=port, mqtt_client_id="agg-https",
+        signing_key_file=private, public_url=f"https://127.0.0.1:{port}"), cert, key, ca)
+    server.start()
+    registry = _Plant(server, api_token(server, "admin", "release-manager"))
+    agents: list[_Agent] = []
+    try:
+        assert server.app.state.subscriber.wait_ready(10)
+        registry.upload(MODEL)
+        registry.upload(_version(tmp_path, "2.0.0"))
+        agents = [_Agent(tmp_path, mosquitto, "gw-ca", public, ca_file=ca),
+                  _Agent(tmp_path, mosquitto, "gw-sys", public)]
+        wait_until(lambda: {"gw-ca", "gw-sys"} <= {a for a, r in registry.agents().items()
+                                                   if r["model_version"] == V1}, 60,
+                   what="both agents known, running the shipped version")
+        registry.assign("2.0.0", "live")
+        registry.running({"gw-ca": ("2.0.0", None)}, "2.0.0 live on the agent given the CA")
+
+        def refused() -> dict[str, Any] | None:
+            seen = registry.agents()["gw-sys"]
+            return seen if (seen["deployment"] or {}).get("state") == "refused" else None
+        seen = wait_until(refused, 60, what="the download refused without the CA")
+        reason = seen["deployment"]["reason"]
+        assert reason.startswith(f"download of https://127.0.0.1:{port}/registry/artifacts/")
+        assert "certificate is not trusted (unable to get local issuer certificate)" in reason
+        assert "model.ca_file" in reason and seen["model_version"] == V1
+        scored = seen["predictions_count"]
+        wait_until(lambda: registry.agents()["gw-sys"]["predictions_count"] > scored + 50, 30,
+                   what="the shipped version still scoring")
+    finally:
+        for a in agents:
+            a.stop()
+        registry.http.close()
+        server.stop()
+    assert agents[0].report is not None and agents[1].report is not None
+    assert agents[0].report.progress.models_applied == 1
+    assert (agents[1].report.progress.models_applied, agents[1].report.progress.models_refused
+            ) == (0, 1)  # a certificate that fails is not fetched again and again
+    assert not (tmp_path / "gw-sys" / "models").exists()

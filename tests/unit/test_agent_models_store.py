@@ -7,12 +7,16 @@ in tests/integration/test_agent_models.py)."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from agent import rollout as rollouts
 from agent.inference import OnnxModel
 from agent.modelstore import CURRENT, PREVIOUS, ModelStore, Pointer, choose, differences
 from agent.rollout import Prepared, Refused, Rollout, download
@@ -243,10 +247,13 @@ def test_the_model_keys_of_the_config_are_rebased_and_default_per_agent(
     assert cfg.model.trusted_keys == [] and cfg.model_store == Path("var/agent/gw-9/models")
     moved = config.parse({**base, "model": {"dir": "m"}, "outbox": {"path": "/o/box.db"}})
     assert moved.model_store == Path("/o/models")  # the agent's state stays together
+    assert cfg.model.ca_file is None  # the system's CA store
     cfg = config.parse({**base, "model": {"dir": "m", "trusted_keys": ["keys/r.pem", "/k.pem"],
-                                          "store": "models-here"}}, base=tmp_path)
+                                          "store": "models-here", "ca_file": "pki/ca.pem"}},
+                       base=tmp_path)
     assert cfg.model.trusted_keys == [tmp_path / "keys" / "r.pem", Path("/k.pem")]
     assert cfg.model_store == tmp_path / "models-here"
+    assert cfg.model.ca_file == tmp_path / "pki" / "ca.pem"
     with pytest.raises(config.ConfigError, match="fetch_attempts"):
         config.parse({**base, "model": {"dir": "m", "fetch_attempts": 0}})
 
@@ -348,3 +355,163 @@ def test_an_assigned_model_runs_even_when_model_dir_is_unusable(
                         at=AT))
     start = choose(store, empty)
     assert start.pointer is not None and start.live.card.version == "2.0.0"
+
+
+class _Flaky:
+    """A fetch that fails like a network that is down (a real refused connection) for the
+    first ``failures`` calls per URL, or for every call to a URL not in ``served``."""
+
+    def __init__(self, served: dict[str, bytes], failures: int) -> None:
+        self.served, self.failures = served, failures
+        self.calls: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, url: str, size: int, timeout_s: float) -> bytes:
+        with self._lock:
+            calls = self.calls.setdefault(url, [])
+            calls.append(time.monotonic())
+        if url in self.served and len(calls) > self.failures:
+            return self.served[url]
+        return download("http://127.0.0.1:9/nothing-listens-here", size, 2.0)
+
+    def count(self, url: str) -> int:
+        with self._lock:
+            return len(self.calls.get(url, []))
+
+
+def _until_prepared(rollout: Rollout, timeout_s: float = 20.0) -> list[Prepared | Refused]:
+    """Every outcome until one is prepared."""
+    got: list[Prepared | Refused] = []
+    deadline = time.monotonic() + timeout_s
+    while not any(isinstance(o, Prepared) for o in got):
+        assert time.monotonic() < deadline, f"no model prepared; got {got}"
+        got += rollout.outcomes()
+        time.sleep(0.01)
+    return got
+
+
+def test_a_failed_download_is_tried_again_in_the_background_with_a_capped_backoff(
+        tmp_path: Path, key: tuple[bytes, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    private, public = key
+    art, data = signed(version(tmp_path, "2.0.0"), private, url="http://h/v2")
+    monkeypatch.setattr(rollouts, "_RETRY_MAX_S", 0.25)  # 15 min, for a test
+    fetch = _Flaky({art.url: data}, failures=4)
+    rollout = Rollout(ModelStore(tmp_path / "store"), [public], ModelCard.load(MODEL),
+                      agent_id="gw-1", attempts=1, retry_s=0.1, fetch=fetch)
+    rollout.start()
+    try:
+        rollout.submit(assignment(art))  # once: nothing delivers it again
+        got = _until_prepared(rollout)
+    finally:
+        rollout.close()
+    # Refused once, for its download (the pipeline reports that), then prepared.
+    assert [type(o) for o in got] == [Refused, Prepared]
+    refused = got[0]
+    assert isinstance(refused, Refused) and refused.cause == "download" and refused.retry
+    assert fetch.count(art.url) == 5
+    # Waits between the rounds: 0.1, doubled, then held at the cap (not 0.4, 0.8).
+    calls = fetch.calls[art.url]
+    gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
+    assert all(gap >= want for gap, want in zip(gaps, [0.1, 0.2, 0.25, 0.25], strict=True))
+    assert gaps[-1] < 0.6, gaps
+
+
+def test_a_newer_assignment_cancels_the_retry_of_an_older_one(
+        tmp_path: Path, key: tuple[bytes, Path]) -> None:
+    private, public = key
+    old, _ = signed(version(tmp_path, "2.0.0"), private, url="http://h/never")
+    new, data = signed(version(tmp_path, "3.0.0"), private, url="http://h/v3")
+    fetch = _Flaky({new.url: data}, failures=0)
+    rollout = Rollout(ModelStore(tmp_path / "store"), [public], ModelCard.load(MODEL),
+                      agent_id="gw-1", attempts=1, retry_s=0.05, fetch=fetch)
+    rollout.start()
+    try:
+        rollout.submit(assignment(old, id="old"))
+        deadline = time.monotonic() + 10
+        while fetch.count(old.url) < 3:  # refused, then tried again in the background
+            assert time.monotonic() < deadline, "the old assignment was not tried again"
+            time.sleep(0.01)
+        rollout.submit(assignment(new, id="new"))
+        got = _until_prepared(rollout)
+        tried = fetch.count(old.url)
+        time.sleep(0.5)  # ten of the old one's retry periods
+        assert fetch.count(old.url) == tried and rollout.outcomes() == []
+    finally:
+        rollout.close()
+    assert [(type(o), o.assignment.id) for o in got] == [(Refused, "old"), (Prepared, "new")]
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def test_prune_keeps_what_the_pointers_name_and_what_is_held(
+        tmp_path: Path, key: tuple[bytes, Path], caplog: pytest.LogCaptureFixture) -> None:
+    private, _ = key
+    store = ModelStore(tmp_path / "store")
+    v2, v3, v4, v5, v6 = (_installed(store, tmp_path, private, f"{n}.0.0") for n in range(2, 7))
+    store.point(Pointer(live=v3, assignment="a3", at=AT))
+    store.point(Pointer(live=v5, shadow=v6, assignment="a5", at=AT))  # v3 goes to previous
+    store.hold([v4])  # being prepared
+    (store.root / ".tmp-unpacking").mkdir()  # an unpack under way: not a version
+    (store.root / "operator-notes").mkdir()  # not ours: not a version's name either
+    size = _size(store.path(v2))
+    with caplog.at_level(logging.INFO, logger="agent.modelstore"):
+        assert store.prune() == [(v2, size)]
+    assert sorted(p.name for p in store.root.iterdir()) == sorted(
+        [".tmp-unpacking", CURRENT, PREVIOUS, "operator-notes", v3, v4, v5, v6])
+    said = [r for r in caplog.records if "removed" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.INFO
+    assert f"{v2} ({size / 1e3:.1f} kB)" in said[0].getMessage()
+
+    store.release([v4])
+    assert [name for name, _ in store.prune()] == [v4]
+    assert store.prune() == []
+    # The kept ones still start, as current and as previous.
+    assert choose(store, MODEL).live.card.version == "5.0.0"
+    # A pointer that cannot be read might name anything: nothing is removed.
+    (store.root / CURRENT).write_text("{")
+    assert store.prune() == [] and store.path(v5).is_dir() and store.path(v6).is_dir()
+
+
+def test_a_version_being_prepared_is_not_pruned_until_the_pipeline_takes_it(
+        tmp_path: Path, key: tuple[bytes, Path]) -> None:
+    """The live version downloads while the shadow one, in the store but named by no
+    pointer, waits to be checked: a prune then keeps it; so it does once both are prepared
+    and not yet taken (the next assignment's download has begun, so the first is done);
+    once taken, they are the caller's to point to."""
+    private, public = key
+    store = ModelStore(tmp_path / "store")
+    store.point(Pointer(live=_installed(store, tmp_path, private, "4.0.0"), at=AT))
+    shadow, shadow_data = signed(version(tmp_path, "2.0.0"), private)
+    store.install(shadow, shadow_data)  # in the store, named by no pointer
+    live, data = signed(version(tmp_path, "3.0.0"), private, url="http://h/v3")
+    later, later_data = signed(version(tmp_path, "5.0.0"), private, url="http://h/v5")
+    fetching = {live.url: threading.Event(), later.url: threading.Event()}
+    go_on = {live.url: threading.Event(), later.url: threading.Event()}
+
+    def fetch(url: str, size: int, timeout_s: float) -> bytes:
+        fetching[url].set()
+        assert go_on[url].wait(10)
+        return data if url == live.url else later_data
+
+    rollout = Rollout(store, [public], ModelCard.load(MODEL), agent_id="gw-1", fetch=fetch)
+    rollout.start()
+    try:
+        rollout.submit(assignment(live, shadow=shadow, id="first"))
+        assert fetching[live.url].wait(10)
+        assert store.prune() == []  # the shadow's directory is held
+        go_on[live.url].set()
+        rollout.submit(assignment(later, id="second"))
+        assert fetching[later.url].wait(10)
+        assert store.prune() == []  # "first" prepared, not taken yet: still held
+        go_on[later.url].set()
+        got = _until_prepared(rollout)
+        got += [] if len(got) == 2 else _until_prepared(rollout)
+    finally:
+        rollout.close()
+    assert [(type(o), o.assignment.id) for o in got] == [(Prepared, "first"),
+                                                        (Prepared, "second")]
+    # Taken and not pointed to (the pipeline would have swapped them in first): removed.
+    assert sorted(n for n, _ in store.prune()) == sorted(
+        store.dir_name(a) for a in (shadow, live, later))
