@@ -252,8 +252,11 @@ class Rollout:
         self._retry_wait = (min(self._retry_wait * 2, max(_RETRY_MAX_S, self.retry_s))
                             if retried else self.retry_s)
         self._retry, self._retry_at = assignment, time.monotonic() + self._retry_wait
-        logger.warning("model assignment %s: its download is tried again in %.3g s",
-                       assignment.id, self._retry_wait)
+        # Said once; the later rounds of a long outage only at DEBUG.
+        logger.log(logging.DEBUG if retried else logging.WARNING,
+                   "model assignment %s: its download is tried again in %.3g s%s",
+                   assignment.id, self._retry_wait,
+                   "" if retried else ", then after twice as long each time")
 
     def prepare(self, assignment: wire.Assignment) -> Prepared | Refused | None:
         """Every check of one assignment; None when a newer one or a stop cut it short."""
