@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,6 +190,19 @@ def come_online(broker: MosquittoServer, registry: Registry, *agents: tuple[str,
         return {r["agent"] for r in rows if r["state"] == state} >= names
 
     wait_until(stored, what=f"agents {sorted(names)} {state}")
+
+
+def half_canary(registry: Registry, tmp_path: Path) -> dict[str, Any]:
+    """1.0.0 live on line3, then 2.0.0 as canary on half of its agents: the assignment."""
+    registry.upload(MODELS / "cmapss_fd001")
+    registry.upload(version_dir(tmp_path, "2.0.0"))
+    registry.assign(name="cmapss_fd001", version="1.0.0", stage="live",
+                    target={"site": "plant1", "line": "line3"})
+    made = registry.assign(name="cmapss_fd001", version="2.0.0", stage="canary",
+                           target={"site": "plant1", "line": "line3"}, share=0.5)
+    assert made.status_code == 201, made.text
+    canary: dict[str, Any] = made.json()
+    return canary
 
 
 LINE3 = [("plant1", "line3", "gw-1"), ("plant1", "line3", "gw-2")]
@@ -460,12 +472,7 @@ def test_a_failing_canary_is_rolled_back_with_a_retraining_ticket(
     come_online(mosquitto, registry, *LINE3)
     agents = Agents(mosquitto, "agents")
     try:
-        registry.upload(MODELS / "cmapss_fd001")
-        registry.upload(version_dir(tmp_path, "2.0.0"))
-        registry.assign(name="cmapss_fd001", version="1.0.0", stage="live",
-                        target={"site": "plant1", "line": "line3"})
-        canary = registry.assign(name="cmapss_fd001", version="2.0.0", stage="canary",
-                                 target={"site": "plant1", "line": "line3"}, share=0.5).json()
+        canary = half_canary(registry, tmp_path)
         (picked,) = canary["agents"]
         wait_until(lambda: (got := agents.latest(picked)) and got.stage == "canary")
         publisher = registry.server.app.state.model_publisher
@@ -605,12 +612,20 @@ def replica_publisher(registry: Registry, client: mqtt.Client,
     return ModelPublisher(app.state.settings, app.state.session_factory, client, judge=judge)
 
 
-def test_two_replicas_publish_a_change_once(
-        tmp_path: Path, mosquitto: MosquittoServer, postgres_url: str,
-        keys: tuple[Path, Path]) -> None:
+@pytest.fixture
+def pg_registry(tmp_path: Path, mosquitto: MosquittoServer, postgres_url: str,
+                keys: tuple[Path, Path]) -> Iterator[Registry]:
+    """A registry on PostgreSQL: what replicas share."""
     drop_schema(postgres_url)
-    registry = start(registry_settings(tmp_path, mosquitto, postgres_url, keys[0],
-                                       free_port()))
+    running = start(registry_settings(tmp_path, mosquitto, postgres_url, keys[0], free_port()))
+    yield running
+    running.server.stop()
+    drop_schema(postgres_url)
+
+
+def test_two_replicas_publish_a_change_once(pg_registry: Registry,
+                                            mosquitto: MosquittoServer) -> None:
+    registry = pg_registry
     registry.server.app.state.model_publisher.stop()  # the two below are the replicas
     agents = Agents(mosquitto, "agents")
     slow = StallingClient(mosquitto, "replica-a", stall_s=2)
@@ -642,49 +657,36 @@ def test_two_replicas_publish_a_change_once(
         slow.close()
         fast.close()
         agents.close()
-        registry.server.stop()
-        drop_schema(postgres_url)
 
 
 def test_two_replicas_roll_a_failing_canary_back_once(
-        tmp_path: Path, mosquitto: MosquittoServer, postgres_url: str,
-        keys: tuple[Path, Path]) -> None:
-    drop_schema(postgres_url)
-    registry = start(registry_settings(tmp_path, mosquitto, postgres_url, keys[0],
-                                       free_port()))
-    try:
-        come_online(mosquitto, registry, *LINE3)
-        registry.upload(MODELS / "cmapss_fd001")
-        registry.upload(version_dir(tmp_path, "2.0.0"))
-        registry.assign(name="cmapss_fd001", version="1.0.0", stage="live",
-                        target={"site": "plant1", "line": "line3"})
-        canary = registry.assign(name="cmapss_fd001", version="2.0.0", stage="canary",
-                                 target={"site": "plant1", "line": "line3"}, share=0.5).json()
-        b_done = threading.Event()
+        pg_registry: Registry, mosquitto: MosquittoServer, tmp_path: Path) -> None:
+    registry = pg_registry
+    come_online(mosquitto, registry, *LINE3)
+    canary = half_canary(registry, tmp_path)
+    a_judging, b_done = threading.Event(), threading.Event()
 
-        def slow_judge(_session: Any, _question: Question) -> Verdict:
-            b_done.wait(10)  # A judged the canary, B rolls it back meanwhile
-            return FAILING
+    def slow_judge(_session: Any, _question: Question) -> Verdict:
+        a_judging.set()
+        b_done.wait(10)  # A has judged the canary; B rolls it back meanwhile
+        return FAILING
 
-        client = registry.server.app.state.subscriber.confirmer.client
-        a = replica_publisher(registry, client, judge=slow_judge)
-        b = replica_publisher(registry, client, judge=lambda _s, _q: FAILING)
-        rolled: dict[str, int] = {}
-        first = threading.Thread(target=lambda: rolled.update(a=a.check()))
-        first.start()
-        time.sleep(0.3)
-        rolled["b"] = b.check()
-        b_done.set()
-        first.join(30)
+    client = registry.server.app.state.subscriber.confirmer.client
+    a = replica_publisher(registry, client, judge=slow_judge)
+    b = replica_publisher(registry, client, judge=lambda _s, _q: FAILING)
+    rolled: dict[str, int] = {}
+    first = threading.Thread(target=lambda: rolled.update(a=a.check()))
+    first.start()
+    assert a_judging.wait(10)
+    rolled["b"] = b.check()
+    b_done.set()
+    first.join(30)
 
-        assert rolled == {"a": 0, "b": 1}
-        with registry.server.app.state.session_factory() as session:
-            found = list(session.scalars(select(Ticket).where(Ticket.kind == "retraining")))
-            assert len(found) == 1 and found[0].escalations == 0
-            assert found[0].evidence["rollout"]["assignment"] == canary["id"]
-            actions = [e.action for e in session.scalars(select(AuditEntry))
-                       if e.action == "registry.rollback"]
-            assert actions == ["registry.rollback"]
-    finally:
-        registry.server.stop()
-        drop_schema(postgres_url)
+    assert rolled == {"a": 0, "b": 1}
+    with registry.server.app.state.session_factory() as session:
+        found = list(session.scalars(select(Ticket).where(Ticket.kind == "retraining")))
+        assert len(found) == 1 and found[0].escalations == 0
+        assert found[0].evidence["rollout"]["assignment"] == canary["id"]
+        actions = [e.action for e in session.scalars(select(AuditEntry))
+                   if e.action == "registry.rollback"]
+        assert actions == ["registry.rollback"]
