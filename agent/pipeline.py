@@ -228,10 +228,17 @@ class Agent:
     def __init__(self, config: AgentConfig, *, record: bool = False) -> None:
         self.config = config
         # Built first: a CA file that cannot be loaded is a config error, said before any
-        # model loads or file is written.
+        # model loads or file is written. The brokers' CA files are loaded by paho later,
+        # where a bad one would be a start failure that does not name the key.
         downloads = tls_context(config.model.ca_file, "model.ca_file")
+        for key, ca_file in (("mqtt.ca_file", config.mqtt.ca_file),
+                             ("source.ca_file", getattr(config.source, "ca_file", None))):
+            if ca_file is not None:
+                tls_context(ca_file, key)
         self.store = ModelStore(config.model_store)
         start = choose(self.store, config.model.dir)
+        # A store filled before pruning existed, or left by a swap killed before its prune.
+        self._prune()
         card = start.live.card
         self.source = open_source(config.source, card, agent_id=config.agent.id)
         self.windower = Windower(card.window.size, card.window.hop, len(card.channel_names))

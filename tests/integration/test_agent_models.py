@@ -427,6 +427,18 @@ def test_after_three_assignments_the_store_keeps_current_and_previous_and_rolls_
         ["current.json", "previous.json", store.dir_name(arts["3.0.0"]),
          store.dir_name(arts["4.0.0"])])
 
+    # A version left behind (a store from before pruning, a kill between swap and prune)
+    # goes when the agent starts.
+    left = store.path(store.dir_name(arts["2.0.0"]))
+    shutil.copytree(store.path(store.dir_name(arts["3.0.0"])), left)
+    again = _Running(config)
+    try:
+        assert not left.exists()
+        assert again.agent.model_ref.version == "3.0.0"
+    finally:
+        again.agent.stop()
+    again.finish()
+
 
 def test_a_shadow_model_scores_the_same_windows_in_envelopes_of_its_own(
         tmp_path: Path, mosquitto: Any) -> None:

@@ -364,18 +364,24 @@ def test_an_agent_config_error_names_the_key_and_exits_2(tmp_path: Path, command
     assert_short(done, EXIT_CONFIG, "source.speed", "(got -1)")
 
 
-@pytest.mark.parametrize(("ca", "why"), [("missing.pem", "No such file or directory"),
-                                         ("agent.yaml", "NO_CERTIFICATE_OR_CRL_FOUND")])
-def test_a_model_ca_file_that_cannot_be_loaded_is_a_config_error(
-        tmp_path: Path, ca: str, why: str) -> None:
-    """Said at start, not at the first download weeks later; and before the agent writes
-    anything (here: its outbox)."""
-    path = agent_yaml(tmp_path, model={"ca_file": str(tmp_path / ca)})
+@pytest.mark.parametrize(("key", "ca", "why"), [
+    ("model", "missing.pem", "No such file or directory"),
+    ("model", "agent.yaml", "NO_CERTIFICATE_OR_CRL_FOUND"),
+    ("mqtt", "missing.pem", "No such file or directory"),
+])
+def test_a_ca_file_that_cannot_be_loaded_is_a_config_error(
+        tmp_path: Path, key: str, ca: str, why: str) -> None:
+    """Said at start, naming the key (not at the first download weeks later, nor as
+    paho's start failure); and before the agent writes anything (here: its outbox)."""
+    section = {"ca_file": str(tmp_path / ca)}
+    if key == "mqtt":
+        section["url"] = "mqtts://127.0.0.1:8883"
+    path = agent_yaml(tmp_path, **{key: section})
     done = run([*AGENT["python -m agent run"], "-c", str(path)], ROOT)
     lines = said(done)
     assert done.returncode == EXIT_CONFIG and "Traceback" not in done.stderr, done.stderr
     assert lines[0] == "error: invalid agent configuration:", done.stderr
-    assert lines[1].startswith("  model.ca_file: cannot load a PEM CA bundle from it: ")
+    assert lines[1].startswith(f"  {key}.ca_file: cannot load a PEM CA bundle from it: ")
     assert why in lines[1] and f"(got '{tmp_path / ca}')" in lines[1]
     assert not (tmp_path / "outbox.db").exists()
 
