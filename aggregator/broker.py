@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from aggregator.errors import BrokerError
@@ -23,6 +24,20 @@ from aggregator.net import listen
 __all__ = ["EmbeddedBroker"]
 
 logger = logging.getLogger(__name__)
+
+
+class _Snapshots(dict[str, Any]):
+    """amqtt's table of subscriptions, iterated over a copy. amqtt (0.12) loops over the
+    live table with awaits inside: when a client connects (its retained messages), and for
+    every message it routes. A subscription made meanwhile by another client changes the
+    table's size, the loop raises, and amqtt drops the connecting client (at the demo's
+    start, four agents connecting and subscribing at once) or the message."""
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(super().__iter__()))
+
+    def items(self) -> list[tuple[str, Any]]:  # type: ignore[override]
+        return list(super().items())
 
 
 class EmbeddedBroker:
@@ -120,6 +135,7 @@ class EmbeddedBroker:
         from amqtt.broker import Broker  # type: ignore[import-untyped]
 
         broker = Broker(self._config())
+        broker._subscriptions = _Snapshots()  # before any client: amqtt's starts empty
         accept = broker.stream_connected
         writers = self._writers
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gc
+import logging
 import socket
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 
@@ -109,3 +111,55 @@ def test_stop_closes_a_connection_that_never_sent_connect() -> None:
         assert probe.recv(1) == b""  # the broker closed its end
     finally:
         probe.close()
+
+
+def test_clients_connecting_while_others_subscribe_are_all_served(
+        broker: EmbeddedBroker, caplog: pytest.LogCaptureFixture) -> None:
+    """The demo's start: agents connect while others subscribe. Each connect walks the
+    broker's subscriptions to send retained messages, awaiting as it goes; a subscription
+    added meanwhile must neither drop the connecting client nor lose a routed message."""
+    caplog.set_level(logging.WARNING)
+    publisher = client("retains", broker.port)
+    holder = client("holder", broker.port)
+    try:
+        for i in range(50):
+            publisher.publish(f"r/{i}", b"x" * 1000, qos=1, retain=True).wait_for_publish(5)
+        for i in range(50):  # 50 filters, each with a retained message to send at a connect
+            holder.subscribe(f"r/{i}", qos=1)
+        wait_until(lambda: len(broker._broker._subscriptions) >= 50, what="50 subscriptions")
+
+        stop = threading.Event()
+        drops: list[str] = []
+
+        def churn() -> None:
+            c = client("churn", broker.port)
+            k = 0
+            while not stop.is_set():
+                c.subscribe(f"s/{k}", qos=1)
+                k += 1
+                time.sleep(0.0005)
+            c.disconnect()
+            c.loop_stop()
+
+        churner = threading.Thread(target=churn)
+        churner.start()
+        joined = []
+        try:
+            for k in range(30):
+                c = client(f"agent-{k}", broker.port)
+                c.on_disconnect = lambda cl, *_: drops.append(cl._client_id.decode())
+                joined.append(c)
+            time.sleep(1.5)
+        finally:
+            stop.set()
+            churner.join(10)
+            for c in joined:
+                c.on_disconnect = None
+                c.disconnect()
+                c.loop_stop()
+        assert drops == []
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    finally:
+        for c in (publisher, holder):
+            c.disconnect()
+            c.loop_stop()
