@@ -453,12 +453,16 @@ class Agent:
     def _refuse(self, refused: Refused) -> None:
         """Report a refused assignment at once; the running models keep scoring."""
         self.progress.models_refused += 1
+        # Said with the reason: on the models page a refusal that will pass by itself must
+        # not read like one that needs someone to act.
+        then = "; the download is tried again in the background" if refused.retry else ""
+        reason = refused.reason[:1000 - len(then)] + then
         self._refusals.failed(refused.cause, f"model assignment {refused.assignment.id} "
-                              f"refused, the running model keeps scoring: {refused.reason}")
+                              f"refused, the running model keeps scoring: {reason}")
         self.deployment = wire.Deployment(
             assignment=refused.assignment.id, state="refused", at=datetime.now(UTC),
             live=self.model_ref, shadow=None if self.shadow is None else self.shadow.ref,
-            reason=refused.reason[:1000])
+            reason=reason)
         self._health(force=True)
         self._flush()
 

@@ -383,6 +383,7 @@ def test_a_download_refused_while_the_registry_is_down_is_applied_once_it_is_bac
         assert [(a, state) for a, state, _ in told] == [("as-2", "refused"),
                                                         ("as-2", "applied")]
         assert told[0][2] is not None and "HTTP 503" in told[0][2]
+        assert told[0][2].endswith("; the download is tried again in the background")
         assert (report.progress.models_refused, report.progress.models_applied) == (1, 1)
         assert registry.requests == 4  # three rounds refused, the fourth downloaded
         assert "2.0.0" in {e.model.version for e, _ in collector.items("prediction")}
